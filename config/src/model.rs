@@ -1,0 +1,216 @@
+//! The validated config: what the proxy runs on. Every reference is resolved and every number
+//! is in range, so nothing downstream re-checks the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::time::Duration;
+
+pub use crate::raw::{Level, LogFormat, Priority, Role, Scope, Strategy};
+
+/// A checked Floodgate configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Inbound listen address.
+    pub listen: SocketAddr,
+    /// The app.
+    pub upstream: Upstream,
+    /// Metrics/health listen address, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Admin plane (accepted, not yet enforced).
+    pub admin: Option<Admin>,
+    /// Redis (accepted, not yet enforced).
+    pub redis: Option<Redis>,
+    /// Routes in match order.
+    pub routes: Vec<Route>,
+    /// Rate limits (accepted, not yet enforced).
+    pub limits: Vec<Limit>,
+    /// Admission queue (accepted, not yet enforced).
+    pub queue: Option<Queue>,
+    /// Circuit breaker (accepted, not yet enforced).
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Degradation (accepted, not yet enforced).
+    pub degradation: Degradation,
+    /// Logging.
+    pub logging: Logging,
+    /// Process settings, read at start-up only.
+    pub server: Server,
+}
+
+/// The app behind the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port` as written; the proxy resolves it when it loads the config.
+    pub address: String,
+    /// TCP connect budget.
+    pub connect_timeout: Duration,
+    /// Budget between two reads of the response.
+    pub read_timeout: Duration,
+    /// Budget between two writes of the request.
+    pub write_timeout: Duration,
+    /// Idle time after which a pooled connection is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Admin plane settings.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Token files and roles.
+    pub tokens: Vec<(String, Role)>,
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// One server.
+    Standalone(String),
+    /// Cluster seed nodes.
+    Cluster(Vec<String>),
+}
+
+/// Redis settings.
+#[derive(Debug, Clone)]
+pub struct Redis {
+    /// Server or cluster.
+    pub target: RedisTarget,
+    /// Per-decision budget.
+    pub timeout: Duration,
+    /// Share divisor while Redis is unreachable.
+    pub expected_replicas: NonZeroU32,
+}
+
+/// A route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique name.
+    pub name: String,
+    /// Path condition.
+    pub path: PathMatch,
+    /// Allowed methods (upper case); `None` = any.
+    pub methods: Option<Vec<String>>,
+    /// Host condition (lower case, no port).
+    pub host: Option<String>,
+    /// Header conditions (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// Degradation feature.
+    pub feature: Option<String>,
+    /// Priority.
+    pub priority: Priority,
+}
+
+/// How a route matches the path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// Any path.
+    Any,
+    /// Starts with.
+    Prefix(String),
+    /// Equals.
+    Exact(String),
+    /// Regular expression, already compiled.
+    Regex(regex::Regex),
+}
+
+/// One component of a limit key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyPart {
+    /// Peer address of the client.
+    ClientIp,
+    /// Route name.
+    Route,
+    /// Request method.
+    Method,
+    /// Request path.
+    Path,
+    /// A request header's value (lower-case name); a missing header is its own bucket.
+    Header(String),
+}
+
+/// A rate limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// Unique name.
+    pub name: String,
+    /// Routes it applies to; `None` = all.
+    pub routes: Option<Vec<String>>,
+    /// Key shape.
+    pub key: Vec<KeyPart>,
+    /// Requests per window.
+    pub max_requests: NonZeroU64,
+    /// Window length.
+    pub window: Duration,
+    /// Algorithm.
+    pub strategy: Strategy,
+    /// Local or global.
+    pub scope: Scope,
+    /// Report only.
+    pub shadow: bool,
+}
+
+/// Admission queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    /// In-flight cap.
+    pub max_concurrency: NonZeroU32,
+    /// Waiting cap.
+    pub max_size: u32,
+    /// Longest wait.
+    pub timeout: Duration,
+}
+
+/// Circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    /// Failures in a row that open it.
+    pub consecutive_failures: NonZeroU32,
+    /// Open time before probes.
+    pub open: Duration,
+}
+
+/// Degradation settings.
+#[derive(Debug, Clone, Default)]
+pub struct Degradation {
+    /// Current level.
+    pub level: Level,
+    /// Features off at `degraded`.
+    pub degraded: Vec<String>,
+    /// Features off at `minimal`.
+    pub minimal: Vec<String>,
+    /// Static fallbacks per feature.
+    pub fallbacks: BTreeMap<String, Fallback>,
+}
+
+/// A static fallback answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// Status code.
+    pub status: u16,
+    /// Body.
+    pub body: String,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    /// Line format.
+    pub format: LogFormat,
+    /// Access log on.
+    pub access_log: bool,
+}
+
+/// Process settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Proxy worker threads.
+    pub threads: usize,
+    /// SIGTERM drain budget.
+    pub drain_timeout: Duration,
+    /// Request header block cap (431 past it).
+    pub max_request_header_bytes: usize,
+}

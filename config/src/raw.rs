@@ -1,0 +1,376 @@
+//! The config file's shape, one serde type per YAML mapping. These mirror the file exactly
+//! (unknown keys rejected); [`crate::validate`] turns them into the checked [`crate::Config`].
+//! Doc comments here become the descriptions of the generated JSON Schema.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Floodgate sidecar configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address the sidecar accepts the app's inbound traffic on (the pod's service port), `ip:port`.
+    pub listen: String,
+    /// The app the sidecar forwards to.
+    pub upstream: RawUpstream,
+    /// Prometheus `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub metrics: Option<RawMetrics>,
+    /// The gRPC admin plane (accepted, not yet enforced: the admin plane is not built yet).
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    /// Redis for fleet-wide limits and overrides (accepted, not yet enforced). Absent = local only.
+    #[serde(default)]
+    pub redis: Option<RawRedis>,
+    /// Route table; first match wins; unmatched requests use the route `default`.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// Rate limits (accepted and validated, not yet enforced).
+    #[serde(default)]
+    pub limits: Vec<RawLimit>,
+    /// Admission queue (accepted and validated, not yet enforced).
+    #[serde(default)]
+    pub queue: Option<RawQueue>,
+    /// Circuit breaker on the upstream (accepted and validated, not yet enforced).
+    #[serde(default)]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Graceful degradation (accepted and validated, not yet enforced).
+    #[serde(default)]
+    pub degradation: Option<RawDegradation>,
+    /// Logging: format and access log.
+    #[serde(default)]
+    pub logging: Option<RawLogging>,
+    /// Process-level settings of the proxy.
+    #[serde(default)]
+    pub server: Option<RawServer>,
+}
+
+/// The upstream application.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `host:port` of the app, usually `127.0.0.1:<port>` in the same pod.
+    pub address: String,
+    /// Longest wait for a TCP connection to the app, in milliseconds (default 1000).
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Longest wait for the app to send the next bytes of a response, in milliseconds (default 30000).
+    #[serde(default)]
+    pub read_timeout_ms: Option<u64>,
+    /// Longest wait to write request bytes to the app, in milliseconds (default 30000).
+    #[serde(default)]
+    pub write_timeout_ms: Option<u64>,
+    /// How long an idle pooled keep-alive connection to the app is kept, in milliseconds (default 60000).
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// The metrics and health endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// `ip:port` serving `GET /metrics`, `/healthz`, `/readyz`.
+    pub listen: String,
+}
+
+/// The admin plane.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `ip:port` of the gRPC admin plane.
+    pub listen: String,
+    /// Bearer tokens read from files; none configured = every call refused.
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+/// One admin bearer token.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    /// File holding the token.
+    pub file: String,
+    /// What the token's holder may do.
+    pub role: Role,
+}
+
+/// Admin role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// May read and change.
+    Operator,
+    /// May only read.
+    Viewer,
+}
+
+/// Redis connection.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// A standalone server, `redis://host:port` (or `rediss://`). Exactly one of `url`, `cluster`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster.
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
+    /// Budget of one limit decision in Redis, in milliseconds (default 20).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Sidecars sharing a global limit; each keeps `max_requests / expected_replicas` while
+    /// Redis is unreachable (default 1).
+    #[serde(default)]
+    pub expected_replicas: Option<u32>,
+}
+
+/// One route.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name, used in metrics and limits.
+    pub name: String,
+    /// What requests belong to this route; an empty match takes every request.
+    #[serde(default, rename = "match")]
+    pub matcher: RawMatch,
+    /// Degradation feature the route belongs to.
+    #[serde(default)]
+    pub feature: Option<String>,
+    /// `critical` | `normal` | `low` (default `normal`).
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+/// Request matcher of a route; all given conditions must hold.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Path starts with this (segment-aware is not implied: `/api` also matches `/apix`).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Path equals this.
+    #[serde(default)]
+    pub path_exact: Option<String>,
+    /// Path matches this regular expression (Rust `regex` syntax, unanchored unless you anchor it).
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    /// Request method is one of these (upper case).
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// `Host` header (port stripped) equals this, case-insensitively.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Each named header is present with exactly this value.
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// Route priority.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Deserialize,
+    Serialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Served first, shed last.
+    Critical,
+    /// The default.
+    #[default]
+    Normal,
+    /// Shed first.
+    Low,
+}
+
+/// One rate limit.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    /// Unique name, used in metrics, headers and the admin plane.
+    pub name: String,
+    /// Routes the limit applies to; absent = every route.
+    #[serde(default)]
+    pub routes: Option<Vec<String>>,
+    /// What a bucket is keyed on: any of `client_ip`, `route`, `method`, `path`, `header:<name>`.
+    /// Empty = one bucket for all requests.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Requests allowed per window.
+    pub max_requests: u64,
+    /// Window length in seconds.
+    pub window_seconds: u64,
+    /// `sliding_window` (default) | `fixed_window` | `token_bucket`.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// `local` (default) | `global`.
+    #[serde(default)]
+    pub scope: Scope,
+    /// Count and report, never reject.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// Limit algorithm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Weighted two-window counter.
+    #[default]
+    SlidingWindow,
+    /// Counter reset at each window boundary.
+    FixedWindow,
+    /// GCRA token bucket.
+    TokenBucket,
+}
+
+/// Where a limit's state lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// In this sidecar.
+    #[default]
+    Local,
+    /// In Redis, shared by every sidecar.
+    Global,
+}
+
+/// Admission queue.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    /// Requests in flight to the upstream ("workers").
+    pub max_concurrency: u32,
+    /// Requests waiting beyond that.
+    pub max_size: u32,
+    /// Longest wait in the queue, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// Circuit breaker.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    /// 5xx or connect errors in a row that open it.
+    pub consecutive_failures: u32,
+    /// How long it stays open before half-open probes, in milliseconds.
+    pub open_ms: u64,
+}
+
+/// Degradation level.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Deserialize,
+    Serialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// Everything on.
+    #[default]
+    Full,
+    /// Features listed under `levels.degraded` off.
+    Degraded,
+    /// Features listed under `levels.minimal` off.
+    Minimal,
+}
+
+/// Graceful degradation.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDegradation {
+    /// Current level (default `full`).
+    #[serde(default)]
+    pub level: Level,
+    /// Features turned off at each level.
+    #[serde(default)]
+    pub levels: RawLevels,
+    /// What a disabled feature's routes answer; default 503.
+    #[serde(default)]
+    pub fallbacks: BTreeMap<String, RawFallback>,
+}
+
+/// Features turned off per level.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLevels {
+    /// Features off at `degraded`.
+    #[serde(default)]
+    pub degraded: Vec<String>,
+    /// Features off at `minimal`.
+    #[serde(default)]
+    pub minimal: Vec<String>,
+}
+
+/// A static fallback answer.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFallback {
+    /// HTTP status (default 503).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Response body.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// `Content-Type` of the body.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Extra response headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    /// `text` (default) | `json`. Read at start-up only.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// One line per request at INFO, target `access` (default true).
+    #[serde(default)]
+    pub access_log: Option<bool>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Process settings (read at start-up only; a reload does not change them).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Proxy worker threads (default 1: a sidecar shares the pod's CPU with its app).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// On SIGTERM, longest wait for in-flight requests to finish, in milliseconds (default 30000).
+    #[serde(default)]
+    pub drain_timeout_ms: Option<u64>,
+    /// Largest request header block accepted, in bytes; larger gets 431 (default 65536).
+    #[serde(default)]
+    pub max_request_header_bytes: Option<usize>,
+}

@@ -1,0 +1,733 @@
+//! Turns YAML text into a checked [`Config`], collecting *every* problem rather than stopping at
+//! the first: each top-level section and each list item is decoded on its own, then the
+//! semantic rules (ranges, unique names, references) run over whatever decoded.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+
+use crate::error::{ConfigErrors, FieldError};
+use crate::locate::LineIndex;
+use crate::model::*;
+use crate::raw::*;
+
+/// Name given to requests that match no route.
+pub const DEFAULT_ROUTE: &str = "default";
+
+const TOP_LEVEL: &[&str] = &[
+    "listen",
+    "upstream",
+    "metrics",
+    "admin",
+    "redis",
+    "routes",
+    "limits",
+    "queue",
+    "circuit_breaker",
+    "degradation",
+    "logging",
+    "server",
+];
+
+struct Ctx {
+    index: LineIndex,
+    errors: Vec<FieldError>,
+}
+
+impl Ctx {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let line = self.index.line_of(&path);
+        self.errors.push(FieldError {
+            path,
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// Decodes one piece of the document, recording a located error if it does not fit.
+    fn decode<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                // The error path already ends at the offending key, unknown keys included.
+                let inner = e.path().to_string();
+                let full = join(path, if inner == "." { "" } else { &inner });
+                self.err(full, friendly(&e.into_inner().to_string()));
+                None
+            }
+        }
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ if b.starts_with('[') => format!("{a}{b}"),
+        _ => format!("{a}.{b}"),
+    }
+}
+
+/// serde's messages, made to read as advice.
+fn friendly(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or("");
+        let expected = rest.split_once(", expected ").map(|x| x.1).unwrap_or("");
+        let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+        return format!("unknown key `{field}`; valid keys here: {expected} (check the spelling; see config/reference.yaml)");
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or("");
+        return format!("missing required key `{field}`");
+    }
+    msg.to_string()
+}
+
+/// Parses and validates `source`; `origin` names the file in error messages.
+pub fn parse(source: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+    let fail = |errors| ConfigErrors {
+        origin: origin.to_path_buf(),
+        errors,
+    };
+    let doc: Value = match serde_yaml::from_str(source) {
+        Ok(v) => v,
+        Err(e) => {
+            let line = e.location().map(|l| l.line());
+            return Err(fail(vec![FieldError {
+                path: String::new(),
+                line,
+                message: format!("not valid YAML: {e}"),
+            }]));
+        }
+    };
+    let mut cx = Ctx {
+        index: LineIndex::new(source),
+        errors: Vec::new(),
+    };
+    let config = match doc {
+        Value::Mapping(map) => check(&mut cx, map),
+        Value::Null => {
+            cx.err(
+                "",
+                "the file is empty; start from config/examples/quickstart.yaml",
+            );
+            None
+        }
+        _ => {
+            cx.err(
+                "",
+                "the top level must be a mapping of keys (listen, upstream, ...)",
+            );
+            None
+        }
+    };
+    cx.errors.sort_by_key(|e| e.line.unwrap_or(0));
+    match config {
+        Some(c) if cx.errors.is_empty() => Ok(c),
+        _ => Err(fail(cx.errors)),
+    }
+}
+
+fn take(map: &mut Mapping, key: &str) -> Option<Value> {
+    map.remove(key).filter(|v| !v.is_null())
+}
+
+/// Decodes a list section item by item so one bad item does not hide the others.
+fn decode_list<T: DeserializeOwned>(
+    cx: &mut Ctx,
+    key: &str,
+    value: Option<Value>,
+) -> Vec<Option<T>> {
+    match value {
+        None => Vec::new(),
+        Some(Value::Sequence(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| cx.decode(&format!("{key}[{i}]"), v))
+            .collect(),
+        Some(_) => {
+            cx.err(key, "must be a list (`- name: ...` items)");
+            Vec::new()
+        }
+    }
+}
+
+fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
+    for k in map.keys() {
+        match k.as_str() {
+            Some(name) if TOP_LEVEL.contains(&name) => {}
+            Some(name) => cx.err(
+                name,
+                format!(
+                    "unknown key `{name}`; valid top-level keys: {} (see config/reference.yaml)",
+                    TOP_LEVEL.join(", ")
+                ),
+            ),
+            None => cx.err("", format!("top-level keys must be strings, found {k:?}")),
+        }
+    }
+
+    let listen: Option<String> = match take(&mut map, "listen") {
+        Some(v) => cx.decode("listen", v),
+        None => {
+            cx.err(
+                "listen",
+                "missing required key `listen` (e.g. `listen: 0.0.0.0:8080`)",
+            );
+            None
+        }
+    };
+    let upstream: Option<RawUpstream> = match take(&mut map, "upstream") {
+        Some(v) => cx.decode("upstream", v),
+        None => {
+            cx.err(
+                "upstream",
+                "missing required key `upstream` (e.g. `upstream: { address: 127.0.0.1:3000 }`)",
+            );
+            None
+        }
+    };
+    let metrics: Option<RawMetrics> =
+        take(&mut map, "metrics").and_then(|v| cx.decode("metrics", v));
+    let admin: Option<RawAdmin> = take(&mut map, "admin").and_then(|v| cx.decode("admin", v));
+    let redis: Option<RawRedis> = take(&mut map, "redis").and_then(|v| cx.decode("redis", v));
+    let routes: Vec<Option<RawRoute>> = decode_list(cx, "routes", take(&mut map, "routes"));
+    let limits: Vec<Option<RawLimit>> = decode_list(cx, "limits", take(&mut map, "limits"));
+    let queue: Option<RawQueue> = take(&mut map, "queue").and_then(|v| cx.decode("queue", v));
+    let breaker: Option<RawCircuitBreaker> =
+        take(&mut map, "circuit_breaker").and_then(|v| cx.decode("circuit_breaker", v));
+    let degradation: Option<RawDegradation> =
+        take(&mut map, "degradation").and_then(|v| cx.decode("degradation", v));
+    let logging: Option<RawLogging> =
+        take(&mut map, "logging").and_then(|v| cx.decode("logging", v));
+    let server: Option<RawServer> = take(&mut map, "server").and_then(|v| cx.decode("server", v));
+    let decoded_all = cx.errors.is_empty();
+
+    // === addresses ===
+    let listen = listen.and_then(|l| socket_addr(cx, "listen", &l));
+    let metrics_listen = metrics.and_then(|m| socket_addr(cx, "metrics.listen", &m.listen));
+    let admin = admin.and_then(|a| {
+        let listen = socket_addr(cx, "admin.listen", &a.listen)?;
+        let mut tokens = Vec::new();
+        for (i, t) in a.tokens.into_iter().enumerate() {
+            if t.file.trim().is_empty() {
+                cx.err(
+                    format!("admin.tokens[{i}].file"),
+                    "must name a file holding the token",
+                );
+            }
+            tokens.push((t.file, t.role));
+        }
+        Some(Admin { listen, tokens })
+    });
+    let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
+    for (path, addr) in [
+        ("listen", listen),
+        ("metrics.listen", metrics_listen),
+        ("admin.listen", admin.as_ref().map(|a| a.listen)),
+    ] {
+        let Some(addr) = addr else { continue };
+        if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr) {
+            cx.err(
+                path,
+                format!("{addr} is already used by `{other}`; each listener needs its own port"),
+            );
+        }
+        seen.push((path, addr));
+    }
+
+    let upstream = upstream.and_then(|u| check_upstream(cx, u));
+    let redis = redis.and_then(|r| check_redis(cx, r));
+
+    // === routes ===
+    let mut route_names: HashSet<String> = HashSet::new();
+    let mut route_features: BTreeSet<String> = BTreeSet::new();
+    let mut checked_routes = Vec::new();
+    for (i, r) in routes.into_iter().enumerate() {
+        let Some(r) = r else { continue };
+        let p = format!("routes[{i}]");
+        if let Some(route) = check_route(cx, &p, r) {
+            if route.name == DEFAULT_ROUTE {
+                cx.err(
+                    format!("{p}.name"),
+                    "`default` is reserved for requests that match no route; pick another name",
+                );
+            } else if !route_names.insert(route.name.clone()) {
+                cx.err(
+                    format!("{p}.name"),
+                    format!(
+                        "duplicate route name `{}`; route names must be unique",
+                        route.name
+                    ),
+                );
+            }
+            if let Some(f) = &route.feature {
+                route_features.insert(f.clone());
+            }
+            checked_routes.push(route);
+        }
+    }
+
+    // === limits ===
+    let mut limit_names = HashSet::new();
+    let mut checked_limits = Vec::new();
+    for (i, l) in limits.into_iter().enumerate() {
+        let Some(l) = l else { continue };
+        let p = format!("limits[{i}]");
+        if !limit_names.insert(l.name.clone()) {
+            cx.err(
+                format!("{p}.name"),
+                format!(
+                    "duplicate limit name `{}`; limit names must be unique",
+                    l.name
+                ),
+            );
+        }
+        if let Some(limit) = check_limit(cx, &p, l, &route_names, decoded_all) {
+            checked_limits.push(limit);
+        }
+    }
+
+    let queue = queue.and_then(|q| check_queue(cx, q));
+    let circuit_breaker = breaker.and_then(|b| check_breaker(cx, b));
+    let degradation = check_degradation(cx, degradation.unwrap_or_default(), &route_features);
+    let logging = logging.unwrap_or_default();
+    let server = check_server(cx, server.unwrap_or_default());
+
+    Some(Config {
+        listen: listen?,
+        upstream: upstream?,
+        metrics_listen,
+        admin,
+        redis,
+        routes: checked_routes,
+        limits: checked_limits,
+        queue,
+        circuit_breaker,
+        degradation,
+        logging: Logging {
+            format: logging.format,
+            access_log: logging.access_log.unwrap_or(true),
+        },
+        server,
+    })
+}
+
+fn socket_addr(cx: &mut Ctx, path: &str, s: &str) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => {
+            cx.err(
+                path,
+                format!(
+                    "`{s}` has port 0; give a fixed port, e.g. `{}:8080`",
+                    a.ip()
+                ),
+            );
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.err(
+                path,
+                format!(
+                    "`{s}` is not an `ip:port` address (e.g. `127.0.0.1:8080` or `[::1]:8080`)"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn ms(cx: &mut Ctx, path: &str, v: Option<u64>, default: u64, max: u64) -> Duration {
+    let v = v.unwrap_or(default);
+    if v == 0 || v > max {
+        cx.err(
+            path,
+            format!("must be between 1 and {max} milliseconds, got {v}"),
+        );
+    }
+    Duration::from_millis(v)
+}
+
+fn check_upstream(cx: &mut Ctx, u: RawUpstream) -> Option<Upstream> {
+    let ok = match u.address.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    };
+    if !ok {
+        cx.err(
+            "upstream.address",
+            format!(
+                "`{}` is not `host:port` with a non-zero port (e.g. `127.0.0.1:3000`)",
+                u.address
+            ),
+        );
+    }
+    let up = Upstream {
+        connect_timeout: ms(
+            cx,
+            "upstream.connect_timeout_ms",
+            u.connect_timeout_ms,
+            1000,
+            60_000,
+        ),
+        read_timeout: ms(
+            cx,
+            "upstream.read_timeout_ms",
+            u.read_timeout_ms,
+            30_000,
+            3_600_000,
+        ),
+        write_timeout: ms(
+            cx,
+            "upstream.write_timeout_ms",
+            u.write_timeout_ms,
+            30_000,
+            3_600_000,
+        ),
+        idle_timeout: ms(
+            cx,
+            "upstream.idle_timeout_ms",
+            u.idle_timeout_ms,
+            60_000,
+            3_600_000,
+        ),
+        address: u.address,
+    };
+    ok.then_some(up)
+}
+
+fn check_redis(cx: &mut Ctx, r: RawRedis) -> Option<Redis> {
+    let url_ok = |cx: &mut Ctx, path: String, u: &str| {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            cx.err(path, format!("`{u}` must start with redis:// or rediss://"));
+        }
+    };
+    let target = match (r.url, r.cluster) {
+        (Some(u), None) => {
+            url_ok(cx, "redis.url".into(), &u);
+            RedisTarget::Standalone(u)
+        }
+        (None, Some(nodes)) if !nodes.is_empty() => {
+            for (i, n) in nodes.iter().enumerate() {
+                url_ok(cx, format!("redis.cluster[{i}]"), n);
+            }
+            RedisTarget::Cluster(nodes)
+        }
+        (None, Some(_)) => {
+            cx.err(
+                "redis.cluster",
+                "lists no nodes; name at least one seed node",
+            );
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            cx.err(
+                "redis",
+                "give either `url` (one server) or `cluster` (seed nodes), not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            cx.err("redis", "needs `url: redis://host:6379` or `cluster: [...]`; remove `redis` to keep every limit local");
+            return None;
+        }
+    };
+    let timeout = ms(cx, "redis.timeout_ms", r.timeout_ms, 20, 10_000);
+    let replicas = r.expected_replicas.unwrap_or(1);
+    let Some(expected_replicas) = NonZeroU32::new(replicas) else {
+        cx.err("redis.expected_replicas", "must be at least 1");
+        return None;
+    };
+    Some(Redis {
+        target,
+        timeout,
+        expected_replicas,
+    })
+}
+
+fn valid_method(m: &str) -> bool {
+    !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+fn valid_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_route(cx: &mut Ctx, p: &str, r: RawRoute) -> Option<Route> {
+    if r.name.trim().is_empty() {
+        cx.err(format!("{p}.name"), "must not be empty");
+    }
+    let m = r.matcher;
+    let given = [
+        m.path_prefix.is_some(),
+        m.path_exact.is_some(),
+        m.path_regex.is_some(),
+    ];
+    let path = if given.iter().filter(|g| **g).count() > 1 {
+        cx.err(
+            format!("{p}.match"),
+            "give at most one of path_prefix, path_exact, path_regex",
+        );
+        PathMatch::Any
+    } else if let Some(prefix) = m.path_prefix {
+        if !prefix.starts_with('/') {
+            cx.err(
+                format!("{p}.match.path_prefix"),
+                format!("`{prefix}` must start with `/`"),
+            );
+        }
+        PathMatch::Prefix(prefix)
+    } else if let Some(exact) = m.path_exact {
+        if !exact.starts_with('/') {
+            cx.err(
+                format!("{p}.match.path_exact"),
+                format!("`{exact}` must start with `/`"),
+            );
+        }
+        PathMatch::Exact(exact)
+    } else if let Some(re) = m.path_regex {
+        match regex::Regex::new(&re) {
+            Ok(r) => PathMatch::Regex(r),
+            Err(e) => {
+                // regex's message spans lines (pattern, caret, reason); the reason is the last.
+                let shown = e.to_string();
+                let reason = shown
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                cx.err(
+                    format!("{p}.match.path_regex"),
+                    format!("`{re}` is not a valid regular expression: {reason}"),
+                );
+                PathMatch::Any
+            }
+        }
+    } else {
+        PathMatch::Any
+    };
+    if let Some(methods) = &m.methods {
+        for (i, meth) in methods.iter().enumerate() {
+            if !valid_method(meth) {
+                cx.err(
+                    format!("{p}.match.methods[{i}]"),
+                    format!("`{meth}` is not an upper-case HTTP method (e.g. GET, POST)"),
+                );
+            }
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in m.headers.unwrap_or_default() {
+        if !valid_header_name(&name) {
+            cx.err(
+                format!("{p}.match.headers.{name}"),
+                format!("`{name}` is not a valid header name"),
+            );
+        }
+        headers.push((name.to_ascii_lowercase(), value));
+    }
+    Some(Route {
+        name: r.name,
+        path,
+        methods: m.methods,
+        host: m.host.map(|h| h.to_ascii_lowercase()),
+        headers,
+        feature: r.feature,
+        priority: r.priority,
+    })
+}
+
+fn check_limit(
+    cx: &mut Ctx,
+    p: &str,
+    l: RawLimit,
+    routes: &HashSet<String>,
+    check_refs: bool,
+) -> Option<Limit> {
+    if l.name.trim().is_empty() {
+        cx.err(format!("{p}.name"), "must not be empty");
+    }
+    if let (Some(list), true) = (&l.routes, check_refs) {
+        for (i, r) in list.iter().enumerate() {
+            if r != DEFAULT_ROUTE && !routes.contains(r) {
+                let mut known: Vec<&str> = routes.iter().map(String::as_str).collect();
+                known.sort_unstable();
+                known.push(DEFAULT_ROUTE);
+                cx.err(
+                    format!("{p}.routes[{i}]"),
+                    format!("unknown route `{r}`; defined routes: {}", known.join(", ")),
+                );
+            }
+        }
+    }
+    let mut key = Vec::new();
+    for (i, k) in l.key.iter().enumerate() {
+        let part = match k.as_str() {
+            "client_ip" => Some(KeyPart::ClientIp),
+            "route" => Some(KeyPart::Route),
+            "method" => Some(KeyPart::Method),
+            "path" => Some(KeyPart::Path),
+            other => match other.strip_prefix("header:") {
+                Some(h) if valid_header_name(h) => Some(KeyPart::Header(h.to_ascii_lowercase())),
+                _ => None,
+            },
+        };
+        match part {
+            Some(part) if key.contains(&part) => {
+                cx.err(format!("{p}.key[{i}]"), format!("`{k}` is listed twice"))
+            }
+            Some(part) => key.push(part),
+            None => cx.err(
+                format!("{p}.key[{i}]"),
+                format!(
+                    "`{k}` is not a key part; use client_ip, route, method, path or header:<name>"
+                ),
+            ),
+        }
+    }
+    let max_requests = NonZeroU64::new(l.max_requests);
+    if max_requests.is_none() {
+        cx.err(
+            format!("{p}.max_requests"),
+            "must be at least 1 (to block a route entirely, use degradation)",
+        );
+    }
+    if l.window_seconds == 0 || l.window_seconds > 86_400 {
+        cx.err(
+            format!("{p}.window_seconds"),
+            format!(
+                "must be between 1 and 86400 seconds, got {}",
+                l.window_seconds
+            ),
+        );
+    }
+    Some(Limit {
+        name: l.name,
+        routes: l.routes,
+        key,
+        max_requests: max_requests?,
+        window: Duration::from_secs(l.window_seconds),
+        strategy: l.strategy,
+        scope: l.scope,
+        shadow: l.shadow,
+    })
+}
+
+fn check_queue(cx: &mut Ctx, q: RawQueue) -> Option<Queue> {
+    let max_concurrency = NonZeroU32::new(q.max_concurrency);
+    if max_concurrency.is_none() {
+        cx.err("queue.max_concurrency", "must be at least 1");
+    }
+    let timeout = ms(cx, "queue.timeout_ms", Some(q.timeout_ms), 0, 600_000);
+    Some(Queue {
+        max_concurrency: max_concurrency?,
+        max_size: q.max_size,
+        timeout,
+    })
+}
+
+fn check_breaker(cx: &mut Ctx, b: RawCircuitBreaker) -> Option<CircuitBreaker> {
+    let consecutive_failures = NonZeroU32::new(b.consecutive_failures);
+    if consecutive_failures.is_none() {
+        cx.err("circuit_breaker.consecutive_failures", "must be at least 1");
+    }
+    let open = ms(cx, "circuit_breaker.open_ms", Some(b.open_ms), 0, 3_600_000);
+    Some(CircuitBreaker {
+        consecutive_failures: consecutive_failures?,
+        open,
+    })
+}
+
+fn check_degradation(
+    cx: &mut Ctx,
+    d: RawDegradation,
+    route_features: &BTreeSet<String>,
+) -> Degradation {
+    let mut known: BTreeSet<&str> = route_features.iter().map(String::as_str).collect();
+    known.extend(d.levels.degraded.iter().map(String::as_str));
+    known.extend(d.levels.minimal.iter().map(String::as_str));
+    let mut fallbacks = std::collections::BTreeMap::new();
+    for (feature, f) in &d.fallbacks {
+        let p = format!("degradation.fallbacks.{feature}");
+        if !known.contains(feature.as_str()) {
+            let list: Vec<&str> = known.iter().copied().collect();
+            cx.err(
+                &p,
+                format!(
+                    "unknown feature `{feature}`: no route or level names it; known features: {}",
+                    list.join(", ")
+                ),
+            );
+        }
+        let status = f.status.unwrap_or(503);
+        if !(200..=599).contains(&status) {
+            cx.err(
+                format!("{p}.status"),
+                format!("must be an HTTP status between 200 and 599, got {status}"),
+            );
+        }
+        let mut headers = Vec::new();
+        for (name, value) in &f.headers {
+            if !valid_header_name(name) {
+                cx.err(
+                    format!("{p}.headers.{name}"),
+                    format!("`{name}` is not a valid header name"),
+                );
+            }
+            headers.push((name.to_ascii_lowercase(), value.clone()));
+        }
+        fallbacks.insert(
+            feature.clone(),
+            Fallback {
+                status,
+                body: f.body.clone().unwrap_or_default(),
+                content_type: f.content_type.clone(),
+                headers,
+            },
+        );
+    }
+    Degradation {
+        level: d.level,
+        degraded: d.levels.degraded,
+        minimal: d.levels.minimal,
+        fallbacks,
+    }
+}
+
+fn check_server(cx: &mut Ctx, s: RawServer) -> Server {
+    let threads = s.threads.unwrap_or(1);
+    if threads == 0 || threads > 256 {
+        cx.err(
+            "server.threads",
+            format!("must be between 1 and 256, got {threads}"),
+        );
+    }
+    let max_header = s.max_request_header_bytes.unwrap_or(64 * 1024);
+    // pingora itself refuses header blocks over 1 MiB with a 400, so a larger cap would never apply.
+    if !(1024..=1_048_575).contains(&max_header) {
+        cx.err(
+            "server.max_request_header_bytes",
+            format!("must be between 1024 and 1048575 bytes, got {max_header}"),
+        );
+    }
+    Server {
+        threads,
+        drain_timeout: ms(
+            cx,
+            "server.drain_timeout_ms",
+            s.drain_timeout_ms,
+            30_000,
+            3_600_000,
+        ),
+        max_request_header_bytes: max_header,
+    }
+}

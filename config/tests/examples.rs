@@ -1,0 +1,63 @@
+//! The shipped examples and the shared shape file must always validate, and the committed JSON
+//! Schema must match the config types.
+
+use std::path::Path;
+
+fn manifest(p: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+#[test]
+fn shipped_examples_validate() {
+    for f in [
+        "examples/quickstart.yaml",
+        "examples/shape.yaml",
+        "reference.yaml",
+    ] {
+        let path = manifest(f);
+        if let Err(e) = floodgate_config::load(&path) {
+            panic!("{f} does not validate:\n{e}");
+        }
+    }
+}
+
+#[test]
+fn shape_file_keeps_every_key_meaning() {
+    let c = floodgate_config::load(&manifest("examples/shape.yaml")).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.upstream.address, "127.0.0.1:3000");
+    assert_eq!(c.upstream.read_timeout.as_millis(), 30000);
+    assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9090");
+    assert_eq!(c.admin.as_ref().unwrap().tokens.len(), 2);
+    assert_eq!(c.redis.as_ref().unwrap().expected_replicas.get(), 3);
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[0].feature.as_deref(), Some("recommendations"));
+    assert_eq!(c.routes[0].priority, floodgate_config::Priority::Low);
+    assert_eq!(c.limits[0].max_requests.get(), 1000);
+    assert_eq!(c.limits[0].scope, floodgate_config::Scope::Global);
+    assert_eq!(c.queue.as_ref().unwrap().max_concurrency.get(), 64);
+    assert_eq!(
+        c.circuit_breaker
+            .as_ref()
+            .unwrap()
+            .consecutive_failures
+            .get(),
+        5
+    );
+    assert_eq!(c.degradation.minimal.len(), 4);
+    assert_eq!(c.degradation.fallbacks["recommendations"].status, 200);
+}
+
+#[test]
+fn json_schema_is_current() {
+    let path = manifest("floodgate.schema.json");
+    let want = floodgate_config::json_schema();
+    if std::env::var_os("UPDATE_SCHEMA").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "config/floodgate.schema.json is stale: run `UPDATE_SCHEMA=1 cargo test -p floodgate-config --test examples`"
+    );
+}
