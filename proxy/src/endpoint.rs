@@ -1,0 +1,111 @@
+//! The metrics port: `GET /metrics` (Prometheus text), `/healthz` (the process is alive) and
+//! `/readyz` (config loaded, listening, not draining). Served by hyper, off the data path.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use tracing::{debug, error};
+
+use crate::state::Runtime;
+
+/// Serves the metrics port on a listener bound at start-up (so a busy port fails the start).
+pub struct EndpointService {
+    rt: Arc<Runtime>,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+}
+
+impl EndpointService {
+    /// A service answering on `listener`.
+    pub fn new(rt: Arc<Runtime>, listener: std::net::TcpListener) -> Self {
+        Self {
+            rt,
+            listener: std::sync::Mutex::new(Some(listener)),
+        }
+    }
+}
+
+fn answer(rt: &Runtime, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let (status, ctype, body): (StatusCode, &str, Bytes) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            rt.metrics.render().into(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        "/readyz" if rt.is_ready() => {
+            (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+        }
+        "/readyz" if rt.is_draining() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"draining\n"),
+        ),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"starting\n"),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found: try /metrics, /healthz or /readyz\n"),
+        ),
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_str(ctype).unwrap_or(http::HeaderValue::from_static("text/plain")),
+    );
+    resp
+}
+
+#[async_trait]
+impl BackgroundService for EndpointService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match std_listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                error!("metrics listener unusable: {e}");
+                return;
+            }
+        };
+        // Keeps answering through a drain, so /readyz can say "draining" until the exit.
+        let _ = &mut shutdown;
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!("metrics accept failed: {e}");
+                    continue;
+                }
+            };
+            let rt = self.rt.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let resp = answer(&rt, &req);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    debug!("metrics connection: {e}");
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `floodgate`: runs the sidecar (`floodgate --config FILE`) or checks config files
+//! (`floodgate validate FILE...`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use floodgate::endpoint::EndpointService;
+use floodgate::metrics::Metrics;
+use floodgate::reload::ReloadService;
+use floodgate::shell::Floodgate;
+use floodgate::shutdown::Signals;
+use floodgate::state::{Runtime, Snapshot};
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
+use tracing::{error, info};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Floodgate: a rate-limiting and degradation sidecar proxy.
+///
+/// Runs in front of one application instance and forwards its inbound HTTP/1.1 and h2c
+/// (gRPC) traffic. The config file is watched: a valid change is applied within a second
+/// without dropping requests, an invalid one is logged and ignored (SIGHUP forces a reload).
+/// SIGTERM drains in-flight requests, then exits 0.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true, after_help = EXAMPLES)]
+struct Cli {
+    /// Config file to run with (YAML; see config/reference.yaml).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+const EXAMPLES: &str = "Examples:
+  floodgate --config config/examples/quickstart.yaml
+  floodgate validate /etc/floodgate/floodgate.yaml
+  floodgate schema > floodgate.schema.json
+
+Metrics, /healthz and /readyz are served on `metrics.listen`. Logs go to stderr; set
+RUST_LOG (e.g. RUST_LOG=debug) to change what is logged.";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check config files: prints every error with file, line, field and reason; exit 1 if any.
+    Validate {
+        /// Files to check.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the config file (for editor completion and checks).
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match (cli.command, cli.config) {
+        (Some(Command::Validate { files }), _) => validate(&files),
+        (Some(Command::Schema), _) => {
+            print!("{}", floodgate_config::json_schema());
+            ExitCode::SUCCESS
+        }
+        (None, Some(config)) => run(config),
+        (None, None) => {
+            eprintln!("floodgate: nothing to do; give --config FILE to run, or `floodgate validate FILE`.\nTry `floodgate --help`.");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut bad = false;
+    for f in files {
+        match floodgate_config::load(f) {
+            Ok(_) => println!("{}: ok", f.display()),
+            Err(e) => {
+                bad = true;
+                eprint!("{e}");
+                if matches!(e, floodgate_config::LoadError::Io { .. }) {
+                    eprintln!();
+                }
+            }
+        }
+    }
+    if bad {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match floodgate_config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("floodgate: not starting: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    floodgate::logging::init(config.logging.format);
+    match start(path, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            error!("not starting: {msg}");
+            floodgate::logging::flush();
+            eprintln!("floodgate: not starting: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> {
+    let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+    let listen = config.listen;
+    let metrics_listen = config.metrics_listen;
+    let server_cfg = config.server.clone();
+    let snapshot = Snapshot::build(config, 1, &metrics).map_err(|e| e.to_string())?;
+    let rt = Runtime::new(snapshot, path, metrics);
+
+    // Bind what we can up front so a taken port is a clear start-up error, not a log line.
+    std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen on `listen` {listen}: {e}"))?;
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("cannot listen on `metrics.listen` {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+
+    let conf = ServerConf {
+        threads: server_cfg.threads,
+        grace_period_seconds: Some(server_cfg.drain_timeout.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Floodgate::new(rt.clone()),
+        "floodgate proxy",
+    );
+    proxy.add_tcp(&listen.to_string());
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = true;
+        app.server_options = Some(opts);
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "config reload",
+        ReloadService::new(rt.clone()),
+    ));
+    if let Some(l) = metrics_listener {
+        server.add_service(background_service(
+            "metrics",
+            EndpointService::new(rt.clone(), l),
+        ));
+    }
+    server.add_service(background_service(
+        "readiness",
+        Readiness {
+            rt: rt.clone(),
+            listen,
+        },
+    ));
+
+    info!(%listen, upstream = %rt.current.load().upstream, "floodgate starting");
+    let signals = Signals::new(rt.clone(), server_cfg.drain_timeout);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    floodgate::logging::flush();
+    Ok(())
+}
+
+/// Marks the sidecar ready once its data port accepts connections.
+struct Readiness {
+    rt: Arc<Runtime>,
+    listen: std::net::SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for Readiness {
+    async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
+        loop {
+            if tokio::net::TcpStream::connect(self.listen).await.is_ok() {
+                self.rt.set_ready();
+                info!(listen = %self.listen, "ready");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

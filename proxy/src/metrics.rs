@@ -1,0 +1,153 @@
+//! The Prometheus metrics Floodgate exports, in one registry. Names follow the runbook's
+//! Grafana queries (`http_requests_total`, `http_request_duration_seconds`) and the
+//! `floodgate_` prefix for everything that is the sidecar's own.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Buckets include the runbook's p95 thresholds (1 s warning, 2 s critical) as exact bounds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
+
+/// Every metric the sidecar updates.
+pub struct Metrics {
+    registry: Registry,
+    /// `http_requests_total{route,method,status}`.
+    pub requests: IntCounterVec,
+    /// `http_request_duration_seconds{route}`.
+    pub duration: HistogramVec,
+    /// `floodgate_config_reloads_total{result}`.
+    pub reloads: IntCounterVec,
+    /// `floodgate_config_version`: increments with every config swapped in.
+    pub config_version: IntGauge,
+    /// `floodgate_local_responses_total{reason}`: answers the sidecar produced itself.
+    pub local_responses: IntCounterVec,
+    /// `floodgate_inflight_requests`.
+    pub inflight: IntGauge,
+    /// `floodgate_draining`: 1 once SIGTERM was received.
+    pub draining: IntGauge,
+}
+
+/// Label values of the `status` label for 0..=599, made once so recording a request formats nothing.
+pub struct StatusLabels(Vec<String>);
+
+impl StatusLabels {
+    /// All labels.
+    pub fn new() -> Self {
+        Self((0..600).map(|s| s.to_string()).collect())
+    }
+
+    /// The label for `status` (codes past 599 are reported as `599`).
+    pub fn get(&self, status: u16) -> &str {
+        &self.0[usize::from(status.min(599))]
+    }
+}
+
+impl Default for StatusLabels {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Bounds the `method` label's cardinality: unknown methods are counted as `OTHER`.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric, plus process metrics (CPU, RSS, fds).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "Requests answered, by route, method and status.",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time from request received to response finished, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "floodgate_config_reloads_total",
+                "Config reload attempts by result.",
+            ),
+            &["result"],
+        )?;
+        let config_version = IntGauge::new(
+            "floodgate_config_version",
+            "Sequence number of the config in force (1 = the file loaded at start).",
+        )?;
+        let local_responses = IntCounterVec::new(
+            Opts::new(
+                "floodgate_local_responses_total",
+                "Responses produced by the sidecar itself instead of the upstream, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let inflight = IntGauge::new("floodgate_inflight_requests", "Requests being served now.")?;
+        let draining = IntGauge::new("floodgate_draining", "1 while shutting down after SIGTERM.")?;
+        let info = IntGaugeVec::new(
+            Opts::new("floodgate_build_info", "Version of the running sidecar."),
+            &["version"],
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(config_version.clone()))?;
+        registry.register(Box::new(local_responses.clone()))?;
+        registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(draining.clone()))?;
+        registry.register(Box::new(info))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        // Both results exist from the start so `rate()` and alerts see a zero, not a gap.
+        reloads.with_label_values(&["success"]);
+        reloads.with_label_values(&["failure"]);
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            reloads,
+            config_version,
+            local_responses,
+            inflight,
+            draining,
+        })
+    }
+
+    /// The latency histogram of one route, resolved once per snapshot rather than per request.
+    pub fn route_duration(&self, route: &str) -> Histogram {
+        self.duration.with_label_values(&[route])
+    }
+
+    /// Everything in Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

@@ -1,0 +1,109 @@
+//! Answers the sidecar writes itself. Every one says why in `floodgate-reason`, carries a
+//! problem+json body (RFC 9457), and is counted; gRPC callers get a gRPC status in a
+//! trailers-only response instead, because they cannot read an HTTP error status.
+
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// Why the sidecar answered instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Could not connect to the upstream.
+    UpstreamUnavailable,
+    /// The upstream did not answer within `read_timeout_ms`.
+    UpstreamTimeout,
+    /// The upstream broke the response (reset, malformed).
+    UpstreamError,
+    /// The request header block exceeded `server.max_request_header_bytes`.
+    HeadersTooLarge,
+    /// The request could not be parsed.
+    BadRequest,
+}
+
+impl Reason {
+    /// Value of `floodgate-reason` and of the `reason` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::UpstreamError => "upstream_error",
+            Reason::HeadersTooLarge => "headers_too_large",
+            Reason::BadRequest => "bad_request",
+        }
+    }
+
+    /// HTTP status for plain HTTP callers.
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::UpstreamUnavailable | Reason::UpstreamError => 502,
+            Reason::UpstreamTimeout => 504,
+            Reason::HeadersTooLarge => 431,
+            Reason::BadRequest => 400,
+        }
+    }
+
+    /// gRPC status code (UNAVAILABLE = 14, DEADLINE_EXCEEDED = 4, INTERNAL = 13, INVALID_ARGUMENT = 3).
+    fn grpc_status(self) -> &'static str {
+        match self {
+            Reason::UpstreamUnavailable | Reason::UpstreamError => "14",
+            Reason::UpstreamTimeout => "4",
+            Reason::HeadersTooLarge | Reason::BadRequest => "3",
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            Reason::UpstreamUnavailable => {
+                "the sidecar could not connect to the application (upstream.address)"
+            }
+            Reason::UpstreamTimeout => {
+                "the application did not answer within upstream.read_timeout_ms"
+            }
+            Reason::UpstreamError => "the application's response broke off or was malformed",
+            Reason::HeadersTooLarge => "request headers exceed server.max_request_header_bytes",
+            Reason::BadRequest => "the request is not valid HTTP",
+        }
+    }
+}
+
+/// True when the request is gRPC (`content-type: application/grpc[+proto|...]`).
+pub fn is_grpc(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Writes the sidecar's own answer for `reason`. Returns the HTTP status written.
+pub async fn send(session: &mut Session, reason: Reason) -> pingora_error::Result<u16> {
+    if is_grpc(session) {
+        let mut h = ResponseHeader::build(200, Some(4))?;
+        h.insert_header("content-type", "application/grpc")?;
+        h.insert_header("grpc-status", reason.grpc_status())?;
+        h.insert_header("grpc-message", reason.as_str())?;
+        h.insert_header("floodgate-reason", reason.as_str())?;
+        session.write_response_header(Box::new(h), true).await?;
+        return Ok(200);
+    }
+    let status = reason.status();
+    let body = format!(
+        "{{\"type\":\"urn:floodgate:problem:{r}\",\"title\":\"{r}\",\"status\":{status},\"detail\":\"{d}\"}}\n",
+        r = reason.as_str(),
+        d = reason.detail()
+    );
+    let mut h = ResponseHeader::build(status, Some(4))?;
+    h.insert_header("content-type", "application/problem+json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("floodgate-reason", reason.as_str())?;
+    if status == 431 || status == 400 {
+        // A client that sent a bad head may have sent more we will not read: close after.
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(status)
+}

@@ -1,0 +1,203 @@
+//! The pingora shell: maps pingora's request phases onto Floodgate's snapshot, router and
+//! responses. Policy lives elsewhere; this file only wires it to the wire.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use tracing::info;
+
+use crate::metrics::method_label;
+use crate::respond::{self, Reason};
+use crate::router::RequestView;
+use crate::state::{InflightGuard, Runtime, Snapshot};
+
+/// The proxy application pingora drives.
+pub struct Floodgate {
+    rt: Arc<Runtime>,
+}
+
+impl Floodgate {
+    /// The application over `rt`.
+    pub fn new(rt: Arc<Runtime>) -> Self {
+        Self { rt }
+    }
+}
+
+/// Per-request state. Holds the one snapshot this request sees from start to end.
+pub struct Ctx {
+    snap: Arc<Snapshot>,
+    route: usize,
+    start: Instant,
+    reason: Option<Reason>,
+    _inflight: InflightGuard,
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Size of the request head as the client sent it, near enough: request line and headers.
+fn header_bytes(req: &RequestHeader) -> usize {
+    let uri = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    req.headers
+        .iter()
+        .fold(uri + 16, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+fn classify(e: &Error) -> Option<Reason> {
+    use ErrorType::*;
+    match (e.esource(), e.etype()) {
+        (
+            _,
+            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError
+            | BindError,
+        ) => Some(Reason::UpstreamUnavailable),
+        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => Some(Reason::UpstreamTimeout),
+        (ErrorSource::Upstream, _) => Some(Reason::UpstreamError),
+        (ErrorSource::Downstream, InvalidHTTPHeader) => Some(Reason::BadRequest),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Floodgate {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            snap: self.rt.current.load_full(),
+            route: 0,
+            start: Instant::now(),
+            reason: None,
+            _inflight: InflightGuard::new(&self.rt),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let view = RequestView {
+            method: &req.method,
+            path: req.uri.path(),
+            host: req.uri.host().or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            }),
+            headers: &req.headers,
+        };
+        ctx.route = ctx.snap.router.route(&view).0;
+        if header_bytes(req) > ctx.snap.config.server.max_request_header_bytes {
+            ctx.reason = Some(Reason::HeadersTooLarge);
+            respond::send(session, Reason::HeadersTooLarge).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let up = &ctx.snap.config.upstream;
+        let mut peer = HttpPeer::new(ctx.snap.upstream, false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        peer.options.idle_timeout = Some(up.idle_timeout);
+        if session.is_http2() {
+            // An h2c client (gRPC) is forwarded as h2c: gRPC does not survive HTTP/1.1.
+            peer.options.set_http_version(2, 2);
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(ip) = client_ip(session) {
+            let forwarded = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", forwarded)?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let reason = classify(e);
+        let mut code = 0;
+        let headers_sent = session.response_written().is_some();
+        match reason {
+            Some(r) if !headers_sent => {
+                ctx.reason = Some(r);
+                code = respond::send(session, r).await.unwrap_or(0);
+            }
+            // The response already started: all we can do is cut it, which tells the client.
+            Some(r) => ctx.reason = Some(r),
+            None => {
+                if let ErrorType::HTTPStatus(c) = e.etype() {
+                    code = *c;
+                    let _ = session.respond_error(code).await;
+                }
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        let method = method_label(&req.method);
+        let route = ctx
+            .snap
+            .router
+            .all()
+            .nth(ctx.route)
+            .map_or("default", |r| r.name.as_str());
+        let elapsed = ctx.start.elapsed();
+        let rt = &self.rt;
+        rt.metrics
+            .requests
+            .with_label_values(&[route, method, rt.status_labels.get(status)])
+            .inc();
+        if let Some(h) = ctx.snap.route_duration.get(ctx.route) {
+            h.observe(elapsed.as_secs_f64());
+        }
+        if let Some(r) = ctx.reason {
+            rt.metrics
+                .local_responses
+                .with_label_values(&[r.as_str()])
+                .inc();
+        }
+        if ctx.snap.config.logging.access_log {
+            info!(
+                target: "access",
+                client = %client_ip(session).map(|i| i.to_string()).unwrap_or_default(),
+                method = req.method.as_str(),
+                path = req.uri.path(),
+                route,
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                reason = ctx.reason.map_or("", Reason::as_str),
+                error = e.map(|e| e.to_string()).unwrap_or_default(),
+            );
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `floodgate validate` and friends, run as a user would.
+
+use std::process::Command;
+
+fn floodgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn repo(p: &str) -> String {
+    format!("{}/../{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn validate_accepts_the_shipped_examples() {
+    let (code, out, err) = floodgate(&[
+        "validate",
+        &repo("config/examples/quickstart.yaml"),
+        &repo("config/reference.yaml"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("quickstart.yaml: ok"), "{out}");
+}
+
+#[test]
+fn validate_prints_every_error_with_file_line_and_path_and_exits_1() {
+    let f = repo("config/tests/fixtures/invalid/references.yaml");
+    let (code, _, err) = floodgate(&["validate", &f]);
+    assert_eq!(code, 1);
+    assert!(err.contains("5 errors in config"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}:12: routes[1].name: duplicate route name `api`"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{f}:18: limits[0].routes[1]: unknown route `ap`")),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_of_non_yaml_names_the_line() {
+    let f = repo("config/tests/fixtures/invalid/not_yaml.yaml");
+    let (code, _, err) = floodgate(&["validate", &f]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{f}:5: not valid YAML")), "{err}");
+}
+
+#[test]
+fn missing_file_and_no_arguments_say_what_to_do() {
+    let (code, _, err) = floodgate(&["validate", "/nonexistent/floodgate.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/nonexistent/floodgate.yaml: cannot read config file"),
+        "{err}"
+    );
+    let (code, _, err) = floodgate(&[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--config FILE"), "{err}");
+}
+
+#[test]
+fn help_teaches_with_examples() {
+    let (code, out, _) = floodgate(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("floodgate validate"), "{out}");
+    assert!(out.contains("SIGTERM"), "{out}");
+}
+
+#[test]
+fn schema_subcommand_prints_the_committed_schema() {
+    let (code, out, _) = floodgate(&["schema"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        std::fs::read_to_string(repo("config/floodgate.schema.json")).unwrap()
+    );
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `floodgate` binary, started on free loopback ports in front of a
+//! real HTTP upstream. Every test runs in parallel with the others.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod lifecycle;
+mod proxy;
+mod reload;
+mod support;

@@ -1,0 +1,202 @@
+//! Helpers for end-to-end tests: start the real `floodgate` binary on free loopback ports in
+//! front of a real upstream, wait for conditions with deadlines, and talk raw HTTP.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use floodgate::demo::{self, DemoStats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real HTTP upstream (the demo server) running in the test's runtime.
+pub struct Upstream {
+    pub port: u16,
+    pub stats: Arc<DemoStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stats = Arc::new(DemoStats::default());
+        let (n, s) = (name.to_string(), stats.clone());
+        let task = tokio::spawn(async move { demo::serve(listener, &n, s).await });
+        Self { port, stats, task }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A running `floodgate` process with its own config directory.
+pub struct Sidecar {
+    pub child: Child,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+/// The minimal config around `upstream_port`, with `extra` YAML appended.
+pub fn config_yaml(port: u16, metrics_port: u16, upstream_port: u16, extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:{port}\nupstream:\n  address: 127.0.0.1:{upstream_port}\n  connect_timeout_ms: 500\n  read_timeout_ms: 2000\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\nserver:\n  drain_timeout_ms: 10000\n{extra}"
+    )
+}
+
+impl Sidecar {
+    /// Starts floodgate in front of `upstream_port` and waits until `/readyz` says ready.
+    pub async fn start(upstream_port: u16, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("floodgate.yaml");
+        let (port, metrics_port) = (free_port(), free_port());
+        std::fs::write(
+            &config,
+            config_yaml(port, metrics_port, upstream_port, extra),
+        )
+        .unwrap();
+        Self::start_with(dir, config, port, metrics_port).await
+    }
+
+    /// Starts floodgate on an already written config.
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        metrics_port: u16,
+    ) -> Self {
+        let log = std::fs::File::create(dir.path().join("floodgate.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut s = Self {
+            child,
+            port,
+            metrics_port,
+            dir,
+            config,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok((200, _, _)) = http_get(metrics_port, "/readyz").await {
+                return s;
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("floodgate exited with {status} before ready:\n{}", s.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "floodgate not ready within 15 s:\n{}",
+                s.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything floodgate logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("floodgate.log")).unwrap_or_default()
+    }
+
+    /// Replaces the config file the way editors and `kubectl` do: write aside, then rename.
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.dir.path().join(".floodgate.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// The value of one metric sample (exact name with labels) from `/metrics`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, _, body) = http_get(self.metrics_port, "/metrics").await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns how long it took.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes or `limit` passes.
+pub async fn raw(port: u16, request: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A one-shot HTTP/1.1 GET; returns status, headers and body.
+pub async fn http_get(port: u16, path: &str) -> Result<(u16, http::HeaderMap, String), String> {
+    let client = client();
+    let resp = client
+        .get(format!("http://127.0.0.1:{port}{path}").parse().unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// A pooled keep-alive HTTP/1.1 client.
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
