@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Throughput, latency and memory of Floodgate against nginx proxy_pass, from one run.
+
+Everything listens on free loopback ports. Backend: nginx `return 200 "ok\\n"` (1 worker,
+access log off). Candidates: nginx proxy_pass (keepalive 64, HTTP/1.1) and floodgate, both in
+front of that backend, measured alternately for several rounds; the median is reported.
+Load: wrk -t1 -c32 for saturation, then oha at a fixed rate of 50% of nginx's saturated rps
+for the latency-under-load comparison. Every run is bounded in time.
+"""
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLOODGATE = os.path.join(ROOT, "target", "release", "floodgate")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"nothing listening on {port} after {timeout}s")
+
+
+def nginx(tmp, name, workers, server_block):
+    conf = os.path.join(tmp, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes {workers};
+daemon off;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  {server_block}
+}}
+""")
+    return subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stderr=subprocess.DEVNULL)
+
+
+def floodgate(tmp, name, port, backend, threads, access_log):
+    conf = os.path.join(tmp, f"{name}.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""listen: 127.0.0.1:{port}
+upstream: {{ address: 127.0.0.1:{backend} }}
+metrics: {{ listen: 127.0.0.1:{free_port()} }}
+routes:
+  - name: api
+    match: {{ path_prefix: /api }}
+logging: {{ access_log: {str(access_log).lower()} }}
+server: {{ threads: {threads} }}
+""")
+    return subprocess.Popen([FLOODGATE, "--config", conf], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
+
+
+def wrk(port, duration, conns):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"port {port} answered {errors.group(1)} non-2xx responses:\n{out}")
+    return rps, p50, p99
+
+
+def oha_rate(port, rate, duration, conns):
+    out = subprocess.run(
+        ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns),
+         "-q", str(int(rate)), "--latency-correction", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=duration + 30).stdout
+    j = json.loads(out)
+    pct = j["latencyPercentiles"]
+    return j["summary"]["requestsPerSec"], pct["p50"] * 1000, pct["p99"] * 1000
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_mode(tmp, workers, args, label):
+    procs = []
+    try:
+        bp, np_, fp, fpl = free_port(), free_port(), free_port(), free_port()
+        procs.append(nginx(tmp, f"backend{workers}", 1,
+                           f'server {{ listen 127.0.0.1:{bp}; location / {{ return 200 "ok\\n"; }} }}'))
+        procs.append(nginx(tmp, f"proxy{workers}", workers, f"""
+  upstream backend {{ server 127.0.0.1:{bp}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{np_};
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""))
+        fg = floodgate(tmp, f"fg{workers}", fp, bp, workers, False)
+        fgl = floodgate(tmp, f"fgl{workers}", fpl, bp, workers, True)
+        procs += [fg, fgl]
+        for p in (bp, np_, fp, fpl):
+            wait_port(p)
+        time.sleep(0.5)
+        idle_rss = rss_mib(fg.pid)
+        targets = [("direct to backend", bp), ("nginx proxy_pass", np_),
+                   ("floodgate", fp), ("floodgate + access log", fpl)]
+        results = {name: [] for name, _ in targets}
+        for port in (np_, fp, fpl):  # warm pools and caches
+            wrk(port, 1, args.connections)
+        for _ in range(args.rounds):
+            for name, port in targets:
+                results[name].append(wrk(port, args.duration, args.connections))
+        med = {n: tuple(statistics.median(r[i] for r in rs) for i in range(3)) for n, rs in results.items()}
+        loaded_rss = rss_mib(fg.pid)
+        half = med["nginx proxy_pass"][0] * 0.5
+        at_half = {}
+        if shutil.which("oha"):
+            for name, port in (("nginx proxy_pass", np_), ("floodgate", fp)):
+                at_half[name] = oha_rate(port, half, args.duration, args.connections)
+        return med, at_half, half, idle_rss, loaded_rss
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM if p.args[0] != "nginx" else signal.SIGQUIT)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=4, help="seconds per measurement (default 4)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is kept (default 3)")
+    ap.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    ap.add_argument("--modes", default="1,2", help="proxy worker counts to test (default 1,2 = one worker, all cores)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.md"))
+    args = ap.parse_args()
+    lines = [f"# bench/run.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"{os.cpu_count()} cores; wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.rounds} alternating rounds.", ""]
+    for workers in [int(w) for w in args.modes.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            med, at_half, half, idle_rss, loaded_rss = run_mode(tmp, workers, args, workers)
+        ng = med["nginx proxy_pass"]
+        lines += [f"## {workers} worker(s): nginx worker_processes {workers}, floodgate server.threads {workers}", "",
+                  "| path | rps | p50 ms | p99 ms | rps / nginx |", "|---|---:|---:|---:|---:|"]
+        for name, (rps, p50, p99) in med.items():
+            ratio = "—" if name.startswith("direct") else f"{rps / ng[0]:.2f}"
+            lines.append(f"| {name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {ratio} |")
+        if at_half:
+            lines += ["", f"At a fixed {half:,.0f} rps (50% of nginx's saturated rate), oha, {args.connections} connections:", "",
+                      "| path | achieved rps | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
+            for name, (rps, p50, p99) in at_half.items():
+                lines.append(f"| {name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} |")
+            d = at_half["floodgate"][2] - at_half["nginx proxy_pass"][2]
+            lines.append(f"\nfloodgate p99 − nginx p99 at 50% load: {d:+.3f} ms")
+        lines += [f"\nfloodgate RSS: {idle_rss:.1f} MiB idle, {loaded_rss:.1f} MiB after the load.", ""]
+        print("\n".join(lines[-30:]), flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (unit, config fixtures, end-to-end against the real binaries).
+# Installs what a fresh Debian machine lacks first: cmake (pingora's zlib-ng build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+need cmake cmake
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  echo ">> cargo-nextest not found; using cargo test (install: cargo install cargo-nextest --locked)" >&2
+  cargo test --workspace --no-fail-fast "$@"
+fi
