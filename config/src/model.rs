@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
-pub use crate::raw::{Level, LogFormat, Priority, Role, Scope, Strategy};
+pub use crate::raw::{Level, LogFormat, Priority, Role, Scope, Strategy, UpstreamProtocol};
 
 /// A checked Floodgate configuration.
 #[derive(Debug, Clone)]
@@ -50,6 +50,8 @@ pub struct Upstream {
     pub write_timeout: Duration,
     /// Idle time after which a pooled connection is closed.
     pub idle_timeout: Duration,
+    /// Protocol to the app.
+    pub protocol: UpstreamProtocol,
 }
 
 /// Admin plane settings.

@@ -65,6 +65,23 @@ pub struct RawUpstream {
     /// How long an idle pooled keep-alive connection to the app is kept, in milliseconds (default 60000).
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
+    /// Protocol to the app: `auto` (default: h2c clients such as gRPC are forwarded as h2c,
+    /// HTTP/1.1 clients as HTTP/1.1), `http1` (always HTTP/1.1) or `h2c` (always HTTP/2 cleartext).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// Protocol spoken to the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// Same as the client: h2c for h2c clients, HTTP/1.1 otherwise.
+    #[default]
+    Auto,
+    /// Always HTTP/1.1 (an app that cannot speak HTTP/2; gRPC will not work).
+    Http1,
+    /// Always HTTP/2 with prior knowledge.
+    H2c,
 }
 
 /// The metrics and health endpoint.

@@ -399,6 +399,7 @@ fn check_upstream(cx: &mut Ctx, u: RawUpstream) -> Option<Upstream> {
             3_600_000,
         ),
         address: u.address,
+        protocol: u.protocol,
     };
     ok.then_some(up)
 }

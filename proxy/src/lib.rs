@@ -5,6 +5,7 @@
 
 pub mod demo;
 pub mod endpoint;
+pub mod forwarded;
 pub mod logging;
 pub mod metrics;
 pub mod reload;

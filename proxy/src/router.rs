@@ -48,6 +48,13 @@ impl Router {
         }
     }
 
+    /// Name of the route at `index` (as returned by [`Router::route`]).
+    pub fn name(&self, index: usize) -> &str {
+        self.routes
+            .get(index)
+            .map_or(self.default.name.as_str(), |r| r.name.as_str())
+    }
+
     /// Every route, the default last; indices agree with [`Router::route`].
     pub fn all(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter().chain(std::iter::once(&self.default))

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use floodgate_config::UpstreamProtocol;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
 
+use crate::forwarded;
 use crate::metrics::method_label;
 use crate::respond::{self, Reason};
 use crate::router::RequestView;
@@ -109,8 +111,13 @@ impl ProxyHttp for Floodgate {
         peer.options.read_timeout = Some(up.read_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
         peer.options.idle_timeout = Some(up.idle_timeout);
-        if session.is_http2() {
+        let h2 = match up.protocol {
             // An h2c client (gRPC) is forwarded as h2c: gRPC does not survive HTTP/1.1.
+            UpstreamProtocol::Auto => session.is_http2(),
+            UpstreamProtocol::H2c => true,
+            UpstreamProtocol::Http1 => false,
+        };
+        if h2 {
             peer.options.set_http_version(2, 2);
         }
         Ok(Box::new(peer))
@@ -123,17 +130,13 @@ impl ProxyHttp for Floodgate {
         _ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(ip) = client_ip(session) {
-            let forwarded = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
+            if let Some(v) =
+                forwarded::append_for(upstream.headers.get(&forwarded::X_FORWARDED_FOR), ip)
             {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            upstream.insert_header("x-forwarded-for", forwarded)?;
+                upstream.insert_header(forwarded::X_FORWARDED_FOR, v)?;
+            }
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header(forwarded::X_FORWARDED_PROTO, forwarded::PROTO_HTTP)?;
         Ok(())
     }
 

@@ -15,7 +15,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         fg.metric("floodgate_inflight_requests").await == Some(1.0)
     })
     .await;
-    fg.signal("-TERM");
+    fg.signal(nix::sys::signal::Signal::SIGTERM);
     eventually(Duration::from_secs(2), "readyz turns 503", || async {
         matches!(http_get(fg.metrics_port, "/readyz").await, Ok((503, _, _)))
     })

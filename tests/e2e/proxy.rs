@@ -194,6 +194,47 @@ async fn h2c_requests_reach_the_upstream_as_http2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_protocol_can_be_forced() {
+    let up = Upstream::start("app").await;
+    // http1: an h2c client still reaches an HTTP/1.1-only app.
+    let fg = Sidecar::start(up.port, "").await;
+    fg.write_config(&config_yaml(fg.port, fg.metrics_port, up.port, "").replace(
+        "read_timeout_ms: 2000",
+        "read_timeout_ms: 2000\n  protocol: http1",
+    ));
+    eventually(Duration::from_secs(2), "reloaded", || async {
+        fg.metric("floodgate_config_version").await == Some(2.0)
+    })
+    .await;
+    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let resp = h2
+        .get(
+            format!("http://127.0.0.1:{}/echo", fg.port)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.headers()["echo-version"], "HTTP/1.1");
+    // h2c: an HTTP/1.1 client's request goes upstream as HTTP/2.
+    fg.write_config(&config_yaml(fg.port, fg.metrics_port, up.port, "").replace(
+        "read_timeout_ms: 2000",
+        "read_timeout_ms: 2000\n  protocol: h2c",
+    ));
+    eventually(Duration::from_secs(2), "reloaded", || async {
+        fg.metric("floodgate_config_version").await == Some(3.0)
+    })
+    .await;
+    let (status, h, _) = http_get(fg.port, "/echo").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(h["echo-version"], "HTTP/2.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_caller_gets_grpc_status_when_upstream_is_down() {
     let fg = Sidecar::start(free_port(), "").await;
     let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =

@@ -148,7 +148,7 @@ async fn sighup_reloads() {
     let a = Upstream::start("A").await;
     let fg = Sidecar::start(a.port, "").await;
     // The file is unchanged, so the watcher would not reload: only the signal can.
-    fg.signal("-HUP");
+    fg.signal(nix::sys::signal::Signal::SIGHUP);
     eventually(Duration::from_secs(2), "SIGHUP reload counted", || async {
         fg.metric("floodgate_config_reloads_total{result=\"success\"}")
             .await

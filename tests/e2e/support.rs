@@ -60,16 +60,25 @@ pub fn config_yaml(port: u16, metrics_port: u16, upstream_port: u16, extra: &str
 
 impl Sidecar {
     /// Starts floodgate in front of `upstream_port` and waits until `/readyz` says ready.
+    /// Tests run in parallel, so a port found free may be taken before floodgate binds it:
+    /// that one case is retried with new ports.
     pub async fn start(upstream_port: u16, extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("floodgate.yaml");
-        let (port, metrics_port) = (free_port(), free_port());
-        std::fs::write(
-            &config,
-            config_yaml(port, metrics_port, upstream_port, extra),
-        )
-        .unwrap();
-        Self::start_with(dir, config, port, metrics_port).await
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let config = dir.path().join("floodgate.yaml");
+            let (port, metrics_port) = (free_port(), free_port());
+            std::fs::write(
+                &config,
+                config_yaml(port, metrics_port, upstream_port, extra),
+            )
+            .unwrap();
+            match Self::try_start(dir, config, port, metrics_port).await {
+                Ok(s) => return s,
+                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) => panic!("floodgate exited before ready:\n{log}"),
+            }
+        }
+        panic!("no free ports after 3 tries");
     }
 
     /// Starts floodgate on an already written config.
@@ -79,6 +88,18 @@ impl Sidecar {
         port: u16,
         metrics_port: u16,
     ) -> Self {
+        match Self::try_start(dir, config, port, metrics_port).await {
+            Ok(s) => s,
+            Err(log) => panic!("floodgate exited before ready:\n{log}"),
+        }
+    }
+
+    async fn try_start(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        metrics_port: u16,
+    ) -> Result<Self, String> {
         let log = std::fs::File::create(dir.path().join("floodgate.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
             .arg("--config")
@@ -98,10 +119,10 @@ impl Sidecar {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok((200, _, _)) = http_get(metrics_port, "/readyz").await {
-                return s;
+                return Ok(s);
             }
             if let Ok(Some(status)) = s.child.try_wait() {
-                panic!("floodgate exited with {status} before ready:\n{}", s.log());
+                return Err(format!("exit status {status}\n{}", s.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -131,13 +152,9 @@ impl Sidecar {
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
     }
 
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, sig).unwrap();
     }
 }
 
