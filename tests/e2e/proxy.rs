@@ -110,15 +110,16 @@ async fn refused_upstream_is_502_upstream_unavailable() {
     assert_eq!(h["floodgate-reason"], "upstream_unavailable");
     assert_eq!(h["content-type"], "application/problem+json");
     assert!(body.contains("\"status\":502"), "{body}");
-    let counted = fg
-        .metric("floodgate_local_responses_total{reason=\"upstream_unavailable\"}")
-        .await;
-    assert_eq!(counted, Some(1.0));
-    assert_eq!(
-        fg.metric("http_requests_total{method=\"GET\",route=\"default\",status=\"502\"}")
-            .await,
-        Some(1.0)
-    );
+    fg.wait_metric(
+        "floodgate_local_responses_total{reason=\"upstream_unavailable\"}",
+        1.0,
+    )
+    .await;
+    fg.wait_metric(
+        "http_requests_total{method=\"GET\",route=\"default\",status=\"502\"}",
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,6 +295,8 @@ async fn metrics_health_and_readiness_endpoints() {
     }
     assert_eq!(http_get(fg.metrics_port, "/healthz").await.unwrap().0, 200);
     assert_eq!(http_get(fg.metrics_port, "/readyz").await.unwrap().0, 200);
+    fg.wait_metric("http_request_duration_seconds_count{route=\"api\"}", 3.0)
+        .await;
     let (_, h, body) = http_get(fg.metrics_port, "/metrics").await.unwrap();
     assert!(h["content-type"]
         .to_str()

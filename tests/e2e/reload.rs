@@ -96,12 +96,9 @@ async fn valid_change_applies_within_1s_with_zero_failed_requests() {
         ok + failed
     );
     assert!(took < Duration::from_secs(1));
-    assert_eq!(fg.metric("floodgate_config_version").await, Some(2.0));
-    assert_eq!(
-        fg.metric("floodgate_config_reloads_total{result=\"success\"}")
-            .await,
-        Some(1.0)
-    );
+    fg.wait_metric("floodgate_config_version", 2.0).await;
+    fg.wait_metric("floodgate_config_reloads_total{result=\"success\"}", 1.0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,6 +152,23 @@ impl Sidecar {
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
     }
 
+    /// Waits (at most 2 s) for a metric sample to reach `want`. Per-request metrics are
+    /// recorded after the response is sent, so a client may see the answer first.
+    pub async fn wait_metric(&self, sample: &str, want: f64) {
+        let start = Instant::now();
+        loop {
+            let got = self.metric(sample).await;
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{sample} is {got:?}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
         nix::sys::signal::kill(pid, sig).unwrap();
