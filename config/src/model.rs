@@ -25,6 +25,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Rate limits (accepted, not yet enforced).
     pub limits: Vec<Limit>,
+    /// Rate-limit response fields to send.
+    pub rate_limit_headers: RateLimitHeaders,
     /// Admission queue (accepted, not yet enforced).
     pub queue: Option<Queue>,
     /// Circuit breaker (accepted, not yet enforced).
@@ -149,6 +151,15 @@ pub struct Limit {
     pub scope: Scope,
     /// Report only.
     pub shadow: bool,
+}
+
+/// Rate-limit response fields to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    /// `RateLimit-Policy` / `RateLimit`.
+    pub ietf: bool,
+    /// `X-RateLimit-*`.
+    pub legacy: bool,
 }
 
 /// Admission queue.

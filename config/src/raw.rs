@@ -21,15 +21,19 @@ pub struct RawConfig {
     /// The gRPC admin plane (accepted, not yet enforced: the admin plane is not built yet).
     #[serde(default)]
     pub admin: Option<RawAdmin>,
-    /// Redis for fleet-wide limits and overrides (accepted, not yet enforced). Absent = local only.
+    /// Redis for fleet-wide limits and overrides (accepted, not yet connected to). Absent = local only.
     #[serde(default)]
     pub redis: Option<RawRedis>,
     /// Route table; first match wins; unmatched requests use the route `default`.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
-    /// Rate limits (accepted and validated, not yet enforced).
+    /// Rate limits. `scope: global` is enforced per sidecar at `max_requests / redis.expected_replicas`
+    /// until the Redis backend is built.
     #[serde(default)]
     pub limits: Vec<RawLimit>,
+    /// Which rate-limit response fields are sent.
+    #[serde(default)]
+    pub rate_limit_headers: Option<RawRateLimitHeaders>,
     /// Admission queue (accepted and validated, not yet enforced).
     #[serde(default)]
     pub queue: Option<RawQueue>,
@@ -259,6 +263,18 @@ pub enum Scope {
     Local,
     /// In Redis, shared by every sidecar.
     Global,
+}
+
+/// Rate-limit response fields.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimitHeaders {
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11); default true.
+    #[serde(default)]
+    pub ietf: Option<bool>,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`; default true.
+    #[serde(default)]
+    pub legacy: Option<bool>,
 }
 
 /// Admission queue.

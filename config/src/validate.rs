@@ -27,6 +27,7 @@ const TOP_LEVEL: &[&str] = &[
     "redis",
     "routes",
     "limits",
+    "rate_limit_headers",
     "queue",
     "circuit_breaker",
     "degradation",
@@ -199,6 +200,8 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
     let redis: Option<RawRedis> = take(&mut map, "redis").and_then(|v| cx.decode("redis", v));
     let routes: Vec<Option<RawRoute>> = decode_list(cx, "routes", take(&mut map, "routes"));
     let limits: Vec<Option<RawLimit>> = decode_list(cx, "limits", take(&mut map, "limits"));
+    let rl_headers: Option<RawRateLimitHeaders> =
+        take(&mut map, "rate_limit_headers").and_then(|v| cx.decode("rate_limit_headers", v));
     let queue: Option<RawQueue> = take(&mut map, "queue").and_then(|v| cx.decode("queue", v));
     let breaker: Option<RawCircuitBreaker> =
         take(&mut map, "circuit_breaker").and_then(|v| cx.decode("circuit_breaker", v));
@@ -308,6 +311,13 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         redis,
         routes: checked_routes,
         limits: checked_limits,
+        rate_limit_headers: {
+            let h = rl_headers.unwrap_or_default();
+            RateLimitHeaders {
+                ietf: h.ietf.unwrap_or(true),
+                legacy: h.legacy.unwrap_or(true),
+            }
+        },
         queue,
         circuit_breaker,
         degradation,

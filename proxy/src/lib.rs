@@ -14,3 +14,4 @@ pub mod router;
 pub mod shell;
 pub mod shutdown;
 pub mod state;
+pub mod sweep;

@@ -120,8 +120,17 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
     let listen = config.listen;
     let metrics_listen = config.metrics_listen;
     let server_cfg = config.server.clone();
-    let snapshot = Snapshot::build(config, 1, &metrics).map_err(|e| e.to_string())?;
-    let rt = Runtime::new(snapshot, path, metrics);
+    let clock = floodgate_policy::Clock::monotonic();
+    let snapshot = Snapshot::build(config, 1, &metrics, None, &clock).map_err(|e| e.to_string())?;
+    if snapshot
+        .config
+        .limits
+        .iter()
+        .any(|l| l.scope == floodgate_config::Scope::Global)
+    {
+        tracing::warn!("scope: global limits are enforced per sidecar at max_requests / redis.expected_replicas: the Redis backend is not built yet");
+    }
+    let rt = Runtime::new(snapshot, path, metrics, clock);
 
     // Bind what we can up front so a taken port is a clear start-up error, not a log line.
     std::net::TcpListener::bind(listen)
@@ -165,6 +174,10 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
             EndpointService::new(rt.clone(), l),
         ));
     }
+    server.add_service(background_service(
+        "limit sweeper",
+        floodgate::sweep::Sweeper::new(rt.clone()),
+    ));
     server.add_service(background_service(
         "readiness",
         Readiness {

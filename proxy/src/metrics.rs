@@ -3,8 +3,8 @@
 //! `floodgate_` prefix for everything that is the sidecar's own.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets include the runbook's p95 thresholds (1 s warning, 2 s critical) as exact bounds.
@@ -29,6 +29,14 @@ pub struct Metrics {
     pub inflight: IntGauge,
     /// `floodgate_draining`: 1 once SIGTERM was received.
     pub draining: IntGauge,
+    /// `floodgate_ratelimit_decisions_total{limit,decision}`.
+    pub rl_decisions: IntCounterVec,
+    /// `floodgate_ratelimit_utilization_ratio{limit}`: the busiest key's share of its limit.
+    pub rl_utilization: GaugeVec,
+    /// `floodgate_ratelimit_keys{limit}`: keys with state in this sidecar.
+    pub rl_keys: IntGaugeVec,
+    /// `floodgate_ratelimit_backend{limit,mode}`: 1 for the mode a limit runs in.
+    pub rl_backend: IntGaugeVec,
 }
 
 /// Label values of the `status` label for 0..=599, made once so recording a request formats nothing.
@@ -107,6 +115,31 @@ impl Metrics {
         )?;
         let inflight = IntGauge::new("floodgate_inflight_requests", "Requests being served now.")?;
         let draining = IntGauge::new("floodgate_draining", "1 while shutting down after SIGTERM.")?;
+        let rl_decisions = IntCounterVec::new(
+            Opts::new(
+                "floodgate_ratelimit_decisions_total",
+                "Rate-limit decisions by limit.",
+            ),
+            &["limit", "decision"],
+        )?;
+        let rl_utilization = GaugeVec::new(
+            Opts::new(
+                "floodgate_ratelimit_utilization_ratio",
+                "Busiest key's use of its limit in the current window (1 = at the limit).",
+            ),
+            &["limit"],
+        )?;
+        let rl_keys = IntGaugeVec::new(
+            Opts::new("floodgate_ratelimit_keys", "Keys with limiter state."),
+            &["limit"],
+        )?;
+        let rl_backend = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_ratelimit_backend",
+                "Where each limit is counted (1 = this mode).",
+            ),
+            &["limit", "mode"],
+        )?;
         let info = IntGaugeVec::new(
             Opts::new("floodgate_build_info", "Version of the running sidecar."),
             &["version"],
@@ -120,6 +153,10 @@ impl Metrics {
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(draining.clone()))?;
         registry.register(Box::new(info))?;
+        registry.register(Box::new(rl_decisions.clone()))?;
+        registry.register(Box::new(rl_utilization.clone()))?;
+        registry.register(Box::new(rl_keys.clone()))?;
+        registry.register(Box::new(rl_backend.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -135,6 +172,10 @@ impl Metrics {
             local_responses,
             inflight,
             draining,
+            rl_decisions,
+            rl_utilization,
+            rl_keys,
+            rl_backend,
         })
     }
 

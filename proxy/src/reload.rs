@@ -33,7 +33,16 @@ pub enum ReloadError {
 pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
     let result = floodgate_config::load(&rt.config_path)
         .map_err(ReloadError::from)
-        .and_then(|cfg| Ok(Snapshot::build(cfg, rt.next_version(), &rt.metrics)?));
+        .and_then(|cfg| {
+            let old = rt.current.load();
+            Ok(Snapshot::build(
+                cfg,
+                rt.next_version(),
+                &rt.metrics,
+                Some(&old),
+                &rt.clock,
+            )?)
+        });
     match result {
         Ok(snap) => {
             let version = snap.version;

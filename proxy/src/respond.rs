@@ -19,6 +19,8 @@ pub enum Reason {
     HeadersTooLarge,
     /// The request could not be parsed.
     BadRequest,
+    /// A rate limit rejected the request.
+    RateLimited,
 }
 
 impl Reason {
@@ -30,6 +32,7 @@ impl Reason {
             Reason::UpstreamError => "upstream_error",
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::BadRequest => "bad_request",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -40,15 +43,18 @@ impl Reason {
             Reason::UpstreamTimeout => 504,
             Reason::HeadersTooLarge => 431,
             Reason::BadRequest => 400,
+            Reason::RateLimited => 429,
         }
     }
 
-    /// gRPC status code (UNAVAILABLE = 14, DEADLINE_EXCEEDED = 4, INTERNAL = 13, INVALID_ARGUMENT = 3).
+    /// gRPC status code (UNAVAILABLE = 14, DEADLINE_EXCEEDED = 4, INVALID_ARGUMENT = 3,
+    /// RESOURCE_EXHAUSTED = 8).
     fn grpc_status(self) -> &'static str {
         match self {
             Reason::UpstreamUnavailable | Reason::UpstreamError => "14",
             Reason::UpstreamTimeout => "4",
             Reason::HeadersTooLarge | Reason::BadRequest => "3",
+            Reason::RateLimited => "8",
         }
     }
 
@@ -63,6 +69,7 @@ impl Reason {
             Reason::UpstreamError => "the application's response broke off or was malformed",
             Reason::HeadersTooLarge => "request headers exceed server.max_request_header_bytes",
             Reason::BadRequest => "the request is not valid HTTP",
+            Reason::RateLimited => "the request rate is over a configured limit",
         }
     }
 }
@@ -78,8 +85,20 @@ pub fn is_grpc(session: &Session) -> bool {
 
 /// Writes the sidecar's own answer for `reason`. Returns the HTTP status written.
 pub async fn send(session: &mut Session, reason: Reason) -> pingora_error::Result<u16> {
+    send_with(session, reason, None, |_| Ok(())).await
+}
+
+/// Like [`send`], with a specific `detail` for the problem body (JSON-escaped here) and
+/// `extra` response headers.
+pub async fn send_with(
+    session: &mut Session,
+    reason: Reason,
+    detail: Option<&str>,
+    extra: impl FnOnce(&mut ResponseHeader) -> pingora_error::Result<()>,
+) -> pingora_error::Result<u16> {
     if is_grpc(session) {
-        let mut h = ResponseHeader::build(200, Some(4))?;
+        let mut h = ResponseHeader::build(200, Some(8))?;
+        extra(&mut h)?;
         h.insert_header("content-type", "application/grpc")?;
         h.insert_header("grpc-status", reason.grpc_status())?;
         h.insert_header("grpc-message", reason.as_str())?;
@@ -88,12 +107,13 @@ pub async fn send(session: &mut Session, reason: Reason) -> pingora_error::Resul
         return Ok(200);
     }
     let status = reason.status();
+    let detail = detail.map_or_else(|| reason.detail().to_string(), json_escape);
     let body = format!(
-        "{{\"type\":\"urn:floodgate:problem:{r}\",\"title\":\"{r}\",\"status\":{status},\"detail\":\"{d}\"}}\n",
+        "{{\"type\":\"urn:floodgate:problem:{r}\",\"title\":\"{r}\",\"status\":{status},\"detail\":\"{detail}\"}}\n",
         r = reason.as_str(),
-        d = reason.detail()
     );
-    let mut h = ResponseHeader::build(status, Some(4))?;
+    let mut h = ResponseHeader::build(status, Some(8))?;
+    extra(&mut h)?;
     h.insert_header("content-type", "application/problem+json")?;
     h.insert_header("content-length", body.len().to_string())?;
     h.insert_header("floodgate-reason", reason.as_str())?;
@@ -106,4 +126,18 @@ pub async fn send(session: &mut Session, reason: Reason) -> pingora_error::Resul
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(status)
+}
+
+/// Escapes `s` for the inside of a JSON string.
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }

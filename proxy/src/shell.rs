@@ -8,7 +8,11 @@ use async_trait::async_trait;
 use floodgate_config::UpstreamProtocol;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::RequestHeader;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
+use floodgate_policy::{headers, Decision, RequestParts, Verdict};
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
 
@@ -36,6 +40,8 @@ pub struct Ctx {
     route: usize,
     start: Instant,
     reason: Option<Reason>,
+    /// The rate-limit outcome to report on the response, when a limit applies.
+    limit: Option<Verdict>,
     _inflight: InflightGuard,
 }
 
@@ -52,6 +58,28 @@ fn header_bytes(req: &RequestHeader) -> usize {
     req.headers
         .iter()
         .fold(uri + 16, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Adds the rate-limit fields the config asks for, describing the deciding limit.
+fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> Result<()> {
+    let def = &snap.limits.limiters()[v.limit].def;
+    let which = snap.config.rate_limit_headers;
+    if which.ietf {
+        h.insert_header(
+            "ratelimit-policy",
+            headers::policy(&def.name, def.window, &v.outcome),
+        )?;
+        h.insert_header("ratelimit", headers::current(&def.name, &v.outcome))?;
+    }
+    if which.legacy {
+        h.insert_header("x-ratelimit-limit", v.outcome.limit.to_string())?;
+        h.insert_header("x-ratelimit-remaining", v.outcome.remaining.to_string())?;
+        h.insert_header(
+            "x-ratelimit-reset",
+            headers::ceil_secs(v.outcome.reset).to_string(),
+        )?;
+    }
+    Ok(())
 }
 
 fn classify(e: &Error) -> Option<Reason> {
@@ -79,6 +107,7 @@ impl ProxyHttp for Floodgate {
             route: 0,
             start: Instant::now(),
             reason: None,
+            limit: None,
             _inflight: InflightGuard::new(&self.rt),
         }
     }
@@ -101,7 +130,66 @@ impl ProxyHttp for Floodgate {
             respond::send(session, Reason::HeadersTooLarge).await?;
             return Ok(true);
         }
-        Ok(false)
+        if ctx.snap.limits.is_empty_for(ctx.route) {
+            return Ok(false);
+        }
+        let req = session.req_header();
+        let parts = RequestParts {
+            client_ip: client_ip(session),
+            route: ctx.snap.router.name(ctx.route),
+            method: &req.method,
+            path: req.uri.path(),
+            headers: &req.headers,
+        };
+        let counters = &ctx.snap.limit_decisions;
+        let verdict = ctx.snap.limits.check(ctx.route, &parts, |i, _, d| {
+            let slot = match d {
+                Decision::Allowed => 0,
+                Decision::Limited => 1,
+                Decision::ShadowLimited => 2,
+            };
+            counters[i][slot].inc();
+        });
+        match verdict {
+            Some(v) if !v.outcome.allowed => {
+                ctx.reason = Some(Reason::RateLimited);
+                let snap = ctx.snap.clone();
+                let limit = &snap.limits.limiters()[v.limit].def;
+                let detail = format!(
+                    "over the limit `{}`: {} requests per {} s",
+                    limit.name,
+                    v.outcome.limit,
+                    limit.window.as_secs()
+                );
+                // Jitter 0 or 1 s so clients rejected together do not return together.
+                let jitter = RandomState::new().hash_one(ctx.start) & 1;
+                respond::send_with(session, Reason::RateLimited, Some(&detail), |h| {
+                    h.insert_header(
+                        "retry-after",
+                        headers::retry_after(&v.outcome, jitter).to_string(),
+                    )?;
+                    rate_limit_headers(h, &snap, &v)
+                })
+                .await?;
+                Ok(true)
+            }
+            v => {
+                ctx.limit = v;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(v) = &ctx.limit {
+            rate_limit_headers(upstream_response, &ctx.snap, v)?;
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

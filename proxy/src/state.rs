@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use floodgate_config::Config;
-use prometheus::Histogram;
+use std::num::NonZeroU64;
+
+use floodgate_config::{Config, Limit, Scope};
+use floodgate_policy::{Clock, Decision, LimitSet};
+use prometheus::{Histogram, IntCounter};
 
 use crate::metrics::{Metrics, StatusLabels};
 use crate::router::Router;
@@ -25,6 +28,10 @@ pub struct Snapshot {
     pub route_duration: Vec<Histogram>,
     /// The upstream, resolved when the snapshot was built.
     pub upstream: SocketAddr,
+    /// Rate limits, with counters carried over from the previous snapshot where unchanged.
+    pub limits: LimitSet,
+    /// `floodgate_ratelimit_decisions_total` per limit, resolved once: allowed, limited, shadow.
+    pub limit_decisions: Vec<[IntCounter; 3]>,
 }
 
 /// Why a snapshot could not be built from a valid config.
@@ -42,7 +49,14 @@ pub enum BuildError {
 
 impl Snapshot {
     /// Builds a snapshot, resolving the upstream address (blocking: call off the request path).
-    pub fn build(config: Config, version: u64, metrics: &Metrics) -> Result<Self, BuildError> {
+    /// Limits whose definition is unchanged from `previous` keep their counters.
+    pub fn build(
+        config: Config,
+        version: u64,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+        clock: &Clock,
+    ) -> Result<Self, BuildError> {
         use std::net::ToSocketAddrs;
         let address = &config.upstream.address;
         let upstream = address
@@ -61,14 +75,73 @@ impl Snapshot {
             .all()
             .map(|r| metrics.route_duration(&r.name))
             .collect();
+        let effective = effective_limits(&config);
+        let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        let limits = LimitSet::new(&effective, &route_names, previous.map(|p| &p.limits), clock);
+        let limit_decisions = effective
+            .iter()
+            .map(|l| {
+                let c = |d: Decision| {
+                    metrics
+                        .rl_decisions
+                        .with_label_values(&[l.name.as_str(), d.as_str()])
+                };
+                [
+                    c(Decision::Allowed),
+                    c(Decision::Limited),
+                    c(Decision::ShadowLimited),
+                ]
+            })
+            .collect();
+        for l in &config.limits {
+            let (on, off) = match (l.scope, &config.redis) {
+                (Scope::Global, Some(_)) => ("local_fallback", "redis"),
+                _ => ("local", "local_fallback"),
+            };
+            metrics
+                .rl_backend
+                .with_label_values(&[l.name.as_str(), on])
+                .set(1);
+            metrics
+                .rl_backend
+                .with_label_values(&[l.name.as_str(), off])
+                .set(0);
+        }
         Ok(Self {
             version,
             config,
             router,
             route_duration,
             upstream,
+            limits,
+            limit_decisions,
         })
     }
+}
+
+/// The limits as this sidecar enforces them. `scope: global` needs the Redis backend, which
+/// is not built yet: such a limit is enforced here at its Redis-outage share,
+/// `max_requests / redis.expected_replicas` (at least 1), which is what a sidecar cut off
+/// from Redis would do anyway.
+fn effective_limits(config: &Config) -> Vec<Limit> {
+    let replicas = config
+        .redis
+        .as_ref()
+        .map_or(1, |r| u64::from(r.expected_replicas.get()));
+    config
+        .limits
+        .iter()
+        .map(|l| match l.scope {
+            Scope::Global => {
+                let share = (l.max_requests.get() / replicas).max(1);
+                Limit {
+                    max_requests: NonZeroU64::new(share).unwrap_or(NonZeroU64::MIN),
+                    ..l.clone()
+                }
+            }
+            Scope::Local => l.clone(),
+        })
+        .collect()
 }
 
 /// Shared by the proxy, the reloader and the metrics endpoint.
@@ -81,6 +154,8 @@ pub struct Runtime {
     pub metrics: Metrics,
     /// Preformatted status labels.
     pub status_labels: StatusLabels,
+    /// Time for the policies.
+    pub clock: Clock,
     /// Version counter for the next snapshot.
     next_version: AtomicU64,
     /// Listeners are up (set once the server runs).
@@ -91,7 +166,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// State around the first snapshot.
-    pub fn new(first: Snapshot, config_path: PathBuf, metrics: Metrics) -> Arc<Self> {
+    pub fn new(first: Snapshot, config_path: PathBuf, metrics: Metrics, clock: Clock) -> Arc<Self> {
         metrics.config_version.set(first.version as i64);
         Arc::new(Self {
             next_version: AtomicU64::new(first.version + 1),
@@ -99,6 +174,7 @@ impl Runtime {
             config_path,
             metrics,
             status_labels: StatusLabels::new(),
+            clock,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
@@ -150,5 +226,21 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.metrics.inflight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_limits_run_at_their_redis_outage_share() {
+        let src = "listen: 127.0.0.1:8080\nupstream: { address: 127.0.0.1:3000 }\nredis: { url: redis://127.0.0.1:6379, expected_replicas: 3 }\nlimits:\n  - { name: g, max_requests: 1000, window_seconds: 60, scope: global }\n  - { name: tiny, max_requests: 2, window_seconds: 60, scope: global }\n  - { name: l, max_requests: 1000, window_seconds: 60 }\n";
+        let cfg = floodgate_config::parse(src, std::path::Path::new("t")).unwrap();
+        let eff: Vec<u64> = effective_limits(&cfg)
+            .iter()
+            .map(|l| l.max_requests.get())
+            .collect();
+        assert_eq!(eff, [333, 1, 1000]);
     }
 }

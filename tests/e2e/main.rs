@@ -5,6 +5,7 @@
 
 mod cli;
 mod lifecycle;
+mod limits;
 mod proxy;
 mod reload;
 mod support;

@@ -1,0 +1,85 @@
+//! Rate-limit response fields: the IETF draft's `RateLimit-Policy` / `RateLimit`
+//! (draft-ietf-httpapi-ratelimit-headers-11: structured-field lists of `"name";q=..;w=..` and
+//! `"name";r=..;t=..`), the legacy `X-RateLimit-*` trio, and `Retry-After`.
+
+use std::time::Duration;
+
+use crate::limiter::Outcome;
+
+/// Whole seconds, rounded up: a client that waits this long will not be early.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `RateLimit-Policy` value.
+pub fn policy(name: &str, window: Duration, o: &Outcome) -> String {
+    format!(
+        "\"{}\";q={};w={}",
+        sf_escape(name),
+        o.limit,
+        ceil_secs(window)
+    )
+}
+
+/// `RateLimit` value.
+pub fn current(name: &str, o: &Outcome) -> String {
+    format!(
+        "\"{}\";r={};t={}",
+        sf_escape(name),
+        o.remaining,
+        ceil_secs(o.reset)
+    )
+}
+
+/// `Retry-After` seconds: the wait rounded up, plus `jitter_secs` so that clients rejected
+/// together do not all come back in the same second.
+pub fn retry_after(o: &Outcome, jitter_secs: u64) -> u64 {
+    ceil_secs(o.retry_after).max(1) + jitter_secs
+}
+
+/// Escapes a name for a structured-field string (`\` and `"`).
+fn sf_escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['"', '\\']) {
+        s.replace('\\', "\\\\").replace('"', "\\\"").into()
+    } else {
+        s.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_follow_the_draft() {
+        let o = Outcome {
+            allowed: true,
+            limit: 100,
+            remaining: 42,
+            reset: Duration::from_millis(29_100),
+            retry_after: Duration::ZERO,
+        };
+        assert_eq!(
+            policy("api", Duration::from_secs(60), &o),
+            "\"api\";q=100;w=60"
+        );
+        assert_eq!(current("api", &o), "\"api\";r=42;t=30");
+        assert_eq!(current("a\"b", &o), "\"a\\\"b\";r=42;t=30");
+        let denied = Outcome {
+            allowed: false,
+            retry_after: Duration::from_millis(1500),
+            ..o
+        };
+        assert_eq!(retry_after(&denied, 0), 2);
+        assert_eq!(
+            retry_after(
+                &Outcome {
+                    retry_after: Duration::ZERO,
+                    ..denied
+                },
+                1
+            ),
+            2
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! All limits of one config snapshot, and the per-request check: every limit that applies to
+//! the request's route is counted; the tightest non-shadow one decides and names the headers.
+
+use std::collections::hash_map::RandomState;
+use std::sync::Arc;
+
+use floodgate_config::{Limit, DEFAULT_ROUTE};
+
+use crate::clock::Clock;
+use crate::key::{key_hash, RequestParts};
+use crate::limiter::{Limiter, Outcome};
+
+/// What a limit did with a request, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Within the limit.
+    Allowed,
+    /// Over the limit: rejected.
+    Limited,
+    /// Over a shadow limit: counted, not rejected.
+    ShadowLimited,
+}
+
+impl Decision {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Limited => "limited",
+            Decision::ShadowLimited => "shadow_limited",
+        }
+    }
+}
+
+/// The result for a request: the limit whose outcome the response reports, if any applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict {
+    /// Index of the deciding limit in [`LimitSet::limiters`].
+    pub limit: usize,
+    /// Its outcome; `allowed == false` means reject.
+    pub outcome: Outcome,
+}
+
+/// The limits of a snapshot.
+pub struct LimitSet {
+    limiters: Vec<Arc<Limiter>>,
+    /// For each route index (default route last), the limiters that apply.
+    by_route: Vec<Vec<usize>>,
+    hasher: RandomState,
+}
+
+impl LimitSet {
+    /// Builds the set for `limits` over `route_names` (in router order, without `default`).
+    /// Limiters of `previous` whose definition is unchanged are carried over with their counters.
+    pub fn new(
+        limits: &[Limit],
+        route_names: &[&str],
+        previous: Option<&LimitSet>,
+        clock: &Clock,
+    ) -> Self {
+        let limiters: Vec<Arc<Limiter>> = limits
+            .iter()
+            .map(|def| {
+                previous
+                    .and_then(|p| p.limiters.iter().find(|l| l.def == *def))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Limiter::new(def.clone(), clock.clone())))
+            })
+            .collect();
+        let names = route_names
+            .iter()
+            .copied()
+            .chain(std::iter::once(DEFAULT_ROUTE));
+        let by_route = names
+            .map(|route| {
+                limits
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| {
+                        l.routes
+                            .as_ref()
+                            .is_none_or(|rs| rs.iter().any(|r| r == route))
+                    })
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
+        // Keep the hasher across reloads so carried-over counters keep their keys.
+        let hasher = previous.map_or_else(RandomState::new, |p| p.hasher.clone());
+        Self {
+            limiters,
+            by_route,
+            hasher,
+        }
+    }
+
+    /// The limiters, in config order.
+    pub fn limiters(&self) -> &[Arc<Limiter>] {
+        &self.limiters
+    }
+
+    /// True when no limit applies to route `route`.
+    pub fn is_empty_for(&self, route: usize) -> bool {
+        self.by_route.get(route).is_none_or(Vec::is_empty)
+    }
+
+    /// Checks every limit of route `route` (an index as the router gives it), reporting each
+    /// decision to `record`. Returns the deciding outcome: the longest wait among rejecting
+    /// limits, else the least remaining share among admitting ones; shadow limits never decide.
+    pub fn check(
+        &self,
+        route: usize,
+        parts: &RequestParts<'_>,
+        mut record: impl FnMut(usize, &Limiter, Decision),
+    ) -> Option<Verdict> {
+        let mut best: Option<Verdict> = None;
+        for &i in self.by_route.get(route).map_or(&[][..], Vec::as_slice) {
+            let l = &self.limiters[i];
+            let o = l.check(key_hash(&self.hasher, &l.def.key, parts));
+            let decision = match (o.allowed, l.def.shadow) {
+                (true, _) => Decision::Allowed,
+                (false, false) => Decision::Limited,
+                (false, true) => Decision::ShadowLimited,
+            };
+            record(i, l, decision);
+            if l.def.shadow {
+                continue;
+            }
+            let tighter = match &best {
+                None => true,
+                Some(b) => match (b.outcome.allowed, o.allowed) {
+                    (true, false) => true,
+                    (false, true) => false,
+                    (false, false) => o.retry_after > b.outcome.retry_after,
+                    (true, true) => {
+                        (o.remaining as f64 / o.limit as f64)
+                            < (b.outcome.remaining as f64 / b.outcome.limit as f64)
+                    }
+                },
+            };
+            if tighter {
+                best = Some(Verdict {
+                    limit: i,
+                    outcome: o,
+                });
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodgate_config::{KeyPart, Scope, Strategy};
+    use http::{HeaderMap, Method};
+    use std::num::NonZeroU64;
+    use std::time::Duration;
+
+    fn limit(name: &str, routes: Option<&[&str]>, max: u64, shadow: bool) -> Limit {
+        Limit {
+            name: name.into(),
+            routes: routes.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            key: vec![KeyPart::ClientIp],
+            max_requests: NonZeroU64::new(max).unwrap(),
+            window: Duration::from_secs(60),
+            strategy: Strategy::FixedWindow,
+            scope: Scope::Local,
+            shadow,
+        }
+    }
+
+    fn req(h: &HeaderMap) -> RequestParts<'_> {
+        RequestParts {
+            client_ip: "10.0.0.1".parse().ok(),
+            route: "api",
+            method: &Method::GET,
+            path: "/",
+            headers: h,
+        }
+    }
+
+    #[test]
+    fn routes_select_limits_and_the_tightest_decides() {
+        let clock = Clock::manual();
+        let limits = [
+            limit("wide", None, 5, false),
+            limit("api", Some(&["api"]), 2, false),
+            limit("dflt", Some(&["default"]), 1, false),
+        ];
+        let set = LimitSet::new(&limits, &["api", "web"], None, &clock);
+        assert!(!set.is_empty_for(1) && set.by_route[1] == vec![0]);
+        assert_eq!(set.by_route[2], vec![0, 2], "default route");
+        let h = HeaderMap::new();
+        let mut seen = Vec::new();
+        let v = set
+            .check(0, &req(&h), |_, l, d| seen.push((l.def.name.clone(), d)))
+            .unwrap();
+        assert_eq!(
+            seen,
+            [
+                ("wide".to_string(), Decision::Allowed),
+                ("api".to_string(), Decision::Allowed)
+            ]
+        );
+        assert_eq!(
+            (v.limit, v.outcome.remaining),
+            (1, 1),
+            "api has the least share left"
+        );
+        set.check(0, &req(&h), |_, _, _| {});
+        let v = set.check(0, &req(&h), |_, _, _| {}).unwrap();
+        assert!(!v.outcome.allowed);
+        assert_eq!(set.limiters()[v.limit].def.name, "api");
+    }
+
+    #[test]
+    fn shadow_limits_count_but_never_decide() {
+        let clock = Clock::manual();
+        let set = LimitSet::new(&[limit("shadow", None, 1, true)], &[], None, &clock);
+        let h = HeaderMap::new();
+        let mut decisions = Vec::new();
+        for _ in 0..3 {
+            assert!(set
+                .check(0, &req(&h), |_, _, d| decisions.push(d))
+                .is_none());
+        }
+        assert_eq!(
+            decisions,
+            [
+                Decision::Allowed,
+                Decision::ShadowLimited,
+                Decision::ShadowLimited
+            ]
+        );
+    }
+
+    #[test]
+    fn reload_keeps_counters_of_unchanged_limits_only() {
+        let clock = Clock::manual();
+        let h = HeaderMap::new();
+        let a = [
+            limit("same", None, 2, false),
+            limit("changes", None, 2, false),
+        ];
+        let set1 = LimitSet::new(&a, &[], None, &clock);
+        set1.check(0, &req(&h), |_, _, _| {});
+        set1.check(0, &req(&h), |_, _, _| {});
+        let b = [
+            limit("same", None, 2, false),
+            limit("changes", None, 3, false),
+        ];
+        let set2 = LimitSet::new(&b, &[], Some(&set1), &clock);
+        let mut d = Vec::new();
+        set2.check(0, &req(&h), |_, l, dec| d.push((l.def.name.clone(), dec)));
+        assert_eq!(
+            d,
+            [
+                ("same".to_string(), Decision::Limited),
+                ("changes".to_string(), Decision::Allowed)
+            ]
+        );
+    }
+}

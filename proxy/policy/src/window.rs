@@ -1,0 +1,273 @@
+//! Counting windows for `fixed_window` and `sliding_window`, in a sharded map so requests for
+//! different keys rarely contend (no lock is held across anything but a map update).
+//!
+//! The sliding window is the weighted two-window counter: the estimate at time `t` into the
+//! current window of length `W` is `prev × (W − t)/W + curr`. It assumes the previous window's
+//! requests were spread evenly; the worst case lets through `max` requests in any window
+//! aligned anywhere plus what the assumption misses, bounded by `max` in the (rare) case where
+//! all of the previous window's requests came at its very end. Cloudflare measured 0.003% of
+//! requests wrongly decided on real traffic.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const SHARDS: usize = 16;
+
+/// Counts of one key.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Index of the window `current` belongs to.
+    window: u64,
+    /// Requests admitted in that window.
+    current: u64,
+    /// Requests admitted in the window before it.
+    previous: u64,
+}
+
+/// The answer for one request against one window limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowOutcome {
+    /// Admitted.
+    pub allowed: bool,
+    /// Requests still admissible now (after this one, if admitted).
+    pub remaining: u64,
+    /// Until the current window ends.
+    pub reset: Duration,
+    /// When a rejected request may succeed (zero when admitted).
+    pub retry_after: Duration,
+    /// The count this decision saw (weighted for sliding), for utilisation.
+    pub used: f64,
+}
+
+/// Per-key windows of one limit.
+pub struct WindowTable {
+    max: u64,
+    window: Duration,
+    sliding: bool,
+    shards: Vec<Mutex<HashMap<u64, Counts>>>,
+}
+
+impl WindowTable {
+    /// `max` requests per `window`; `sliding` selects the weighted two-window estimate.
+    pub fn new(max: u64, window: Duration, sliding: bool) -> Self {
+        Self {
+            max,
+            window,
+            sliding,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Counts>> {
+        // The key is already a good hash; its top bits pick the shard, the map uses it whole.
+        &self.shards[(key >> 60) as usize % SHARDS]
+    }
+
+    /// Counts a request for `key` at `now` if the limit allows it.
+    pub fn check(&self, key: u64, now: Duration) -> WindowOutcome {
+        let w = self.window.as_nanos().max(1);
+        let idx = u64::try_from(now.as_nanos() / w).unwrap_or(u64::MAX);
+        let into = Duration::from_nanos(u64::try_from(now.as_nanos() % w).unwrap_or(0));
+        let reset = self.window.saturating_sub(into);
+        let weight = if self.sliding {
+            1.0 - into.as_secs_f64() / self.window.as_secs_f64()
+        } else {
+            0.0
+        };
+        let mut map = match self.shard(key).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let c = map.entry(key).or_default();
+        if c.window != idx {
+            c.previous = if c.window + 1 == idx { c.current } else { 0 };
+            c.current = 0;
+            c.window = idx;
+        }
+        let used = c.previous as f64 * weight + c.current as f64;
+        let max = self.max as f64;
+        if used + 1.0 <= max {
+            c.current += 1;
+            let after = used + 1.0;
+            WindowOutcome {
+                allowed: true,
+                remaining: (max - after).floor().max(0.0) as u64,
+                reset,
+                retry_after: Duration::ZERO,
+                used: after,
+            }
+        } else {
+            WindowOutcome {
+                allowed: false,
+                remaining: 0,
+                reset,
+                retry_after: self.retry_after(c, into, reset),
+                used,
+            }
+        }
+    }
+
+    /// How long until one more request fits: the end of the window if the current count alone
+    /// fills it, otherwise the moment the previous window's weight has shrunk enough.
+    fn retry_after(&self, c: &Counts, into: Duration, reset: Duration) -> Duration {
+        if !self.sliding || c.current + 1 > self.max || c.previous == 0 {
+            return reset;
+        }
+        let w = self.window.as_secs_f64();
+        // prev × (1 − (into + t)/W) + curr + 1 ≤ max  ⇒  t ≥ W(1 − (max − curr − 1)/prev) − into
+        let t =
+            w * (1.0 - (self.max - c.current - 1) as f64 / c.previous as f64) - into.as_secs_f64();
+        Duration::from_secs_f64(t.clamp(0.0, reset.as_secs_f64()))
+    }
+
+    /// Drops keys with nothing left to remember at `now` (their counts can no longer matter),
+    /// and returns the busiest key's use of the limit in the current window (0..=1).
+    pub fn sweep(&self, now: Duration) -> f64 {
+        let w = self.window.as_nanos().max(1);
+        let idx = u64::try_from(now.as_nanos() / w).unwrap_or(u64::MAX);
+        let mut busiest = 0u64;
+        for shard in &self.shards {
+            let mut map = match shard.lock() {
+                Ok(m) => m,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            // A sliding window still needs last window's count; a fixed one does not.
+            let keep_from = if self.sliding {
+                idx.saturating_sub(1)
+            } else {
+                idx
+            };
+            map.retain(|_, c| c.window >= keep_from);
+            busiest = map
+                .values()
+                .filter(|c| c.window == idx)
+                .map(|c| c.current)
+                .fold(busiest, u64::max);
+            if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+                map.shrink_to_fit();
+            }
+        }
+        busiest as f64 / self.max as f64
+    }
+
+    /// Keys remembered now.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// No key remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn fixed_window_admits_exactly_max_per_window() {
+        let t = WindowTable::new(10, S * 10, false);
+        // 3× the limit spread over each of three windows: exactly 10 pass in each.
+        for window in 0..3u64 {
+            let mut passed = 0;
+            for i in 0..30u64 {
+                let now = S * 10 * window as u32 + ms(i * 300);
+                if t.check(7, now).allowed {
+                    passed += 1;
+                }
+            }
+            assert_eq!(passed, 10, "window {window}");
+        }
+    }
+
+    #[test]
+    fn fixed_window_headers_values() {
+        let t = WindowTable::new(3, S * 10, false);
+        let o = t.check(1, S * 4);
+        assert_eq!((o.allowed, o.remaining, o.reset), (true, 2, S * 6));
+        t.check(1, S * 5);
+        let o = t.check(1, S * 6);
+        assert_eq!((o.allowed, o.remaining), (true, 0));
+        let o = t.check(1, S * 7);
+        assert_eq!((o.allowed, o.retry_after, o.reset), (false, S * 3, S * 3));
+        assert!(t.check(1, S * 10).allowed, "new window");
+        assert!(t.check(2, S * 7).allowed, "other keys are independent");
+    }
+
+    #[test]
+    fn sliding_window_weighs_the_previous_window() {
+        let t = WindowTable::new(10, S * 10, true);
+        for i in 0..10 {
+            assert!(t.check(1, S * i).allowed);
+        }
+        assert!(!t.check(1, S * 9).allowed);
+        // 2 s into the next window the previous 10 weigh 8: two more fit, not three.
+        let now = S * 12;
+        assert!(t.check(1, now).allowed);
+        assert!(t.check(1, now).allowed);
+        let o = t.check(1, now);
+        assert!(!o.allowed);
+        // With prev = 10, curr = 2: one more fits when 10 × (1 − x/10) + 3 ≤ 10, x = 3 s into it.
+        assert!(
+            (o.retry_after.as_secs_f64() - 1.0).abs() < 1e-6,
+            "{:?}",
+            o.retry_after
+        );
+        assert!(t.check(1, S * 13).allowed);
+    }
+
+    #[test]
+    fn sliding_window_admits_at_most_max_in_any_window_for_steady_traffic() {
+        // A steady 3× overload: every sliding 10 s span admits within the documented bound.
+        let t = WindowTable::new(100, S * 10, true);
+        let mut admitted = Vec::new();
+        for i in 0..3000u64 {
+            let now = ms(i * 10 + 5); // 300 rps for 30 s
+            if t.check(9, now).allowed {
+                admitted.push(now);
+            }
+        }
+        for start in (0..20_000u64).step_by(250) {
+            let (a, b) = (ms(start), ms(start + 10_000));
+            let n = admitted.iter().filter(|t| **t >= a && **t < b).count();
+            assert!(n <= 110, "{n} admitted in [{start} ms, +10 s)");
+        }
+        let total = admitted.len();
+        assert!(
+            (290..=310).contains(&total),
+            "{total} admitted over 30 s at 100 per 10 s"
+        );
+    }
+
+    #[test]
+    fn sweep_forgets_idle_keys_and_reports_the_busiest() {
+        let t = WindowTable::new(10, S, false);
+        for k in 0..1000 {
+            t.check(k, ms(100));
+        }
+        for _ in 0..4 {
+            t.check(5, ms(200));
+        }
+        assert_eq!(t.len(), 1000);
+        assert!((t.sweep(ms(300)) - 0.5).abs() < 1e-9);
+        assert_eq!(t.sweep(S * 2), 0.0);
+        assert_eq!(t.len(), 0);
+        let sliding = WindowTable::new(10, S, true);
+        sliding.check(1, ms(100));
+        sliding.sweep(ms(1500));
+        assert_eq!(sliding.len(), 1, "still needed as the previous window");
+        sliding.sweep(ms(2500));
+        assert_eq!(sliding.len(), 0);
+    }
+}

@@ -1,0 +1,57 @@
+//! Once a second: forgets limiter keys whose windows are over (so local state stays bounded
+//! by the keys active in the last window or two) and publishes each limit's busiest key's
+//! utilisation and key count.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+use crate::state::Runtime;
+
+/// The sweeping background service.
+pub struct Sweeper {
+    rt: Arc<Runtime>,
+}
+
+impl Sweeper {
+    /// Sweeps `rt`'s current limits.
+    pub fn new(rt: Arc<Runtime>) -> Self {
+        Self { rt }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let rt = self.rt.clone();
+                    // Sweeping a million keys takes milliseconds: keep it off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || sweep(&rt)).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn sweep(rt: &Runtime) {
+    let snap = rt.current.load_full();
+    for l in snap.limits.limiters() {
+        let busiest = l.sweep();
+        let name = l.def.name.as_str();
+        rt.metrics
+            .rl_utilization
+            .with_label_values(&[name])
+            .set(busiest);
+        rt.metrics
+            .rl_keys
+            .with_label_values(&[name])
+            .set(i64::try_from(l.keys()).unwrap_or(i64::MAX));
+    }
+}
