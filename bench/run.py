@@ -49,7 +49,15 @@ http {{
     return subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stderr=subprocess.DEVNULL)
 
 
-def floodgate(tmp, name, port, backend, threads, access_log):
+LIMIT = """limits:
+  - name: bench
+    key: [client_ip]
+    max_requests: 1000000000
+    window_seconds: 60
+"""
+
+
+def floodgate(tmp, name, port, backend, threads, access_log, extra=""):
     conf = os.path.join(tmp, f"{name}.yaml")
     with open(conf, "w") as f:
         f.write(f"""listen: 127.0.0.1:{port}
@@ -60,7 +68,7 @@ routes:
     match: {{ path_prefix: /api }}
 logging: {{ access_log: {str(access_log).lower()} }}
 server: {{ threads: {threads} }}
-""")
+{extra}""")
     return subprocess.Popen([FLOODGATE, "--config", conf], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
 
@@ -105,23 +113,33 @@ def run_mode(tmp, workers, args, label):
     procs = []
     try:
         bp, np_, fp, fpl = free_port(), free_port(), free_port(), free_port()
+        nlp, fpk = free_port(), free_port()
         procs.append(nginx(tmp, f"backend{workers}", 1,
                            f'server {{ listen 127.0.0.1:{bp}; location / {{ return 200 "ok\\n"; }} }}'))
         procs.append(nginx(tmp, f"proxy{workers}", workers, f"""
   upstream backend {{ server 127.0.0.1:{bp}; keepalive 64; }}
   server {{ listen 127.0.0.1:{np_};
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""))
+        # The same proxy with a per-client limit_req that never rejects, to price the check.
+        procs.append(nginx(tmp, f"proxylimit{workers}", workers, f"""
+  limit_req_zone $binary_remote_addr zone=perclient:10m rate=100000000r/s;
+  upstream backend {{ server 127.0.0.1:{bp}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{nlp};
+    location / {{ limit_req zone=perclient burst=100000000 nodelay;
+      proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""))
         fg = floodgate(tmp, f"fg{workers}", fp, bp, workers, False)
         fgl = floodgate(tmp, f"fgl{workers}", fpl, bp, workers, True)
-        procs += [fg, fgl]
-        for p in (bp, np_, fp, fpl):
+        fgk = floodgate(tmp, f"fgk{workers}", fpk, bp, workers, False, LIMIT)
+        procs += [fg, fgl, fgk]
+        for p in (bp, np_, fp, fpl, nlp, fpk):
             wait_port(p)
         time.sleep(0.5)
         idle_rss = rss_mib(fg.pid)
         targets = [("direct to backend", bp), ("nginx proxy_pass", np_),
-                   ("floodgate", fp), ("floodgate + access log", fpl)]
+                   ("floodgate", fp), ("floodgate + access log", fpl),
+                   ("nginx + limit_req", nlp), ("floodgate + local limit", fpk)]
         results = {name: [] for name, _ in targets}
-        for port in (np_, fp, fpl):  # warm pools and caches
+        for port in (np_, fp, fpl, nlp, fpk):  # warm pools and caches
             wrk(port, 1, args.connections)
         for _ in range(args.rounds):
             for name, port in targets:
@@ -163,6 +181,10 @@ def main():
         for name, (rps, p50, p99) in med.items():
             ratio = "—" if name.startswith("direct") else f"{rps / ng[0]:.2f}"
             lines.append(f"| {name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {ratio} |")
+        lines.append("")
+        lines.append(f"Limit check cost: floodgate + local limit / floodgate = "
+                     f"{med['floodgate + local limit'][0] / med['floodgate'][0]:.2f}; "
+                     f"nginx + limit_req / nginx = {med['nginx + limit_req'][0] / ng[0]:.2f}.")
         if at_half:
             lines += ["", f"At a fixed {half:,.0f} rps (50% of nginx's saturated rate), oha, {args.connections} connections:", "",
                       "| path | achieved rps | p50 ms | p99 ms |", "|---|---:|---:|---:|"]

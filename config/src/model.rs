@@ -151,6 +151,8 @@ pub struct Limit {
     pub scope: Scope,
     /// Report only.
     pub shadow: bool,
+    /// More windows on the same key: `(max_requests, window)`.
+    pub extra_windows: Vec<(NonZeroU64, Duration)>,
 }
 
 /// Rate-limit response fields to send.

@@ -239,6 +239,21 @@ pub struct RawLimit {
     /// Count and report, never reject.
     #[serde(default)]
     pub shadow: bool,
+    /// More windows on the same key, checked together with the main one (e.g. 10 per second
+    /// *and* 1000 per hour). Shortest first; a request rejected by one window is not counted
+    /// by longer ones.
+    #[serde(default)]
+    pub windows: Vec<RawWindow>,
+}
+
+/// An additional window of a limit.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// Requests allowed per this window.
+    pub max_requests: u64,
+    /// Its length in seconds.
+    pub window_seconds: u64,
 }
 
 /// Limit algorithm.

@@ -621,7 +621,40 @@ fn check_limit(
             ),
         );
     }
+    let mut extra_windows = Vec::new();
+    for (i, w) in l.windows.iter().enumerate() {
+        let wp = format!("{p}.windows[{i}]");
+        let max = NonZeroU64::new(w.max_requests);
+        if max.is_none() {
+            cx.err(format!("{wp}.max_requests"), "must be at least 1");
+        }
+        if w.window_seconds == 0 || w.window_seconds > 86_400 {
+            cx.err(
+                format!("{wp}.window_seconds"),
+                format!(
+                    "must be between 1 and 86400 seconds, got {}",
+                    w.window_seconds
+                ),
+            );
+        } else if w.window_seconds == l.window_seconds
+            || l.windows[..i]
+                .iter()
+                .any(|o| o.window_seconds == w.window_seconds)
+        {
+            cx.err(
+                format!("{wp}.window_seconds"),
+                format!(
+                    "this limit already has a {} s window; give each window its own length",
+                    w.window_seconds
+                ),
+            );
+        }
+        if let Some(max) = max {
+            extra_windows.push((max, Duration::from_secs(w.window_seconds)));
+        }
+    }
     Some(Limit {
+        extra_windows,
         name: l.name,
         routes: l.routes,
         key,

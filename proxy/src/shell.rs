@@ -65,10 +65,7 @@ fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> R
     let def = &snap.limits.limiters()[v.limit].def;
     let which = snap.config.rate_limit_headers;
     if which.ietf {
-        h.insert_header(
-            "ratelimit-policy",
-            headers::policy(&def.name, def.window, &v.outcome),
-        )?;
+        h.insert_header("ratelimit-policy", headers::policy(&def.name, &v.outcome))?;
         h.insert_header("ratelimit", headers::current(&def.name, &v.outcome))?;
     }
     if which.legacy {
@@ -159,7 +156,7 @@ impl ProxyHttp for Floodgate {
                     "over the limit `{}`: {} requests per {} s",
                     limit.name,
                     v.outcome.limit,
-                    limit.window.as_secs()
+                    v.outcome.window.as_secs()
                 );
                 // Jitter 0 or 1 s so clients rejected together do not return together.
                 let jitter = RandomState::new().hash_one(ctx.start) & 1;

@@ -11,12 +11,12 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let mut fg = Sidecar::start(up.port, "").await;
     let port = fg.port;
     let slow = tokio::spawn(async move { http_get(port, "/sleep/1500").await });
-    eventually(Duration::from_secs(2), "request in flight", || async {
+    eventually(Duration::from_secs(5), "request in flight", || async {
         fg.metric("floodgate_inflight_requests").await == Some(1.0)
     })
     .await;
     fg.signal(nix::sys::signal::Signal::SIGTERM);
-    eventually(Duration::from_secs(2), "readyz turns 503", || async {
+    eventually(Duration::from_secs(5), "readyz turns 503", || async {
         matches!(http_get(fg.metrics_port, "/readyz").await, Ok((503, _, _)))
     })
     .await;

@@ -155,7 +155,7 @@ async fn reload_keeps_counters_of_unchanged_limits_and_resets_changed_ones() {
         up.port,
         &format!("{routes}{}", limit_yaml("steady", 2, "")),
     ));
-    eventually(Duration::from_secs(2), "reloaded", || async {
+    eventually(Duration::from_secs(5), "reloaded", || async {
         fg.metric("floodgate_config_version").await == Some(2.0)
     })
     .await;
@@ -171,7 +171,7 @@ async fn reload_keeps_counters_of_unchanged_limits_and_resets_changed_ones() {
         up.port,
         &format!("{routes}{}", limit_yaml("steady", 3, "")),
     ));
-    eventually(Duration::from_secs(2), "reloaded", || async {
+    eventually(Duration::from_secs(5), "reloaded", || async {
         fg.metric("floodgate_config_version").await == Some(3.0)
     })
     .await;
@@ -194,4 +194,21 @@ async fn legacy_headers_can_be_switched_off() {
     let (_, h, _) = http_get(fg.port, "/").await.unwrap();
     assert!(h.get("x-ratelimit-limit").is_none());
     assert_eq!(h["ratelimit"], "\"l\";r=4;t=60");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_with_several_windows_is_decided_by_the_tightest() {
+    let up = Upstream::start("app").await;
+    let extra = "limits:\n  - name: two\n    max_requests: 5\n    window_seconds: 60\n    strategy: fixed_window\n    windows:\n      - { max_requests: 2, window_seconds: 3600 }\n";
+    let fg = Sidecar::start(up.port, extra).await;
+    let (_, h, _) = http_get(fg.port, "/").await.unwrap();
+    assert_eq!(
+        h["ratelimit-policy"], "\"two\";q=2;w=3600",
+        "the hour has the least share left"
+    );
+    assert_eq!(http_get(fg.port, "/").await.unwrap().0, 200);
+    let (status, h, body) = http_get(fg.port, "/").await.unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(h["ratelimit-policy"], "\"two\";q=2;w=3600");
+    assert!(body.contains("2 requests per 3600 s"), "{body}");
 }

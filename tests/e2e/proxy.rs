@@ -203,7 +203,7 @@ async fn upstream_protocol_can_be_forced() {
         "read_timeout_ms: 2000",
         "read_timeout_ms: 2000\n  protocol: http1",
     ));
-    eventually(Duration::from_secs(2), "reloaded", || async {
+    eventually(Duration::from_secs(5), "reloaded", || async {
         fg.metric("floodgate_config_version").await == Some(2.0)
     })
     .await;
@@ -226,7 +226,7 @@ async fn upstream_protocol_can_be_forced() {
         "read_timeout_ms: 2000",
         "read_timeout_ms: 2000\n  protocol: h2c",
     ));
-    eventually(Duration::from_secs(2), "reloaded", || async {
+    eventually(Duration::from_secs(5), "reloaded", || async {
         fg.metric("floodgate_config_version").await == Some(3.0)
     })
     .await;
@@ -320,7 +320,7 @@ async fn metrics_health_and_readiness_endpoints() {
         "{body}"
     );
     assert!(body.contains("process_resident_memory_bytes"), "{body}");
-    eventually(Duration::from_secs(2), "access log line", || async {
+    eventually(Duration::from_secs(5), "access log line", || async {
         fg.log().lines().any(|l| {
             l.contains("access") && l.contains("path=\"/api/x\"") && l.contains("status=200")
         })
@@ -334,7 +334,7 @@ async fn json_access_log_has_one_object_per_request() {
     let fg = Sidecar::start(up.port, "logging:\n  format: json\n").await;
     assert_eq!(http_get(fg.port, "/hello?q=1").await.unwrap().0, 200);
     eventually(
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         "access log line written",
         || async { fg.log().lines().any(|l| l.contains("\"path\":\"/hello\"")) },
     )

@@ -12,12 +12,12 @@ pub fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// `RateLimit-Policy` value.
-pub fn policy(name: &str, window: Duration, o: &Outcome) -> String {
+pub fn policy(name: &str, o: &Outcome) -> String {
     format!(
         "\"{}\";q={};w={}",
         sf_escape(name),
         o.limit,
-        ceil_secs(window)
+        ceil_secs(o.window)
     )
 }
 
@@ -58,11 +58,9 @@ mod tests {
             remaining: 42,
             reset: Duration::from_millis(29_100),
             retry_after: Duration::ZERO,
+            window: Duration::from_secs(60),
         };
-        assert_eq!(
-            policy("api", Duration::from_secs(60), &o),
-            "\"api\";q=100;w=60"
-        );
+        assert_eq!(policy("api", &o), "\"api\";q=100;w=60");
         assert_eq!(current("api", &o), "\"api\";r=42;t=30");
         assert_eq!(current("a\"b", &o), "\"a\\\"b\";r=42;t=30");
         let denied = Outcome {

@@ -28,6 +28,8 @@ pub struct Outcome {
     pub reset: Duration,
     /// When a rejected request may succeed.
     pub retry_after: Duration,
+    /// Length of the window this outcome is about (limits may have several).
+    pub window: Duration,
 }
 
 enum State {
@@ -35,27 +37,99 @@ enum State {
     Gcra(Box<Gcra>),
 }
 
+/// One window of a limit with its per-key state.
+struct Window {
+    max: u64,
+    length: Duration,
+    state: State,
+}
+
 /// A limit with its counters.
 pub struct Limiter {
     /// The definition it was built from; reloads keep the counters while it is unchanged.
     pub def: Limit,
-    state: State,
+    /// The main window and any extra ones, shortest first.
+    windows: Vec<Window>,
     clock: Clock,
 }
 
 impl Limiter {
     /// Fresh counters for `def`.
     pub fn new(def: Limit, clock: Clock) -> Self {
-        let max = def.max_requests.get();
-        let state = match def.strategy {
-            Strategy::FixedWindow => State::Window(WindowTable::new(max, def.window, false)),
-            Strategy::SlidingWindow => State::Window(WindowTable::new(max, def.window, true)),
+        let mut windows: Vec<Window> = std::iter::once((def.max_requests.get(), def.window))
+            .chain(def.extra_windows.iter().map(|(m, w)| (m.get(), *w)))
+            .map(|(max, length)| Window {
+                max,
+                length,
+                state: State::new(def.strategy, max, length, &clock),
+            })
+            .collect();
+        windows.sort_by_key(|w| w.length);
+        Self {
+            def,
+            windows,
+            clock,
+        }
+    }
+
+    /// Counts a request for `key` in every window, shortest first, stopping at the first that
+    /// rejects it (longer windows are not charged for a rejected request). The outcome is the
+    /// rejecting window's, or else the window with the least share left.
+    pub fn check(&self, key: u64) -> Outcome {
+        let mut best: Option<Outcome> = None;
+        for w in &self.windows {
+            let o = w.check(key, &self.clock);
+            if !o.allowed {
+                return o;
+            }
+            let share = |o: &Outcome| o.remaining as f64 / o.limit as f64;
+            if best.as_ref().is_none_or(|b| share(&o) < share(b)) {
+                best = Some(o);
+            }
+        }
+        // `windows` always holds the main window, so `best` is set.
+        best.unwrap_or(Outcome {
+            allowed: true,
+            limit: self.def.max_requests.get(),
+            remaining: self.def.max_requests.get(),
+            reset: Duration::ZERO,
+            retry_after: Duration::ZERO,
+            window: self.def.window,
+        })
+    }
+
+    /// Forgets keys whose state can no longer matter; returns the busiest key's use (0..=1)
+    /// of its tightest window limit (GCRA reports 0: its state does not count requests).
+    pub fn sweep(&self) -> f64 {
+        self.windows
+            .iter()
+            .map(|w| w.state.sweep(&self.clock))
+            .fold(0.0, f64::max)
+    }
+
+    /// Keys with state now (in the main window).
+    pub fn keys(&self) -> usize {
+        self.windows
+            .iter()
+            .map(|w| w.state.keys())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+// === impl State ===
+
+impl State {
+    fn new(strategy: Strategy, max: u64, window: Duration, clock: &Clock) -> Self {
+        match strategy {
+            Strategy::FixedWindow => State::Window(WindowTable::new(max, window, false)),
+            Strategy::SlidingWindow => State::Window(WindowTable::new(max, window, true)),
             Strategy::TokenBucket => {
                 // A bucket of `max` tokens refilled evenly over the window: the same long-run
                 // rate as the windows, with bursts up to `max`.
                 let burst = NonZeroU32::new(u32::try_from(max).unwrap_or(u32::MAX))
                     .unwrap_or(NonZeroU32::MIN);
-                let period = (def.window / burst.get()).max(Duration::from_nanos(1));
+                let period = (window / burst.get()).max(Duration::from_nanos(1));
                 let quota = Quota::with_period(period)
                     .unwrap_or_else(|| Quota::per_second(burst))
                     .allow_burst(burst);
@@ -64,26 +138,47 @@ impl Limiter {
                         .with_middleware::<StateInformationMiddleware>(),
                 ))
             }
-        };
-        Self { def, state, clock }
+        }
     }
 
-    /// Counts a request for `key` if the limit admits it.
-    pub fn check(&self, key: u64) -> Outcome {
-        let limit = self.def.max_requests.get();
+    fn sweep(&self, clock: &Clock) -> f64 {
+        match self {
+            State::Window(t) => t.sweep(clock.elapsed()),
+            State::Gcra(g) => {
+                g.retain_recent();
+                g.shrink_to_fit();
+                0.0
+            }
+        }
+    }
+
+    fn keys(&self) -> usize {
+        match self {
+            State::Window(t) => t.len(),
+            State::Gcra(g) => g.len(),
+        }
+    }
+}
+
+// === impl Window ===
+
+impl Window {
+    fn check(&self, key: u64, clock: &Clock) -> Outcome {
+        let (limit, window) = (self.max, self.length);
         match &self.state {
             State::Window(t) => {
-                let o = t.check(key, self.clock.elapsed());
+                let o = t.check(key, clock.elapsed());
                 Outcome {
                     allowed: o.allowed,
                     limit,
                     remaining: o.remaining,
                     reset: o.reset,
                     retry_after: o.retry_after,
+                    window,
                 }
             }
             State::Gcra(g) => {
-                let per_token = self.def.window.as_secs_f64() / limit as f64;
+                let per_token = window.as_secs_f64() / limit as f64;
                 match g.check_key(&key) {
                     Ok(snap) => {
                         let remaining = u64::from(snap.remaining_burst_capacity());
@@ -94,41 +189,19 @@ impl Limiter {
                             remaining,
                             reset: Duration::from_secs_f64(missing * per_token),
                             retry_after: Duration::ZERO,
+                            window,
                         }
                     }
-                    Err(not_until) => {
-                        let wait = not_until.wait_time_from(self.clock.now());
-                        Outcome {
-                            allowed: false,
-                            limit,
-                            remaining: 0,
-                            reset: Duration::from_secs_f64(limit as f64 * per_token),
-                            retry_after: wait,
-                        }
-                    }
+                    Err(not_until) => Outcome {
+                        allowed: false,
+                        limit,
+                        remaining: 0,
+                        reset: Duration::from_secs_f64(limit as f64 * per_token),
+                        retry_after: not_until.wait_time_from(clock.now()),
+                        window,
+                    },
                 }
             }
-        }
-    }
-
-    /// Forgets keys whose state can no longer matter; returns the busiest key's use (0..=1)
-    /// for window limits (GCRA reports 0: its state does not count requests).
-    pub fn sweep(&self) -> f64 {
-        match &self.state {
-            State::Window(t) => t.sweep(self.clock.elapsed()),
-            State::Gcra(g) => {
-                g.retain_recent();
-                g.shrink_to_fit();
-                0.0
-            }
-        }
-    }
-
-    /// Keys with state now.
-    pub fn keys(&self) -> usize {
-        match &self.state {
-            State::Window(t) => t.len(),
-            State::Gcra(g) => g.len(),
         }
     }
 }
@@ -149,6 +222,7 @@ mod tests {
             strategy,
             scope: Scope::Local,
             shadow: false,
+            extra_windows: vec![],
         }
     }
 
@@ -175,6 +249,33 @@ mod tests {
     }
 
     #[test]
+    fn several_windows_are_checked_together_shortest_first() {
+        let clock = Clock::manual();
+        let mut d = def(Strategy::FixedWindow, 2, 1); // 2 per second
+        d.extra_windows = vec![(NonZeroU64::new(5).unwrap(), Duration::from_secs(60))]; // and 5 per minute
+        let l = Limiter::new(d, clock.clone());
+        let mut admitted = 0;
+        for second in 0..10u64 {
+            for _ in 0..4 {
+                let o = l.check(1);
+                if o.allowed {
+                    admitted += 1;
+                } else if o.window == Duration::from_secs(1) {
+                    assert!(o.retry_after <= Duration::from_secs(1));
+                } else {
+                    // Only once the minute's 5 are used, and it says when the minute ends.
+                    assert_eq!(o.window, Duration::from_secs(60));
+                    assert_eq!(admitted, 5);
+                    assert_eq!(o.retry_after, Duration::from_secs(60 - second));
+                }
+            }
+            clock.advance(Duration::from_secs(1));
+        }
+        // 2/s for 2 s, then 1 more: the minute window's 5, never more.
+        assert_eq!(admitted, 5);
+    }
+
+    #[test]
     fn strategies_admit_the_same_long_run_rate() {
         for strategy in [
             Strategy::FixedWindow,
@@ -198,5 +299,53 @@ mod tests {
                 "{strategy:?}: {passed} of 1500 for 500 allowed"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod memory {
+    use super::*;
+    use floodgate_config::Scope;
+    use std::num::NonZeroU64;
+
+    /// Same measure as the window table's: RSS growth of this test's own process.
+    #[test]
+    fn a_million_token_bucket_keys_cost_under_150_mib() {
+        let rss = || -> u64 {
+            let s = std::fs::read_to_string("/proc/self/status").unwrap();
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .unwrap()
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+                * 1024
+        };
+        let before = rss();
+        let def = Limit {
+            name: "m".into(),
+            routes: None,
+            key: vec![],
+            max_requests: NonZeroU64::new(100).unwrap(),
+            window: Duration::from_secs(60),
+            strategy: Strategy::TokenBucket,
+            scope: Scope::Local,
+            shadow: false,
+            extra_windows: vec![],
+        };
+        let l = Limiter::new(def, Clock::manual());
+        for k in 0..1_000_000u64 {
+            l.check(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
+        assert_eq!(l.keys(), 1_000_000);
+        let grown = rss().saturating_sub(before);
+        assert!(
+            grown < 150 * 1024 * 1024,
+            "1M keys took {} MiB",
+            grown / (1024 * 1024)
+        );
+        eprintln!("1M GCRA keys: {} MiB", grown / (1024 * 1024));
     }
 }

@@ -167,6 +167,7 @@ mod tests {
             strategy: Strategy::FixedWindow,
             scope: Scope::Local,
             shadow,
+            extra_windows: vec![],
         }
     }
 

@@ -271,3 +271,40 @@ mod tests {
         assert_eq!(sliding.len(), 0);
     }
 }
+
+#[cfg(test)]
+mod memory {
+    use super::*;
+
+    fn rss_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    /// nextest runs each test in its own process, so the RSS growth here is this table's.
+    #[test]
+    fn a_million_keys_cost_under_150_mib() {
+        let before = rss_bytes();
+        let t = WindowTable::new(100, Duration::from_secs(60), true);
+        for k in 0..1_000_000u64 {
+            // Spread like real hashed keys.
+            t.check(
+                k.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                Duration::from_secs(1),
+            );
+        }
+        assert_eq!(t.len(), 1_000_000);
+        let grown = rss_bytes().saturating_sub(before);
+        assert!(
+            grown < 150 * 1024 * 1024,
+            "1M keys took {} MiB",
+            grown / (1024 * 1024)
+        );
+        eprintln!("1M keys: {} MiB", grown / (1024 * 1024));
+    }
+}
