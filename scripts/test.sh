@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (unit, config fixtures, end-to-end against the real binaries).
-# Installs what a fresh Debian machine lacks first: cmake (pingora's zlib-ng build).
+# Installs what a fresh Debian machine lacks first: cmake (pingora's zlib-ng build), and
+# redis-server and redis-cli (the global-limit tests start their own servers and a cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need cmake cmake
+need redis-server redis-server
+need redis-cli redis-tools
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

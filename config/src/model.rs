@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
-pub use crate::raw::{Level, LogFormat, Priority, Role, Scope, Strategy, UpstreamProtocol};
+pub use crate::raw::{
+    FailureMode, Level, LogFormat, Priority, Role, Scope, Strategy, UpstreamProtocol,
+};
 
 /// A checked Floodgate configuration.
 #[derive(Debug, Clone)]
@@ -151,6 +153,8 @@ pub struct Limit {
     pub scope: Scope,
     /// Report only.
     pub shadow: bool,
+    /// Global limits without Redis: decide locally or reject.
+    pub failure_mode: FailureMode,
     /// More windows on the same key: `(max_requests, window)`.
     pub extra_windows: Vec<(NonZeroU64, Duration)>,
 }

@@ -21,14 +21,13 @@ pub struct RawConfig {
     /// The gRPC admin plane (accepted, not yet enforced: the admin plane is not built yet).
     #[serde(default)]
     pub admin: Option<RawAdmin>,
-    /// Redis for fleet-wide limits and overrides (accepted, not yet connected to). Absent = local only.
+    /// Redis for fleet-wide limits (read at start-up). Absent = every limit is per sidecar.
     #[serde(default)]
     pub redis: Option<RawRedis>,
     /// Route table; first match wins; unmatched requests use the route `default`.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
-    /// Rate limits. `scope: global` is enforced per sidecar at `max_requests / redis.expected_replicas`
-    /// until the Redis backend is built.
+    /// Rate limits; `scope: global` ones are decided in Redis when `redis` is configured.
     #[serde(default)]
     pub limits: Vec<RawLimit>,
     /// Which rate-limit response fields are sent.
@@ -239,11 +238,26 @@ pub struct RawLimit {
     /// Count and report, never reject.
     #[serde(default)]
     pub shadow: bool,
+    /// With `scope: global`, what to do while Redis is unreachable: `open` (default) decides
+    /// locally at `max_requests / redis.expected_replicas`; `deny` rejects (fail closed).
+    #[serde(default)]
+    pub failure_mode: FailureMode,
     /// More windows on the same key, checked together with the main one (e.g. 10 per second
     /// *and* 1000 per hour). Shortest first; a request rejected by one window is not counted
     /// by longer ones.
     #[serde(default)]
     pub windows: Vec<RawWindow>,
+}
+
+/// What a global limit does without Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Decide locally at the Redis-outage share.
+    #[default]
+    Open,
+    /// Reject every request the limit applies to.
+    Deny,
 }
 
 /// An additional window of a limit.

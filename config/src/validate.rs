@@ -655,6 +655,7 @@ fn check_limit(
     }
     Some(Limit {
         extra_windows,
+        failure_mode: l.failure_mode,
         name: l.name,
         routes: l.routes,
         key,

@@ -6,6 +6,7 @@
 pub mod demo;
 pub mod endpoint;
 pub mod forwarded;
+pub mod global;
 pub mod logging;
 pub mod metrics;
 pub mod reload;

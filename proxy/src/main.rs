@@ -122,13 +122,15 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
     let server_cfg = config.server.clone();
     let clock = floodgate_policy::Clock::monotonic();
     let snapshot = Snapshot::build(config, 1, &metrics, None, &clock).map_err(|e| e.to_string())?;
-    if snapshot
+    let global_limits = snapshot
         .config
         .limits
         .iter()
-        .any(|l| l.scope == floodgate_config::Scope::Global)
-    {
-        tracing::warn!("scope: global limits are enforced per sidecar at max_requests / redis.expected_replicas: the Redis backend is not built yet");
+        .any(|l| l.scope == floodgate_config::Scope::Global);
+    if global_limits && snapshot.config.redis.is_none() {
+        tracing::warn!(
+            "no `redis` configured: scope: global limits are enforced per sidecar at max_requests / expected_replicas"
+        );
     }
     let rt = Runtime::new(snapshot, path, metrics, clock);
 
@@ -172,6 +174,12 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
         server.add_service(background_service(
             "metrics",
             EndpointService::new(rt.clone(), l),
+        ));
+    }
+    if let Some(g) = &rt.global {
+        server.add_service(background_service(
+            "redis prober",
+            floodgate::global::Prober(g.clone()),
         ));
     }
     server.add_service(background_service(

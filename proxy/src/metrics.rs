@@ -37,6 +37,10 @@ pub struct Metrics {
     pub rl_keys: IntGaugeVec,
     /// `floodgate_ratelimit_backend{limit,mode}`: 1 for the mode a limit runs in.
     pub rl_backend: IntGaugeVec,
+    /// `floodgate_redis_call_duration_seconds`: one global decision's round trip.
+    pub redis_latency: Histogram,
+    /// `floodgate_redis_errors_total{kind}`: timeouts, refusals, I/O and other failures.
+    pub redis_errors: IntCounterVec,
 }
 
 /// Label values of the `status` label for 0..=599, made once so recording a request formats nothing.
@@ -140,6 +144,22 @@ impl Metrics {
             ),
             &["limit", "mode"],
         )?;
+        let redis_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "floodgate_redis_call_duration_seconds",
+                "Round trip of one global rate-limit decision in Redis.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+            ]),
+        )?;
+        let redis_errors = IntCounterVec::new(
+            Opts::new(
+                "floodgate_redis_errors_total",
+                "Failed Redis calls by kind.",
+            ),
+            &["kind"],
+        )?;
         let info = IntGaugeVec::new(
             Opts::new("floodgate_build_info", "Version of the running sidecar."),
             &["version"],
@@ -157,6 +177,8 @@ impl Metrics {
         registry.register(Box::new(rl_utilization.clone()))?;
         registry.register(Box::new(rl_keys.clone()))?;
         registry.register(Box::new(rl_backend.clone()))?;
+        registry.register(Box::new(redis_latency.clone()))?;
+        registry.register(Box::new(redis_errors.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -176,6 +198,8 @@ impl Metrics {
             rl_utilization,
             rl_keys,
             rl_backend,
+            redis_latency,
+            redis_errors,
         })
     }
 

@@ -11,7 +11,12 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
-use floodgate_policy::{headers, Decision, RequestParts, Verdict};
+use std::time::Duration;
+
+use floodgate_config::{FailureMode, Scope};
+use floodgate_policy::key::stable_key_hash;
+use floodgate_policy::{headers, merge, Decision, Outcome, RequestParts, Verdict};
+use futures_util::future::join_all;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
@@ -94,6 +99,111 @@ fn classify(e: &Error) -> Option<Reason> {
     }
 }
 
+// === impl Floodgate ===
+
+impl Floodgate {
+    /// Checks every limit of the request's route: global ones in Redis (all at once, one
+    /// round trip), the rest, and global ones Redis cannot decide now, locally.
+    async fn check_limits(&self, session: &Session, ctx: &Ctx) -> Option<Verdict> {
+        let snap = &ctx.snap;
+        let defs = &snap.config.limits;
+        let req = session.req_header();
+        let parts = RequestParts {
+            client_ip: client_ip(session),
+            route: snap.router.name(ctx.route),
+            method: &req.method,
+            path: req.uri.path(),
+            headers: &req.headers,
+        };
+        let record = |i: usize, d: Decision| {
+            let slot = match d {
+                Decision::Allowed => 0,
+                Decision::Limited => 1,
+                Decision::ShadowLimited => 2,
+            };
+            snap.limit_decisions[i][slot].inc();
+        };
+        let global = self.rt.global.as_ref().filter(|g| g.is_healthy());
+        let remote: Vec<usize> = match global {
+            Some(_) => snap
+                .limits
+                .applicable(ctx.route)
+                .iter()
+                .copied()
+                .filter(|&i| defs[i].scope == Scope::Global)
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut fell_back: Vec<usize> = Vec::new();
+        let mut best: Option<Verdict> = None;
+        if let Some(g) = global.filter(|_| !remote.is_empty()) {
+            let calls = remote
+                .iter()
+                .map(|&i| g.check(&defs[i], stable_key_hash(&defs[i].key, &parts)));
+            for (&i, answer) in remote.iter().zip(join_all(calls).await) {
+                match answer {
+                    Ok(o) => {
+                        let l = &snap.limits.limiters()[i];
+                        record(i, floodgate_policy::decision(l, &o));
+                        if !defs[i].shadow {
+                            merge(
+                                &mut best,
+                                Verdict {
+                                    limit: i,
+                                    outcome: o,
+                                },
+                            );
+                        }
+                    }
+                    Err(_) => fell_back.push(i),
+                }
+            }
+        }
+        // Without Redis, a fail-closed global limit rejects; the rest decide locally.
+        let redis_configured = self.rt.global.is_some();
+        for &i in snap.limits.applicable(ctx.route) {
+            let def = &defs[i];
+            let without_redis =
+                def.scope == Scope::Global && (global.is_none() || fell_back.contains(&i));
+            if redis_configured
+                && without_redis
+                && def.failure_mode == FailureMode::Deny
+                && !def.shadow
+            {
+                record(i, Decision::Limited);
+                let outcome = Outcome {
+                    allowed: false,
+                    limit: def.max_requests.get(),
+                    remaining: 0,
+                    reset: def.window,
+                    retry_after: Duration::from_secs(1),
+                    window: def.window,
+                };
+                merge(&mut best, Verdict { limit: i, outcome });
+            }
+        }
+        let local = snap.limits.check_where(
+            ctx.route,
+            &parts,
+            |i| {
+                let def = &defs[i];
+                let decided_remotely = remote.contains(&i) && !fell_back.contains(&i);
+                let denied_closed = redis_configured
+                    && def.scope == Scope::Global
+                    && !decided_remotely
+                    && def.failure_mode == FailureMode::Deny
+                    && !def.shadow;
+                !decided_remotely && !denied_closed
+            },
+            |i, _, d| record(i, d),
+        );
+        if let Some(v) = local {
+            merge(&mut best, v);
+        }
+        best
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Floodgate {
     type CTX = Ctx;
@@ -130,23 +240,7 @@ impl ProxyHttp for Floodgate {
         if ctx.snap.limits.is_empty_for(ctx.route) {
             return Ok(false);
         }
-        let req = session.req_header();
-        let parts = RequestParts {
-            client_ip: client_ip(session),
-            route: ctx.snap.router.name(ctx.route),
-            method: &req.method,
-            path: req.uri.path(),
-            headers: &req.headers,
-        };
-        let counters = &ctx.snap.limit_decisions;
-        let verdict = ctx.snap.limits.check(ctx.route, &parts, |i, _, d| {
-            let slot = match d {
-                Decision::Allowed => 0,
-                Decision::Limited => 1,
-                Decision::ShadowLimited => 2,
-            };
-            counters[i][slot].inc();
-        });
+        let verdict = self.check_limits(session, ctx).await;
         match verdict {
             Some(v) if !v.outcome.allowed => {
                 ctx.reason = Some(Reason::RateLimited);

@@ -119,10 +119,9 @@ impl Snapshot {
     }
 }
 
-/// The limits as this sidecar enforces them. `scope: global` needs the Redis backend, which
-/// is not built yet: such a limit is enforced here at its Redis-outage share,
-/// `max_requests / redis.expected_replicas` (at least 1), which is what a sidecar cut off
-/// from Redis would do anyway.
+/// The limits as this sidecar counts them locally. A `scope: global` limit is decided in
+/// Redis; its local limiter holds the Redis-outage share, `max_requests /
+/// redis.expected_replicas` (at least 1), used whenever Redis is unreachable or absent.
 fn effective_limits(config: &Config) -> Vec<Limit> {
     let replicas = config
         .redis
@@ -156,6 +155,8 @@ pub struct Runtime {
     pub status_labels: StatusLabels,
     /// Time for the policies.
     pub clock: Clock,
+    /// The Redis backend of global limits, when `redis` is configured at start.
+    pub global: Option<Arc<crate::global::GlobalLimits>>,
     /// Version counter for the next snapshot.
     next_version: AtomicU64,
     /// Listeners are up (set once the server runs).
@@ -167,6 +168,13 @@ pub struct Runtime {
 impl Runtime {
     /// State around the first snapshot.
     pub fn new(first: Snapshot, config_path: PathBuf, metrics: Metrics, clock: Clock) -> Arc<Self> {
+        let global = first.config.redis.as_ref().map(|r| {
+            crate::global::GlobalLimits::new(
+                r,
+                metrics.redis_latency.clone(),
+                metrics.redis_errors.clone(),
+            )
+        });
         metrics.config_version.set(first.version as i64);
         Arc::new(Self {
             next_version: AtomicU64::new(first.version + 1),
@@ -175,6 +183,7 @@ impl Runtime {
             metrics,
             status_labels: StatusLabels::new(),
             clock,
+            global,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })

@@ -42,6 +42,22 @@ impl BackgroundService for Sweeper {
 
 fn sweep(rt: &Runtime) {
     let snap = rt.current.load_full();
+    // Where each global limit is decided right now (local ones never change).
+    let redis_up = rt.global.as_ref().is_some_and(|g| g.is_healthy());
+    for l in snap
+        .config
+        .limits
+        .iter()
+        .filter(|l| l.scope == floodgate_config::Scope::Global)
+    {
+        if snap.config.redis.is_some() {
+            let b = &rt.metrics.rl_backend;
+            b.with_label_values(&[l.name.as_str(), "redis"])
+                .set(i64::from(redis_up));
+            b.with_label_values(&[l.name.as_str(), "local_fallback"])
+                .set(i64::from(!redis_up));
+        }
+    }
     for l in snap.limits.limiters() {
         let busiest = l.sweep();
         let name = l.def.name.as_str();

@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod global;
 mod lifecycle;
 mod limits;
 mod proxy;
+mod redis_support;
 mod reload;
 mod support;

@@ -43,6 +43,60 @@ pub fn key_hash<S: BuildHasher>(build: &S, shape: &[KeyPart], parts: &RequestPar
     h.finish()
 }
 
+/// A key hash that every sidecar computes alike, whatever its version or process: FNV-1a
+/// over the same parts, for keys shared through Redis. (Not keyed, so a client could aim
+/// collisions at another's bucket; global keys include the limit name and are 64 bits.)
+pub fn stable_key_hash(shape: &[KeyPart], parts: &RequestParts<'_>) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(PRIME);
+        }
+    };
+    for part in shape {
+        // A tag byte before each part keeps `a`+`bc` apart from `ab`+`c`, and absent from empty.
+        match part {
+            KeyPart::ClientIp => match parts.client_ip {
+                Some(IpAddr::V4(v4)) => {
+                    eat(&[1]);
+                    eat(&v4.octets());
+                }
+                Some(IpAddr::V6(v6)) => {
+                    eat(&[2]);
+                    eat(&v6.octets());
+                }
+                None => eat(&[0]),
+            },
+            KeyPart::Route => {
+                eat(&[3]);
+                eat(&(parts.route.len() as u64).to_le_bytes());
+                eat(parts.route.as_bytes());
+            }
+            KeyPart::Method => {
+                eat(&[4]);
+                eat(&(parts.method.as_str().len() as u64).to_le_bytes());
+                eat(parts.method.as_str().as_bytes());
+            }
+            KeyPart::Path => {
+                eat(&[5]);
+                eat(&(parts.path.len() as u64).to_le_bytes());
+                eat(parts.path.as_bytes());
+            }
+            KeyPart::Header(name) => match parts.headers.get(name.as_str()) {
+                Some(v) => {
+                    eat(&[6]);
+                    eat(&(v.len() as u64).to_le_bytes());
+                    eat(v.as_bytes());
+                }
+                None => eat(&[7]),
+            },
+        }
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +134,33 @@ mod tests {
         assert_eq!(
             key_hash(&s, &[], &parts("1.1.1.1", "/a", &h)),
             key_hash(&s, &[], &parts("2.2.2.2", "/b", &h))
+        );
+    }
+
+    #[test]
+    fn stable_hash_is_fixed_and_follows_the_shape() {
+        let h = HeaderMap::new();
+        let p = parts("10.1.2.3", "/a", &h);
+        // Pinned: every sidecar, whatever its build, must compute the same Redis key.
+        assert_eq!(stable_key_hash(&[], &p), 0xcbf2_9ce4_8422_2325);
+        let ip = stable_key_hash(&[KeyPart::ClientIp], &p);
+        assert_eq!(
+            ip,
+            stable_key_hash(&[KeyPart::ClientIp], &parts("10.1.2.3", "/b", &h))
+        );
+        assert_ne!(
+            ip,
+            stable_key_hash(&[KeyPart::ClientIp], &parts("10.1.2.4", "/a", &h))
+        );
+        let missing = stable_key_hash(&[KeyPart::Header("x-k".into())], &p);
+        let mut e = HeaderMap::new();
+        e.insert("x-k", "".parse().unwrap());
+        assert_ne!(
+            missing,
+            stable_key_hash(
+                &[KeyPart::Header("x-k".into())],
+                &parts("10.1.2.3", "/a", &e)
+            )
         );
     }
 

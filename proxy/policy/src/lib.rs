@@ -14,4 +14,4 @@ pub mod window;
 pub use clock::Clock;
 pub use key::RequestParts;
 pub use limiter::{Limiter, Outcome};
-pub use set::{Decision, LimitSet, Verdict};
+pub use set::{decision, merge, Decision, LimitSet, Verdict};

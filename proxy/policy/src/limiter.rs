@@ -223,6 +223,7 @@ mod tests {
             scope: Scope::Local,
             shadow: false,
             extra_windows: vec![],
+            failure_mode: floodgate_config::FailureMode::Open,
         }
     }
 
@@ -334,6 +335,7 @@ mod memory {
             scope: Scope::Local,
             shadow: false,
             extra_windows: vec![],
+            failure_mode: floodgate_config::FailureMode::Open,
         };
         let l = Limiter::new(def, Clock::manual());
         for k in 0..1_000_000u64 {

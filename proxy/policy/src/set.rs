@@ -104,6 +104,11 @@ impl LimitSet {
         self.by_route.get(route).is_none_or(Vec::is_empty)
     }
 
+    /// Indices of the limits that apply to route `route`.
+    pub fn applicable(&self, route: usize) -> &[usize] {
+        self.by_route.get(route).map_or(&[][..], Vec::as_slice)
+    }
+
     /// Checks every limit of route `route` (an index as the router gives it), reporting each
     /// decision to `record`. Returns the deciding outcome: the longest wait among rejecting
     /// limits, else the least remaining share among admitting ones; shadow limits never decide.
@@ -111,41 +116,68 @@ impl LimitSet {
         &self,
         route: usize,
         parts: &RequestParts<'_>,
+        record: impl FnMut(usize, &Limiter, Decision),
+    ) -> Option<Verdict> {
+        self.check_where(route, parts, |_| true, record)
+    }
+
+    /// Like [`LimitSet::check`], for the limits `include` accepts (the others are decided
+    /// elsewhere, e.g. in Redis, and merged with [`merge`]).
+    pub fn check_where(
+        &self,
+        route: usize,
+        parts: &RequestParts<'_>,
+        include: impl Fn(usize) -> bool,
         mut record: impl FnMut(usize, &Limiter, Decision),
     ) -> Option<Verdict> {
         let mut best: Option<Verdict> = None;
-        for &i in self.by_route.get(route).map_or(&[][..], Vec::as_slice) {
-            let l = &self.limiters[i];
-            let o = l.check(key_hash(&self.hasher, &l.def.key, parts));
-            let decision = match (o.allowed, l.def.shadow) {
-                (true, _) => Decision::Allowed,
-                (false, false) => Decision::Limited,
-                (false, true) => Decision::ShadowLimited,
-            };
-            record(i, l, decision);
-            if l.def.shadow {
+        for &i in self.applicable(route) {
+            if !include(i) {
                 continue;
             }
-            let tighter = match &best {
-                None => true,
-                Some(b) => match (b.outcome.allowed, o.allowed) {
-                    (true, false) => true,
-                    (false, true) => false,
-                    (false, false) => o.retry_after > b.outcome.retry_after,
-                    (true, true) => {
-                        (o.remaining as f64 / o.limit as f64)
-                            < (b.outcome.remaining as f64 / b.outcome.limit as f64)
-                    }
-                },
-            };
-            if tighter {
-                best = Some(Verdict {
-                    limit: i,
-                    outcome: o,
-                });
+            let l = &self.limiters[i];
+            let o = l.check(key_hash(&self.hasher, &l.def.key, parts));
+            record(i, l, decision(l, &o));
+            if !l.def.shadow {
+                merge(
+                    &mut best,
+                    Verdict {
+                        limit: i,
+                        outcome: o,
+                    },
+                );
             }
         }
         best
+    }
+}
+
+/// What `outcome` means for limit `l` (shadow limits never reject).
+pub fn decision(l: &Limiter, o: &Outcome) -> Decision {
+    match (o.allowed, l.def.shadow) {
+        (true, _) => Decision::Allowed,
+        (false, false) => Decision::Limited,
+        (false, true) => Decision::ShadowLimited,
+    }
+}
+
+/// Keeps the tighter of `best` and `candidate`: a rejection beats an admission, the longer
+/// wait beats the shorter, and among admissions the smaller share left wins.
+pub fn merge(best: &mut Option<Verdict>, candidate: Verdict) {
+    let (o, tighter) = (&candidate.outcome, &mut true);
+    if let Some(b) = best.as_ref() {
+        *tighter = match (b.outcome.allowed, o.allowed) {
+            (true, false) => true,
+            (false, true) => false,
+            (false, false) => o.retry_after > b.outcome.retry_after,
+            (true, true) => {
+                (o.remaining as f64 / o.limit as f64)
+                    < (b.outcome.remaining as f64 / b.outcome.limit as f64)
+            }
+        };
+    }
+    if *tighter {
+        *best = Some(candidate);
     }
 }
 
@@ -168,6 +200,7 @@ mod tests {
             scope: Scope::Local,
             shadow,
             extra_windows: vec![],
+            failure_mode: floodgate_config::FailureMode::Open,
         }
     }
 

@@ -1,0 +1,72 @@
+-- Floodgate global rate limit: one atomic decision for one key of one limit.
+-- KEYS[1]  the key's hash, hash-tagged so every window of it lives in one slot
+-- ARGV[1]  'f' fixed window | 's' sliding window | 't' token bucket (GCRA)
+-- ARGV[2..] pairs of (max_requests, window_ms), shortest window first
+-- Returns {allowed, window, max, remaining, reset_ms, retry_after_ms}: the rejecting window,
+-- or else the window with the least share left. Time is the server's (TIME), so sidecars with
+-- skewed clocks still share one window. Windows are charged shortest first; a window that
+-- rejects stops the walk, so longer windows are not charged for a rejected request.
+local key = KEYS[1]
+local kind = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = (#ARGV - 1) / 2
+local ttl = 0
+for i = 1, n do
+  local w = tonumber(ARGV[2 * i + 1])
+  if 2 * w > ttl then ttl = 2 * w end
+end
+local function done(r)
+  redis.call('PEXPIRE', key, ttl)
+  return r
+end
+local best, best_share = nil, 2
+for i = 1, n do
+  local max = tonumber(ARGV[2 * i])
+  local w = tonumber(ARGV[2 * i + 1])
+  local res
+  if kind == 't' then
+    local f = 't' .. i
+    local tat = tonumber(redis.call('HGET', key, f)) or now
+    if tat < now then tat = now end
+    local per = w / max
+    local new_tat = tat + per
+    if new_tat - now > w then
+      return done({0, i, max, 0, math.ceil(tat - now), math.ceil(new_tat - w - now)})
+    end
+    redis.call('HSET', key, f, string.format('%.3f', new_tat))
+    res = {max, math.floor((w - (new_tat - now)) / per), math.ceil(new_tat - now)}
+  else
+    local idx = math.floor(now / w)
+    local into = now - idx * w
+    local v = redis.call('HMGET', key, 'w' .. i, 'c' .. i, 'p' .. i)
+    local wi = tonumber(v[1]) or idx
+    local c = tonumber(v[2]) or 0
+    local p = tonumber(v[3]) or 0
+    if wi ~= idx then
+      if wi == idx - 1 then p = c else p = 0 end
+      c = 0
+    end
+    local weight = 0
+    if kind == 's' then weight = 1 - into / w end
+    local used = p * weight + c
+    local reset = w - into
+    if used + 1 > max then
+      local retry = reset
+      if kind == 's' and c + 1 <= max and p > 0 then
+        retry = w * (1 - (max - c - 1) / p) - into
+        if retry < 0 then retry = 0 end
+        if retry > reset then retry = reset end
+      end
+      return done({0, i, max, 0, reset, math.ceil(retry)})
+    end
+    redis.call('HSET', key, 'w' .. i, idx, 'c' .. i, c + 1, 'p' .. i, p)
+    res = {max, math.floor(max - used - 1), reset}
+  end
+  local share = res[2] / res[1]
+  if share < best_share then
+    best_share = share
+    best = {1, i, res[1], res[2], res[3], 0}
+  end
+end
+return done(best)

@@ -1,0 +1,245 @@
+//! Fleet-wide limits in Redis. Each decision is one `EVALSHA` of `limit.lua` (reloaded on
+//! `NOSCRIPT` by redis-rs) on one multiplexed connection, so concurrent decisions are
+//! pipelined and no request waits on more than one round trip. Every call has the
+//! `redis.timeout_ms` budget; past it, or on any error, the backend is marked down, requests
+//! decide locally at the Redis-outage share, and a prober brings it back by itself.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use floodgate_config::{Limit, Redis, RedisTarget, Strategy};
+use floodgate_policy::Outcome;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use prometheus::{Histogram, IntCounterVec};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::{info, warn};
+
+const SCRIPT: &str = include_str!("limit.lua");
+
+/// A connection to a standalone server or a cluster; both multiplex and reconnect.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// Why a global decision could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum GlobalError {
+    /// Marked down; not tried.
+    #[error("redis is marked unavailable")]
+    Down,
+    /// Past `redis.timeout_ms`.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The script answered something unexpected.
+    #[error("unexpected script reply: {0:?}")]
+    Reply(Vec<i64>),
+}
+
+/// The Redis backend shared by every request.
+pub struct GlobalLimits {
+    target: RedisTarget,
+    timeout: Duration,
+    conn: ArcSwapOption<Conn>,
+    healthy: AtomicBool,
+    script: redis::Script,
+    latency: Histogram,
+    errors: IntCounterVec,
+}
+
+impl GlobalLimits {
+    /// A backend for `cfg`; it connects once its prober service runs.
+    pub fn new(cfg: &Redis, latency: Histogram, errors: IntCounterVec) -> Arc<Self> {
+        Arc::new(Self {
+            target: cfg.target.clone(),
+            timeout: cfg.timeout,
+            conn: ArcSwapOption::empty(),
+            healthy: AtomicBool::new(false),
+            script: redis::Script::new(SCRIPT),
+            latency,
+            errors,
+        })
+    }
+
+    /// Whether requests should try Redis now.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// One decision for the key `key_hash` of `limit`.
+    pub async fn check(&self, limit: &Limit, key_hash: u64) -> Result<Outcome, GlobalError> {
+        let Some(conn) = self.conn.load_full().filter(|_| self.is_healthy()) else {
+            return Err(GlobalError::Down);
+        };
+        let mut windows: Vec<(u64, Duration)> =
+            std::iter::once((limit.max_requests.get(), limit.window))
+                .chain(limit.extra_windows.iter().map(|(m, w)| (m.get(), *w)))
+                .collect();
+        windows.sort_by_key(|w| w.1);
+        let kind = match limit.strategy {
+            Strategy::FixedWindow => "f",
+            Strategy::SlidingWindow => "s",
+            Strategy::TokenBucket => "t",
+        };
+        // The hash tag is the whole key: one key's windows share a slot, keys spread over slots.
+        let mut inv = self
+            .script
+            .key(format!("fg:{{{}:{key_hash:016x}}}", limit.name));
+        inv.arg(kind);
+        for (max, w) in &windows {
+            inv.arg(*max)
+                .arg(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+        }
+        let start = Instant::now();
+        let reply: Result<Vec<i64>, GlobalError> = match tokio::time::timeout(self.timeout, async {
+            match conn.as_ref().clone() {
+                Conn::Single(mut c) => inv.invoke_async(&mut c).await,
+                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+            }
+        })
+        .await
+        {
+            Ok(r) => r.map_err(GlobalError::from),
+            Err(_) => Err(GlobalError::Timeout(self.timeout)),
+        };
+        self.latency.observe(start.elapsed().as_secs_f64());
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                self.mark_down(&e);
+                return Err(e);
+            }
+        };
+        let [allowed, window, max, remaining, reset_ms, retry_ms] = reply[..] else {
+            return Err(GlobalError::Reply(reply));
+        };
+        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        let window = usize::try_from(window - 1)
+            .ok()
+            .and_then(|i| windows.get(i))
+            .map_or(limit.window, |w| w.1);
+        Ok(Outcome {
+            allowed: allowed == 1,
+            limit: u64::try_from(max).unwrap_or(0),
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            reset: ms(reset_ms),
+            retry_after: ms(retry_ms),
+            window,
+        })
+    }
+
+    fn mark_down(&self, e: &GlobalError) {
+        let kind = match e {
+            GlobalError::Timeout(_) => "timeout",
+            GlobalError::Redis(r) if r.is_connection_refusal() => "refused",
+            GlobalError::Redis(r) if r.is_io_error() || r.is_connection_dropped() => "io",
+            _ => "other",
+        };
+        self.errors.with_label_values(&[kind]).inc();
+        // Only the transition is logged: an outage must not flood the log.
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            warn!(error = %e, "redis unavailable: global limits now decide locally at max_requests / expected_replicas");
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, redis::RedisError> {
+        match &self.target {
+            RedisTarget::Standalone(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_secs(1)))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                Ok(Conn::Single(
+                    ConnectionManager::new_with_config(client, config).await?,
+                ))
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client =
+                    redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                        .connection_timeout(Duration::from_secs(1))
+                        .response_timeout(Duration::from_secs(1))
+                        .retries(1)
+                        .build()?;
+                Ok(Conn::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    async fn ping(&self, conn: &Conn) -> bool {
+        let cmd = redis::cmd("PING");
+        let fut = async {
+            match conn.clone() {
+                Conn::Single(mut c) => cmd.query_async::<String>(&mut c).await,
+                Conn::Cluster(mut c) => cmd.query_async::<String>(&mut c).await,
+            }
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), fut).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Connects, and while marked down probes with backoff (100 ms doubling to 1 s), until
+    /// shutdown. Marks the backend up once a probe succeeds.
+    pub async fn run_prober(&self, mut shutdown: ShutdownWatch) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if !self.is_healthy() {
+                let conn = match self.conn.load_full() {
+                    Some(c) => Some(c),
+                    None => match self.connect().await {
+                        Ok(c) => {
+                            let c = Arc::new(c);
+                            self.conn.store(Some(c.clone()));
+                            Some(c)
+                        }
+                        Err(e) => {
+                            self.errors.with_label_values(&["connect"]).inc();
+                            tracing::debug!("redis connect failed: {e}");
+                            None
+                        }
+                    },
+                };
+                if let Some(c) = conn {
+                    if self.ping(&c).await {
+                        self.healthy.store(true, Ordering::Relaxed);
+                        info!("redis reachable: global limits are decided in redis");
+                        backoff = Duration::from_millis(100);
+                    }
+                }
+            }
+            let wait = if self.is_healthy() {
+                Duration::from_millis(250)
+            } else {
+                backoff
+            };
+            if !self.is_healthy() {
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Runs [`GlobalLimits::run_prober`] as a pingora background service.
+pub struct Prober(pub Arc<GlobalLimits>);
+
+#[async_trait]
+impl BackgroundService for Prober {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.run_prober(shutdown).await;
+    }
+}

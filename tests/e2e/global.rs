@@ -1,0 +1,229 @@
+//! Fleet-wide limits through real `redis-server`s: several real sidecars share one limit
+//! exactly, a Redis outage costs no 5xx and falls back to the local share, Redis coming back
+//! is picked up by itself, and the cluster path spreads keys over three masters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::redis_support::*;
+use crate::support::*;
+
+fn global_yaml(redis: &str, name: &str, max: u64, window: u64, key: &str, extra: &str) -> String {
+    format!(
+        "redis:\n{redis}  timeout_ms: 500\n  expected_replicas: 4\nlimits:\n  - name: {name}\n    key: {key}\n    max_requests: {max}\n    window_seconds: {window}\n    strategy: fixed_window\n    scope: global\n{extra}"
+    )
+}
+
+async fn on_redis(fg: &Sidecar, limit: &str) {
+    fg.wait_metric(
+        &format!("floodgate_ratelimit_backend{{limit=\"{limit}\",mode=\"redis\"}}"),
+        1.0,
+    )
+    .await;
+}
+
+/// Sends `n` GETs to `port` on `conns` keep-alive connections; returns (admitted, rejected),
+/// panicking on any other answer.
+async fn drive(port: u16, n: u64, conns: u64) -> (u64, u64) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let limited = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let (ok, limited) = (ok.clone(), limited.clone());
+            tokio::spawn(async move {
+                let c = client();
+                for _ in 0..n / conns {
+                    let resp = c
+                        .get(format!("http://127.0.0.1:{port}/").parse().unwrap())
+                        .await
+                        .unwrap();
+                    match resp.status().as_u16() {
+                        200 => ok.fetch_add(1, Ordering::Relaxed),
+                        429 => limited.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("unexpected status {other}"),
+                    };
+                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sidecars_share_one_limit_exactly() {
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    let cfg = global_yaml(
+        &format!("  url: {}\n", redis.url()),
+        "fleet",
+        1000,
+        10,
+        "[]",
+        "",
+    );
+    let fleet = [
+        Sidecar::start(up.port, &cfg).await,
+        Sidecar::start(up.port, &cfg).await,
+        Sidecar::start(up.port, &cfg).await,
+    ];
+    for fg in &fleet {
+        on_redis(fg, "fleet").await;
+    }
+    // Run inside one 10 s window of Redis's clock: if less than 7 s are left, start the next.
+    let into = redis.time_ms().await % 10_000;
+    if into > 3_000 {
+        tokio::time::sleep(Duration::from_millis(10_000 - into + 50)).await;
+    }
+    let window = redis.time_ms().await / 10_000;
+    // ~3× the limit, all three sidecars at once.
+    let runs = fleet.iter().map(|fg| drive(fg.port, 1000, 8));
+    let results = futures_util::future::join_all(runs).await;
+    assert_eq!(
+        redis.time_ms().await / 10_000,
+        window,
+        "the load did not fit in one window; rerun"
+    );
+    let admitted: u64 = results.iter().map(|r| r.0).sum();
+    let rejected: u64 = results.iter().map(|r| r.1).sum();
+    assert_eq!(admitted + rejected, 3000);
+    assert!(
+        (980..=1020).contains(&admitted),
+        "{admitted} admitted across the fleet for a limit of 1000"
+    );
+    assert_eq!(up.stats.requests.load(Ordering::Relaxed), admitted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_falls_back_to_the_local_share_then_recovers() {
+    let mut redis = RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    // 40 per hour fleet-wide; 4 expected replicas: 10 each while Redis is gone.
+    let cfg = global_yaml(
+        &format!("  url: {}\n", redis.url()),
+        "g",
+        40,
+        3600,
+        "[]",
+        "",
+    );
+    let fg = Sidecar::start(up.port, &cfg).await;
+    on_redis(&fg, "g").await;
+    let (_, h, _) = http_get(fg.port, "/").await.unwrap();
+    assert_eq!(
+        h["ratelimit-policy"], "\"g\";q=40;w=3600",
+        "decided in Redis"
+    );
+
+    redis.kill();
+    let (admitted, rejected) = drive(fg.port, 30, 3).await; // any 5xx panics in drive
+    assert_eq!(
+        (admitted, rejected),
+        (10, 20),
+        "the local share, and no error"
+    );
+    fg.wait_metric(
+        "floodgate_ratelimit_backend{limit=\"g\",mode=\"local_fallback\"}",
+        1.0,
+    )
+    .await;
+    assert!(
+        fg.metric("floodgate_redis_errors_total{kind=\"io\"}")
+            .await
+            .unwrap_or(0.0)
+            + fg.metric("floodgate_redis_errors_total{kind=\"refused\"}")
+                .await
+                .unwrap_or(0.0)
+            + fg.metric("floodgate_redis_errors_total{kind=\"timeout\"}")
+                .await
+                .unwrap_or(0.0)
+            >= 1.0
+    );
+
+    redis.restart().await;
+    let back = eventually(Duration::from_secs(5), "back on Redis", || async {
+        fg.metric("floodgate_ratelimit_backend{limit=\"g\",mode=\"redis\"}")
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(back < Duration::from_secs(5));
+    let (status, h, _) = http_get(fg.port, "/").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        h["ratelimit"],
+        format!(
+            "\"g\";r=39;t={}",
+            h["ratelimit"]
+                .to_str()
+                .unwrap()
+                .rsplit("t=")
+                .next()
+                .unwrap()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_limit_rejects_while_redis_is_unreachable() {
+    let up = Upstream::start("app").await;
+    let dead = free_port();
+    let cfg = global_yaml(
+        &format!("  url: redis://127.0.0.1:{dead}\n"),
+        "strict",
+        100,
+        60,
+        "[]",
+        "    failure_mode: deny\n",
+    );
+    let fg = Sidecar::start(up.port, &cfg).await;
+    for _ in 0..3 {
+        let (status, h, _) = http_get(fg.port, "/").await.unwrap();
+        assert_eq!(status, 429);
+        assert_eq!(h["floodgate-reason"], "rate_limited");
+    }
+    assert_eq!(up.stats.requests.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_spreads_keys_and_decides_each_exactly() {
+    let cluster = RedisCluster::start().await;
+    let up = Upstream::start("app").await;
+    let nodes: Vec<String> = cluster.urls();
+    let redis = format!("  cluster: [{}]\n", nodes.join(", "));
+    let cfg = global_yaml(&redis, "per_user", 10, 3600, "[\"header:x-user\"]", "");
+    let a = Sidecar::start(up.port, &cfg).await;
+    let b = Sidecar::start(up.port, &cfg).await;
+    on_redis(&a, "per_user").await;
+    on_redis(&b, "per_user").await;
+    let c = client();
+    for user in 0..20 {
+        let mut admitted = 0;
+        for i in 0..15 {
+            let port = if i % 2 == 0 { a.port } else { b.port };
+            let req = http::Request::builder()
+                .uri(format!("http://127.0.0.1:{port}/"))
+                .header("x-user", format!("user-{user}"))
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap();
+            let status = c.request(req).await.unwrap().status().as_u16();
+            assert!(status == 200 || status == 429, "status {status}");
+            admitted += u32::from(status == 200);
+        }
+        assert_eq!(admitted, 10, "user-{user}");
+    }
+    // 20 keys over 3 masters: each master holds some (all on one would be 3^-19 likely).
+    let mut sizes = Vec::new();
+    for n in &cluster.nodes {
+        let r = command(n.port, &["DBSIZE"]).await.unwrap();
+        sizes.push(r.trim().trim_start_matches(':').parse::<u64>().unwrap());
+    }
+    assert_eq!(sizes.iter().sum::<u64>(), 20, "{sizes:?}");
+    assert!(sizes.iter().filter(|s| **s > 0).count() >= 2, "{sizes:?}");
+}
