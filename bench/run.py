@@ -57,6 +57,17 @@ LIMIT = """limits:
 """
 
 
+def global_limit(redis_port):
+    return f"""redis: {{ url: "redis://127.0.0.1:{redis_port}", expected_replicas: 1 }}
+limits:
+  - name: bench
+    key: [client_ip]
+    max_requests: 1000000000
+    window_seconds: 60
+    scope: global
+"""
+
+
 def floodgate(tmp, name, port, backend, threads, access_log, extra=""):
     conf = os.path.join(tmp, f"{name}.yaml")
     with open(conf, "w") as f:
@@ -113,7 +124,9 @@ def run_mode(tmp, workers, args, label):
     procs = []
     try:
         bp, np_, fp, fpl = free_port(), free_port(), free_port(), free_port()
-        nlp, fpk = free_port(), free_port()
+        nlp, fpk, fpg, rp = free_port(), free_port(), free_port(), free_port()
+        procs.append(subprocess.Popen(["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no"], stdout=subprocess.DEVNULL))
         procs.append(nginx(tmp, f"backend{workers}", 1,
                            f'server {{ listen 127.0.0.1:{bp}; location / {{ return 200 "ok\\n"; }} }}'))
         procs.append(nginx(tmp, f"proxy{workers}", workers, f"""
@@ -130,16 +143,19 @@ def run_mode(tmp, workers, args, label):
         fg = floodgate(tmp, f"fg{workers}", fp, bp, workers, False)
         fgl = floodgate(tmp, f"fgl{workers}", fpl, bp, workers, True)
         fgk = floodgate(tmp, f"fgk{workers}", fpk, bp, workers, False, LIMIT)
-        procs += [fg, fgl, fgk]
-        for p in (bp, np_, fp, fpl, nlp, fpk):
+        wait_port(rp)
+        fgg = floodgate(tmp, f"fgg{workers}", fpg, bp, workers, False, global_limit(rp))
+        procs += [fg, fgl, fgk, fgg]
+        for p in (bp, np_, fp, fpl, nlp, fpk, fpg):
             wait_port(p)
         time.sleep(0.5)
         idle_rss = rss_mib(fg.pid)
         targets = [("direct to backend", bp), ("nginx proxy_pass", np_),
                    ("floodgate", fp), ("floodgate + access log", fpl),
-                   ("nginx + limit_req", nlp), ("floodgate + local limit", fpk)]
+                   ("nginx + limit_req", nlp), ("floodgate + local limit", fpk),
+                   ("floodgate + global limit (redis)", fpg)]
         results = {name: [] for name, _ in targets}
-        for port in (np_, fp, fpl, nlp, fpk):  # warm pools and caches
+        for port in (np_, fp, fpl, nlp, fpk, fpg):  # warm pools, caches and the Redis connection
             wrk(port, 1, args.connections)
         for _ in range(args.rounds):
             for name, port in targets:
@@ -154,7 +170,7 @@ def run_mode(tmp, workers, args, label):
         return med, at_half, half, idle_rss, loaded_rss
     finally:
         for p in procs:
-            p.send_signal(signal.SIGTERM if p.args[0] != "nginx" else signal.SIGQUIT)
+            p.send_signal(signal.SIGQUIT if p.args[0] == "nginx" else signal.SIGTERM)
         for p in procs:
             try:
                 p.wait(timeout=10)
@@ -184,7 +200,10 @@ def main():
         lines.append("")
         lines.append(f"Limit check cost: floodgate + local limit / floodgate = "
                      f"{med['floodgate + local limit'][0] / med['floodgate'][0]:.2f}; "
-                     f"nginx + limit_req / nginx = {med['nginx + limit_req'][0] / ng[0]:.2f}.")
+                     f"nginx + limit_req / nginx = {med['nginx + limit_req'][0] / ng[0]:.2f}; "
+                     f"floodgate + global limit / floodgate = "
+                     f"{med['floodgate + global limit (redis)'][0] / med['floodgate'][0]:.2f}, p99 "
+                     f"{med['floodgate + global limit (redis)'][2] - med['floodgate'][2]:+.3f} ms.")
         if at_half:
             lines += ["", f"At a fixed {half:,.0f} rps (50% of nginx's saturated rate), oha, {args.connections} connections:", "",
                       "| path | achieved rps | p50 ms | p99 ms |", "|---|---:|---:|---:|"]

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need cmake cmake
 need wrk wrk
 need nginx nginx-light
+need redis-server redis-server
 if ! command -v oha >/dev/null 2>&1; then
   echo ">> oha not found; installing it with cargo (a few minutes, once)" >&2
   cargo install oha --locked

@@ -68,7 +68,7 @@ pub struct Admin {
 }
 
 /// Where Redis is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// One server.
     Standalone(String),
@@ -77,7 +77,7 @@ pub enum RedisTarget {
 }
 
 /// Redis settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redis {
     /// Server or cluster.
     pub target: RedisTarget,

@@ -129,7 +129,7 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
         .any(|l| l.scope == floodgate_config::Scope::Global);
     if global_limits && snapshot.config.redis.is_none() {
         tracing::warn!(
-            "no `redis` configured: scope: global limits are enforced per sidecar at max_requests / expected_replicas"
+            "no `redis` configured: scope: global limits are enforced per sidecar, each at its full max_requests"
         );
     }
     let rt = Runtime::new(snapshot, path, metrics, clock);

@@ -55,6 +55,12 @@ pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
                     rt.config_path.display()
                 );
             }
+            if old.config.redis != snap.config.redis {
+                warn!(
+                    "`redis` changed in {}; the Redis connection is kept as it was until a restart",
+                    rt.config_path.display()
+                );
+            }
             rt.current.store(Arc::new(snap));
             rt.metrics.config_version.set(version as i64);
             rt.metrics.reloads.with_label_values(&["success"]).inc();

@@ -17,6 +17,7 @@ use floodgate_config::{FailureMode, Scope};
 use floodgate_policy::key::stable_key_hash;
 use floodgate_policy::{headers, merge, Decision, Outcome, RequestParts, Verdict};
 use futures_util::future::join_all;
+use http::HeaderValue;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
@@ -69,16 +70,24 @@ fn header_bytes(req: &RequestHeader) -> usize {
 fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> Result<()> {
     let def = &snap.limits.limiters()[v.limit].def;
     let which = snap.config.rate_limit_headers;
+    let o = &v.outcome;
     if which.ietf {
-        h.insert_header("ratelimit-policy", headers::policy(&def.name, &v.outcome))?;
-        h.insert_header("ratelimit", headers::current(&def.name, &v.outcome))?;
+        if let Some(p) = headers::policy_value(&def.name, o) {
+            h.insert_header(headers::RATELIMIT_POLICY, p)?;
+        }
+        if let Some(c) = headers::current_value(&def.name, o) {
+            h.insert_header(headers::RATELIMIT, c)?;
+        }
     }
     if which.legacy {
-        h.insert_header("x-ratelimit-limit", v.outcome.limit.to_string())?;
-        h.insert_header("x-ratelimit-remaining", v.outcome.remaining.to_string())?;
+        h.insert_header(headers::X_RATELIMIT_LIMIT, HeaderValue::from(o.limit))?;
         h.insert_header(
-            "x-ratelimit-reset",
-            headers::ceil_secs(v.outcome.reset).to_string(),
+            headers::X_RATELIMIT_REMAINING,
+            HeaderValue::from(o.remaining),
+        )?;
+        h.insert_header(
+            headers::X_RATELIMIT_RESET,
+            HeaderValue::from(headers::ceil_secs(o.reset)),
         )?;
     }
     Ok(())

@@ -121,7 +121,8 @@ impl Snapshot {
 
 /// The limits as this sidecar counts them locally. A `scope: global` limit is decided in
 /// Redis; its local limiter holds the Redis-outage share, `max_requests /
-/// redis.expected_replicas` (at least 1), used whenever Redis is unreachable or absent.
+/// redis.expected_replicas` (at least 1), used whenever Redis is unreachable; with no `redis`
+/// section at all there is nothing to divide by and it holds the full `max_requests`.
 fn effective_limits(config: &Config) -> Vec<Limit> {
     let replicas = config
         .redis
