@@ -154,6 +154,12 @@ impl Floodgate {
                     Ok(o) => {
                         let l = &snap.limits.limiters()[i];
                         record(i, floodgate_policy::decision(l, &o));
+                        let used = o
+                            .limit
+                            .saturating_sub(o.remaining)
+                            .saturating_mul(1_000_000)
+                            / o.limit.max(1);
+                        snap.remote_use[i].fetch_max(used, std::sync::atomic::Ordering::Relaxed);
                         if !defs[i].shadow {
                             merge(
                                 &mut best,

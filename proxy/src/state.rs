@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub limits: LimitSet,
     /// `floodgate_ratelimit_decisions_total` per limit, resolved once: allowed, limited, shadow.
     pub limit_decisions: Vec<[IntCounter; 3]>,
+    /// Per limit, the highest use (in millionths of the limit) Redis reported since the last
+    /// sweep: global limits' utilisation, which no local state sees.
+    pub remote_use: Vec<AtomicU64>,
 }
 
 /// Why a snapshot could not be built from a valid config.
@@ -114,6 +117,7 @@ impl Snapshot {
             route_duration,
             upstream,
             limits,
+            remote_use: effective.iter().map(|_| AtomicU64::new(0)).collect(),
             limit_decisions,
         })
     }

@@ -58,8 +58,13 @@ fn sweep(rt: &Runtime) {
                 .set(i64::from(!redis_up));
         }
     }
-    for l in snap.limits.limiters() {
-        let busiest = l.sweep();
+    for (i, l) in snap.limits.limiters().iter().enumerate() {
+        let mut busiest = l.sweep();
+        // A global limit decided in Redis leaves no local state: use what Redis reported.
+        if l.def.scope == floodgate_config::Scope::Global && redis_up {
+            let remote = snap.remote_use[i].swap(0, std::sync::atomic::Ordering::Relaxed);
+            busiest = remote as f64 / 1_000_000.0;
+        }
         let name = l.def.name.as_str();
         rt.metrics
             .rl_utilization

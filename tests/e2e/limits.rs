@@ -96,10 +96,7 @@ async fn shadow_limit_counts_but_rejects_nothing() {
 async fn grpc_caller_gets_resource_exhausted() {
     let up = Upstream::start("app").await;
     let fg = Sidecar::start(up.port, &limit_yaml("rpc", 1, "")).await;
-    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    let h2 = h2c_client();
     let call = || {
         let req = http::Request::builder()
             .method("POST")
@@ -155,10 +152,7 @@ async fn reload_keeps_counters_of_unchanged_limits_and_resets_changed_ones() {
         up.port,
         &format!("{routes}{}", limit_yaml("steady", 2, "")),
     ));
-    eventually(Duration::from_secs(5), "reloaded", || async {
-        fg.metric("floodgate_config_version").await == Some(2.0)
-    })
-    .await;
+    fg.wait_metric("floodgate_config_version", 2.0).await;
     assert_eq!(
         http_get(fg.port, "/x").await.unwrap().0,
         429,
@@ -171,10 +165,7 @@ async fn reload_keeps_counters_of_unchanged_limits_and_resets_changed_ones() {
         up.port,
         &format!("{routes}{}", limit_yaml("steady", 3, "")),
     ));
-    eventually(Duration::from_secs(5), "reloaded", || async {
-        fg.metric("floodgate_config_version").await == Some(3.0)
-    })
-    .await;
+    fg.wait_metric("floodgate_config_version", 3.0).await;
     let (status, h, _) = http_get(fg.port, "/x").await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(h["x-ratelimit-remaining"], "2");

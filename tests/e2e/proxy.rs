@@ -173,10 +173,7 @@ async fn malformed_http_is_400_and_oversized_headers_are_431() {
 async fn h2c_requests_reach_the_upstream_as_http2() {
     let up = Upstream::start("app").await;
     let fg = Sidecar::start(up.port, "").await;
-    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    let h2 = h2c_client();
     let req = http::Request::builder()
         .method("POST")
         .uri(format!("http://127.0.0.1:{}/echo", fg.port))
@@ -203,14 +200,8 @@ async fn upstream_protocol_can_be_forced() {
         "read_timeout_ms: 2000",
         "read_timeout_ms: 2000\n  protocol: http1",
     ));
-    eventually(Duration::from_secs(5), "reloaded", || async {
-        fg.metric("floodgate_config_version").await == Some(2.0)
-    })
-    .await;
-    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    fg.wait_metric("floodgate_config_version", 2.0).await;
+    let h2 = h2c_client();
     let resp = h2
         .get(
             format!("http://127.0.0.1:{}/echo", fg.port)
@@ -226,10 +217,7 @@ async fn upstream_protocol_can_be_forced() {
         "read_timeout_ms: 2000",
         "read_timeout_ms: 2000\n  protocol: h2c",
     ));
-    eventually(Duration::from_secs(5), "reloaded", || async {
-        fg.metric("floodgate_config_version").await == Some(3.0)
-    })
-    .await;
+    fg.wait_metric("floodgate_config_version", 3.0).await;
     let (status, h, _) = http_get(fg.port, "/echo").await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(h["echo-version"], "HTTP/2.0");
@@ -238,10 +226,7 @@ async fn upstream_protocol_can_be_forced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_caller_gets_grpc_status_when_upstream_is_down() {
     let fg = Sidecar::start(free_port(), "").await;
-    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    let h2 = h2c_client();
     let req = http::Request::builder()
         .method("POST")
         .uri(format!("http://127.0.0.1:{}/pkg.Svc/Method", fg.port))

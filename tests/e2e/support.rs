@@ -231,6 +231,13 @@ pub type Client = hyper_util::client::legacy::Client<
     http_body_util::Full<bytes::Bytes>,
 >;
 
+/// An HTTP/2 cleartext (prior knowledge) client, as gRPC clients are.
+pub fn h2c_client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
 /// A pooled keep-alive HTTP/1.1 client.
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()

@@ -312,19 +312,7 @@ mod memory {
     /// Same measure as the window table's: RSS growth of this test's own process.
     #[test]
     fn a_million_token_bucket_keys_cost_under_150_mib() {
-        let rss = || -> u64 {
-            let s = std::fs::read_to_string("/proc/self/status").unwrap();
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .unwrap()
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .unwrap()
-                * 1024
-        };
-        let before = rss();
+        let before = crate::rss_bytes();
         let def = Limit {
             name: "m".into(),
             routes: None,
@@ -342,7 +330,7 @@ mod memory {
             l.check(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         }
         assert_eq!(l.keys(), 1_000_000);
-        let grown = rss().saturating_sub(before);
+        let grown = crate::rss_bytes().saturating_sub(before);
         assert!(
             grown < 150 * 1024 * 1024,
             "1M keys took {} MiB",

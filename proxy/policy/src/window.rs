@@ -275,16 +275,7 @@ mod tests {
 #[cfg(test)]
 mod memory {
     use super::*;
-
-    fn rss_bytes() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kb * 1024
-    }
+    use crate::rss_bytes;
 
     /// nextest runs each test in its own process, so the RSS growth here is this table's.
     #[test]
