@@ -13,6 +13,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOODGATE = os.path.join(ROOT, "target", "release", "floodgate")
 
 
+# One-worker mode pins every proxy under test to the last core and the load generator, the
+# backend and Redis to the first, so each candidate gets the same CPU to itself. Unpinned,
+# where the scheduler happened to put each process skewed whole runs by ±30% (same binary,
+# same config, different process).
+PIN = {"proxy": None, "load": None}
+
+
+def pinned(role, argv):
+    cpu = PIN[role]
+    return (["taskset", "-c", str(cpu)] if cpu is not None else []) + argv
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -46,7 +58,8 @@ http {{
   {server_block}
 }}
 """)
-    return subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stderr=subprocess.DEVNULL)
+    role = "load" if name.startswith("backend") else "proxy"
+    return subprocess.Popen(pinned(role, ["nginx", "-c", conf, "-p", tmp]), stderr=subprocess.DEVNULL)
 
 
 LIMIT = """limits:
@@ -80,7 +93,8 @@ routes:
 logging: {{ access_log: {str(access_log).lower()} }}
 server: {{ threads: {threads} }}
 {extra}""")
-    return subprocess.Popen([FLOODGATE, "--config", conf], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(pinned("proxy", [FLOODGATE, "--config", conf]),
+                            stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
 
 def to_ms(v):
@@ -91,7 +105,7 @@ def to_ms(v):
 
 def wrk(port, duration, conns):
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        pinned("load", ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"]),
         capture_output=True, text=True, timeout=duration + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
@@ -104,8 +118,8 @@ def wrk(port, duration, conns):
 
 def oha_rate(port, rate, duration, conns):
     out = subprocess.run(
-        ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns),
-         "-q", str(int(rate)), "--latency-correction", f"http://127.0.0.1:{port}/"],
+        pinned("load", ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns),
+         "-q", str(int(rate)), "--latency-correction", f"http://127.0.0.1:{port}/"]),
         capture_output=True, text=True, timeout=duration + 30).stdout
     j = json.loads(out)
     pct = j["latencyPercentiles"]
@@ -125,8 +139,8 @@ def run_mode(tmp, workers, args, label):
     try:
         bp, np_, fp, fpl = free_port(), free_port(), free_port(), free_port()
         nlp, fpk, fpg, rp = free_port(), free_port(), free_port(), free_port()
-        procs.append(subprocess.Popen(["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "",
-                                       "--appendonly", "no"], stdout=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(pinned("load", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no"]), stdout=subprocess.DEVNULL))
         procs.append(nginx(tmp, f"backend{workers}", 1,
                            f'server {{ listen 127.0.0.1:{bp}; location / {{ return 200 "ok\\n"; }} }}'))
         procs.append(nginx(tmp, f"proxy{workers}", workers, f"""
@@ -188,11 +202,17 @@ def main():
     args = ap.parse_args()
     lines = [f"# bench/run.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"{os.cpu_count()} cores; wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.rounds} alternating rounds.", ""]
+    cpus = os.cpu_count() or 1
+    printed = 0
     for workers in [int(w) for w in args.modes.split(",")]:
+        pin = workers == 1 and cpus >= 2 and shutil.which("taskset") is not None
+        PIN.update(proxy=cpus - 1 if pin else None, load=0 if pin else None)
         with tempfile.TemporaryDirectory() as tmp:
             med, at_half, half, idle_rss, loaded_rss = run_mode(tmp, workers, args, workers)
         ng = med["nginx proxy_pass"]
-        lines += [f"## {workers} worker(s): nginx worker_processes {workers}, floodgate server.threads {workers}", "",
+        where = (f"proxies pinned to CPU {cpus - 1}, load, backend and Redis to CPU 0" if pin
+                 else "unpinned")
+        lines += [f"## {workers} worker(s): nginx worker_processes {workers}, floodgate server.threads {workers}; {where}", "",
                   "| path | rps | p50 ms | p99 ms | rps / nginx |", "|---|---:|---:|---:|---:|"]
         for name, (rps, p50, p99) in med.items():
             ratio = "—" if name.startswith("direct") else f"{rps / ng[0]:.2f}"
@@ -212,7 +232,8 @@ def main():
             d = at_half["floodgate"][2] - at_half["nginx proxy_pass"][2]
             lines.append(f"\nfloodgate p99 − nginx p99 at 50% load: {d:+.3f} ms")
         lines += [f"\nfloodgate RSS: {idle_rss:.1f} MiB idle, {loaded_rss:.1f} MiB after the load.", ""]
-        print("\n".join(lines[-30:]), flush=True)
+        print("\n".join(lines[printed:]), flush=True)
+        printed = len(lines)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
