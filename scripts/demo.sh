@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need cmake cmake
-cargo build --release --bins
-./target/release/floodgate validate config/examples/quickstart.yaml
-./target/release/floodgate-demo-upstream --listen 127.0.0.1:3000 &
+# A debug build: quick to make, and plenty fast for trying it out (bench/ measures release).
+cargo build --bins
+./target/debug/floodgate validate config/examples/quickstart.yaml
+./target/debug/floodgate-demo-upstream --listen 127.0.0.1:3000 &
 up=$!
 trap 'kill $up 2>/dev/null' EXIT
 cat <<'MSG'
@@ -20,4 +21,4 @@ Floodgate is starting. In another terminal try:
   # edit config/examples/quickstart.yaml and save: the change is live within a second
 
 MSG
-./target/release/floodgate --config config/examples/quickstart.yaml
+./target/debug/floodgate --config config/examples/quickstart.yaml
