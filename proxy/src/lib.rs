@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod demo;
 pub mod endpoint;
 pub mod forwarded;

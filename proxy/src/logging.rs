@@ -1,5 +1,6 @@
 //! Log set-up: `tracing` to stderr, text or JSON, written by a background thread so a slow
-//! terminal or log collector never blocks a request. `RUST_LOG` overrides the default filter.
+//! terminal or log collector never blocks a request. `RUST_LOG` overrides the default filter
+//! (of these logs; the access log is `logging.access_log`, see [`crate::access`]).
 
 use std::sync::Mutex;
 
@@ -15,6 +16,7 @@ pub fn init(format: LogFormat) {
     if let Ok(mut g) = GUARD.lock() {
         *g = Some(guard);
     }
+    crate::access::init(writer.clone(), format);
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
     // Colour codes only on a terminal: they would litter files and log collectors.

@@ -20,8 +20,8 @@ use futures_util::future::join_all;
 use http::HeaderValue;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use tracing::info;
 
+use crate::access;
 use crate::forwarded;
 use crate::metrics::method_label;
 use crate::respond::{self, Reason};
@@ -384,17 +384,16 @@ impl ProxyHttp for Floodgate {
                 .inc();
         }
         if ctx.snap.config.logging.access_log {
-            info!(
-                target: "access",
-                client = %client_ip(session).map(|i| i.to_string()).unwrap_or_default(),
-                method = req.method.as_str(),
-                path = req.uri.path(),
+            access::log(&access::Entry {
+                client: client_ip(session),
+                method: req.method.as_str(),
+                path: req.uri.path(),
                 route,
                 status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                reason = ctx.reason.map_or("", Reason::as_str),
-                error = e.map(|e| e.to_string()).unwrap_or_default(),
-            );
+                duration: elapsed,
+                reason: ctx.reason.map_or("", Reason::as_str),
+                error: e.map(|e| e as &dyn std::fmt::Display),
+            });
         }
     }
 }
