@@ -2,8 +2,9 @@
 -- KEYS[1]  the key's hash, hash-tagged so every window of it lives in one slot
 -- ARGV[1]  'f' fixed window | 's' sliding window | 't' token bucket (GCRA)
 -- ARGV[2..] pairs of (max_requests, window_ms), shortest window first
--- Returns {allowed, window, max, remaining, reset_ms, retry_after_ms}: the rejecting window,
--- or else the window with the least share left. Time is the server's (TIME), so sidecars with
+-- Returns "allowed window remaining reset_ms retry_after_ms" as one string (one RESP value:
+-- the client's reply parser costs per value, and this is every request's reply) for the
+-- rejecting window, or else the window with the least share left. Time is the server's (TIME), so sidecars with
 -- skewed clocks still share one window. Windows are charged shortest first; a window that
 -- rejects stops the walk, so longer windows are not charged for a rejected request.
 local key = KEYS[1]
@@ -18,7 +19,7 @@ for i = 1, n do
 end
 local function done(r)
   redis.call('PEXPIRE', key, ttl)
-  return r
+  return table.concat(r, ' ')
 end
 local best, best_share = nil, 2
 for i = 1, n do
@@ -32,7 +33,7 @@ for i = 1, n do
     local per = w / max
     local new_tat = tat + per
     if new_tat - now > w then
-      return done({0, i, max, 0, math.ceil(tat - now), math.ceil(new_tat - w - now)})
+      return done({0, i, 0, math.ceil(tat - now), math.ceil(new_tat - w - now)})
     end
     redis.call('HSET', key, f, string.format('%.3f', new_tat))
     res = {max, math.floor((w - (new_tat - now)) / per), math.ceil(new_tat - now)}
@@ -58,7 +59,7 @@ for i = 1, n do
         if retry < 0 then retry = 0 end
         if retry > reset then retry = reset end
       end
-      return done({0, i, max, 0, reset, math.ceil(retry)})
+      return done({0, i, 0, reset, math.ceil(retry)})
     end
     redis.call('HSET', key, 'w' .. i, idx, 'c' .. i, c + 1, 'p' .. i, p)
     res = {max, math.floor(max - used - 1), reset}
@@ -66,7 +67,7 @@ for i = 1, n do
   local share = res[2] / res[1]
   if share < best_share then
     best_share = share
-    best = {1, i, res[1], res[2], res[3], 0}
+    best = {1, i, res[2], res[3], 0}
   end
 end
 return done(best)

@@ -41,7 +41,7 @@ pub enum GlobalError {
     Redis(#[from] redis::RedisError),
     /// The script answered something unexpected.
     #[error("unexpected script reply: {0:?}")]
-    Reply(Vec<i64>),
+    Reply(String),
 }
 
 /// The Redis backend shared by every request.
@@ -99,7 +99,7 @@ impl GlobalLimits {
                 .arg(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
         }
         let start = Instant::now();
-        let reply: Result<Vec<i64>, GlobalError> = match tokio::time::timeout(self.timeout, async {
+        let reply: Result<String, GlobalError> = match tokio::time::timeout(self.timeout, async {
             match conn.as_ref().clone() {
                 Conn::Single(mut c) => inv.invoke_async(&mut c).await,
                 Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
@@ -118,17 +118,28 @@ impl GlobalLimits {
                 return Err(e);
             }
         };
-        let [allowed, window, max, remaining, reset_ms, retry_ms] = reply[..] else {
+        let mut fields = [0i64; 5];
+        let mut n = 0;
+        for (slot, text) in fields.iter_mut().zip(reply.split(' ')) {
+            // Lua prints integral numbers without a fraction; anything else is a bad reply.
+            *slot = text
+                .parse()
+                .map_err(|_| GlobalError::Reply(reply.clone()))?;
+            n += 1;
+        }
+        let [allowed, window, remaining, reset_ms, retry_ms] = fields;
+        if n != 5 {
             return Err(GlobalError::Reply(reply));
-        };
+        }
         let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
-        let window = usize::try_from(window - 1)
+        let (max, window) = usize::try_from(window - 1)
             .ok()
             .and_then(|i| windows.get(i))
-            .map_or(limit.window, |w| w.1);
+            .copied()
+            .unwrap_or((limit.max_requests.get(), limit.window));
         Ok(Outcome {
             allowed: allowed == 1,
-            limit: u64::try_from(max).unwrap_or(0),
+            limit: max,
             remaining: u64::try_from(remaining).unwrap_or(0),
             reset: ms(reset_ms),
             retry_after: ms(retry_ms),
