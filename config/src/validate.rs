@@ -16,6 +16,10 @@ use crate::locate::LineIndex;
 use crate::model::*;
 use crate::raw::*;
 
+/// Largest `max_requests`: counts must stay exact as Redis's Lua numbers (doubles, printed
+/// with 14 significant digits), and no real limit comes near it.
+const MAX_LIMIT: u64 = 1_000_000_000_000;
+
 /// Name given to requests that match no route.
 pub const DEFAULT_ROUTE: &str = "default";
 
@@ -611,6 +615,11 @@ fn check_limit(
             format!("{p}.max_requests"),
             "must be at least 1 (to block a route entirely, use degradation)",
         );
+    } else if l.max_requests > MAX_LIMIT {
+        cx.err(
+            format!("{p}.max_requests"),
+            format!("must be at most {MAX_LIMIT}; for no limit, remove the limit"),
+        );
     }
     if l.window_seconds == 0 || l.window_seconds > 86_400 {
         cx.err(
@@ -627,6 +636,11 @@ fn check_limit(
         let max = NonZeroU64::new(w.max_requests);
         if max.is_none() {
             cx.err(format!("{wp}.max_requests"), "must be at least 1");
+        } else if w.max_requests > MAX_LIMIT {
+            cx.err(
+                format!("{wp}.max_requests"),
+                format!("must be at most {MAX_LIMIT}"),
+            );
         }
         if w.window_seconds == 0 || w.window_seconds > 86_400 {
             cx.err(
