@@ -107,9 +107,10 @@ pub async fn send_with(
         return Ok(200);
     }
     let status = reason.status();
-    let detail = detail.map_or_else(|| reason.detail().to_string(), json_escape);
+    // serde_json quotes and escapes the detail (it may carry a limit name from the config).
+    let detail = serde_json::to_string(detail.unwrap_or(reason.detail())).unwrap_or_default();
     let body = format!(
-        "{{\"type\":\"urn:floodgate:problem:{r}\",\"title\":\"{r}\",\"status\":{status},\"detail\":\"{detail}\"}}\n",
+        "{{\"type\":\"urn:floodgate:problem:{r}\",\"title\":\"{r}\",\"status\":{status},\"detail\":{detail}}}\n",
         r = reason.as_str(),
     );
     let mut h = ResponseHeader::build(status, Some(8))?;
@@ -126,18 +127,4 @@ pub async fn send_with(
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(status)
-}
-
-/// Escapes `s` for the inside of a JSON string.
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
 }

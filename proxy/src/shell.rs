@@ -176,15 +176,18 @@ impl Floodgate {
         }
         // Without Redis, a fail-closed global limit rejects; the rest decide locally.
         let redis_configured = self.rt.global.is_some();
-        for &i in snap.limits.applicable(ctx.route) {
+        let decided_remotely = |i: usize| remote.contains(&i) && !fell_back.contains(&i);
+        let closed = |i: usize| {
             let def = &defs[i];
-            let without_redis =
-                def.scope == Scope::Global && (global.is_none() || fell_back.contains(&i));
-            if redis_configured
-                && without_redis
+            redis_configured
+                && def.scope == Scope::Global
+                && !decided_remotely(i)
                 && def.failure_mode == FailureMode::Deny
                 && !def.shadow
-            {
+        };
+        for &i in snap.limits.applicable(ctx.route) {
+            if closed(i) {
+                let def = &defs[i];
                 record(i, Decision::Limited);
                 let outcome = Outcome {
                     allowed: false,
@@ -200,16 +203,7 @@ impl Floodgate {
         let local = snap.limits.check_where(
             ctx.route,
             &parts,
-            |i| {
-                let def = &defs[i];
-                let decided_remotely = remote.contains(&i) && !fell_back.contains(&i);
-                let denied_closed = redis_configured
-                    && def.scope == Scope::Global
-                    && !decided_remotely
-                    && def.failure_mode == FailureMode::Deny
-                    && !def.shadow;
-                !decided_remotely && !denied_closed
-            },
+            |i| !decided_remotely(i) && !closed(i),
             |i, _, d| record(i, d),
         );
         if let Some(v) = local {

@@ -67,26 +67,6 @@ pub fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// `RateLimit-Policy` value.
-pub fn policy(name: &str, o: &Outcome) -> String {
-    format!(
-        "\"{}\";q={};w={}",
-        sf_escape(name),
-        o.limit,
-        ceil_secs(o.window)
-    )
-}
-
-/// `RateLimit` value.
-pub fn current(name: &str, o: &Outcome) -> String {
-    format!(
-        "\"{}\";r={};t={}",
-        sf_escape(name),
-        o.remaining,
-        ceil_secs(o.reset)
-    )
-}
-
 /// `Retry-After` seconds: the wait rounded up, plus `jitter_secs` so that clients rejected
 /// together do not all come back in the same second.
 pub fn retry_after(o: &Outcome, jitter_secs: u64) -> u64 {
@@ -116,9 +96,18 @@ mod tests {
             retry_after: Duration::ZERO,
             window: Duration::from_secs(60),
         };
-        assert_eq!(policy("api", &o), "\"api\";q=100;w=60");
-        assert_eq!(current("api", &o), "\"api\";r=42;t=30");
-        assert_eq!(current("a\"b", &o), "\"a\\\"b\";r=42;t=30");
+        assert_eq!(policy_value("api", &o).unwrap(), "\"api\";q=100;w=60");
+        assert_eq!(current_value("api", &o).unwrap(), "\"api\";r=42;t=30");
+        assert_eq!(current_value("a\"b", &o).unwrap(), "\"a\\\"b\";r=42;t=30");
+        let big = Outcome {
+            remaining: u64::MAX,
+            reset: Duration::ZERO,
+            ..o
+        };
+        assert_eq!(
+            current_value("x", &big).unwrap(),
+            format!("\"x\";r={};t=0", u64::MAX).as_str()
+        );
         let denied = Outcome {
             allowed: false,
             retry_after: Duration::from_millis(1500),
