@@ -29,10 +29,12 @@ pub struct Config {
     pub limits: Vec<Limit>,
     /// Rate-limit response fields to send.
     pub rate_limit_headers: RateLimitHeaders,
-    /// Admission queue (accepted, not yet enforced).
+    /// Admission queue; `None` = no cap on requests to the app.
     pub queue: Option<Queue>,
-    /// Circuit breaker (accepted, not yet enforced).
+    /// Circuit breaker; `None` = never opens.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Load indicators and thresholds (defaults from the runbook).
+    pub load_indicators: LoadIndicators,
     /// Degradation (accepted, not yet enforced).
     pub degradation: Degradation,
     /// Logging.
@@ -180,12 +182,113 @@ pub struct Queue {
 }
 
 /// Circuit breaker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CircuitBreaker {
     /// Failures in a row that open it.
     pub consecutive_failures: NonZeroU32,
     /// Open time before probes.
     pub open: Duration,
+    /// Failure share that opens it, when set (0 < rate <= 1).
+    pub error_rate: Option<f64>,
+    /// Requests in the window before the rate is judged.
+    pub min_requests: NonZeroU32,
+    /// Span the rate is measured over.
+    pub window: Duration,
+    /// Probes let through while half-open.
+    pub half_open_probes: NonZeroU32,
+}
+
+/// A load indicator the sidecar computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Indicator {
+    /// Responses per second.
+    RequestRate,
+    /// Median latency, ms.
+    LatencyP50Ms,
+    /// 95th percentile latency, ms.
+    LatencyP95Ms,
+    /// 99th percentile latency, ms.
+    LatencyP99Ms,
+    /// Share of 5xx responses.
+    ErrorRate,
+    /// Requests waiting in the queue.
+    QueueDepth,
+    /// Requests in flight to the app.
+    Inflight,
+}
+
+impl Indicator {
+    /// Every indicator, in the order status reports list them.
+    pub const ALL: [Indicator; 7] = [
+        Indicator::RequestRate,
+        Indicator::LatencyP50Ms,
+        Indicator::LatencyP95Ms,
+        Indicator::LatencyP99Ms,
+        Indicator::ErrorRate,
+        Indicator::QueueDepth,
+        Indicator::Inflight,
+    ];
+
+    /// The config key and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Indicator::RequestRate => "request_rate",
+            Indicator::LatencyP50Ms => "latency_p50_ms",
+            Indicator::LatencyP95Ms => "latency_p95_ms",
+            Indicator::LatencyP99Ms => "latency_p99_ms",
+            Indicator::ErrorRate => "error_rate",
+            Indicator::QueueDepth => "queue_depth",
+            Indicator::Inflight => "inflight",
+        }
+    }
+}
+
+/// Warning and critical levels of one indicator (exceeded when strictly above).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Thresholds {
+    /// Warning level.
+    pub warning: Option<f64>,
+    /// Critical level.
+    pub critical: Option<f64>,
+}
+
+/// Load indicator settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadIndicators {
+    /// Span of the rate, latency and error indicators.
+    pub window: Duration,
+    /// Thresholds, indexed like [`Indicator::ALL`].
+    pub thresholds: [Thresholds; 7],
+}
+
+impl LoadIndicators {
+    /// The thresholds of `i`.
+    pub fn thresholds(&self, i: Indicator) -> Thresholds {
+        self.thresholds[Indicator::ALL.iter().position(|&x| x == i).unwrap_or(0)]
+    }
+}
+
+impl Default for LoadIndicators {
+    /// The runbook's: queue depth 100/500, p95 1000/2000 ms, error rate 1%/5%, over 60 s.
+    fn default() -> Self {
+        let t = |w, c| Thresholds {
+            warning: Some(w),
+            critical: Some(c),
+        };
+        let none = Thresholds::default();
+        Self {
+            window: Duration::from_secs(60),
+            thresholds: [
+                none,
+                none,
+                t(1000.0, 2000.0),
+                none,
+                t(0.01, 0.05),
+                t(100.0, 500.0),
+                none,
+            ],
+        }
+    }
 }
 
 /// Degradation settings.

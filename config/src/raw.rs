@@ -33,12 +33,16 @@ pub struct RawConfig {
     /// Which rate-limit response fields are sent.
     #[serde(default)]
     pub rate_limit_headers: Option<RawRateLimitHeaders>,
-    /// Admission queue (accepted and validated, not yet enforced).
+    /// Admission queue: a cap on requests in flight to the app, and a bounded, prioritised
+    /// wait beyond it. Absent = no cap.
     #[serde(default)]
     pub queue: Option<RawQueue>,
-    /// Circuit breaker on the upstream (accepted and validated, not yet enforced).
+    /// Circuit breaker on the upstream. Absent = never opens.
     #[serde(default)]
     pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// The runbook's load indicators and their warning/critical thresholds.
+    #[serde(default)]
+    pub load_indicators: Option<RawLoadIndicators>,
     /// Graceful degradation (accepted and validated, not yet enforced).
     #[serde(default)]
     pub degradation: Option<RawDegradation>,
@@ -310,9 +314,9 @@ pub struct RawRateLimitHeaders {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawQueue {
-    /// Requests in flight to the upstream ("workers").
+    /// Requests in flight to the upstream ("workers"); changes apply live.
     pub max_concurrency: u32,
-    /// Requests waiting beyond that.
+    /// Requests waiting beyond that (0 = no waiting: shed at once); changes apply live.
     pub max_size: u32,
     /// Longest wait in the queue, in milliseconds.
     pub timeout_ms: u64,
@@ -326,6 +330,62 @@ pub struct RawCircuitBreaker {
     pub consecutive_failures: u32,
     /// How long it stays open before half-open probes, in milliseconds.
     pub open_ms: u64,
+    /// Also open when this share of requests (0 < rate <= 1) failed within `window_ms`, once
+    /// `min_requests` were seen there. Absent = consecutive failures only.
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    /// Requests within `window_ms` before `error_rate` is judged (default 20).
+    #[serde(default)]
+    pub min_requests: Option<u32>,
+    /// Span over which `error_rate` is measured, in milliseconds (default 10000).
+    #[serde(default)]
+    pub window_ms: Option<u64>,
+    /// Requests let through while half-open; all must succeed to close (default 3).
+    #[serde(default)]
+    pub half_open_probes: Option<u32>,
+}
+
+/// The load indicators the sidecar computes, with the levels they alarm at. Each threshold is
+/// exceeded when the value is strictly above it, as in the runbook ("> 100 requests queued").
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoadIndicators {
+    /// Span the rate, latency and error indicators are computed over, in seconds (default 60).
+    #[serde(default)]
+    pub window_seconds: Option<u64>,
+    /// Requests per second answered (default: no thresholds).
+    #[serde(default)]
+    pub request_rate: Option<RawThresholds>,
+    /// Median latency in milliseconds (default: no thresholds).
+    #[serde(default)]
+    pub latency_p50_ms: Option<RawThresholds>,
+    /// 95th percentile latency in milliseconds (default warning 1000, critical 2000).
+    #[serde(default)]
+    pub latency_p95_ms: Option<RawThresholds>,
+    /// 99th percentile latency in milliseconds (default: no thresholds).
+    #[serde(default)]
+    pub latency_p99_ms: Option<RawThresholds>,
+    /// Share of responses with a 5xx status, 0..1 (default warning 0.01, critical 0.05).
+    #[serde(default)]
+    pub error_rate: Option<RawThresholds>,
+    /// Requests waiting in the admission queue (default warning 100, critical 500).
+    #[serde(default)]
+    pub queue_depth: Option<RawThresholds>,
+    /// Requests in flight to the upstream (default: no thresholds).
+    #[serde(default)]
+    pub inflight: Option<RawThresholds>,
+}
+
+/// Warning and critical levels of one indicator; either may be left out.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawThresholds {
+    /// Above this the indicator is `warning`.
+    #[serde(default)]
+    pub warning: Option<f64>,
+    /// Above this the indicator is `critical`.
+    #[serde(default)]
+    pub critical: Option<f64>,
 }
 
 /// Degradation level.

@@ -34,6 +34,7 @@ const TOP_LEVEL: &[&str] = &[
     "rate_limit_headers",
     "queue",
     "circuit_breaker",
+    "load_indicators",
     "degradation",
     "logging",
     "server",
@@ -209,6 +210,8 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
     let queue: Option<RawQueue> = take(&mut map, "queue").and_then(|v| cx.decode("queue", v));
     let breaker: Option<RawCircuitBreaker> =
         take(&mut map, "circuit_breaker").and_then(|v| cx.decode("circuit_breaker", v));
+    let indicators: Option<RawLoadIndicators> =
+        take(&mut map, "load_indicators").and_then(|v| cx.decode("load_indicators", v));
     let degradation: Option<RawDegradation> =
         take(&mut map, "degradation").and_then(|v| cx.decode("degradation", v));
     let logging: Option<RawLogging> =
@@ -303,6 +306,7 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
 
     let queue = queue.and_then(|q| check_queue(cx, q));
     let circuit_breaker = breaker.and_then(|b| check_breaker(cx, b));
+    let load_indicators = check_indicators(cx, indicators.unwrap_or_default());
     let degradation = check_degradation(cx, degradation.unwrap_or_default(), &route_features);
     let logging = logging.unwrap_or_default();
     let server = check_server(cx, server.unwrap_or_default());
@@ -324,6 +328,7 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         },
         queue,
         circuit_breaker,
+        load_indicators,
         degradation,
         logging: Logging {
             format: logging.format,
@@ -700,10 +705,93 @@ fn check_breaker(cx: &mut Ctx, b: RawCircuitBreaker) -> Option<CircuitBreaker> {
         cx.err("circuit_breaker.consecutive_failures", "must be at least 1");
     }
     let open = ms(cx, "circuit_breaker.open_ms", Some(b.open_ms), 0, 3_600_000);
+    if let Some(r) = b.error_rate {
+        if !(r > 0.0 && r <= 1.0) {
+            cx.err(
+                "circuit_breaker.error_rate",
+                format!("must be a share above 0 and at most 1 (0.5 = half the requests), got {r}"),
+            );
+        }
+    }
+    let min_requests = NonZeroU32::new(b.min_requests.unwrap_or(20));
+    if min_requests.is_none() {
+        cx.err("circuit_breaker.min_requests", "must be at least 1");
+    }
+    let window = ms(
+        cx,
+        "circuit_breaker.window_ms",
+        b.window_ms,
+        10_000,
+        3_600_000,
+    );
+    let half_open_probes = NonZeroU32::new(b.half_open_probes.unwrap_or(3));
+    if half_open_probes.is_none() {
+        cx.err(
+            "circuit_breaker.half_open_probes",
+            "must be at least 1 (a breaker that lets no probe through never closes)",
+        );
+    }
     Some(CircuitBreaker {
         consecutive_failures: consecutive_failures?,
         open,
+        error_rate: b.error_rate,
+        min_requests: min_requests?,
+        window,
+        half_open_probes: half_open_probes?,
     })
+}
+
+fn check_indicators(cx: &mut Ctx, raw: RawLoadIndicators) -> LoadIndicators {
+    let mut out = LoadIndicators::default();
+    let secs = raw.window_seconds.unwrap_or(60);
+    if !(1..=3600).contains(&secs) {
+        cx.err(
+            "load_indicators.window_seconds",
+            format!("must be between 1 and 3600 seconds, got {secs}"),
+        );
+    }
+    out.window = Duration::from_secs(secs);
+    let given = [
+        raw.request_rate,
+        raw.latency_p50_ms,
+        raw.latency_p95_ms,
+        raw.latency_p99_ms,
+        raw.error_rate,
+        raw.queue_depth,
+        raw.inflight,
+    ];
+    for ((slot, t), ind) in out.thresholds.iter_mut().zip(given).zip(Indicator::ALL) {
+        // A section that is written replaces the default whole: `{ warning: 50 }` means no
+        // critical level, not the runbook's.
+        let Some(t) = t else { continue };
+        let p = format!("load_indicators.{}", ind.as_str());
+        for (name, v) in [("warning", t.warning), ("critical", t.critical)] {
+            match v {
+                Some(v) if !v.is_finite() || v < 0.0 => cx.err(
+                    format!("{p}.{name}"),
+                    format!("must be a number >= 0, got {v}"),
+                ),
+                Some(v) if ind == Indicator::ErrorRate && v > 1.0 => cx.err(
+                    format!("{p}.{name}"),
+                    format!("is a share of requests between 0 and 1 (0.05 = 5%), got {v}"),
+                ),
+                _ => {}
+            }
+        }
+        if let (Some(w), Some(c)) = (t.warning, t.critical) {
+            if w > c {
+                cx.err(
+                    format!("{p}.warning"),
+                    format!("warning ({w}) is above critical ({c}); warning must come first"),
+                );
+            }
+        }
+        *slot = Thresholds {
+            warning: t.warning,
+            critical: t.critical,
+        };
+    }
+    out
 }
 
 fn check_degradation(
