@@ -1,13 +1,17 @@
-//! Floodgate's request policies as plain Rust: rate limits now (queue, breaker and degradation
-//! follow). Time comes from an injectable [`Clock`]; nothing here touches pingora or sockets,
+//! Floodgate's request policies as plain Rust: rate limits, the admission queue, the circuit
+//! breaker and the load indicators (degradation follows). Time comes from an injectable [`Clock`]; nothing here touches pingora or sockets,
 //! so every rule is unit-tested directly.
 
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod clock;
 pub mod headers;
 pub mod key;
 pub mod limiter;
+pub mod load;
+pub mod queue;
+pub mod ring;
 pub mod set;
 pub mod window;
 
