@@ -1,11 +1,14 @@
 //! A small real HTTP server (HTTP/1.1 and h2c) to put behind the sidecar: the README's demo
 //! app and the end-to-end tests' upstream. `/` answers with the server's name, `/echo`
-//! streams the request body back and reports what arrived in `echo-*` headers, and
-//! `/sleep/<ms>` answers after a delay, `/ws` accepts an upgrade and echoes raw bytes.
+//! streams the request body back and reports what arrived in `echo-*` headers,
+//! `/sleep/<ms>` answers after a delay, `/ws` accepts an upgrade and echoes raw bytes, and
+//! any path containing `/hold` waits until [`DemoStats::release`] lets it go. It counts
+//! requests in progress (and the most at once), logs the paths it saw in arrival order, and
+//! answers every request with [`DemoStats::fail_with`]'s status while that is set.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,11 +18,63 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-/// Counts what the demo upstream has received.
-#[derive(Default)]
+/// Counts what the demo upstream has received, and steers it.
 pub struct DemoStats {
     /// Requests received.
     pub requests: AtomicU64,
+    /// Requests being handled now.
+    pub inflight: AtomicU64,
+    /// The most requests handled at once.
+    pub max_inflight: AtomicU64,
+    /// Paths (with query) of every request, in arrival order.
+    pub log: Mutex<Vec<String>>,
+    /// When non-zero, every request is answered with this status.
+    pub fail_with: AtomicU16,
+    /// Permits for `/hold` requests: each takes one before answering.
+    pub hold: tokio::sync::Semaphore,
+}
+
+impl Default for DemoStats {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
+            max_inflight: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+            fail_with: AtomicU16::new(0),
+            hold: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl DemoStats {
+    /// Lets `n` held requests answer.
+    pub fn release(&self, n: usize) {
+        self.hold.add_permits(n);
+    }
+
+    /// Paths seen so far.
+    pub fn paths(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// Counts a request in progress until the handler returns (before its response is written,
+/// so a proxy that saw the response end never sees the count include that request).
+struct InProgress<'a>(&'a DemoStats);
+
+impl<'a> InProgress<'a> {
+    fn new(s: &'a DemoStats) -> Self {
+        let now = s.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        s.max_inflight.fetch_max(now, Ordering::SeqCst);
+        Self(s)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -44,8 +99,27 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_progress = InProgress::new(&stats);
     let path = req.uri().path().to_string();
-    let mut resp = if path == "/echo" {
+    if let Ok(mut log) = stats.log.lock() {
+        log.push(
+            req.uri()
+                .path_and_query()
+                .map_or(path.clone(), |p| p.to_string()),
+        );
+    }
+    if path.contains("/hold") {
+        if let Ok(p) = stats.hold.acquire().await {
+            p.forget();
+        }
+    }
+    let fail = stats.fail_with.load(Ordering::SeqCst);
+    let mut resp = if fail != 0 {
+        let mut r = Response::new(full(format!("{name} failing with {fail}\n")));
+        *r.status_mut() =
+            http::StatusCode::from_u16(fail).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        r
+    } else if path == "/echo" {
         let mut b = Response::builder()
             .header("echo-method", req.method().as_str())
             .header(

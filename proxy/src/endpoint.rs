@@ -1,5 +1,6 @@
-//! The metrics port: `GET /metrics` (Prometheus text), `/healthz` (the process is alive) and
-//! `/readyz` (config loaded, listening, not draining). Served by hyper, off the data path.
+//! The metrics port: `GET /metrics` (Prometheus text), `/status` (queue, breaker and load
+//! indicators as JSON), `/healthz` (the process is alive) and `/readyz` (config loaded,
+//! listening, not draining). Served by hyper, off the data path.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use pingora_core::services::background::BackgroundService;
 use tracing::{debug, error};
 
 use crate::state::Runtime;
+use crate::status::Status;
 
 /// Serves the metrics port on a listener bound at start-up (so a busy port fails the start).
 pub struct EndpointService {
@@ -33,11 +35,20 @@ impl EndpointService {
 
 fn answer(rt: &Runtime, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let (status, ctype, body): (StatusCode, &str, Bytes) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            rt.metrics.render().into(),
-        ),
+        "/metrics" => {
+            Status::read(rt).publish(rt);
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                rt.metrics.render().into(),
+            )
+        }
+        "/status" => {
+            let mut body =
+                serde_json::to_vec_pretty(&Status::read(rt).to_json()).unwrap_or_default();
+            body.push(b'\n');
+            (StatusCode::OK, "application/json", body.into())
+        }
         "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         "/readyz" if rt.is_ready() => {
             (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
@@ -55,7 +66,7 @@ fn answer(rt: &Runtime, req: &Request<hyper::body::Incoming>) -> Response<Full<B
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            Bytes::from_static(b"not found: try /metrics, /healthz or /readyz\n"),
+            Bytes::from_static(b"not found: try /metrics, /status, /healthz or /readyz\n"),
         ),
     };
     let mut resp = Response::new(Full::new(body));

@@ -1,5 +1,6 @@
 //! The Floodgate sidecar: a pingora reverse proxy in front of one application instance.
-//! `router` and (later) the policy modules are plain Rust; `shell` is the pingora adapter.
+//! `router` is plain Rust and the policies live in `floodgate-policy`; `shell` is the pingora
+//! adapter and `status` the live view of queue, breaker and load indicators.
 
 #![forbid(unsafe_code)]
 
@@ -16,4 +17,5 @@ pub mod router;
 pub mod shell;
 pub mod shutdown;
 pub mod state;
+pub mod status;
 pub mod sweep;

@@ -3,7 +3,7 @@
 //! `floodgate_` prefix for everything that is the sidecar's own.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -25,8 +25,30 @@ pub struct Metrics {
     pub config_version: IntGauge,
     /// `floodgate_local_responses_total{reason}`: answers the sidecar produced itself.
     pub local_responses: IntCounterVec,
-    /// `floodgate_inflight_requests`.
+    /// `floodgate_active_requests`: requests being served now, queued ones included.
+    pub active: IntGauge,
+    /// `floodgate_inflight_requests`: requests holding a slot to the upstream (set at scrape).
     pub inflight: IntGauge,
+    /// `floodgate_queue_depth`: requests waiting for a slot (set at scrape).
+    pub queue_depth: IntGauge,
+    /// `floodgate_queue_capacity`: `queue.max_size` in force (0 without a queue).
+    pub queue_capacity: IntGauge,
+    /// `floodgate_concurrency_limit`: `queue.max_concurrency` in force (0 = no limit).
+    pub concurrency_limit: IntGauge,
+    /// `floodgate_queue_wait_seconds`: time queued, for requests that had to wait.
+    pub queue_wait: Histogram,
+    /// `floodgate_queue_abandoned_total`: clients that left while queued.
+    pub queue_abandoned: IntCounter,
+    /// `floodgate_shed_total{reason}`: requests the sidecar refused by policy.
+    pub shed: IntCounterVec,
+    /// `floodgate_circuit_breaker_state{upstream}`: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// `floodgate_circuit_breaker_transitions_total{upstream,to}`.
+    pub breaker_transitions: IntCounterVec,
+    /// `floodgate_load_indicator{indicator,level}`: 1 for each indicator's current level.
+    pub indicator_level: IntGaugeVec,
+    /// `floodgate_load_indicator_value{indicator}`: the indicator's value.
+    pub indicator_value: GaugeVec,
     /// `floodgate_draining`: 1 once SIGTERM was received.
     pub draining: IntGauge,
     /// `floodgate_ratelimit_decisions_total{limit,decision}`.
@@ -117,7 +139,74 @@ impl Metrics {
             ),
             &["reason"],
         )?;
-        let inflight = IntGauge::new("floodgate_inflight_requests", "Requests being served now.")?;
+        let active = IntGauge::new(
+            "floodgate_active_requests",
+            "Requests being served now, queued ones included.",
+        )?;
+        let inflight = IntGauge::new(
+            "floodgate_inflight_requests",
+            "Requests in flight to the upstream (holding an admission slot).",
+        )?;
+        let queue_depth = IntGauge::new(
+            "floodgate_queue_depth",
+            "Requests waiting in the admission queue.",
+        )?;
+        let queue_capacity = IntGauge::new(
+            "floodgate_queue_capacity",
+            "Requests the admission queue holds at most (queue.max_size; 0 without a queue).",
+        )?;
+        let concurrency_limit = IntGauge::new(
+            "floodgate_concurrency_limit",
+            "Requests allowed in flight to the upstream (queue.max_concurrency; 0 = no limit).",
+        )?;
+        let queue_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "floodgate_queue_wait_seconds",
+                "Time spent in the admission queue by requests that had to wait, whatever the outcome.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+            ]),
+        )?;
+        let queue_abandoned = IntCounter::new(
+            "floodgate_queue_abandoned_total",
+            "Clients that disconnected while their request was queued.",
+        )?;
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "floodgate_shed_total",
+                "Requests refused by policy, by reason (rate_limited, queue_full, queue_timeout, circuit_open).",
+            ),
+            &["reason"],
+        )?;
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_circuit_breaker_state",
+                "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["upstream"],
+        )?;
+        let breaker_transitions = IntCounterVec::new(
+            Opts::new(
+                "floodgate_circuit_breaker_transitions_total",
+                "Circuit breaker state changes per upstream, by the state entered.",
+            ),
+            &["upstream", "to"],
+        )?;
+        let indicator_level = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_load_indicator",
+                "1 for the level (ok, warning, critical) each load indicator is at, 0 for the others.",
+            ),
+            &["indicator", "level"],
+        )?;
+        let indicator_value = GaugeVec::new(
+            Opts::new(
+                "floodgate_load_indicator_value",
+                "Each load indicator's value: request_rate per second, latency_* in ms, error_rate as a share, queue_depth and inflight as counts.",
+            ),
+            &["indicator"],
+        )?;
         let draining = IntGauge::new("floodgate_draining", "1 while shutting down after SIGTERM.")?;
         let rl_decisions = IntCounterVec::new(
             Opts::new(
@@ -170,7 +259,18 @@ impl Metrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(config_version.clone()))?;
         registry.register(Box::new(local_responses.clone()))?;
+        registry.register(Box::new(active.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(queue_capacity.clone()))?;
+        registry.register(Box::new(concurrency_limit.clone()))?;
+        registry.register(Box::new(queue_wait.clone()))?;
+        registry.register(Box::new(queue_abandoned.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
+        registry.register(Box::new(breaker_state.clone()))?;
+        registry.register(Box::new(breaker_transitions.clone()))?;
+        registry.register(Box::new(indicator_level.clone()))?;
+        registry.register(Box::new(indicator_value.clone()))?;
         registry.register(Box::new(draining.clone()))?;
         registry.register(Box::new(info))?;
         registry.register(Box::new(rl_decisions.clone()))?;
@@ -185,6 +285,14 @@ impl Metrics {
         // Both results exist from the start so `rate()` and alerts see a zero, not a gap.
         reloads.with_label_values(&["success"]);
         reloads.with_label_values(&["failure"]);
+        for r in [
+            "rate_limited",
+            "queue_full",
+            "queue_timeout",
+            "circuit_open",
+        ] {
+            shed.with_label_values(&[r]);
+        }
         Ok(Self {
             registry,
             requests,
@@ -192,7 +300,18 @@ impl Metrics {
             reloads,
             config_version,
             local_responses,
+            active,
             inflight,
+            queue_depth,
+            queue_capacity,
+            concurrency_limit,
+            queue_wait,
+            queue_abandoned,
+            shed,
+            breaker_state,
+            breaker_transitions,
+            indicator_level,
+            indicator_value,
             draining,
             rl_decisions,
             rl_utilization,

@@ -61,7 +61,9 @@ pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
                     rt.config_path.display()
                 );
             }
-            rt.current.store(Arc::new(snap));
+            let snap = Arc::new(snap);
+            rt.current.store(snap.clone());
+            rt.apply_policies(&snap, Some(&old));
             rt.metrics.config_version.set(version as i64);
             rt.metrics.reloads.with_label_values(&["success"]).inc();
             info!(version, path = %rt.config_path.display(), "config reloaded");

@@ -21,6 +21,13 @@ pub enum Reason {
     BadRequest,
     /// A rate limit rejected the request.
     RateLimited,
+    /// The admission queue was full.
+    QueueFull,
+    /// The request waited `queue.timeout_ms` (or its gRPC deadline) without getting a slot,
+    /// or its deadline was shorter than the expected wait.
+    QueueTimeout,
+    /// The upstream's circuit breaker is open.
+    CircuitOpen,
 }
 
 impl Reason {
@@ -33,7 +40,19 @@ impl Reason {
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::BadRequest => "bad_request",
             Reason::RateLimited => "rate_limited",
+            Reason::QueueFull => "queue_full",
+            Reason::QueueTimeout => "queue_timeout",
+            Reason::CircuitOpen => "circuit_open",
         }
+    }
+
+    /// True for refusals by policy (counted in `floodgate_shed_total`), as opposed to
+    /// failures of the upstream or of the request.
+    pub fn is_shed(self) -> bool {
+        matches!(
+            self,
+            Reason::RateLimited | Reason::QueueFull | Reason::QueueTimeout | Reason::CircuitOpen
+        )
     }
 
     /// HTTP status for plain HTTP callers.
@@ -44,17 +63,20 @@ impl Reason {
             Reason::HeadersTooLarge => 431,
             Reason::BadRequest => 400,
             Reason::RateLimited => 429,
+            Reason::QueueFull | Reason::QueueTimeout | Reason::CircuitOpen => 503,
         }
     }
 
     /// gRPC status code (UNAVAILABLE = 14, DEADLINE_EXCEEDED = 4, INVALID_ARGUMENT = 3,
-    /// RESOURCE_EXHAUSTED = 8).
+    /// RESOURCE_EXHAUSTED = 8): a full queue is RESOURCE_EXHAUSTED like a rate limit, a queue
+    /// timeout or an open breaker UNAVAILABLE, the status gRPC clients retry with backoff.
     fn grpc_status(self) -> &'static str {
         match self {
             Reason::UpstreamUnavailable | Reason::UpstreamError => "14",
             Reason::UpstreamTimeout => "4",
             Reason::HeadersTooLarge | Reason::BadRequest => "3",
-            Reason::RateLimited => "8",
+            Reason::RateLimited | Reason::QueueFull => "8",
+            Reason::QueueTimeout | Reason::CircuitOpen => "14",
         }
     }
 
@@ -70,6 +92,13 @@ impl Reason {
             Reason::HeadersTooLarge => "request headers exceed server.max_request_header_bytes",
             Reason::BadRequest => "the request is not valid HTTP",
             Reason::RateLimited => "the request rate is over a configured limit",
+            Reason::QueueFull => {
+                "every upstream slot is busy and the admission queue is full (queue.max_size)"
+            }
+            Reason::QueueTimeout => "no upstream slot became free within queue.timeout_ms",
+            Reason::CircuitOpen => {
+                "the upstream has been failing and the circuit breaker is open; it will probe again"
+            }
         }
     }
 }

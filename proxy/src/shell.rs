@@ -26,7 +26,9 @@ use crate::forwarded;
 use crate::metrics::method_label;
 use crate::respond::{self, Reason};
 use crate::router::RequestView;
-use crate::state::{InflightGuard, Runtime, Snapshot};
+use crate::state::{ActiveGuard, Runtime, Snapshot};
+use floodgate_policy::breaker::{self, Ticket, Transition};
+use floodgate_policy::queue::{self, Admit, Permit, Waiting};
 
 /// The proxy application pingora drives.
 pub struct Floodgate {
@@ -48,7 +50,13 @@ pub struct Ctx {
     reason: Option<Reason>,
     /// The rate-limit outcome to report on the response, when a limit applies.
     limit: Option<Verdict>,
-    _inflight: InflightGuard,
+    /// The request's slot to the upstream, freed as soon as the upstream's answer is complete.
+    permit: Option<Permit>,
+    /// The breaker's admission, to report the upstream's outcome on.
+    ticket: Option<Ticket>,
+    /// The client went away while the request was queued.
+    abandoned: bool,
+    _active: ActiveGuard,
 }
 
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
@@ -211,44 +219,8 @@ impl Floodgate {
         }
         best
     }
-}
-
-#[async_trait]
-impl ProxyHttp for Floodgate {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
-            snap: self.rt.current.load_full(),
-            route: 0,
-            start: Instant::now(),
-            reason: None,
-            limit: None,
-            _inflight: InflightGuard::new(&self.rt),
-        }
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let req = session.req_header();
-        let view = RequestView {
-            method: &req.method,
-            path: req.uri.path(),
-            host: req.uri.host().or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            }),
-            headers: &req.headers,
-        };
-        ctx.route = ctx.snap.router.route(&view).0;
-        if header_bytes(req) > ctx.snap.config.server.max_request_header_bytes {
-            ctx.reason = Some(Reason::HeadersTooLarge);
-            respond::send(session, Reason::HeadersTooLarge).await?;
-            return Ok(true);
-        }
-        if ctx.snap.limits.is_empty_for(ctx.route) {
-            return Ok(false);
-        }
+    /// Rate limits. Returns true when the request was refused (and answered).
+    async fn limit_gate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let verdict = self.check_limits(session, ctx).await;
         match verdict {
             Some(v) if !v.outcome.allowed => {
@@ -271,6 +243,11 @@ impl ProxyHttp for Floodgate {
                     rate_limit_headers(h, &snap, &v)
                 })
                 .await?;
+                self.rt
+                    .metrics
+                    .shed
+                    .with_label_values(&["rate_limited"])
+                    .inc();
                 Ok(true)
             }
             v => {
@@ -278,6 +255,216 @@ impl ProxyHttp for Floodgate {
                 Ok(false)
             }
         }
+    }
+
+    fn breaker_moved(&self, snap: &Snapshot, t: Option<Transition>) {
+        if let Some(t) = t {
+            self.rt
+                .breaker_moved(snap.config.upstream.address.as_str(), t);
+        }
+    }
+
+    /// Refuses the request by policy: 503 (or its gRPC status) with `Retry-After`.
+    async fn shed(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reason: Reason,
+        retry_after: Duration,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        ctx.reason = Some(reason);
+        self.rt
+            .metrics
+            .shed
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        let secs = retry_after.as_secs().max(1) + u64::from(retry_after.subsec_nanos() > 0);
+        respond::send_with(session, reason, detail, |h| {
+            h.insert_header("retry-after", secs.to_string())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The admission queue: takes a slot to the upstream, waiting for one when all are busy.
+    /// Returns true when the request was refused (and answered).
+    async fn admission_gate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let priority = ctx.snap.priorities[ctx.route];
+        let waiting = match self.rt.admission.try_acquire(priority) {
+            Admit::Now(p) => {
+                ctx.permit = Some(p);
+                return Ok(false);
+            }
+            Admit::Wait(w) => w,
+            Admit::Full { retry_after } => {
+                let fallback = self.queue_timeout(ctx);
+                self.shed(
+                    session,
+                    ctx,
+                    Reason::QueueFull,
+                    retry_after.unwrap_or(fallback),
+                    None,
+                )
+                .await?;
+                return Ok(true);
+            }
+        };
+        self.wait_for_slot(session, ctx, waiting).await
+    }
+
+    /// `queue.timeout_ms` in force (a queue removed by a reload while this request waited
+    /// lets it through at once, so any value serves).
+    fn queue_timeout(&self, ctx: &Ctx) -> Duration {
+        ctx.snap
+            .config
+            .queue
+            .as_ref()
+            .map_or(Duration::from_secs(1), |q| q.timeout)
+    }
+
+    async fn wait_for_slot(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        waiting: Waiting,
+    ) -> Result<bool> {
+        let mut budget = self.queue_timeout(ctx);
+        let deadline = respond::is_grpc(session)
+            .then(|| session.req_header().headers.get("grpc-timeout"))
+            .flatten()
+            .and_then(|v| queue::parse_grpc_timeout(v.as_bytes()));
+        if let Some(deadline) = deadline {
+            if let Some(expected) = self
+                .rt
+                .admission
+                .expected_wait(&waiting)
+                .filter(|&e| e > deadline)
+            {
+                drop(waiting);
+                let detail = format!(
+                    "the client's deadline (grpc-timeout {} ms) is shorter than the expected queue wait ({} s)",
+                    deadline.as_millis(),
+                    expected.as_secs()
+                );
+                self.shed(session, ctx, Reason::QueueTimeout, expected, Some(&detail))
+                    .await?;
+                return Ok(true);
+            }
+            budget = budget.min(deadline);
+        }
+        // A request whose body is still unread cannot be watched for a disconnect without
+        // reading (buffering) the body; it is noticed when its wait ends instead.
+        let watch_client = session.is_body_done();
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(budget, waiting) => r.ok(),
+            gone = session.read_body_or_idle(true), if watch_client => {
+                // Waiting is dropped with this branch: the place is freed now.
+                let e = match gone {
+                    Err(e) => e,
+                    Ok(_) => Error::explain(ErrorType::ConnectionClosed, "client left while queued"),
+                };
+                self.rt.metrics.queue_wait.observe(started.elapsed().as_secs_f64());
+                self.rt.metrics.queue_abandoned.inc();
+                ctx.abandoned = true;
+                return Err(e);
+            }
+        };
+        self.rt
+            .metrics
+            .queue_wait
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Some(permit) => {
+                ctx.permit = Some(permit);
+                Ok(false)
+            }
+            None => {
+                let fallback = self.queue_timeout(ctx);
+                let retry = self.rt.admission.retry_after().unwrap_or(fallback);
+                self.shed(session, ctx, Reason::QueueTimeout, retry, None)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Tells the breaker how the upstream did, once the request is over.
+    fn report_outcome(&self, ctx: &mut Ctx, status: u16) {
+        let Some(ticket) = ctx.ticket.take() else {
+            return;
+        };
+        let failed = match ctx.reason {
+            Some(Reason::UpstreamUnavailable | Reason::UpstreamTimeout | Reason::UpstreamError) => {
+                true
+            }
+            // Refused before reaching the upstream: no outcome (the ticket gives its place back).
+            Some(_) => return,
+            None if ctx.abandoned || status == 0 => return,
+            None => status >= 500,
+        };
+        let t = if failed {
+            ticket.failure()
+        } else {
+            ticket.success()
+        };
+        self.breaker_moved(&ctx.snap, t);
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Floodgate {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            snap: self.rt.current.load_full(),
+            route: 0,
+            start: Instant::now(),
+            reason: None,
+            limit: None,
+            permit: None,
+            ticket: None,
+            abandoned: false,
+            _active: ActiveGuard::new(&self.rt),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let view = RequestView {
+            method: &req.method,
+            path: req.uri.path(),
+            host: req.uri.host().or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            }),
+            headers: &req.headers,
+        };
+        ctx.route = ctx.snap.router.route(&view).0;
+        if header_bytes(req) > ctx.snap.config.server.max_request_header_bytes {
+            ctx.reason = Some(Reason::HeadersTooLarge);
+            respond::send(session, Reason::HeadersTooLarge).await?;
+            return Ok(true);
+        }
+        if !ctx.snap.limits.is_empty_for(ctx.route) && self.limit_gate(session, ctx).await? {
+            return Ok(true);
+        }
+        if ctx.snap.config.circuit_breaker.is_some() {
+            let (admit, t) = self.rt.breaker.admit();
+            self.breaker_moved(&ctx.snap, t);
+            match admit {
+                breaker::Admit::Pass(ticket) => ctx.ticket = Some(ticket),
+                breaker::Admit::Reject { retry_after } => {
+                    self.shed(session, ctx, Reason::CircuitOpen, retry_after, None)
+                        .await?;
+                    return Ok(true);
+                }
+            }
+        }
+        self.admission_gate(session, ctx).await
     }
 
     async fn response_filter(
@@ -328,7 +515,33 @@ impl ProxyHttp for Floodgate {
         Ok(())
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            // The upstream is done with this request: its slot goes to the next in line now,
+            // not after the client has read the rest of the response.
+            ctx.permit = None;
+        }
+        Ok(None)
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        // A client that gives up while queued is routine under load: counted, not an error.
+        ctx.abandoned
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if ctx.abandoned {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let reason = classify(e);
         let mut code = 0;
         let headers_sent = session.response_written().is_some();
@@ -353,7 +566,9 @@ impl ProxyHttp for Floodgate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.permit = None;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.report_outcome(ctx, status);
         let req = session.req_header();
         let method = method_label(&req.method);
         let route = ctx
@@ -371,6 +586,9 @@ impl ProxyHttp for Floodgate {
         if let Some(h) = ctx.snap.route_duration.get(ctx.route) {
             h.observe(elapsed.as_secs_f64());
         }
+        if !ctx.abandoned {
+            ctx.snap.load.record(elapsed, status >= 500);
+        }
         if let Some(r) = ctx.reason {
             rt.metrics
                 .local_responses
@@ -385,7 +603,11 @@ impl ProxyHttp for Floodgate {
                 route,
                 status,
                 duration: elapsed,
-                reason: ctx.reason.map_or("", Reason::as_str),
+                reason: match ctx.reason {
+                    Some(r) => r.as_str(),
+                    None if ctx.abandoned => "client_gone",
+                    None => "",
+                },
                 error: e.map(|e| e as &dyn std::fmt::Display),
             });
         }

@@ -38,7 +38,7 @@ impl ShutdownSignalWatch for Signals {
         };
         tokio::select! {
             _ = term.recv() => {
-                info!(inflight = self.rt.inflight(), "SIGTERM: draining in-flight requests");
+                info!(active = self.rt.active(), "SIGTERM: draining in-flight requests");
                 self.rt.start_draining();
                 let rt = self.rt.clone();
                 let limit = self.drain_timeout;
@@ -55,10 +55,10 @@ impl ShutdownSignalWatch for Signals {
 
 fn exit_when_drained(rt: &Runtime, limit: Duration) {
     let start = Instant::now();
-    while rt.inflight() > 0 && start.elapsed() < limit {
+    while rt.active() > 0 && start.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let left = rt.inflight();
+    let left = rt.active();
     if left > 0 {
         warn!(
             left,

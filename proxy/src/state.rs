@@ -9,7 +9,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use std::num::NonZeroU64;
 
+use floodgate_config::Priority;
 use floodgate_config::{Config, Limit, Scope};
+use floodgate_policy::breaker::{Breaker, State, Transition};
+use floodgate_policy::load::LoadWindow;
+use floodgate_policy::queue::Admission;
 use floodgate_policy::{Clock, Decision, LimitSet};
 use prometheus::{Histogram, IntCounter};
 
@@ -35,6 +39,11 @@ pub struct Snapshot {
     /// Per limit, the highest use (in millionths of the limit) Redis reported since the last
     /// sweep: global limits' utilisation, which no local state sees.
     pub remote_use: Vec<AtomicU64>,
+    /// Queue priority per route index (default route last).
+    pub priorities: Vec<Priority>,
+    /// The load indicators' window, carried over from the previous snapshot while its span
+    /// is unchanged.
+    pub load: Arc<LoadWindow>,
 }
 
 /// Why a snapshot could not be built from a valid config.
@@ -78,6 +87,12 @@ impl Snapshot {
             .all()
             .map(|r| metrics.route_duration(&r.name))
             .collect();
+        let priorities = router.all().map(|r| r.priority).collect();
+        let span = config.load_indicators.window;
+        let load = match previous {
+            Some(p) if p.load.span() == span => p.load.clone(),
+            _ => Arc::new(LoadWindow::new(span, clock.clone())),
+        };
         let effective = effective_limits(&config);
         let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
         let limits = LimitSet::new(&effective, &route_names, previous.map(|p| &p.limits), clock);
@@ -119,6 +134,8 @@ impl Snapshot {
             limits,
             remote_use: effective.iter().map(|_| AtomicU64::new(0)).collect(),
             limit_decisions,
+            priorities,
+            load,
         })
     }
 }
@@ -148,6 +165,19 @@ fn effective_limits(config: &Config) -> Vec<Limit> {
         .collect()
 }
 
+/// Breaker settings used only to build the breaker before any config asks for one; a
+/// snapshot without `circuit_breaker` never consults it.
+fn default_breaker() -> floodgate_config::CircuitBreaker {
+    floodgate_config::CircuitBreaker {
+        consecutive_failures: std::num::NonZeroU32::MIN.saturating_add(4),
+        open: std::time::Duration::from_secs(10),
+        error_rate: None,
+        min_requests: std::num::NonZeroU32::MIN.saturating_add(19),
+        window: std::time::Duration::from_secs(10),
+        half_open_probes: std::num::NonZeroU32::MIN.saturating_add(2),
+    }
+}
+
 /// Shared by the proxy, the reloader and the metrics endpoint.
 pub struct Runtime {
     /// The config in force.
@@ -162,6 +192,11 @@ pub struct Runtime {
     pub clock: Clock,
     /// The Redis backend of global limits, when `redis` is configured at start.
     pub global: Option<Arc<crate::global::GlobalLimits>>,
+    /// The admission queue; lives across reloads so nothing queued is lost when sizes change.
+    pub admission: Arc<Admission>,
+    /// The upstream's circuit breaker; lives across reloads. Used when the snapshot has a
+    /// `circuit_breaker` section.
+    pub breaker: Arc<Breaker>,
     /// Version counter for the next snapshot.
     next_version: AtomicU64,
     /// Listeners are up (set once the server runs).
@@ -181,7 +216,16 @@ impl Runtime {
             )
         });
         metrics.config_version.set(first.version as i64);
-        Arc::new(Self {
+        let admission = Admission::new(u32::MAX, 0, clock.clone());
+        let breaker = Breaker::new(
+            first
+                .config
+                .circuit_breaker
+                .clone()
+                .unwrap_or_else(default_breaker),
+            clock.clone(),
+        );
+        let rt = Arc::new(Self {
             next_version: AtomicU64::new(first.version + 1),
             current: ArcSwap::from_pointee(first),
             config_path,
@@ -189,9 +233,13 @@ impl Runtime {
             status_labels: StatusLabels::new(),
             clock,
             global,
+            admission,
+            breaker,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-        })
+        });
+        rt.apply_policies(&rt.current.load(), None);
+        rt
     }
 
     /// Reserves the version number of the next snapshot.
@@ -220,26 +268,91 @@ impl Runtime {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Requests being served now.
-    pub fn inflight(&self) -> i64 {
-        self.metrics.inflight.get()
+    /// Requests being served now, queued ones included.
+    pub fn active(&self) -> i64 {
+        self.metrics.active.get()
+    }
+
+    /// Logs and counts a breaker state change.
+    pub fn breaker_moved(&self, upstream: &str, t: Transition) {
+        let m = &self.metrics;
+        m.breaker_state
+            .with_label_values(&[upstream])
+            .set(t.to.gauge());
+        m.breaker_transitions
+            .with_label_values(&[upstream, t.to.as_str()])
+            .inc();
+        match t.to {
+            State::Open => tracing::warn!(
+                upstream,
+                from = t.from.as_str(),
+                "circuit breaker opened: answering 503 circuit_open until probes succeed"
+            ),
+            _ => tracing::info!(
+                upstream,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                "circuit breaker changed state"
+            ),
+        }
+    }
+
+    /// Brings the long-lived policies (queue sizes, breaker settings) in line with `snap`:
+    /// called with the first snapshot and after every swap.
+    pub fn apply_policies(&self, snap: &Snapshot, previous: Option<&Snapshot>) {
+        let (max_concurrency, max_size) = match &snap.config.queue {
+            Some(q) => (q.max_concurrency.get(), q.max_size),
+            // No queue: every request gets a slot at once; waiters of a queue just removed
+            // are let through.
+            None => (u32::MAX, 0),
+        };
+        self.admission.resize(max_concurrency, max_size);
+        let m = &self.metrics;
+        m.queue_capacity.set(i64::from(
+            snap.config.queue.as_ref().map_or(0, |q| q.max_size),
+        ));
+        m.concurrency_limit.set(i64::from(
+            snap.config
+                .queue
+                .as_ref()
+                .map_or(0, |q| q.max_concurrency.get()),
+        ));
+        if let Some(cb) = &snap.config.circuit_breaker {
+            self.breaker.configure(cb.clone());
+        }
+        let address = &snap.config.upstream.address;
+        if let Some(prev) = previous.filter(|p| &p.config.upstream.address != address) {
+            // Another app: what the breaker learned about the old one does not apply.
+            self.breaker.reset();
+            let _ = m
+                .breaker_state
+                .remove_label_values(&[prev.config.upstream.address.as_str()]);
+        }
+        let state = if snap.config.circuit_breaker.is_some() {
+            self.breaker.state().0.gauge()
+        } else {
+            0
+        };
+        m.breaker_state
+            .with_label_values(&[address.as_str()])
+            .set(state);
     }
 }
 
-/// Counts a request as in flight for as long as it lives (dropped with the request context).
-pub struct InflightGuard(Arc<Runtime>);
+/// Counts a request as active for as long as it lives (dropped with the request context).
+pub struct ActiveGuard(Arc<Runtime>);
 
-impl InflightGuard {
+impl ActiveGuard {
     /// Counts one more request.
     pub fn new(rt: &Arc<Runtime>) -> Self {
-        rt.metrics.inflight.inc();
+        rt.metrics.active.inc();
         Self(rt.clone())
     }
 }
 
-impl Drop for InflightGuard {
+impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.metrics.inflight.dec();
+        self.0.metrics.active.dec();
     }
 }
 

@@ -3,11 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod breaker;
 mod cli;
 mod global;
 mod lifecycle;
 mod limits;
 mod proxy;
+mod queue;
 mod redis_support;
 mod reload;
 mod support;

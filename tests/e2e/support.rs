@@ -63,15 +63,19 @@ impl Sidecar {
     /// Tests run in parallel, so a port found free may be taken before floodgate binds it:
     /// that one case is retried with new ports.
     pub async fn start(upstream_port: u16, extra: &str) -> Self {
+        Self::start_custom(|port, metrics_port| {
+            config_yaml(port, metrics_port, upstream_port, extra)
+        })
+        .await
+    }
+
+    /// Like [`Sidecar::start`] with the whole config written by `yaml(port, metrics_port)`.
+    pub async fn start_custom(yaml: impl Fn(u16, u16) -> String) -> Self {
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let config = dir.path().join("floodgate.yaml");
             let (port, metrics_port) = (free_port(), free_port());
-            std::fs::write(
-                &config,
-                config_yaml(port, metrics_port, upstream_port, extra),
-            )
-            .unwrap();
+            std::fs::write(&config, yaml(port, metrics_port)).unwrap();
             match Self::try_start(dir, config, port, metrics_port).await {
                 Ok(s) => return s,
                 Err(log) if log.contains("cannot listen on") => continue,
