@@ -70,6 +70,13 @@ LIMIT = """limits:
 """
 
 
+# Admission queue wider than the load's 32 connections (never saturated) and a breaker that
+# never opens (the backend never fails): prices the queue and breaker bookkeeping.
+QUEUE = """queue: { max_concurrency: 64, max_size: 1000, timeout_ms: 2000 }
+circuit_breaker: { consecutive_failures: 5, open_ms: 10000 }
+"""
+
+
 def global_limit(redis_port):
     return f"""redis: {{ url: "redis://127.0.0.1:{redis_port}", expected_replicas: 1 }}
 limits:
@@ -139,6 +146,7 @@ def run_mode(tmp, workers, args, label):
     try:
         bp, np_, fp, fpl = free_port(), free_port(), free_port(), free_port()
         nlp, fpk, fpg, rp = free_port(), free_port(), free_port(), free_port()
+        fpq = free_port()
         procs.append(subprocess.Popen(pinned("load", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "",
                                        "--appendonly", "no"]), stdout=subprocess.DEVNULL))
         procs.append(nginx(tmp, f"backend{workers}", 1,
@@ -157,19 +165,21 @@ def run_mode(tmp, workers, args, label):
         fg = floodgate(tmp, f"fg{workers}", fp, bp, workers, False)
         fgl = floodgate(tmp, f"fgl{workers}", fpl, bp, workers, True)
         fgk = floodgate(tmp, f"fgk{workers}", fpk, bp, workers, False, LIMIT)
+        fgq = floodgate(tmp, f"fgq{workers}", fpq, bp, workers, False, QUEUE)
         wait_port(rp)
         fgg = floodgate(tmp, f"fgg{workers}", fpg, bp, workers, False, global_limit(rp))
-        procs += [fg, fgl, fgk, fgg]
-        for p in (bp, np_, fp, fpl, nlp, fpk, fpg):
+        procs += [fg, fgl, fgk, fgg, fgq]
+        for p in (bp, np_, fp, fpl, nlp, fpk, fpg, fpq):
             wait_port(p)
         time.sleep(0.5)
         idle_rss = rss_mib(fg.pid)
         targets = [("direct to backend", bp), ("nginx proxy_pass", np_),
                    ("floodgate", fp), ("floodgate + access log", fpl),
                    ("nginx + limit_req", nlp), ("floodgate + local limit", fpk),
-                   ("floodgate + global limit (redis)", fpg)]
+                   ("floodgate + global limit (redis)", fpg),
+                   ("floodgate + queue + breaker (not saturated)", fpq)]
         results = {name: [] for name, _ in targets}
-        for port in (np_, fp, fpl, nlp, fpk, fpg):  # warm pools, caches and the Redis connection
+        for port in (np_, fp, fpl, nlp, fpk, fpg, fpq):  # warm pools, caches and the Redis connection
             wrk(port, 1, args.connections)
         for _ in range(args.rounds):
             for name, port in targets:
@@ -224,6 +234,8 @@ def main():
                      f"floodgate + global limit / floodgate = "
                      f"{med['floodgate + global limit (redis)'][0] / med['floodgate'][0]:.2f}, p99 "
                      f"{med['floodgate + global limit (redis)'][2] - med['floodgate'][2]:+.3f} ms.")
+        lines.append(f"Queue cost: floodgate + queue + breaker / floodgate = "
+                     f"{med['floodgate + queue + breaker (not saturated)'][0] / med['floodgate'][0]:.2f}.")
         if at_half:
             lines += ["", f"At a fixed {half:,.0f} rps (50% of nginx's saturated rate), oha, {args.connections} connections:", "",
                       "| path | achieved rps | p50 ms | p99 ms |", "|---|---:|---:|---:|"]

@@ -18,6 +18,9 @@ Floodgate is starting. In another terminal try:
   curl -i http://127.0.0.1:8080/api/hello          # proxied to the demo app
   curl -i -d 'some body' http://127.0.0.1:8080/echo  # echoed back, see the echo-* headers
   curl -s http://127.0.0.1:9090/metrics | grep http_requests_total
+  curl -s http://127.0.0.1:9090/status             # queue, breaker, load indicators
+  for i in $(seq 50); do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:8080/sleep/500 & done; wait
+      # 8 at a time reach the app, the rest queue; those still waiting after 2 s get 503
   # edit config/examples/quickstart.yaml and save: the change is live within a second
 
 MSG

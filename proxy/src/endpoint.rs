@@ -45,7 +45,7 @@ fn answer(rt: &Runtime, req: &Request<hyper::body::Incoming>) -> Response<Full<B
         }
         "/status" => {
             let mut body =
-                serde_json::to_vec_pretty(&Status::read(rt).to_json()).unwrap_or_default();
+                serde_json::to_vec_pretty(&Status::read(rt).report()).unwrap_or_default();
             body.push(b'\n');
             (StatusCode::OK, "application/json", body.into())
         }

@@ -6,7 +6,7 @@
 use floodgate_policy::breaker::{Forced, State};
 use floodgate_policy::load::{Level, Reading};
 use floodgate_policy::queue::QueueStats;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::state::Runtime;
 
@@ -84,50 +84,100 @@ impl Status {
         }
     }
 
-    /// The JSON body of `GET /status`.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The body of `GET /status`, fields in the order an operator reads them.
+    pub fn report(&self) -> Report<'_> {
         let q = &self.queue;
-        let queue = if self.queue_configured {
-            json!({
-                "depth": q.depth,
-                "max_size": q.max_size,
-                "inflight": q.inflight,
-                "max_concurrency": q.max_concurrency,
-                "drain_rate_per_second": self.drain_rate,
-            })
-        } else {
-            json!({ "configured": false, "inflight": q.inflight })
-        };
-        let breaker = match self.breaker {
-            None => json!({ "configured": false }),
-            Some((state, forced)) => json!({
-                "state": state.as_str(),
-                "forced": forced.map(|f| match f {
+        Report {
+            level: self.level().as_str(),
+            config_version: self.version,
+            upstream: &self.upstream,
+            queue: QueueReport {
+                configured: self.queue_configured,
+                depth: q.depth,
+                max_size: self.queue_configured.then_some(q.max_size),
+                inflight: q.inflight,
+                max_concurrency: self.queue_configured.then_some(q.max_concurrency),
+                drain_rate_per_second: self.drain_rate,
+            },
+            circuit_breaker: BreakerReport {
+                configured: self.breaker.is_some(),
+                state: self.breaker.map(|(s, _)| s.as_str()),
+                forced: self.breaker.and_then(|(_, f)| f).map(|f| match f {
                     Forced::Open => "open",
                     Forced::Closed => "closed",
                 }),
-            }),
-        };
-        let indicators: Vec<_> = self
-            .indicators
-            .iter()
-            .map(|r| {
-                json!({
-                    "name": r.indicator.as_str(),
-                    "value": r.value,
-                    "warning": r.thresholds.warning,
-                    "critical": r.thresholds.critical,
-                    "level": r.level.as_str(),
+            },
+            indicators: self
+                .indicators
+                .iter()
+                .map(|r| IndicatorReport {
+                    name: r.indicator.as_str(),
+                    value: r.value,
+                    level: r.level.as_str(),
+                    warning: r.thresholds.warning,
+                    critical: r.thresholds.critical,
                 })
-            })
-            .collect();
-        json!({
-            "config_version": self.version,
-            "upstream": self.upstream,
-            "level": self.level().as_str(),
-            "queue": queue,
-            "circuit_breaker": breaker,
-            "indicators": indicators,
-        })
+                .collect(),
+        }
     }
+}
+
+/// `GET /status`.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    /// Worst indicator level: `ok`, `warning` or `critical`.
+    pub level: &'static str,
+    /// Config version in force.
+    pub config_version: u64,
+    /// The app.
+    pub upstream: &'a str,
+    /// Admission queue.
+    pub queue: QueueReport,
+    /// Circuit breaker.
+    pub circuit_breaker: BreakerReport,
+    /// Load indicators.
+    pub indicators: Vec<IndicatorReport>,
+}
+
+/// The queue part of [`Report`]; limits are `null` without a queue.
+#[derive(Debug, Serialize)]
+pub struct QueueReport {
+    /// A `queue` section is in force.
+    pub configured: bool,
+    /// Waiting.
+    pub depth: u32,
+    /// `queue.max_size`.
+    pub max_size: Option<u32>,
+    /// Holding a slot to the app.
+    pub inflight: u32,
+    /// `queue.max_concurrency`.
+    pub max_concurrency: Option<u32>,
+    /// Completions per second over ten seconds.
+    pub drain_rate_per_second: f64,
+}
+
+/// The breaker part of [`Report`].
+#[derive(Debug, Serialize)]
+pub struct BreakerReport {
+    /// A `circuit_breaker` section is in force.
+    pub configured: bool,
+    /// `closed`, `half_open` or `open`.
+    pub state: Option<&'static str>,
+    /// A manual override, `open` or `closed`.
+    pub forced: Option<&'static str>,
+}
+
+/// One indicator in [`Report`].
+#[derive(Debug, Serialize)]
+pub struct IndicatorReport {
+    /// Indicator name.
+    pub name: &'static str,
+    /// Value.
+    pub value: f64,
+    /// `ok`, `warning` or `critical`.
+    pub level: &'static str,
+    /// Warning threshold.
+    pub warning: Option<f64>,
+    /// Critical threshold.
+    pub critical: Option<f64>,
 }
