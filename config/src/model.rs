@@ -294,27 +294,153 @@ impl Default for LoadIndicators {
 /// Degradation settings.
 #[derive(Debug, Clone, Default)]
 pub struct Degradation {
-    /// Current level.
+    /// Baseline level.
     pub level: Level,
     /// Features off at `degraded`.
     pub degraded: Vec<String>,
     /// Features off at `minimal`.
     pub minimal: Vec<String>,
-    /// Static fallbacks per feature.
+    /// Fallbacks per feature.
     pub fallbacks: BTreeMap<String, Fallback>,
+    /// Flag overrides: feature -> enabled.
+    pub features: BTreeMap<String, bool>,
+    /// Header carrying the level to the app (`None` = not sent).
+    pub level_header: Option<String>,
+    /// Header carrying the disabled features to the app (`None` = not sent).
+    pub features_header: Option<String>,
+    /// Response cache limits.
+    pub cache: CacheLimits,
+    /// Aggressive caching switch.
+    pub aggressive_cache: AggressiveCache,
+    /// Automatic degradation.
+    pub auto: AutoDegradation,
+    /// Per-feature breakers.
+    pub feature_breakers: BTreeMap<String, CircuitBreaker>,
+}
+
+impl Degradation {
+    /// Every feature the file names (routes, levels, fallbacks, flags, breakers), sorted.
+    pub fn features_named(&self, routes: &[Route]) -> Vec<String> {
+        let mut all: std::collections::BTreeSet<String> =
+            routes.iter().filter_map(|r| r.feature.clone()).collect();
+        all.extend(self.degraded.iter().cloned());
+        all.extend(self.minimal.iter().cloned());
+        all.extend(self.fallbacks.keys().cloned());
+        all.extend(self.features.keys().cloned());
+        all.extend(self.feature_breakers.keys().cloned());
+        all.into_iter().collect()
+    }
+}
+
+/// What a disabled feature's routes answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fallback {
+    /// Serve the last good answer for up to this long, when set.
+    pub cached: Option<Duration>,
+    /// The static answer, when one is configured (else a 503 problem).
+    pub answer: Option<StaticAnswer>,
 }
 
 /// A static fallback answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fallback {
+pub struct StaticAnswer {
     /// Status code.
     pub status: u16,
     /// Body.
     pub body: String,
     /// Content type.
     pub content_type: Option<String>,
-    /// Extra headers.
+    /// Extra headers (lower-case names).
     pub headers: Vec<(String, String)>,
+}
+
+/// Response cache limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Total bytes.
+    pub max_bytes: u64,
+    /// Largest entry.
+    pub max_entry_bytes: u64,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The aggressive caching switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggressiveCache {
+    /// On.
+    pub enabled: bool,
+    /// Freshness.
+    pub ttl: Duration,
+    /// Routes it applies to.
+    pub routes: Vec<String>,
+}
+
+impl Default for AggressiveCache {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ttl: Duration::from_secs(300),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// Automatic degradation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoDegradation {
+    /// On.
+    pub enabled: bool,
+    /// Calm time before stepping back one level.
+    pub cooldown: Duration,
+    /// Rules.
+    pub rules: Vec<AutoRule>,
+}
+
+impl Default for AutoDegradation {
+    fn default() -> Self {
+        let rule = |i, above| AutoRule {
+            trigger: Trigger::Above(i, above),
+            sustain: Duration::from_secs(60),
+            level: Level::Degraded,
+        };
+        Self {
+            enabled: false,
+            cooldown: Duration::from_secs(120),
+            rules: vec![
+                rule(Indicator::LatencyP95Ms, 2000.0),
+                rule(Indicator::ErrorRate, 0.05),
+                rule(Indicator::QueueDepth, 500.0),
+            ],
+        }
+    }
+}
+
+/// One automatic degradation rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoRule {
+    /// What must hold.
+    pub trigger: Trigger,
+    /// For how long.
+    pub sustain: Duration,
+    /// The level it asks for.
+    pub level: Level,
+}
+
+/// The condition of an [`AutoRule`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Trigger {
+    /// An indicator strictly above a value.
+    Above(Indicator, f64),
+    /// The upstream's circuit breaker is open.
+    BreakerOpen,
 }
 
 /// Logging settings.

@@ -427,6 +427,95 @@ pub struct RawDegradation {
     /// What a disabled feature's routes answer; default 503.
     #[serde(default)]
     pub fallbacks: BTreeMap<String, RawFallback>,
+    /// Flag overrides: feature -> enabled (`true`/`false`), whatever the level says.
+    #[serde(default)]
+    pub features: BTreeMap<String, bool>,
+    /// Request headers that tell the app the level and the features that are off.
+    #[serde(default)]
+    pub headers: Option<RawDegradationHeaders>,
+    /// The response cache behind `cached` fallbacks and `aggressive_cache`.
+    #[serde(default)]
+    pub cache: Option<RawCache>,
+    /// Serve chosen routes' GET answers from the cache even at `full` (runbook: aggressive mode).
+    #[serde(default)]
+    pub aggressive_cache: Option<RawAggressiveCache>,
+    /// Automatic degradation from the load indicators (off by default).
+    #[serde(default)]
+    pub auto: Option<RawAuto>,
+    /// Per-feature circuit breakers: a feature whose requests keep failing is switched to its
+    /// fallback alone.
+    #[serde(default)]
+    pub feature_breakers: BTreeMap<String, RawCircuitBreaker>,
+}
+
+/// Names of the headers added to every request forwarded to the app; `""` sends none.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDegradationHeaders {
+    /// Carries `full`, `degraded` or `minimal` (default `floodgate-degradation-level`).
+    #[serde(default)]
+    pub level: Option<String>,
+    /// Carries the comma-separated features that are off (default `floodgate-disabled-features`).
+    #[serde(default)]
+    pub disabled_features: Option<String>,
+}
+
+/// Response cache limits.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Total bytes of cached responses, least recently used evicted first (default 64 MiB).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Largest single response cached (default 1 MiB).
+    #[serde(default)]
+    pub max_entry_bytes: Option<u64>,
+}
+
+/// The aggressive caching switch.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAggressiveCache {
+    /// On: GET answers of `routes` come from the cache while fresh (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long a cached answer is served, in seconds (default 300).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// Routes it applies to.
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
+/// Automatic degradation.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuto {
+    /// Off by default.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Calm time before stepping back one level: every rule's indicator at or below its
+    /// warning threshold (and the breaker closed), in seconds (default 120).
+    #[serde(default)]
+    pub cooldown_seconds: Option<u64>,
+    /// Default: p95 > 2000 ms, error rate > 0.05 or queue depth > 500 for 60 s -> degraded.
+    #[serde(default)]
+    pub rules: Option<Vec<RawAutoRule>>,
+}
+
+/// "`indicator` above `above` for `for_seconds` -> `level`".
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoRule {
+    /// A load indicator (`latency_p95_ms`, `error_rate`, `queue_depth`, ...) or `breaker_open`.
+    pub indicator: String,
+    /// Threshold (not used by `breaker_open`).
+    #[serde(default)]
+    pub above: Option<f64>,
+    /// How long it must hold, in seconds.
+    pub for_seconds: u64,
+    /// `degraded` or `minimal`.
+    pub level: Level,
 }
 
 /// Features turned off per level.
@@ -441,10 +530,17 @@ pub struct RawLevels {
     pub minimal: Vec<String>,
 }
 
-/// A static fallback answer.
+/// What a disabled feature's routes answer: a static answer, and/or the last good answer.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFallback {
+    /// Serve the last good upstream answer to the same GET/HEAD request, remembered while
+    /// the feature was on; the static answer (or 503) when there is none.
+    #[serde(default)]
+    pub cached: bool,
+    /// How long a remembered answer may be served, in seconds (default 300).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
     /// HTTP status (default 503).
     #[serde(default)]
     pub status: Option<u16>,

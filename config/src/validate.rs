@@ -2,7 +2,7 @@
 //! the first: each top-level section and each list item is decoded on its own, then the
 //! semantic rules (ranges, unique names, references) run over whatever decoded.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::Path;
@@ -305,9 +305,14 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
     }
 
     let queue = queue.and_then(|q| check_queue(cx, q));
-    let circuit_breaker = breaker.and_then(|b| check_breaker(cx, b));
+    let circuit_breaker = breaker.and_then(|b| check_breaker(cx, "circuit_breaker", b));
     let load_indicators = check_indicators(cx, indicators.unwrap_or_default());
-    let degradation = check_degradation(cx, degradation.unwrap_or_default(), &route_features);
+    let degradation = check_degradation(
+        cx,
+        degradation.unwrap_or_default(),
+        &route_features,
+        &route_names,
+    );
     let logging = logging.unwrap_or_default();
     let server = check_server(cx, server.unwrap_or_default());
 
@@ -699,27 +704,27 @@ fn check_queue(cx: &mut Ctx, q: RawQueue) -> Option<Queue> {
     })
 }
 
-fn check_breaker(cx: &mut Ctx, b: RawCircuitBreaker) -> Option<CircuitBreaker> {
+fn check_breaker(cx: &mut Ctx, p: &str, b: RawCircuitBreaker) -> Option<CircuitBreaker> {
     let consecutive_failures = NonZeroU32::new(b.consecutive_failures);
     if consecutive_failures.is_none() {
-        cx.err("circuit_breaker.consecutive_failures", "must be at least 1");
+        cx.err(format!("{p}.consecutive_failures"), "must be at least 1");
     }
-    let open = ms(cx, "circuit_breaker.open_ms", Some(b.open_ms), 0, 3_600_000);
+    let open = ms(cx, &format!("{p}.open_ms"), Some(b.open_ms), 0, 3_600_000);
     if let Some(r) = b.error_rate {
         if !(r > 0.0 && r <= 1.0) {
             cx.err(
-                "circuit_breaker.error_rate",
+                format!("{p}.error_rate"),
                 format!("must be a share above 0 and at most 1 (0.5 = half the requests), got {r}"),
             );
         }
     }
     let min_requests = NonZeroU32::new(b.min_requests.unwrap_or(20));
     if min_requests.is_none() {
-        cx.err("circuit_breaker.min_requests", "must be at least 1");
+        cx.err(format!("{p}.min_requests"), "must be at least 1");
     }
     let window = ms(
         cx,
-        "circuit_breaker.window_ms",
+        &format!("{p}.window_ms"),
         b.window_ms,
         10_000,
         3_600_000,
@@ -727,7 +732,7 @@ fn check_breaker(cx: &mut Ctx, b: RawCircuitBreaker) -> Option<CircuitBreaker> {
     let half_open_probes = NonZeroU32::new(b.half_open_probes.unwrap_or(3));
     if half_open_probes.is_none() {
         cx.err(
-            "circuit_breaker.half_open_probes",
+            format!("{p}.half_open_probes"),
             "must be at least 1 (a breaker that lets no probe through never closes)",
         );
     }
@@ -798,22 +803,26 @@ fn check_degradation(
     cx: &mut Ctx,
     d: RawDegradation,
     route_features: &BTreeSet<String>,
+    route_names: &HashSet<String>,
 ) -> Degradation {
     let mut known: BTreeSet<&str> = route_features.iter().map(String::as_str).collect();
     known.extend(d.levels.degraded.iter().map(String::as_str));
     known.extend(d.levels.minimal.iter().map(String::as_str));
-    let mut fallbacks = std::collections::BTreeMap::new();
+    let list: Vec<&str> = known.iter().copied().collect();
+    let unknown = |cx: &mut Ctx, p: &str, feature: &str| {
+        cx.err(
+            p,
+            format!(
+                "unknown feature `{feature}`: no route or level names it; known features: {}",
+                list.join(", ")
+            ),
+        );
+    };
+    let mut fallbacks = BTreeMap::new();
     for (feature, f) in &d.fallbacks {
         let p = format!("degradation.fallbacks.{feature}");
         if !known.contains(feature.as_str()) {
-            let list: Vec<&str> = known.iter().copied().collect();
-            cx.err(
-                &p,
-                format!(
-                    "unknown feature `{feature}`: no route or level names it; known features: {}",
-                    list.join(", ")
-                ),
-            );
+            unknown(cx, &p, feature);
         }
         let status = f.status.unwrap_or(503);
         if !(200..=599).contains(&status) {
@@ -832,22 +841,219 @@ fn check_degradation(
             }
             headers.push((name.to_ascii_lowercase(), value.clone()));
         }
+        let cached = f.cached.then(|| {
+            Duration::from_secs(secs(
+                cx,
+                &format!("{p}.ttl_seconds"),
+                f.ttl_seconds,
+                300,
+                86_400,
+            ))
+        });
+        if !f.cached && f.ttl_seconds.is_some() {
+            cx.err(
+                format!("{p}.ttl_seconds"),
+                "only applies to a cached fallback; add `cached: true` or remove it",
+            );
+        }
+        let has_static = f.status.is_some()
+            || f.body.is_some()
+            || f.content_type.is_some()
+            || !f.headers.is_empty();
         fallbacks.insert(
             feature.clone(),
             Fallback {
-                status,
-                body: f.body.clone().unwrap_or_default(),
-                content_type: f.content_type.clone(),
-                headers,
+                cached,
+                answer: has_static.then(|| StaticAnswer {
+                    status,
+                    body: f.body.clone().unwrap_or_default(),
+                    content_type: f.content_type.clone(),
+                    headers,
+                }),
             },
         );
     }
+    for feature in d.features.keys() {
+        if !known.contains(feature.as_str()) {
+            unknown(cx, &format!("degradation.features.{feature}"), feature);
+        }
+    }
+    let mut feature_breakers = BTreeMap::new();
+    for (feature, b) in d.feature_breakers {
+        let p = format!("degradation.feature_breakers.{feature}");
+        if !route_features.contains(&feature) {
+            cx.err(
+                &p,
+                format!(
+                    "no route has `feature: {feature}`, so no request would ever reach this breaker"
+                ),
+            );
+        }
+        if let Some(b) = check_breaker(cx, &p, b) {
+            feature_breakers.insert(feature, b);
+        }
+    }
+    let headers = d.headers.unwrap_or_default();
+    let mut header = |key: &str, v: Option<String>, default: &str| -> Option<String> {
+        let v = v.unwrap_or_else(|| default.to_string());
+        if v.is_empty() {
+            return None;
+        }
+        if !valid_header_name(&v) {
+            cx.err(
+                format!("degradation.headers.{key}"),
+                format!("`{v}` is not a valid header name (use \"\" to send none)"),
+            );
+        }
+        Some(v.to_ascii_lowercase())
+    };
+    let level_header = header("level", headers.level, "floodgate-degradation-level");
+    let features_header = header(
+        "disabled_features",
+        headers.disabled_features,
+        "floodgate-disabled-features",
+    );
+    let raw_cache = d.cache.unwrap_or_default();
+    let cache = CacheLimits {
+        max_bytes: raw_cache.max_bytes.unwrap_or(64 << 20),
+        max_entry_bytes: raw_cache.max_entry_bytes.unwrap_or(1 << 20),
+    };
+    if cache.max_entry_bytes > cache.max_bytes {
+        cx.err(
+            "degradation.cache.max_entry_bytes",
+            format!(
+                "{} is more than the whole cache ({} bytes, degradation.cache.max_bytes)",
+                cache.max_entry_bytes, cache.max_bytes
+            ),
+        );
+    }
+    let raw_aggressive = d.aggressive_cache.unwrap_or_default();
+    for (i, r) in raw_aggressive.routes.iter().enumerate() {
+        if !route_names.contains(r) {
+            cx.err(
+                format!("degradation.aggressive_cache.routes[{i}]"),
+                format!("unknown route `{r}`; it must be the name of a route under `routes`"),
+            );
+        }
+    }
+    let aggressive_cache = AggressiveCache {
+        enabled: raw_aggressive.enabled,
+        ttl: Duration::from_secs(secs(
+            cx,
+            "degradation.aggressive_cache.ttl_seconds",
+            raw_aggressive.ttl_seconds,
+            300,
+            86_400,
+        )),
+        routes: raw_aggressive.routes,
+    };
+    let auto = check_auto(cx, d.auto.unwrap_or_default());
     Degradation {
         level: d.level,
         degraded: d.levels.degraded,
         minimal: d.levels.minimal,
         fallbacks,
+        features: d.features,
+        level_header,
+        features_header,
+        cache,
+        aggressive_cache,
+        auto,
+        feature_breakers,
     }
+}
+
+/// A whole number of seconds in 1..=max, `default` when absent.
+fn secs(cx: &mut Ctx, path: &str, v: Option<u64>, default: u64, max: u64) -> u64 {
+    let v = v.unwrap_or(default);
+    if v == 0 || v > max {
+        cx.err(
+            path,
+            format!("must be between 1 and {max} seconds, got {v}"),
+        );
+    }
+    v
+}
+
+fn check_auto(cx: &mut Ctx, a: RawAuto) -> AutoDegradation {
+    let mut out = AutoDegradation {
+        enabled: a.enabled,
+        cooldown: Duration::from_secs(secs(
+            cx,
+            "degradation.auto.cooldown_seconds",
+            a.cooldown_seconds,
+            120,
+            86_400,
+        )),
+        ..AutoDegradation::default()
+    };
+    let Some(rules) = a.rules else { return out };
+    out.rules.clear();
+    for (i, r) in rules.into_iter().enumerate() {
+        let p = format!("degradation.auto.rules[{i}]");
+        let trigger = if r.indicator == "breaker_open" {
+            if r.above.is_some() {
+                cx.err(
+                    format!("{p}.above"),
+                    "`breaker_open` takes no threshold; remove `above`",
+                );
+            }
+            Some(Trigger::BreakerOpen)
+        } else if let Some(ind) = Indicator::ALL.iter().find(|i| i.as_str() == r.indicator) {
+            match r.above {
+                Some(v) if v.is_finite() && v >= 0.0 => Some(Trigger::Above(*ind, v)),
+                Some(v) => {
+                    cx.err(
+                        format!("{p}.above"),
+                        format!("must be a number >= 0, got {v}"),
+                    );
+                    None
+                }
+                None => {
+                    cx.err(
+                        format!("{p}.above"),
+                        format!(
+                            "missing: the value of `{}` that triggers the rule",
+                            r.indicator
+                        ),
+                    );
+                    None
+                }
+            }
+        } else {
+            let names: Vec<&str> = Indicator::ALL.iter().map(|i| i.as_str()).collect();
+            cx.err(
+                format!("{p}.indicator"),
+                format!(
+                    "unknown indicator `{}`; use one of {} or breaker_open",
+                    r.indicator,
+                    names.join(", ")
+                ),
+            );
+            None
+        };
+        if r.level == Level::Full {
+            cx.err(
+                format!("{p}.level"),
+                "a rule degrades: use `degraded` or `minimal` (recovery to `full` is automatic)",
+            );
+        }
+        let sustain = secs(
+            cx,
+            &format!("{p}.for_seconds"),
+            Some(r.for_seconds),
+            0,
+            3600,
+        );
+        if let Some(trigger) = trigger {
+            out.rules.push(AutoRule {
+                trigger,
+                sustain: Duration::from_secs(sustain),
+                level: r.level,
+            });
+        }
+    }
+    out
 }
 
 fn check_server(cx: &mut Ctx, s: RawServer) -> Server {

@@ -45,7 +45,14 @@ fn shape_file_keeps_every_key_meaning() {
         5
     );
     assert_eq!(c.degradation.minimal.len(), 4);
-    assert_eq!(c.degradation.fallbacks["recommendations"].status, 200);
+    assert_eq!(
+        c.degradation.fallbacks["recommendations"]
+            .answer
+            .as_ref()
+            .unwrap()
+            .status,
+        200
+    );
 }
 
 #[test]
