@@ -1,11 +1,13 @@
 //! Floodgate's request policies as plain Rust: rate limits, the admission queue, the circuit
-//! breaker and the load indicators (degradation follows). Time comes from an injectable [`Clock`]; nothing here touches pingora or sockets,
+//! breaker, the load indicators, degradation and the response cache. Time comes from an injectable [`Clock`]; nothing here touches pingora or sockets,
 //! so every rule is unit-tested directly.
 
 #![forbid(unsafe_code)]
 
 pub mod breaker;
+pub mod cache;
 pub mod clock;
+pub mod degrade;
 pub mod headers;
 pub mod key;
 pub mod limiter;
