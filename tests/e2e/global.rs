@@ -228,7 +228,14 @@ async fn cluster_spreads_keys_and_decides_each_exactly() {
             assert!(status == 200 || status == 429, "status {status}");
             admitted += u32::from(status == 200);
         }
-        assert_eq!(admitted, 10, "user-{user}");
+        // Seen once under a fully loaded 2-core machine, not reproduced since: say why if again.
+        assert_eq!(
+            admitted,
+            10,
+            "user-{user}\nsidecar A:\n{}\nsidecar B:\n{}",
+            a.log(),
+            b.log()
+        );
     }
     // 20 keys over 3 masters: each master holds some (all on one would be 3^-19 likely).
     let mut sizes = Vec::new();
