@@ -1,6 +1,7 @@
 //! A small real HTTP server (HTTP/1.1 and h2c) to put behind the sidecar: the README's demo
 //! app and the end-to-end tests' upstream. `/` answers with the server's name, `/echo`
-//! streams the request body back and reports what arrived in `echo-*` headers,
+//! streams the request body back and reports what arrived in `echo-*` headers, `/count…`
+//! answers with the number of requests so far (every answer differs),
 //! `/sleep/<ms>` answers after a delay, `/ws` accepts an upgrade and echoes raw bytes, and
 //! any path containing `/hold` waits until [`DemoStats::release`] lets it go. It counts
 //! requests in progress (and the most at once), logs the paths it saw in arrival order, and
@@ -32,6 +33,8 @@ pub struct DemoStats {
     pub fail_with: AtomicU16,
     /// Permits for `/hold` requests: each takes one before answering.
     pub hold: tokio::sync::Semaphore,
+    /// Headers of the latest request.
+    pub last_headers: Mutex<http::HeaderMap>,
 }
 
 impl Default for DemoStats {
@@ -43,6 +46,7 @@ impl Default for DemoStats {
             log: Mutex::new(Vec::new()),
             fail_with: AtomicU16::new(0),
             hold: tokio::sync::Semaphore::new(0),
+            last_headers: Mutex::new(http::HeaderMap::new()),
         }
     }
 }
@@ -51,6 +55,12 @@ impl DemoStats {
     /// Lets `n` held requests answer.
     pub fn release(&self, n: usize) {
         self.hold.add_permits(n);
+    }
+
+    /// The latest request's value of header `name`, if it had one.
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        let h = self.last_headers.lock().ok()?;
+        h.get(name)?.to_str().ok().map(str::to_string)
     }
 
     /// Paths seen so far.
@@ -98,7 +108,10 @@ async fn handle(
     stats: Arc<DemoStats>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let n = stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Ok(mut h) = stats.last_headers.lock() {
+        h.clone_from(req.headers());
+    }
     let _in_progress = InProgress::new(&stats);
     let path = req.uri().path().to_string();
     if let Ok(mut log) = stats.log.lock() {
@@ -139,6 +152,8 @@ async fn handle(
         // Stream the body back as it arrives: nothing is buffered whole.
         b.body(req.into_body().boxed())
             .unwrap_or_else(|_| Response::new(full("bad echo")))
+    } else if path.starts_with("/count") {
+        Response::new(full(format!("{name} request {n}\n")))
     } else if path == "/ws" {
         return Ok(upgrade_echo(req));
     } else if let Some(ms) = path.strip_prefix("/sleep/") {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod degrade;
 pub mod demo;
 pub mod endpoint;
 pub mod forwarded;

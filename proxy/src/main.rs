@@ -12,7 +12,7 @@ use floodgate::metrics::Metrics;
 use floodgate::reload::ReloadService;
 use floodgate::shell::Floodgate;
 use floodgate::shutdown::Signals;
-use floodgate::state::{Runtime, Snapshot};
+use floodgate::state::{Base, Runtime};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
@@ -122,7 +122,7 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
     let metrics_listen = config.metrics_listen;
     let server_cfg = config.server.clone();
     let clock = floodgate_policy::Clock::monotonic();
-    let snapshot = Snapshot::build(config, 1, &metrics, None, &clock).map_err(|e| e.to_string())?;
+    let snapshot = Base::build(config, 1, &metrics, None, &clock).map_err(|e| e.to_string())?;
     let global_limits = snapshot
         .config
         .limits

@@ -49,6 +49,22 @@ pub struct Metrics {
     pub indicator_level: IntGaugeVec,
     /// `floodgate_load_indicator_value{indicator}`: the indicator's value.
     pub indicator_value: GaugeVec,
+    /// `floodgate_degradation_level`: 0 full, 1 degraded, 2 minimal.
+    pub degradation_level: IntGauge,
+    /// `floodgate_feature_enabled{feature}`.
+    pub feature_enabled: IntGaugeVec,
+    /// `floodgate_degradation_transitions_total{from,to,cause}`.
+    pub degradation_transitions: IntCounterVec,
+    /// `floodgate_degraded_responses_total{feature}`: fallbacks and priority sheds.
+    pub degraded_responses: IntCounterVec,
+    /// `floodgate_cache_bytes`, `floodgate_cache_entries` (set at scrape).
+    pub cache_bytes: IntGauge,
+    /// See `cache_bytes`.
+    pub cache_entries: IntGauge,
+    /// `floodgate_cache_evictions_total` (brought up to date at scrape).
+    pub cache_evictions: IntCounter,
+    /// `floodgate_cache_lookups_total{result}`: `hit`, `miss`.
+    pub cache_lookups: IntCounterVec,
     /// `floodgate_draining`: 1 once SIGTERM was received.
     pub draining: IntGauge,
     /// `floodgate_ratelimit_decisions_total{limit,decision}`.
@@ -175,7 +191,7 @@ impl Metrics {
         let shed = IntCounterVec::new(
             Opts::new(
                 "floodgate_shed_total",
-                "Requests refused by policy, by reason (rate_limited, queue_full, queue_timeout, circuit_open).",
+                "Requests refused by policy, by reason (rate_limited, queue_full, queue_timeout, circuit_open, degraded).",
             ),
             &["reason"],
         )?;
@@ -259,6 +275,58 @@ impl Metrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(config_version.clone()))?;
         registry.register(Box::new(local_responses.clone()))?;
+        let degradation_level = IntGauge::new(
+            "floodgate_degradation_level",
+            "Degradation level in force: 0 full, 1 degraded, 2 minimal.",
+        )?;
+        let feature_enabled = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_feature_enabled",
+                "1 while a feature is on, 0 while it is answered by its fallback.",
+            ),
+            &["feature"],
+        )?;
+        let degradation_transitions = IntCounterVec::new(
+            Opts::new(
+                "floodgate_degradation_transitions_total",
+                "Degradation level changes by cause: config, manual, auto, recovered.",
+            ),
+            &["from", "to", "cause"],
+        )?;
+        let degraded_responses = IntCounterVec::new(
+            Opts::new(
+                "floodgate_degraded_responses_total",
+                "Requests answered by a fallback or shed by priority, by feature (`none` for routes without one).",
+            ),
+            &["feature"],
+        )?;
+        let cache_bytes = IntGauge::new(
+            "floodgate_cache_bytes",
+            "Bytes held by the response cache (cached fallbacks, aggressive caching).",
+        )?;
+        let cache_entries = IntGauge::new(
+            "floodgate_cache_entries",
+            "Requests (method and URI) with an answer in the response cache.",
+        )?;
+        let cache_evictions = IntCounter::new(
+            "floodgate_cache_evictions_total",
+            "Cached answers evicted to stay under degradation.cache.max_bytes.",
+        )?;
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "floodgate_cache_lookups_total",
+                "Response cache lookups for fallbacks and aggressive caching, by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(degradation_level.clone()))?;
+        registry.register(Box::new(feature_enabled.clone()))?;
+        registry.register(Box::new(degradation_transitions.clone()))?;
+        registry.register(Box::new(degraded_responses.clone()))?;
+        registry.register(Box::new(cache_bytes.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
+        registry.register(Box::new(cache_lookups.clone()))?;
         registry.register(Box::new(active.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
@@ -312,6 +380,14 @@ impl Metrics {
             breaker_transitions,
             indicator_level,
             indicator_value,
+            degradation_level,
+            feature_enabled,
+            degradation_transitions,
+            degraded_responses,
+            cache_bytes,
+            cache_entries,
+            cache_evictions,
+            cache_lookups,
             draining,
             rl_decisions,
             rl_utilization,

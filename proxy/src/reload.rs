@@ -13,7 +13,7 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::state::{Runtime, Snapshot};
+use crate::state::{Base, Runtime};
 
 /// Events closer together than this are one change (editors write in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -35,11 +35,11 @@ pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
         .map_err(ReloadError::from)
         .and_then(|cfg| {
             let old = rt.current.load();
-            Ok(Snapshot::build(
+            Ok(Base::build(
                 cfg,
                 rt.next_version(),
                 &rt.metrics,
-                Some(&old),
+                Some(&old.base),
                 &rt.clock,
             )?)
         });
@@ -61,9 +61,9 @@ pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
                     rt.config_path.display()
                 );
             }
-            let snap = Arc::new(snap);
-            rt.current.store(snap.clone());
-            rt.apply_policies(&snap, Some(&old));
+            let base = Arc::new(snap);
+            crate::degrade::install(rt, base.clone());
+            rt.apply_policies(&base, Some(&old.base));
             rt.metrics.config_version.set(version as i64);
             rt.metrics.reloads.with_label_values(&["success"]).inc();
             info!(version, path = %rt.config_path.display(), "config reloaded");

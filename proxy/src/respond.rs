@@ -28,6 +28,10 @@ pub enum Reason {
     QueueTimeout,
     /// The upstream's circuit breaker is open.
     CircuitOpen,
+    /// The route's feature is off (or shed by priority at a degraded level): its fallback.
+    Degraded,
+    /// Aggressive caching answered from the response cache.
+    Cached,
 }
 
 impl Reason {
@@ -43,6 +47,16 @@ impl Reason {
             Reason::QueueFull => "queue_full",
             Reason::QueueTimeout => "queue_timeout",
             Reason::CircuitOpen => "circuit_open",
+            Reason::Degraded => "degraded",
+            Reason::Cached => "cached",
+        }
+    }
+
+    /// The problem type's last part (RFC 9457 `type`).
+    fn problem_type(self) -> &'static str {
+        match self {
+            Reason::Degraded => "temporary-reduced-capacity",
+            r => r.as_str(),
         }
     }
 
@@ -63,7 +77,10 @@ impl Reason {
             Reason::HeadersTooLarge => 431,
             Reason::BadRequest => 400,
             Reason::RateLimited => 429,
-            Reason::QueueFull | Reason::QueueTimeout | Reason::CircuitOpen => 503,
+            Reason::QueueFull | Reason::QueueTimeout | Reason::CircuitOpen | Reason::Degraded => {
+                503
+            }
+            Reason::Cached => 200,
         }
     }
 
@@ -76,7 +93,8 @@ impl Reason {
             Reason::UpstreamTimeout => "4",
             Reason::HeadersTooLarge | Reason::BadRequest => "3",
             Reason::RateLimited | Reason::QueueFull => "8",
-            Reason::QueueTimeout | Reason::CircuitOpen => "14",
+            Reason::QueueTimeout | Reason::CircuitOpen | Reason::Degraded => "14",
+            Reason::Cached => "0",
         }
     }
 
@@ -99,6 +117,10 @@ impl Reason {
             Reason::CircuitOpen => {
                 "the upstream has been failing and the circuit breaker is open; it will probe again"
             }
+            Reason::Degraded => {
+                "this feature is switched off while the service runs at reduced capacity"
+            }
+            Reason::Cached => "served from the response cache",
         }
     }
 }
@@ -139,8 +161,9 @@ pub async fn send_with(
     // serde_json quotes and escapes the detail (it may carry a limit name from the config).
     let detail = serde_json::to_string(detail.unwrap_or(reason.detail())).unwrap_or_default();
     let body = format!(
-        "{{\"type\":\"urn:floodgate:problem:{r}\",\"title\":\"{r}\",\"status\":{status},\"detail\":{detail}}}\n",
+        "{{\"type\":\"urn:floodgate:problem:{t}\",\"title\":\"{r}\",\"status\":{status},\"detail\":{detail}}}\n",
         r = reason.as_str(),
+        t = reason.problem_type(),
     );
     let mut h = ResponseHeader::build(status, Some(8))?;
     extra(&mut h)?;
@@ -156,4 +179,54 @@ pub async fn send_with(
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(status)
+}
+
+/// Writes a configured static fallback answer for `reason`.
+pub async fn send_static(
+    session: &mut Session,
+    reason: Reason,
+    a: &floodgate_config::StaticAnswer,
+) -> pingora_error::Result<u16> {
+    let mut h = ResponseHeader::build(a.status, Some(4 + a.headers.len()))?;
+    if let Some(ct) = &a.content_type {
+        h.insert_header("content-type", ct.as_str())?;
+    }
+    for (n, v) in &a.headers {
+        h.insert_header(n.clone(), v.as_str())?;
+    }
+    h.insert_header("floodgate-reason", reason.as_str())?;
+    write_body(session, h, Bytes::from(a.body.clone())).await?;
+    Ok(a.status)
+}
+
+/// Replays a stored answer byte for byte, with its `age` and `floodgate-reason`.
+pub async fn send_stored(
+    session: &mut Session,
+    reason: Reason,
+    s: &floodgate_policy::cache::Stored,
+    age: std::time::Duration,
+) -> pingora_error::Result<u16> {
+    let mut h = ResponseHeader::build(s.status, Some(s.headers.len() + 3))?;
+    for (n, v) in &s.headers {
+        h.append_header(n.clone(), v.clone())?;
+    }
+    h.insert_header("age", age.as_secs().to_string())?;
+    h.insert_header("floodgate-reason", reason.as_str())?;
+    write_body(session, h, s.body.clone()).await?;
+    Ok(s.status.as_u16())
+}
+
+/// Writes a head with `content-length` and the body (not for HEAD requests).
+async fn write_body(
+    session: &mut Session,
+    mut h: ResponseHeader,
+    body: Bytes,
+) -> pingora_error::Result<()> {
+    h.insert_header("content-length", body.len().to_string())?;
+    if session.req_header().method == http::Method::HEAD || body.is_empty() {
+        session.write_response_header(Box::new(h), true).await?;
+        return Ok(());
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use floodgate_config::UpstreamProtocol;
+use floodgate_config::{Indicator, Level, Priority, UpstreamProtocol};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use std::collections::hash_map::RandomState;
@@ -30,6 +30,10 @@ use crate::state::{ActiveGuard, Runtime, Snapshot};
 use floodgate_policy::breaker::{self, Ticket, Transition};
 use floodgate_policy::queue::{self, Admit, Permit, Waiting};
 
+/// `Retry-After` of a degraded feature's default answer: degradation lasts minutes, so
+/// retrying sooner only adds load.
+const DEGRADED_RETRY_AFTER: &str = "30";
+
 /// The proxy application pingora drives.
 pub struct Floodgate {
     rt: Arc<Runtime>,
@@ -40,6 +44,13 @@ impl Floodgate {
     pub fn new(rt: Arc<Runtime>) -> Self {
         Self { rt }
     }
+}
+
+/// An upstream answer being collected for the response cache.
+pub struct Fill {
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    body: bytes::BytesMut,
 }
 
 /// Per-request state. Holds the one snapshot this request sees from start to end.
@@ -56,6 +67,12 @@ pub struct Ctx {
     ticket: Option<Ticket>,
     /// The client went away while the request was queued.
     abandoned: bool,
+    /// The route's feature breaker's admission.
+    feature_ticket: Option<Ticket>,
+    /// Remember the upstream's answer in the response cache (cached fallback, aggressive mode).
+    remember: bool,
+    /// The answer being collected for the cache.
+    fill: Option<Fill>,
     _active: ActiveGuard,
 }
 
@@ -290,7 +307,7 @@ impl Floodgate {
     /// The admission queue: takes a slot to the upstream, waiting for one when all are busy.
     /// Returns true when the request was refused (and answered).
     async fn admission_gate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let priority = ctx.snap.priorities[ctx.route];
+        let priority = ctx.snap.routes.priority[ctx.route];
         let waiting = match self.rt.admission.try_acquire(priority) {
             Admit::Now(p) => {
                 ctx.permit = Some(p);
@@ -390,26 +407,146 @@ impl Floodgate {
         }
     }
 
-    /// Tells the breaker how the upstream did, once the request is over.
-    fn report_outcome(&self, ctx: &mut Ctx, status: u16) {
-        let Some(ticket) = ctx.ticket.take() else {
-            return;
+    /// Degradation: a disabled feature, a shed priority or an open feature breaker gets the
+    /// fallback; aggressive caching may answer from the cache. Returns true when answered.
+    async fn degradation_gate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snap = ctx.snap.clone();
+        let (r, eff, routes) = (ctx.route, &snap.degrade, &snap.routes);
+        if eff.route_off[r] {
+            self.fallback(session, ctx, false).await?;
+            return Ok(true);
+        }
+        let priority = routes.priority[r];
+        let shed = match eff.level {
+            // At minimal only critical routes reach the app.
+            Level::Minimal => priority != Priority::Critical,
+            // At degraded, low priority goes first once the queue is past its warning depth.
+            Level::Degraded if priority == Priority::Low => {
+                let warning = snap
+                    .config
+                    .load_indicators
+                    .thresholds(Indicator::QueueDepth)
+                    .warning;
+                warning.is_some_and(|w| f64::from(self.rt.admission.stats().depth) > w)
+            }
+            _ => false,
         };
+        if shed {
+            self.fallback(session, ctx, true).await?;
+            return Ok(true);
+        }
+        if let Some(b) = &routes.breaker[r] {
+            match b.admit().0 {
+                breaker::Admit::Pass(t) => ctx.feature_ticket = Some(t),
+                breaker::Admit::Reject { .. } => {
+                    self.fallback(session, ctx, false).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        if eff.aggressive && routes.aggressive[r] {
+            let ttl = snap.config.degradation.aggressive_cache.ttl;
+            if let Some((hit, age)) = self.cache_lookup(session, &snap, ttl) {
+                ctx.reason = Some(Reason::Cached);
+                respond::send_stored(session, Reason::Cached, &hit, age).await?;
+                return Ok(true);
+            }
+            ctx.remember = true;
+        }
+        ctx.remember |= routes.remember[r];
+        Ok(false)
+    }
+
+    fn cache_lookup(
+        &self,
+        session: &Session,
+        snap: &Snapshot,
+        max_age: Duration,
+    ) -> Option<(floodgate_policy::cache::Stored, Duration)> {
+        let req = session.req_header();
+        let uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let now = self.rt.clock.elapsed();
+        let hit = snap
+            .routes
+            .cache
+            .get(&req.method, uri, &req.headers, max_age, now);
+        let result = if hit.is_some() { "hit" } else { "miss" };
+        self.rt
+            .metrics
+            .cache_lookups
+            .with_label_values(&[result])
+            .inc();
+        hit.map(|h| {
+            let age = now.saturating_sub(h.stored_at);
+            (h, age)
+        })
+    }
+
+    /// Answers with the route's feature fallback: the remembered answer (cached fallbacks),
+    /// else the static one, else a 503 problem; gRPC callers get UNAVAILABLE. `shed` marks a
+    /// priority shed, also counted in `floodgate_shed_total`.
+    async fn fallback(&self, session: &mut Session, ctx: &mut Ctx, shed: bool) -> Result<()> {
+        let snap = ctx.snap.clone();
+        let r = ctx.route;
+        ctx.reason = Some(Reason::Degraded);
+        let m = &self.rt.metrics;
+        let feature = snap.routes.feature[r].as_deref().unwrap_or("none");
+        m.degraded_responses.with_label_values(&[feature]).inc();
+        if shed {
+            m.shed.with_label_values(&["degraded"]).inc();
+        }
+        let fallback = snap.routes.fallback[r].as_ref();
+        if !respond::is_grpc(session) {
+            if let Some(ttl) = fallback.and_then(|f| f.cached) {
+                if let Some((hit, age)) = self.cache_lookup(session, &snap, ttl) {
+                    respond::send_stored(session, Reason::Degraded, &hit, age).await?;
+                    return Ok(());
+                }
+            }
+            if let Some(a) = fallback.and_then(|f| f.answer.as_ref()) {
+                respond::send_static(session, Reason::Degraded, a).await?;
+                return Ok(());
+            }
+        }
+        respond::send_with(session, Reason::Degraded, None, |h| {
+            h.insert_header("retry-after", DEGRADED_RETRY_AFTER)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Tells the breakers (the upstream's and the route's feature's) how the upstream did,
+    /// once the request is over.
+    fn report_outcome(&self, ctx: &mut Ctx, status: u16) {
         let failed = match ctx.reason {
             Some(Reason::UpstreamUnavailable | Reason::UpstreamTimeout | Reason::UpstreamError) => {
-                true
+                Some(true)
             }
-            // Refused before reaching the upstream: no outcome (the ticket gives its place back).
-            Some(_) => return,
-            None if ctx.abandoned || status == 0 => return,
-            None => status >= 500,
+            // Refused before reaching the upstream: no outcome (tickets give their place back).
+            Some(_) => None,
+            None if ctx.abandoned || status == 0 => None,
+            None => Some(status >= 500),
         };
-        let t = if failed {
-            ticket.failure()
-        } else {
-            ticket.success()
-        };
-        self.breaker_moved(&ctx.snap, t);
+        let (main, feature) = (ctx.ticket.take(), ctx.feature_ticket.take());
+        let Some(failed) = failed else { return };
+        let report = |t: Ticket| if failed { t.failure() } else { t.success() };
+        if let Some(t) = main {
+            let moved = report(t);
+            self.breaker_moved(&ctx.snap, moved);
+        }
+        if let Some(t) = feature {
+            if let Some(moved) = report(t) {
+                let feature = ctx.snap.routes.feature[ctx.route]
+                    .as_deref()
+                    .unwrap_or("none");
+                tracing::warn!(
+                    feature,
+                    from = moved.from.as_str(),
+                    to = moved.to.as_str(),
+                    "feature circuit breaker changed state; while open the feature gets its fallback"
+                );
+            }
+        }
     }
 }
 
@@ -427,6 +564,9 @@ impl ProxyHttp for Floodgate {
             permit: None,
             ticket: None,
             abandoned: false,
+            feature_ticket: None,
+            remember: false,
+            fill: None,
             _active: ActiveGuard::new(&self.rt),
         }
     }
@@ -447,6 +587,9 @@ impl ProxyHttp for Floodgate {
         if header_bytes(req) > ctx.snap.config.server.max_request_header_bytes {
             ctx.reason = Some(Reason::HeadersTooLarge);
             respond::send(session, Reason::HeadersTooLarge).await?;
+            return Ok(true);
+        }
+        if self.degradation_gate(session, ctx).await? {
             return Ok(true);
         }
         if !ctx.snap.limits.is_empty_for(ctx.route) && self.limit_gate(session, ctx).await? {
@@ -502,7 +645,7 @@ impl ProxyHttp for Floodgate {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(ip) = client_ip(session) {
             if let Some(v) =
@@ -512,17 +655,65 @@ impl ProxyHttp for Floodgate {
             }
         }
         upstream.insert_header(forwarded::X_FORWARDED_PROTO, forwarded::PROTO_HTTP)?;
+        // Tell the app the degradation state, so its own flag code agrees with the sidecar.
+        let (routes, eff) = (&ctx.snap.routes, &ctx.snap.degrade);
+        if let Some(name) = &routes.level_header {
+            upstream.insert_header(name.clone(), eff.level_value.clone())?;
+        }
+        if let Some(name) = &routes.features_header {
+            upstream.insert_header(name.clone(), eff.features_value.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.remember {
+            let cache = &ctx.snap.routes.cache;
+            if cache.storable(upstream_response.status, &upstream_response.headers) {
+                ctx.fill = Some(Fill {
+                    status: upstream_response.status,
+                    headers: upstream_response.headers.clone(),
+                    body: bytes::BytesMut::new(),
+                });
+            }
+        }
         Ok(())
     }
 
     fn upstream_response_body_filter(
         &self,
-        _session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if let Some(fill) = &mut ctx.fill {
+            if let Some(b) = body {
+                fill.body.extend_from_slice(b);
+            }
+            if fill.body.len() as u64 > ctx.snap.routes.cache.max_entry_bytes() {
+                ctx.fill = None;
+            }
+        }
         if end_of_stream {
+            if let Some(fill) = ctx.fill.take() {
+                let req = session.req_header();
+                let uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                ctx.snap.routes.cache.store(
+                    &req.method,
+                    uri,
+                    &req.headers,
+                    fill.status,
+                    &fill.headers,
+                    fill.body.freeze(),
+                    self.rt.clock.elapsed(),
+                );
+            }
             // The upstream is done with this request: its slot goes to the next in line now,
             // not after the client has read the rest of the response.
             ctx.permit = None;

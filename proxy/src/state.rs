@@ -9,7 +9,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use std::num::NonZeroU64;
 
-use floodgate_config::Priority;
 use floodgate_config::{Config, Limit, Scope};
 use floodgate_policy::breaker::{Breaker, State, Transition};
 use floodgate_policy::load::LoadWindow;
@@ -17,11 +16,29 @@ use floodgate_policy::queue::Admission;
 use floodgate_policy::{Clock, Decision, LimitSet};
 use prometheus::{Histogram, IntCounter};
 
+use crate::degrade::{DegradeState, Effective, RouteDegradation};
 use crate::metrics::{Metrics, StatusLabels};
 use crate::router::Router;
 
-/// Everything one request needs from the config, loaded once per request.
+/// What one request sees, loaded once per request: the config-derived [`Base`] and the
+/// degradation state in force, swapped together so a request never mixes two of either.
 pub struct Snapshot {
+    /// Built from the config file (replaced on reload).
+    pub base: Arc<Base>,
+    /// Level and features off (replaced when the level, a flag or the config changes).
+    pub degrade: Arc<Effective>,
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = Base;
+
+    fn deref(&self) -> &Base {
+        &self.base
+    }
+}
+
+/// Everything one request needs from the config file.
+pub struct Base {
     /// Sequence number (1 = the file loaded at start).
     pub version: u64,
     /// The validated config.
@@ -39,11 +56,11 @@ pub struct Snapshot {
     /// Per limit, the highest use (in millionths of the limit) Redis reported since the last
     /// sweep: global limits' utilisation, which no local state sees.
     pub remote_use: Vec<AtomicU64>,
-    /// Queue priority per route index (default route last).
-    pub priorities: Vec<Priority>,
     /// The load indicators' window, carried over from the previous snapshot while its span
     /// is unchanged.
     pub load: Arc<LoadWindow>,
+    /// Degradation's per-route view of the config (features, fallbacks, cache, breakers).
+    pub routes: RouteDegradation,
 }
 
 /// Why a snapshot could not be built from a valid config.
@@ -59,14 +76,14 @@ pub enum BuildError {
     },
 }
 
-impl Snapshot {
+impl Base {
     /// Builds a snapshot, resolving the upstream address (blocking: call off the request path).
     /// Limits whose definition is unchanged from `previous` keep their counters.
     pub fn build(
         config: Config,
         version: u64,
         metrics: &Metrics,
-        previous: Option<&Snapshot>,
+        previous: Option<&Base>,
         clock: &Clock,
     ) -> Result<Self, BuildError> {
         use std::net::ToSocketAddrs;
@@ -87,7 +104,6 @@ impl Snapshot {
             .all()
             .map(|r| metrics.route_duration(&r.name))
             .collect();
-        let priorities = router.all().map(|r| r.priority).collect();
         let span = config.load_indicators.window;
         let load = match previous {
             Some(p) if p.load.span() == span => p.load.clone(),
@@ -125,7 +141,9 @@ impl Snapshot {
                 .with_label_values(&[l.name.as_str(), off])
                 .set(0);
         }
+        let routes = RouteDegradation::build(&config, &router, previous.map(|p| &p.routes), clock);
         Ok(Self {
+            routes,
             version,
             config,
             router,
@@ -134,7 +152,6 @@ impl Snapshot {
             limits,
             remote_use: effective.iter().map(|_| AtomicU64::new(0)).collect(),
             limit_decisions,
-            priorities,
             load,
         })
     }
@@ -197,6 +214,8 @@ pub struct Runtime {
     /// The upstream's circuit breaker; lives across reloads. Used when the snapshot has a
     /// `circuit_breaker` section.
     pub breaker: Arc<Breaker>,
+    /// Degradation's runtime part: manual level, operator flags, the automatic controller.
+    pub degrade: std::sync::Mutex<DegradeState>,
     /// Version counter for the next snapshot.
     next_version: AtomicU64,
     /// Listeners are up (set once the server runs).
@@ -207,7 +226,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// State around the first snapshot.
-    pub fn new(first: Snapshot, config_path: PathBuf, metrics: Metrics, clock: Clock) -> Arc<Self> {
+    pub fn new(first: Base, config_path: PathBuf, metrics: Metrics, clock: Clock) -> Arc<Self> {
         let global = first.config.redis.as_ref().map(|r| {
             crate::global::GlobalLimits::new(
                 r,
@@ -225,9 +244,15 @@ impl Runtime {
                 .unwrap_or_else(default_breaker),
             clock.clone(),
         );
+        let degrade = DegradeState::new(&first.config);
+        let effective = Effective::compute(&first, &degrade);
         let rt = Arc::new(Self {
             next_version: AtomicU64::new(first.version + 1),
-            current: ArcSwap::from_pointee(first),
+            current: ArcSwap::from_pointee(Snapshot {
+                base: Arc::new(first),
+                degrade: Arc::new(effective),
+            }),
+            degrade: std::sync::Mutex::new(degrade),
             config_path,
             metrics,
             status_labels: StatusLabels::new(),
@@ -239,6 +264,7 @@ impl Runtime {
             draining: AtomicBool::new(false),
         });
         rt.apply_policies(&rt.current.load(), None);
+        crate::degrade::publish(&rt, &rt.current.load());
         rt
     }
 
@@ -299,7 +325,7 @@ impl Runtime {
 
     /// Brings the long-lived policies (queue sizes, breaker settings) in line with `snap`:
     /// called with the first snapshot and after every swap.
-    pub fn apply_policies(&self, snap: &Snapshot, previous: Option<&Snapshot>) {
+    pub fn apply_policies(&self, snap: &Base, previous: Option<&Base>) {
         let (max_concurrency, max_size) = match &snap.config.queue {
             Some(q) => (q.max_concurrency.get(), q.max_size),
             // No queue: every request gets a slot at once; waiters of a queue just removed

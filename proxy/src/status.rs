@@ -3,7 +3,10 @@
 //! admin plane will serve), and it refreshes the gauges that are only read at scrape time, so
 //! the request path never touches them.
 
+use floodgate_config::Level as DegradeLevel;
 use floodgate_policy::breaker::{Forced, State};
+use floodgate_policy::cache::CacheStats;
+use floodgate_policy::degrade::level_str;
 use floodgate_policy::load::{Level, Reading};
 use floodgate_policy::queue::QueueStats;
 use serde::Serialize;
@@ -27,6 +30,14 @@ pub struct Status {
     pub breaker: Option<(State, Option<Forced>)>,
     /// Every load indicator.
     pub indicators: Vec<Reading>,
+    /// Degradation level in force, the automatic controller's, an operator's.
+    pub degradation: (DegradeLevel, DegradeLevel, Option<DegradeLevel>),
+    /// Features off now.
+    pub disabled_features: Vec<String>,
+    /// Aggressive caching on.
+    pub aggressive_cache: bool,
+    /// Response cache counts.
+    pub cache: CacheStats,
 }
 
 impl Status {
@@ -37,7 +48,15 @@ impl Status {
         let indicators =
             snap.load
                 .readings(&snap.config.load_indicators, queue.depth, queue.inflight);
+        let (auto, manual) = {
+            let d = rt.degrade.lock().unwrap_or_else(|e| e.into_inner());
+            (d.auto_level(), d.manual)
+        };
         Self {
+            degradation: (snap.degrade.level, auto, manual),
+            disabled_features: snap.degrade.disabled.iter().cloned().collect(),
+            aggressive_cache: snap.degrade.aggressive,
+            cache: snap.routes.cache.stats(),
             version: snap.version,
             upstream: snap.config.upstream.address.clone(),
             queue_configured: snap.config.queue.is_some(),
@@ -63,9 +82,21 @@ impl Status {
             .unwrap_or(Level::Ok)
     }
 
+    /// True when the upstream's breaker is open now.
+    pub fn breaker_open(&self) -> bool {
+        matches!(self.breaker, Some((State::Open, _)))
+    }
+
     /// Sets the scrape-time gauges.
     pub fn publish(&self, rt: &Runtime) {
         let m = &rt.metrics;
+        m.cache_bytes
+            .set(i64::try_from(self.cache.bytes).unwrap_or(i64::MAX));
+        m.cache_entries
+            .set(i64::try_from(self.cache.entries).unwrap_or(i64::MAX));
+        let counted = m.cache_evictions.get();
+        m.cache_evictions
+            .inc_by(self.cache.evictions.saturating_sub(counted));
         m.queue_depth.set(i64::from(self.queue.depth));
         m.inflight.set(i64::from(self.queue.inflight));
         if let Some((state, _)) = self.breaker {
@@ -99,6 +130,15 @@ impl Status {
                 max_concurrency: self.queue_configured.then_some(q.max_concurrency),
                 drain_rate_per_second: self.drain_rate,
             },
+            degradation: DegradationReport {
+                level: level_str(self.degradation.0),
+                auto_level: level_str(self.degradation.1),
+                manual_level: self.degradation.2.map(level_str),
+                disabled_features: self.disabled_features.clone(),
+                aggressive_cache: self.aggressive_cache,
+                cache_bytes: self.cache.bytes,
+                cache_entries: self.cache.entries,
+            },
             circuit_breaker: BreakerReport {
                 configured: self.breaker.is_some(),
                 state: self.breaker.map(|(s, _)| s.as_str()),
@@ -131,6 +171,8 @@ pub struct Report<'a> {
     pub config_version: u64,
     /// The app.
     pub upstream: &'a str,
+    /// Degradation.
+    pub degradation: DegradationReport,
     /// Admission queue.
     pub queue: QueueReport,
     /// Circuit breaker.
@@ -154,6 +196,25 @@ pub struct QueueReport {
     pub max_concurrency: Option<u32>,
     /// Completions per second over ten seconds.
     pub drain_rate_per_second: f64,
+}
+
+/// The degradation part of [`Report`].
+#[derive(Debug, Serialize)]
+pub struct DegradationReport {
+    /// In force.
+    pub level: &'static str,
+    /// The automatic controller's.
+    pub auto_level: &'static str,
+    /// An operator's, winning while set.
+    pub manual_level: Option<&'static str>,
+    /// Features answered by their fallback.
+    pub disabled_features: Vec<String>,
+    /// Aggressive caching on.
+    pub aggressive_cache: bool,
+    /// Bytes in the response cache.
+    pub cache_bytes: u64,
+    /// Requests with a cached answer.
+    pub cache_entries: u64,
 }
 
 /// The breaker part of [`Report`].

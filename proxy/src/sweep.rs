@@ -1,6 +1,6 @@
-//! Once a second: forgets limiter keys whose windows are over (so local state stays bounded
-//! by the keys active in the last window or two) and publishes each limit's busiest key's
-//! utilisation and key count.
+//! Once a second: runs automatic degradation over the load indicators, forgets limiter keys
+//! whose windows are over (so local state stays bounded by the keys active in the last window
+//! or two) and publishes each limit's busiest key's utilisation and key count.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,9 @@ impl BackgroundService for Sweeper {
 }
 
 fn sweep(rt: &Runtime) {
+    // Automatic degradation looks at the indicators once a second.
+    let status = crate::status::Status::read(rt);
+    crate::degrade::tick(rt, &status.indicators, status.breaker_open());
     let snap = rt.current.load_full();
     // Where each global limit is decided right now (local ones never change).
     let redis_up = rt.global.as_ref().is_some_and(|g| g.is_healthy());

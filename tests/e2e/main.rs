@@ -5,6 +5,7 @@
 
 mod breaker;
 mod cli;
+mod degrade;
 mod global;
 mod lifecycle;
 mod limits;
