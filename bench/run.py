@@ -77,6 +77,15 @@ circuit_breaker: { consecutive_failures: 5, open_ms: 10000 }
 """
 
 
+# Every request's feature is off: answered by its static fallback without the backend.
+FALLBACK = """degradation:
+  level: degraded
+  levels: { degraded: [bench] }
+  fallbacks:
+    bench: { status: 200, body: "ok\\n", content_type: text/plain }
+"""
+
+
 def global_limit(redis_port):
     return f"""redis: {{ url: "redis://127.0.0.1:{redis_port}", expected_replicas: 1 }}
 limits:
@@ -88,8 +97,11 @@ limits:
 """
 
 
-def floodgate(tmp, name, port, backend, threads, access_log, extra=""):
+def floodgate(tmp, name, port, backend, threads, access_log, extra="", feature=None):
     conf = os.path.join(tmp, f"{name}.yaml")
+    # A catch-all route in `feature`, for the degraded-answer candidate.
+    feature_route = (f"  - name: all\n    match: {{ path_prefix: / }}\n    feature: {feature}\n"
+                     if feature else "")
     with open(conf, "w") as f:
         f.write(f"""listen: 127.0.0.1:{port}
 upstream: {{ address: 127.0.0.1:{backend} }}
@@ -97,7 +109,7 @@ metrics: {{ listen: 127.0.0.1:{free_port()} }}
 routes:
   - name: api
     match: {{ path_prefix: /api }}
-logging: {{ access_log: {str(access_log).lower()} }}
+{feature_route}logging: {{ access_log: {str(access_log).lower()} }}
 server: {{ threads: {threads} }}
 {extra}""")
     return subprocess.Popen(pinned("proxy", [FLOODGATE, "--config", conf]),
@@ -146,7 +158,7 @@ def run_mode(tmp, workers, args, label):
     try:
         bp, np_, fp, fpl = free_port(), free_port(), free_port(), free_port()
         nlp, fpk, fpg, rp = free_port(), free_port(), free_port(), free_port()
-        fpq = free_port()
+        fpq, fpd = free_port(), free_port()
         procs.append(subprocess.Popen(pinned("load", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "",
                                        "--appendonly", "no"]), stdout=subprocess.DEVNULL))
         procs.append(nginx(tmp, f"backend{workers}", 1,
@@ -166,10 +178,11 @@ def run_mode(tmp, workers, args, label):
         fgl = floodgate(tmp, f"fgl{workers}", fpl, bp, workers, True)
         fgk = floodgate(tmp, f"fgk{workers}", fpk, bp, workers, False, LIMIT)
         fgq = floodgate(tmp, f"fgq{workers}", fpq, bp, workers, False, QUEUE)
+        fgd = floodgate(tmp, f"fgd{workers}", fpd, bp, workers, False, FALLBACK, feature="bench")
         wait_port(rp)
         fgg = floodgate(tmp, f"fgg{workers}", fpg, bp, workers, False, global_limit(rp))
-        procs += [fg, fgl, fgk, fgg, fgq]
-        for p in (bp, np_, fp, fpl, nlp, fpk, fpg, fpq):
+        procs += [fg, fgl, fgk, fgg, fgq, fgd]
+        for p in (bp, np_, fp, fpl, nlp, fpk, fpg, fpq, fpd):
             wait_port(p)
         time.sleep(0.5)
         idle_rss = rss_mib(fg.pid)
@@ -177,9 +190,10 @@ def run_mode(tmp, workers, args, label):
                    ("floodgate", fp), ("floodgate + access log", fpl),
                    ("nginx + limit_req", nlp), ("floodgate + local limit", fpk),
                    ("floodgate + global limit (redis)", fpg),
-                   ("floodgate + queue + breaker (not saturated)", fpq)]
+                   ("floodgate + queue + breaker (not saturated)", fpq),
+                   ("floodgate, feature off: static fallback", fpd)]
         results = {name: [] for name, _ in targets}
-        for port in (np_, fp, fpl, nlp, fpk, fpg, fpq):  # warm pools, caches and the Redis connection
+        for port in (np_, fp, fpl, nlp, fpk, fpg, fpq, fpd):  # warm pools, caches and the Redis connection
             wrk(port, 1, args.connections)
         for _ in range(args.rounds):
             for name, port in targets:
@@ -236,6 +250,8 @@ def main():
                      f"{med['floodgate + global limit (redis)'][2] - med['floodgate'][2]:+.3f} ms.")
         lines.append(f"Queue cost: floodgate + queue + breaker / floodgate = "
                      f"{med['floodgate + queue + breaker (not saturated)'][0] / med['floodgate'][0]:.2f}.")
+        lines.append(f"Degraded answer: static fallback / proxied = "
+                     f"{med['floodgate, feature off: static fallback'][0] / med['floodgate'][0]:.2f}.")
         if at_half:
             lines += ["", f"At a fixed {half:,.0f} rps (50% of nginx's saturated rate), oha, {args.connections} connections:", "",
                       "| path | achieved rps | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
