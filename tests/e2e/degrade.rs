@@ -23,6 +23,9 @@ const ROUTES: &str = "routes:
   - name: checkout
     match: { path_prefix: /checkout }
     priority: critical
+  - name: bulk
+    match: { path_prefix: /bulk }
+    priority: low
 ";
 
 fn degradation(level: &str, extra: &str) -> String {
@@ -235,6 +238,49 @@ async fn at_minimal_only_critical_routes_reach_the_app() {
     assert_eq!(status, 503);
     assert_eq!(h["floodgate-reason"], "degraded");
     assert_eq!(up.stats.paths(), ["/checkout/pay"]);
+    fg.wait_metric("floodgate_shed_total{reason=\"degraded\"}", 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn at_degraded_low_priority_is_shed_while_the_queue_is_past_its_warning_depth() {
+    let up = Upstream::start("app").await;
+    let fg = Sidecar::start_custom(|p, m| {
+        config_yaml(
+            p,
+            m,
+            up.port,
+            &degradation(
+                "degraded",
+                "queue: { max_concurrency: 1, max_size: 10, timeout_ms: 30000 }\nload_indicators:\n  queue_depth: { warning: 1, critical: 5 }\n",
+            ),
+        )
+        .replace("read_timeout_ms: 2000", "read_timeout_ms: 60000")
+    })
+    .await;
+    // Queue empty: a low-priority route without a disabled feature passes.
+    assert_eq!(http_get(fg.port, "/bulk/a").await.unwrap().0, 200);
+    let port = fg.port;
+    let held: Vec<_> = ["/checkout/hold/1", "/checkout/hold/2", "/checkout/hold/3"]
+        .into_iter()
+        .map(|p| tokio::spawn(async move { http_get(port, p).await.unwrap().0 }))
+        .collect();
+    eventually(Duration::from_secs(5), "two queued", || async {
+        fg.metric("floodgate_queue_depth").await == Some(2.0)
+    })
+    .await;
+    // Two waiting, over the warning depth of 1: low priority is shed, not queued.
+    let (status, h, _) = http_get(fg.port, "/bulk/b").await.unwrap();
+    assert_eq!(
+        (status, h["floodgate-reason"].to_str().unwrap()),
+        (503, "degraded")
+    );
+    assert_eq!(fg.metric("floodgate_queue_depth").await, Some(2.0));
+    up.stats.release(3);
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(upstream_saw(&up, "/bulk"), 1);
     fg.wait_metric("floodgate_shed_total{reason=\"degraded\"}", 1.0)
         .await;
 }
