@@ -19,7 +19,7 @@ pub struct Config {
     pub upstream: Upstream,
     /// Metrics/health listen address, if any.
     pub metrics_listen: Option<SocketAddr>,
-    /// Admin plane (accepted, not yet enforced).
+    /// Admin plane.
     pub admin: Option<Admin>,
     /// Redis (accepted, not yet enforced).
     pub redis: Option<Redis>,
@@ -67,6 +67,8 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Token files and roles.
     pub tokens: Vec<(String, Role)>,
+    /// Audit log file.
+    pub audit_log: Option<String>,
 }
 
 /// Where Redis is.

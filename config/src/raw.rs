@@ -18,7 +18,7 @@ pub struct RawConfig {
     /// Prometheus `/metrics`, `/healthz` and `/readyz`.
     #[serde(default)]
     pub metrics: Option<RawMetrics>,
-    /// The gRPC admin plane (accepted, not yet enforced: the admin plane is not built yet).
+    /// The gRPC admin plane for `floodgatectl` (read at start-up).
     #[serde(default)]
     pub admin: Option<RawAdmin>,
     /// Redis for fleet-wide limits (read at start-up). Absent = every limit is per sidecar.
@@ -105,9 +105,13 @@ pub struct RawMetrics {
 pub struct RawAdmin {
     /// `ip:port` of the gRPC admin plane.
     pub listen: String,
-    /// Bearer tokens read from files; none configured = every call refused.
+    /// Bearer tokens read from files (at start); none configured = every call refused.
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+    /// File every change is appended to as a JSON line (default: none; the last 1000 entries
+    /// are always kept in memory for `floodgatectl audit`).
+    #[serde(default)]
+    pub audit_log: Option<String>,
 }
 
 /// One admin bearer token.

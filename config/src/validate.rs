@@ -234,7 +234,11 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
             }
             tokens.push((t.file, t.role));
         }
-        Some(Admin { listen, tokens })
+        Some(Admin {
+            listen,
+            tokens,
+            audit_log: a.audit_log.filter(|f| !f.trim().is_empty()),
+        })
     });
     let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
     for (path, addr) in [

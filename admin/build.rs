@@ -1,0 +1,13 @@
+//! Compiles the admin proto with protox (a protobuf compiler in Rust), so building needs no
+//! system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/floodgate/admin/v1/admin.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure()
+        // Replies print as JSON in `floodgatectl --output json`.
+        .type_attribute(".floodgate.admin.v1", "#[derive(serde::Serialize)]")
+        .compile_fds(fds)?;
+    Ok(())
+}

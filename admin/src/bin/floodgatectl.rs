@@ -1,0 +1,600 @@
+//! `floodgatectl`: the on-call engineer's command line for a Floodgate sidecar's admin plane.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use floodgate_admin::pb;
+use floodgate_admin::pb::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+/// Change a running Floodgate sidecar during an incident: raise limits, switch degradation
+/// levels, turn features off, resize the queue. Every change takes --reason and --ttl and is
+/// written to the sidecar's audit log.
+///
+/// Examples:
+///   floodgatectl status
+///   floodgatectl limits scale --all --multiplier 2 --ttl 30m --reason "launch spike"
+///   floodgatectl degrade set degraded --ttl 1h --reason "INC-4211: p95 over 2 s"
+///   floodgatectl feature disable recommendations --reason "shed load"
+///   floodgatectl queue workers 20 && floodgatectl queue resize 5000
+///   floodgatectl limits restore --all
+///
+/// Exit codes: 0 done, 2 bad arguments, 3 sidecar unreachable, 4 not authorised,
+/// 5 refused (unknown name, invalid value), 1 anything else.
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Admin address of the sidecar (its `admin.listen`).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_ADDR",
+        default_value = "127.0.0.1:9901"
+    )]
+    addr: String,
+    /// File holding the bearer token (an operator token to change, a viewer token to read).
+    #[arg(long, global = true, env = "FLOODGATE_TOKEN_FILE")]
+    token_file: Option<String>,
+    /// How to print: `table` for people, `json` for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// Why and for how long; every change takes these.
+#[derive(Args, Clone)]
+struct ChangeArgs {
+    /// Revert by itself after this long (e.g. 30m, 1h, 90s); default: until cleared.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// Why; recorded in the audit log.
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+impl ChangeArgs {
+    fn pb(&self) -> pb::Change {
+        pb::Change {
+            reason: self.reason.clone(),
+            ttl_seconds: self.ttl.map_or(0, |d| d.as_secs().max(1)),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Level, limits, queue, breakers and load indicators of the sidecar.
+    Status,
+    /// Read and change rate limits.
+    #[command(subcommand)]
+    Limits(LimitsCmd),
+    /// Set the degradation level by hand (wins over automatic degradation until cleared).
+    #[command(subcommand)]
+    Degrade(DegradeCmd),
+    /// Turn one feature on or off, whatever the level.
+    #[command(subcommand)]
+    Feature(FeatureCmd),
+    /// The admission queue.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// Circuit breakers: list, or `reset NAME`.
+    Breakers {
+        #[command(subcommand)]
+        cmd: Option<BreakersCmd>,
+    },
+    /// Overrides in force: list, or `clear KEY|all`.
+    Overrides {
+        #[command(subcommand)]
+        cmd: Option<OverridesCmd>,
+    },
+    /// The latest audit log entries (JSON lines).
+    Audit {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Local config file checks (no sidecar needed).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum LimitsCmd {
+    /// Show every limit with its current and baseline values.
+    Show,
+    /// Set one limit's max_requests (and window).
+    Set {
+        /// Limit name (as in the config's `limits[].name`).
+        name: String,
+        #[arg(long)]
+        max_requests: u64,
+        /// New window in seconds.
+        #[arg(long)]
+        window: Option<u64>,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Multiply limits from their config baseline (the runbook's "raise limits x2").
+    Scale {
+        /// One limit; or --all.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        multiplier: f64,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Back to the config baseline (the runbook's `--from-backup`).
+    Restore {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DegradeCmd {
+    /// full | degraded | minimal.
+    Set {
+        #[arg(value_parser = ["full", "degraded", "minimal"])]
+        level: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeatureCmd {
+    /// Turn a feature off: its routes get their fallback.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Turn a feature on, even where the level turns it off.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// Set how many requests may wait (queue.max_size).
+    Resize {
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        size: u32,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Set how many requests may be in flight to the app (queue.max_concurrency).
+    Workers {
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Depth, capacity, in-flight and drain rate.
+    Metrics,
+}
+
+#[derive(Subcommand)]
+enum BreakersCmd {
+    /// Close a breaker and clear its counts: `upstream` or `feature:<name>`.
+    Reset {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OverridesCmd {
+    /// Remove one override (`level`, `limit:NAME`, `feature:NAME`, `queue`) or `all`.
+    Clear {
+        key: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check a config file; every problem is printed with its line.
+    Validate { file: std::path::PathBuf },
+}
+
+/// A failure with the exit code scripts rely on.
+struct Failure(u8, String);
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code::*;
+        let code = match s.code() {
+            Unauthenticated | PermissionDenied => 4,
+            InvalidArgument | NotFound | FailedPrecondition => 5,
+            Unavailable | DeadlineExceeded => 3,
+            _ => 1,
+        };
+        let what = match s.code() {
+            Unauthenticated => "not authenticated",
+            PermissionDenied => "not allowed",
+            InvalidArgument => "invalid argument",
+            NotFound => "not found",
+            Unavailable => "sidecar unreachable",
+            _ => "refused",
+        };
+        Failure(code, format!("{what}: {}", s.message()))
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("floodgatectl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn connect(g: &Global) -> Result<AdminClient<Channel>, Failure> {
+    let url = if g.addr.contains("://") {
+        g.addr.clone()
+    } else {
+        format!("http://{}", g.addr)
+    };
+    let endpoint = Channel::from_shared(url.clone())
+        .map_err(|e| Failure(2, format!("--addr `{}` is not an address: {e}", g.addr)))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|e| {
+        Failure(
+            3,
+            format!(
+                "cannot reach the sidecar's admin plane at {url}: {e} (is admin.listen set, and is --addr right?)"
+            ),
+        )
+    })?;
+    Ok(AdminClient::new(channel))
+}
+
+fn token(g: &Global) -> Result<Option<String>, Failure> {
+    if let Ok(t) = std::env::var("FLOODGATE_TOKEN") {
+        return Ok(Some(t.trim().to_string()));
+    }
+    let Some(file) = &g.token_file else {
+        return Ok(None);
+    };
+    let t = std::fs::read_to_string(file)
+        .map_err(|e| Failure(2, format!("--token-file `{file}` cannot be read: {e}")))?;
+    Ok(Some(t.trim().to_string()))
+}
+
+fn request<T>(msg: T, token: &Option<String>) -> Result<tonic::Request<T>, Failure> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        let v = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| Failure(2, "the token holds characters a header cannot carry".into()))?;
+        r.metadata_mut().insert("authorization", v);
+    }
+    Ok(r)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    );
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let g = &cli.global;
+    if let Command::Config(ConfigCmd::Validate { file }) = &cli.command {
+        return match floodgate_config::load(file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                Ok(())
+            }
+            Err(e) => Err(Failure(5, e.to_string())),
+        };
+    }
+    let token = token(g)?;
+    let mut c = connect(g).await?;
+    let json = g.output == Output::Json;
+    let change = |reply: pb::ChangeReply| {
+        if json {
+            print_json(&reply);
+        } else {
+            println!("{}", reply.summary);
+            print_overrides(&reply.overrides);
+        }
+    };
+    match cli.command {
+        Command::Status => {
+            let s = c
+                .status(request(pb::StatusRequest {}, &token)?)
+                .await?
+                .into_inner();
+            if json {
+                print_json(&s);
+            } else {
+                print_status(&s);
+            }
+        }
+        Command::Limits(LimitsCmd::Show) => {
+            let s = c
+                .status(request(pb::StatusRequest {}, &token)?)
+                .await?
+                .into_inner();
+            if json {
+                print_json(&s.limits);
+            } else {
+                print_limits(&s.limits);
+            }
+        }
+        Command::Limits(LimitsCmd::Set {
+            name,
+            max_requests,
+            window,
+            change: a,
+        }) => {
+            let req = pb::SetLimitRequest {
+                name,
+                max_requests,
+                window_seconds: window.unwrap_or(0),
+                change: Some(a.pb()),
+            };
+            change(c.set_limit(request(req, &token)?).await?.into_inner());
+        }
+        Command::Limits(LimitsCmd::Scale {
+            name,
+            multiplier,
+            change: a,
+            ..
+        }) => {
+            let req = pb::ScaleLimitsRequest {
+                name: name.unwrap_or_default(),
+                multiplier,
+                change: Some(a.pb()),
+            };
+            change(c.scale_limits(request(req, &token)?).await?.into_inner());
+        }
+        Command::Limits(LimitsCmd::Restore { name, reason, .. }) => {
+            let req = pb::RestoreLimitsRequest {
+                name: name.unwrap_or_default(),
+                reason,
+            };
+            change(c.restore_limits(request(req, &token)?).await?.into_inner());
+        }
+        Command::Degrade(DegradeCmd::Set { level, change: a }) => {
+            let req = pb::SetLevelRequest {
+                level,
+                change: Some(a.pb()),
+            };
+            change(c.set_level(request(req, &token)?).await?.into_inner());
+        }
+        Command::Feature(cmd) => {
+            let (name, enabled, a) = match cmd {
+                FeatureCmd::Disable { name, change } => (name, false, change),
+                FeatureCmd::Enable { name, change } => (name, true, change),
+            };
+            let req = pb::SetFeatureRequest {
+                name,
+                enabled,
+                change: Some(a.pb()),
+            };
+            change(c.set_feature(request(req, &token)?).await?.into_inner());
+        }
+        Command::Queue(QueueCmd::Metrics) => {
+            let s = c
+                .status(request(pb::StatusRequest {}, &token)?)
+                .await?
+                .into_inner();
+            let q = s.queue.unwrap_or_default();
+            if json {
+                print_json(&q);
+            } else if !q.configured {
+                println!("no queue configured (in flight to the app: {})", q.inflight);
+            } else {
+                println!(
+                    "Queue size: {}/{}  in flight: {}/{}  drain: {:.1}/s",
+                    q.depth, q.max_size, q.inflight, q.max_concurrency, q.drain_rate_per_second
+                );
+            }
+        }
+        Command::Queue(QueueCmd::Resize { size, change: a }) => {
+            let req = pb::SetQueueRequest {
+                max_size: size,
+                max_concurrency: 0,
+                change: Some(a.pb()),
+            };
+            change(c.set_queue(request(req, &token)?).await?.into_inner());
+        }
+        Command::Queue(QueueCmd::Workers { count, change: a }) => {
+            let req = pb::SetQueueRequest {
+                max_size: 0,
+                max_concurrency: count,
+                change: Some(a.pb()),
+            };
+            change(c.set_queue(request(req, &token)?).await?.into_inner());
+        }
+        Command::Breakers { cmd: None } => {
+            let s = c
+                .status(request(pb::StatusRequest {}, &token)?)
+                .await?
+                .into_inner();
+            if json {
+                print_json(&s.breakers);
+            } else if s.breakers.is_empty() {
+                println!("no circuit breakers configured");
+            } else {
+                for b in &s.breakers {
+                    println!("{:<32} {}", b.name, b.state);
+                }
+            }
+        }
+        Command::Breakers {
+            cmd: Some(BreakersCmd::Reset { name, reason }),
+        } => {
+            let req = pb::ResetBreakerRequest { name, reason };
+            change(c.reset_breaker(request(req, &token)?).await?.into_inner());
+        }
+        Command::Overrides { cmd: None } => {
+            let o = c
+                .list_overrides(request(pb::ListOverridesRequest {}, &token)?)
+                .await?
+                .into_inner();
+            if json {
+                print_json(&o.overrides);
+            } else if o.overrides.is_empty() {
+                println!("no overrides: everything is as the config file says");
+            } else {
+                print_overrides(&o.overrides);
+            }
+        }
+        Command::Overrides {
+            cmd: Some(OverridesCmd::Clear { key, reason }),
+        } => {
+            let req = pb::ClearOverrideRequest { key, reason };
+            change(c.clear_override(request(req, &token)?).await?.into_inner());
+        }
+        Command::Audit { limit } => {
+            let a = c
+                .audit(request(pb::AuditRequest { limit }, &token)?)
+                .await?
+                .into_inner();
+            for e in a.entries {
+                println!("{e}");
+            }
+        }
+        Command::Config(_) => {}
+    }
+    Ok(())
+}
+
+fn threshold(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn print_status(s: &pb::StatusReply) {
+    let d = s.degradation.clone().unwrap_or_default();
+    println!(
+        "config version {}   upstream {}   load {}",
+        s.config_version,
+        s.upstream,
+        s.level.to_uppercase()
+    );
+    let manual = if d.manual_level.is_empty() {
+        String::new()
+    } else {
+        format!(" (manual {})", d.manual_level)
+    };
+    let off = if d.disabled_features.is_empty() {
+        "none".to_string()
+    } else {
+        d.disabled_features.join(", ")
+    };
+    println!(
+        "degradation {}{manual}, automatic {}; features off: {off}; aggressive cache {}",
+        d.level,
+        d.auto_level,
+        if d.aggressive_cache { "on" } else { "off" }
+    );
+    if let Some(q) = &s.queue {
+        if q.configured {
+            println!(
+                "queue {}/{} waiting, {}/{} in flight, draining {:.1}/s",
+                q.depth, q.max_size, q.inflight, q.max_concurrency, q.drain_rate_per_second
+            );
+        }
+    }
+    for b in &s.breakers {
+        println!("breaker {} {}", b.name, b.state);
+    }
+    println!("overrides in force: {}", s.overrides);
+    println!();
+    print_limits(&s.limits);
+    println!();
+    println!(
+        "{:<16} {:>12} {:>10} {:>10}  level",
+        "indicator", "value", "warning", "critical"
+    );
+    for i in &s.indicators {
+        println!(
+            "{:<16} {:>12.3} {:>10} {:>10}  {}",
+            i.name,
+            i.value,
+            threshold(i.warning),
+            threshold(i.critical),
+            i.level
+        );
+    }
+}
+
+fn print_limits(limits: &[pb::Limit]) {
+    if limits.is_empty() {
+        println!("no rate limits configured");
+        return;
+    }
+    println!(
+        "{:<24} {:<7} {:>14} {:>9} {:>14} {:>9} {:>6}",
+        "limit", "scope", "max_requests", "window_s", "baseline", "window_s", "used"
+    );
+    for l in limits {
+        println!(
+            "{:<24} {:<7} {:>14} {:>9} {:>14} {:>9} {:>5.0}%",
+            l.name,
+            l.scope,
+            l.max_requests,
+            l.window_seconds,
+            l.baseline_max_requests,
+            l.baseline_window_seconds,
+            l.utilization * 100.0
+        );
+    }
+}
+
+fn print_overrides(o: &[pb::Override]) {
+    for o in o {
+        let expires = if o.expires_at == 0 {
+            "until cleared".to_string()
+        } else {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!("{} s left", o.expires_at.saturating_sub(now))
+        };
+        println!(
+            "  {:<24} {:<36} {:<16} by {} ({})",
+            o.key, o.value, expires, o.author, o.reason
+        );
+    }
+}

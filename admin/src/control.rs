@@ -1,0 +1,127 @@
+//! What the admin plane asks of the sidecar: a small trait the `floodgate` binary implements
+//! over its runtime state, so the service and its tests need no proxy.
+
+use std::time::Duration;
+
+use crate::auth::Caller;
+use crate::pb;
+
+/// One change an operator asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// `limits set`.
+    SetLimit {
+        /// Limit name.
+        name: String,
+        /// New max_requests.
+        max_requests: u64,
+        /// New window, if changed.
+        window: Option<Duration>,
+    },
+    /// `limits scale`: baseline × multiplier, for one limit or all (`None`).
+    ScaleLimits {
+        /// Limit name, or all.
+        name: Option<String>,
+        /// Factor, > 0.
+        multiplier: f64,
+    },
+    /// `limits restore`: drop limit overrides, one or all.
+    RestoreLimits {
+        /// Limit name, or all.
+        name: Option<String>,
+    },
+    /// `degrade set`.
+    SetLevel {
+        /// full, degraded or minimal.
+        level: floodgate_config::Level,
+    },
+    /// `feature enable|disable`.
+    SetFeature {
+        /// Feature name.
+        name: String,
+        /// On or off.
+        enabled: bool,
+    },
+    /// `queue resize` / `queue workers`.
+    SetQueue {
+        /// New max_size.
+        max_size: Option<u32>,
+        /// New max_concurrency.
+        max_concurrency: Option<u32>,
+    },
+    /// `breakers reset`.
+    ResetBreaker {
+        /// `upstream` or `feature:<name>`.
+        name: String,
+    },
+    /// `overrides clear`.
+    ClearOverride {
+        /// Override key, or `all`.
+        key: String,
+    },
+}
+
+impl Op {
+    /// The operation's name in the audit log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::SetLimit { .. } => "limits.set",
+            Op::ScaleLimits { .. } => "limits.scale",
+            Op::RestoreLimits { .. } => "limits.restore",
+            Op::SetLevel { .. } => "degrade.set",
+            Op::SetFeature { .. } => "feature.set",
+            Op::SetQueue { .. } => "queue.set",
+            Op::ResetBreaker { .. } => "breakers.reset",
+            Op::ClearOverride { .. } => "overrides.clear",
+        }
+    }
+}
+
+/// A change, with who asked, why, and for how long.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The operation.
+    pub op: Op,
+    /// Who.
+    pub caller: Caller,
+    /// Why.
+    pub reason: String,
+    /// Reverts by itself after this long.
+    pub ttl: Option<Duration>,
+}
+
+/// Why a change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Names something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A value out of range or contradictory.
+    #[error("{0}")]
+    Invalid(String),
+    /// The sidecar could not apply it.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<ControlError> for tonic::Status {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound(m) => tonic::Status::not_found(m),
+            ControlError::Invalid(m) => tonic::Status::invalid_argument(m),
+            ControlError::Failed(m) => tonic::Status::failed_precondition(m),
+        }
+    }
+}
+
+/// The sidecar, as the admin plane sees it.
+pub trait Control: Send + Sync + 'static {
+    /// Everything `status` shows.
+    fn status(&self) -> pb::StatusReply;
+    /// Applies a change (may block briefly: the caller runs it off the async workers).
+    fn change(&self, req: Request) -> Result<pb::ChangeReply, ControlError>;
+    /// Overrides in force.
+    fn overrides(&self) -> Vec<pb::Override>;
+    /// The latest `limit` audit entries, oldest first.
+    fn audit(&self, limit: usize) -> Vec<String>;
+}

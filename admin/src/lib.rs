@@ -1,0 +1,22 @@
+//! Floodgate's admin plane. The gRPC service ([`service::AdminService`]) is written against
+//! the small [`control::Control`] trait, which the sidecar implements over its runtime state,
+//! so this crate knows nothing of pingora. Calls are authenticated by bearer tokens
+//! ([`auth`]); `floodgatectl` is the CLI over the same proto.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod control;
+pub mod service;
+
+/// The generated protobuf and gRPC types of `floodgate.admin.v1`.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+pub mod pb {
+    tonic::include_proto!("floodgate.admin.v1");
+}

@@ -1,0 +1,227 @@
+//! The gRPC service: authenticates each call, turns requests into [`Op`]s, and runs them on
+//! the [`Control`] off the async workers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use floodgate_config::Level;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{require_operator, Caller, Tokens};
+use crate::control::{self, Control, Op};
+use crate::pb;
+use crate::pb::admin_server::Admin;
+
+/// The admin service over a [`Control`].
+pub struct AdminService<C> {
+    control: Arc<C>,
+    tokens: Tokens,
+}
+
+impl<C: Control> AdminService<C> {
+    /// Serves `control` to holders of `tokens`.
+    pub fn new(control: Arc<C>, tokens: Tokens) -> Self {
+        Self { control, tokens }
+    }
+
+    /// The tonic server type for this service.
+    pub fn into_server(self) -> pb::admin_server::AdminServer<Self> {
+        pb::admin_server::AdminServer::new(self)
+    }
+
+    async fn apply(
+        &self,
+        caller: Caller,
+        op: Op,
+        change: Option<pb::Change>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        require_operator(&caller)?;
+        let change = change.unwrap_or_default();
+        let ttl = (change.ttl_seconds > 0).then(|| Duration::from_secs(change.ttl_seconds));
+        let req = control::Request {
+            op,
+            caller,
+            reason: change.reason,
+            ttl,
+        };
+        let c = self.control.clone();
+        let reply = tokio::task::spawn_blocking(move || c.change(req))
+            .await
+            .map_err(|e| Status::internal(format!("change did not complete: {e}")))??;
+        Ok(Response::new(reply))
+    }
+}
+
+fn parse_level(s: &str) -> Result<Level, Status> {
+    match s {
+        "full" => Ok(Level::Full),
+        "degraded" => Ok(Level::Degraded),
+        "minimal" => Ok(Level::Minimal),
+        other => Err(Status::invalid_argument(format!(
+            "unknown level `{other}`; use full, degraded or minimal"
+        ))),
+    }
+}
+
+/// A change that has a reason but no TTL (restores, resets, clears).
+fn untimed(reason: String) -> Option<pb::Change> {
+    Some(pb::Change {
+        reason,
+        ttl_seconds: 0,
+    })
+}
+
+fn name_or_all(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl<C: Control> Admin for AdminService<C> {
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        self.tokens.authenticate(&req)?;
+        Ok(Response::new(self.control.status()))
+    }
+
+    async fn set_limit(
+        &self,
+        req: Request<pb::SetLimitRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let caller = self.tokens.authenticate(&req)?;
+        let r = req.into_inner();
+        if r.max_requests == 0 {
+            return Err(Status::invalid_argument(
+                "max_requests must be at least 1 (to stop a route, use degradation)",
+            ));
+        }
+        let op = Op::SetLimit {
+            name: r.name,
+            max_requests: r.max_requests,
+            window: (r.window_seconds > 0).then(|| Duration::from_secs(r.window_seconds)),
+        };
+        self.apply(caller, op, r.change).await
+    }
+
+    async fn scale_limits(
+        &self,
+        req: Request<pb::ScaleLimitsRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let caller = self.tokens.authenticate(&req)?;
+        let r = req.into_inner();
+        if !(r.multiplier.is_finite() && r.multiplier > 0.0 && r.multiplier <= 1000.0) {
+            return Err(Status::invalid_argument(format!(
+                "multiplier must be above 0 and at most 1000, got {}",
+                r.multiplier
+            )));
+        }
+        let op = Op::ScaleLimits {
+            name: name_or_all(r.name),
+            multiplier: r.multiplier,
+        };
+        self.apply(caller, op, r.change).await
+    }
+
+    async fn restore_limits(
+        &self,
+        req: Request<pb::RestoreLimitsRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let caller = self.tokens.authenticate(&req)?;
+        let r = req.into_inner();
+        let change = untimed(r.reason);
+        let op = Op::RestoreLimits {
+            name: name_or_all(r.name),
+        };
+        self.apply(caller, op, change).await
+    }
+
+    async fn set_level(
+        &self,
+        req: Request<pb::SetLevelRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let caller = self.tokens.authenticate(&req)?;
+        let r = req.into_inner();
+        let op = Op::SetLevel {
+            level: parse_level(&r.level)?,
+        };
+        self.apply(caller, op, r.change).await
+    }
+
+    async fn set_feature(
+        &self,
+        req: Request<pb::SetFeatureRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let caller = self.tokens.authenticate(&req)?;
+        let r = req.into_inner();
+        let op = Op::SetFeature {
+            name: r.name,
+            enabled: r.enabled,
+        };
+        self.apply(caller, op, r.change).await
+    }
+
+    async fn set_queue(
+        &self,
+        req: Request<pb::SetQueueRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let caller = self.tokens.authenticate(&req)?;
+        let r = req.into_inner();
+        if r.max_size == 0 && r.max_concurrency == 0 {
+            return Err(Status::invalid_argument(
+                "give max_size (queue resize N) or max_concurrency (queue workers N)",
+            ));
+        }
+        let op = Op::SetQueue {
+            max_size: (r.max_size > 0).then_some(r.max_size),
+            max_concurrency: (r.max_concurrency > 0).then_some(r.max_concurrency),
+        };
+        self.apply(caller, op, r.change).await
+    }
+
+    async fn reset_breaker(
+        &self,
+        req: Request<pb::ResetBreakerRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let caller = self.tokens.authenticate(&req)?;
+        let r = req.into_inner();
+        let change = untimed(r.reason);
+        self.apply(caller, Op::ResetBreaker { name: r.name }, change)
+            .await
+    }
+
+    async fn list_overrides(
+        &self,
+        req: Request<pb::ListOverridesRequest>,
+    ) -> Result<Response<pb::OverridesReply>, Status> {
+        self.tokens.authenticate(&req)?;
+        Ok(Response::new(pb::OverridesReply {
+            overrides: self.control.overrides(),
+        }))
+    }
+
+    async fn clear_override(
+        &self,
+        req: Request<pb::ClearOverrideRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let caller = self.tokens.authenticate(&req)?;
+        let r = req.into_inner();
+        let change = untimed(r.reason);
+        self.apply(caller, Op::ClearOverride { key: r.key }, change)
+            .await
+    }
+
+    async fn audit(
+        &self,
+        req: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditReply>, Status> {
+        self.tokens.authenticate(&req)?;
+        let limit = match req.get_ref().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        Ok(Response::new(pb::AuditReply {
+            entries: self.control.audit(limit),
+        }))
+    }
+}
