@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 need cmake cmake
 need redis-server redis-server
 need redis-cli redis-tools
+# The end-to-end tests run every binary of the workspace (floodgate, floodgatectl, the demo
+# upstream); cargo only builds a package's own binaries for its tests, so build them all.
+cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -108,6 +108,13 @@ impl RouteDegradation {
     }
 }
 
+impl RouteDegradation {
+    /// Every feature breaker, by feature.
+    pub fn feature_breakers(&self) -> impl Iterator<Item = (&str, &Arc<Breaker>)> {
+        self.breakers.iter().map(|(f, b)| (f.as_str(), b))
+    }
+}
+
 /// The degradation state in force for new requests.
 pub struct Effective {
     /// Level.

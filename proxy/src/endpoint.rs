@@ -84,15 +84,8 @@ impl BackgroundService for EndpointService {
         let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
-        let listener = match std_listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
-        {
-            Ok(l) => l,
-            Err(e) => {
-                error!("metrics listener unusable: {e}");
-                return;
-            }
+        let Some(listener) = into_tokio(std_listener, "metrics") else {
+            return;
         };
         // Keeps answering through a drain, so /readyz can say "draining" until the exit.
         let _ = &mut shutdown;
@@ -117,6 +110,20 @@ impl BackgroundService for EndpointService {
                     debug!("metrics connection: {e}");
                 }
             });
+        }
+    }
+}
+
+/// A listener bound at start-up, handed to tokio; `None` (logged) if it cannot be.
+pub fn into_tokio(l: std::net::TcpListener, what: &str) -> Option<tokio::net::TcpListener> {
+    match l
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(l))
+    {
+        Ok(l) => Some(l),
+        Err(e) => {
+            error!("{what} listener unusable: {e}");
+            None
         }
     }
 }

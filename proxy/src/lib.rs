@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admin;
+pub mod control;
 pub mod degrade;
 pub mod demo;
 pub mod endpoint;

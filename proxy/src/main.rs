@@ -133,6 +133,14 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
             "no `redis` configured: scope: global limits are enforced per sidecar, each at its full max_requests"
         );
     }
+    let admin = match &snapshot.config.admin {
+        Some(a) => Some((
+            floodgate_admin::auth::Tokens::load(&a.tokens).map_err(|e| e.to_string())?,
+            std::net::TcpListener::bind(a.listen)
+                .map_err(|e| format!("cannot listen on `admin.listen` {}: {e}", a.listen))?,
+        )),
+        None => None,
+    };
     let rt = Runtime::new(snapshot, path, metrics, clock);
 
     // Bind what we can up front so a taken port is a clear start-up error, not a log line.
@@ -180,6 +188,12 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
         server.add_service(background_service(
             "metrics",
             EndpointService::new(rt.clone(), l),
+        ));
+    }
+    if let Some((tokens, l)) = admin {
+        server.add_service(background_service(
+            "admin plane",
+            floodgate::admin::AdminPlane::new(rt.clone(), tokens, l),
         ));
     }
     if let Some(g) = &rt.global {

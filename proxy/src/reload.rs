@@ -13,7 +13,7 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::state::{Base, Runtime};
+use crate::state::Runtime;
 
 /// Events closer together than this are one change (editors write in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -34,14 +34,11 @@ pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
     let result = floodgate_config::load(&rt.config_path)
         .map_err(ReloadError::from)
         .and_then(|cfg| {
-            let old = rt.current.load();
-            Ok(Base::build(
-                cfg,
-                rt.next_version(),
-                &rt.metrics,
-                Some(&old.base),
-                &rt.clock,
-            )?)
+            // Admin overrides stay layered on the new file.
+            let base = crate::control::build_base(rt, &cfg)?;
+            // The new file is the baseline only once a snapshot could be built from it.
+            *rt.file_config.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
+            Ok(base)
         });
     match result {
         Ok(snap) => {
@@ -61,10 +58,7 @@ pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
                     rt.config_path.display()
                 );
             }
-            let base = Arc::new(snap);
-            crate::degrade::install(rt, base.clone());
-            rt.apply_policies(&base, Some(&old.base));
-            rt.metrics.config_version.set(version as i64);
+            crate::control::install(rt, snap);
             rt.metrics.reloads.with_label_values(&["success"]).inc();
             info!(version, path = %rt.config_path.display(), "config reloaded");
             Ok(version)

@@ -216,6 +216,10 @@ pub struct Runtime {
     pub breaker: Arc<Breaker>,
     /// Degradation's runtime part: manual level, operator flags, the automatic controller.
     pub degrade: std::sync::Mutex<DegradeState>,
+    /// The config file as last loaded: the baseline overrides are layered on.
+    pub file_config: std::sync::Mutex<Config>,
+    /// Admin overrides and the audit trail.
+    pub admin: std::sync::Mutex<crate::control::AdminState>,
     /// Version counter for the next snapshot.
     next_version: AtomicU64,
     /// Listeners are up (set once the server runs).
@@ -245,6 +249,14 @@ impl Runtime {
             clock.clone(),
         );
         let degrade = DegradeState::new(&first.config);
+        let file_config = std::sync::Mutex::new(first.config.clone());
+        let admin = std::sync::Mutex::new(crate::control::AdminState::new(
+            first
+                .config
+                .admin
+                .as_ref()
+                .and_then(|a| a.audit_log.clone()),
+        ));
         let effective = Effective::compute(&first, &degrade);
         let rt = Arc::new(Self {
             next_version: AtomicU64::new(first.version + 1),
@@ -253,6 +265,8 @@ impl Runtime {
                 degrade: Arc::new(effective),
             }),
             degrade: std::sync::Mutex::new(degrade),
+            file_config,
+            admin,
             config_path,
             metrics,
             status_labels: StatusLabels::new(),

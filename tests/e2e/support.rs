@@ -246,3 +246,15 @@ pub fn h2c_client() -> Client {
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
+
+/// The `floodgatectl` binary, built next to `floodgate` (`scripts/test.sh` builds every
+/// binary of the workspace before the tests).
+pub fn floodgatectl() -> PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_floodgate")).with_file_name("floodgatectl");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}

@@ -1,0 +1,228 @@
+//! The admin plane end to end: the real `floodgatectl` against a real sidecar, changes
+//! verified by traffic, TTLs that revert by themselves, tokens and roles, the audit log.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{
+    config_yaml, eventually, floodgatectl, free_port, http_get, Sidecar, Upstream,
+};
+
+struct Admin {
+    fg: Sidecar,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Admin {
+    async fn start(up: &Upstream, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("op.token"), "op-token-1\n").unwrap();
+        std::fs::write(dir.path().join("view.token"), "view-token-1\n").unwrap();
+        let admin_port = free_port();
+        let d = dir.path().display().to_string();
+        let admin = format!(
+            "admin:\n  listen: 127.0.0.1:{admin_port}\n  tokens:\n    - {{ file: {d}/op.token, role: operator }}\n    - {{ file: {d}/view.token, role: viewer }}\n  audit_log: {d}/audit.jsonl\n{extra}"
+        );
+        let upstream = up.port;
+        let fg = Sidecar::start_custom(|p, m| config_yaml(p, m, upstream, &admin)).await;
+        Self {
+            fg,
+            addr: format!("127.0.0.1:{admin_port}"),
+            dir,
+        }
+    }
+
+    fn token(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs floodgatectl with `token` (a file in the test's directory, or none).
+    fn ctl(&self, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+        let mut c = Command::new(floodgatectl());
+        c.arg("--addr").arg(&self.addr).args(args);
+        c.env_remove("FLOODGATE_TOKEN")
+            .env_remove("FLOODGATE_TOKEN_FILE");
+        if let Some(t) = token {
+            c.arg("--token-file").arg(self.token(t));
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn op(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.ctl(Some("op.token"), args);
+        assert_eq!(code, 0, "floodgatectl {args:?}: {err}");
+        out
+    }
+}
+
+const LIMITED: &str = "routes:
+  - { name: reco, match: { path_prefix: /reco }, feature: recommendations }
+limits:
+  - { name: per_client, key: [client_ip], max_requests: 3, window_seconds: 3600 }
+queue: { max_concurrency: 8, max_size: 100, timeout_ms: 2000 }
+degradation:
+  levels: { degraded: [recommendations] }
+";
+
+/// Sends `n` requests and returns how many were admitted.
+async fn admitted(port: u16, n: usize) -> usize {
+    let mut ok = 0;
+    for _ in 0..n {
+        ok += usize::from(http_get(port, "/").await.unwrap().0 == 200);
+    }
+    ok
+}
+
+#[tokio::test]
+async fn scaling_limits_works_on_traffic_and_reverts_when_its_ttl_runs_out() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    assert_eq!(admitted(a.fg.port, 5).await, 3);
+    let out = a.op(&[
+        "limits",
+        "scale",
+        "--all",
+        "--multiplier",
+        "2",
+        "--ttl",
+        "3s",
+        "--reason",
+        "spike",
+    ]);
+    assert!(out.contains("per_client 3 -> 6"), "{out}");
+    // A changed limit starts a fresh window: 6 now pass, the 7th does not.
+    assert_eq!(admitted(a.fg.port, 8).await, 6);
+    let json = a.op(&["--output", "json", "limits", "show"]);
+    let limits: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(limits[0]["max_requests"], 6);
+    assert_eq!(limits[0]["baseline_max_requests"], 3);
+    // The TTL reverts it by itself.
+    eventually(Duration::from_secs(10), "ttl revert", || async {
+        let v: serde_json::Value =
+            serde_json::from_str(&a.op(&["--output", "json", "limits", "show"])).unwrap();
+        v[0]["max_requests"] == 3
+    })
+    .await;
+    assert_eq!(admitted(a.fg.port, 5).await, 3);
+    let audit = std::fs::read_to_string(a.dir.path().join("audit.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{audit}");
+    assert_eq!(lines[0]["operation"], "limits.scale");
+    assert_eq!(lines[0]["caller"], "operator:op.token");
+    assert_eq!(lines[0]["before"], "baseline");
+    assert_eq!(lines[0]["after"], "max_requests 6");
+    assert_eq!(lines[0]["ttl_seconds"], 3);
+    assert_eq!(lines[0]["reason"], "spike");
+    assert_eq!(lines[1]["operation"], "expired");
+    assert!(
+        !audit.contains("op-token-1"),
+        "tokens never reach the audit log"
+    );
+}
+
+#[tokio::test]
+async fn degrade_and_feature_commands_switch_traffic_and_restore_clears_them() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    a.op(&["degrade", "set", "degraded", "--reason", "INC-1"]);
+    let (status, h, _) = http_get(a.fg.port, "/reco/x").await.unwrap();
+    assert_eq!(
+        (status, h["floodgate-reason"].to_str().unwrap()),
+        (503, "degraded")
+    );
+    // A flag override beats the level.
+    a.op(&["feature", "enable", "recommendations"]);
+    assert_eq!(http_get(a.fg.port, "/reco/x").await.unwrap().0, 200);
+    let list = a.op(&["overrides"]);
+    assert!(
+        list.contains("level") && list.contains("feature:recommendations"),
+        "{list}"
+    );
+    a.op(&["overrides", "clear", "all", "--reason", "over"]);
+    assert!(a.op(&["overrides"]).contains("no overrides"));
+    let s: serde_json::Value =
+        serde_json::from_str(&a.op(&["--output", "json", "status"])).unwrap();
+    assert_eq!(s["degradation"]["level"], "full");
+    assert_eq!(s["degradation"]["manual_level"], "");
+    let audit = a.op(&["audit"]);
+    assert_eq!(audit.lines().count(), 4, "{audit}");
+}
+
+#[tokio::test]
+async fn queue_commands_resize_the_live_queue() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    a.op(&["queue", "workers", "20", "--reason", "scale workers"]);
+    a.op(&["queue", "resize", "5000"]);
+    let out = a.op(&["queue", "metrics"]);
+    assert_eq!(
+        out.trim(),
+        "Queue size: 0/5000  in flight: 0/20  drain: 0.0/s"
+    );
+    a.fg.wait_metric("floodgate_concurrency_limit", 20.0).await;
+    assert_eq!(a.fg.metric("floodgate_queue_capacity").await, Some(5000.0));
+}
+
+#[tokio::test]
+async fn tokens_and_roles_are_enforced_with_clear_exit_codes() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    let (code, _, err) = a.ctl(None, &["status"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("not authenticated"), "{err}");
+    std::fs::write(a.token("wrong.token"), "nope").unwrap();
+    let (code, _, err) = a.ctl(Some("wrong.token"), &["status"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, out, _) = a.ctl(Some("view.token"), &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("per_client"), "{out}");
+    let (code, _, err) = a.ctl(Some("view.token"), &["degrade", "set", "minimal"]);
+    assert_eq!(code, 4);
+    assert!(err.contains("viewer token"), "{err}");
+    assert_eq!(http_get(a.fg.port, "/reco/x").await.unwrap().0, 200);
+    let (code, _, err) = a.ctl(
+        Some("op.token"),
+        &["limits", "set", "nope", "--max-requests", "5"],
+    );
+    assert_eq!(code, 5);
+    assert!(
+        err.contains("per_client"),
+        "names the limits there are: {err}"
+    );
+    let (code, _, _) = a.ctl(Some("op.token"), &["degrade", "set", "sideways"]);
+    assert_eq!(code, 2, "clap refuses an unknown level");
+    let unreachable = Command::new(floodgatectl())
+        .args(["--addr", &format!("127.0.0.1:{}", free_port()), "status"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(3));
+}
+
+#[tokio::test]
+async fn config_validate_needs_no_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "listen: 127.0.0.1:8080\nupstream: { address: nowhere }\n",
+    )
+    .unwrap();
+    let out = Command::new(floodgatectl())
+        .args(["config", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstream.address"), "{err}");
+}
