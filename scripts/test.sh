@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 need cmake cmake
 need redis-server redis-server
 need redis-cli redis-tools
+# The admin plane's stock-client test uses Python grpcio through server reflection.
+if ! python3 -c "import grpc, grpc_reflection, grpc_health" >/dev/null 2>&1; then
+  echo ">> installing grpcio, grpcio-reflection, grpcio-health-checking (pip) for the stock gRPC client test" >&2
+  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-reflection grpcio-health-checking
+fi
 # The end-to-end tests run every binary of the workspace (floodgate, floodgatectl, the demo
 # upstream); cargo only builds a package's own binaries for its tests, so build them all.
 cargo build --workspace --bins

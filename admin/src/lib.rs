@@ -9,6 +9,10 @@ pub mod auth;
 pub mod control;
 pub mod service;
 
+/// The admin proto's encoded `FileDescriptorSet`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/admin_descriptor.bin"));
+
 /// The generated protobuf and gRPC types of `floodgate.admin.v1`.
 #[allow(
     missing_docs,

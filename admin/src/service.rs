@@ -29,6 +29,30 @@ impl<C: Control> AdminService<C> {
         pb::admin_server::AdminServer::new(self)
     }
 
+    /// A router serving this service with gRPC health (`floodgate.admin.v1.Admin` SERVING)
+    /// and server reflection (v1 and v1alpha), so stock tools work without the proto. Health
+    /// and reflection need no token: they expose no state, only that the service exists and
+    /// its schema.
+    pub async fn router(
+        self,
+    ) -> Result<tonic::transport::server::Router, tonic_reflection::server::Error> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<pb::admin_server::AdminServer<AdminService<C>>>()
+            .await;
+        let v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        Ok(tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(v1)
+            .add_service(v1alpha)
+            .add_service(self.into_server()))
+    }
+
     async fn apply(
         &self,
         caller: Caller,

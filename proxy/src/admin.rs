@@ -44,15 +44,22 @@ impl BackgroundService for AdminPlane {
             warn!("admin.tokens is empty: the admin plane refuses every call");
         }
         let addr = listener.local_addr().ok();
-        let service = AdminService::new(
+        let router = match AdminService::new(
             Arc::new(RuntimeControl(self.rt.clone())),
             self.tokens.clone(),
         )
-        .into_server();
+        .router()
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                error!("admin plane cannot start (reflection descriptors): {e}");
+                return;
+            }
+        };
         info!(?addr, "admin plane listening");
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let result = tonic::transport::Server::builder()
-            .add_service(service)
+        let result = router
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = shutdown.changed().await;
             })

@@ -209,6 +209,42 @@ async fn tokens_and_roles_are_enforced_with_clear_exit_codes() {
 }
 
 #[tokio::test]
+async fn a_stock_grpc_client_calls_status_and_degrade_set_through_reflection() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/stock_grpc_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&a.addr)
+        .arg("op-token-1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Python grpcio client failed (scripts/test.sh installs grpcio, grpcio-reflection and grpcio-health-checking):\n{stderr}"
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["before"], "full");
+    assert_eq!(seen["after"], "degraded");
+    assert_eq!(seen["health"], "SERVING");
+    assert!(
+        seen["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "floodgate.admin.v1.Admin"),
+        "{seen}"
+    );
+    let (status, h, _) = http_get(a.fg.port, "/reco/x").await.unwrap();
+    assert_eq!(
+        (status, h["floodgate-reason"].to_str().unwrap()),
+        (503, "degraded")
+    );
+}
+
+#[tokio::test]
 async fn config_validate_needs_no_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
