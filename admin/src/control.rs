@@ -88,6 +88,8 @@ pub struct Request {
     pub reason: String,
     /// Reverts by itself after this long.
     pub ttl: Option<Duration>,
+    /// For every sidecar of the fleet (through Redis), not only this one.
+    pub fleet: bool,
 }
 
 /// Why a change was refused.
@@ -124,4 +126,6 @@ pub trait Control: Send + Sync + 'static {
     fn overrides(&self) -> Vec<pb::Override>;
     /// The latest `limit` audit entries, oldest first.
     fn audit(&self, limit: usize) -> Vec<String>;
+    /// Every live sidecar of the fleet (may block briefly on Redis).
+    fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError>;
 }

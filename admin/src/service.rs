@@ -67,6 +67,7 @@ impl<C: Control> AdminService<C> {
             caller,
             reason: change.reason,
             ttl,
+            fleet: change.fleet,
         };
         let c = self.control.clone();
         let reply = tokio::task::spawn_blocking(move || c.change(req))
@@ -88,10 +89,11 @@ fn parse_level(s: &str) -> Result<Level, Status> {
 }
 
 /// A change that has a reason but no TTL (restores, resets, clears).
-fn untimed(reason: String) -> Option<pb::Change> {
+fn untimed(reason: String, fleet: bool) -> Option<pb::Change> {
     Some(pb::Change {
         reason,
         ttl_seconds: 0,
+        fleet,
     })
 }
 
@@ -153,7 +155,7 @@ impl<C: Control> Admin for AdminService<C> {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let caller = self.tokens.authenticate(&req)?;
         let r = req.into_inner();
-        let change = untimed(r.reason);
+        let change = untimed(r.reason, r.fleet);
         let op = Op::RestoreLimits {
             name: name_or_all(r.name),
         };
@@ -209,7 +211,7 @@ impl<C: Control> Admin for AdminService<C> {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let caller = self.tokens.authenticate(&req)?;
         let r = req.into_inner();
-        let change = untimed(r.reason);
+        let change = untimed(r.reason, false);
         self.apply(caller, Op::ResetBreaker { name: r.name }, change)
             .await
     }
@@ -230,9 +232,21 @@ impl<C: Control> Admin for AdminService<C> {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let caller = self.tokens.authenticate(&req)?;
         let r = req.into_inner();
-        let change = untimed(r.reason);
+        let change = untimed(r.reason, r.fleet);
         self.apply(caller, Op::ClearOverride { key: r.key }, change)
             .await
+    }
+
+    async fn fleet_status(
+        &self,
+        req: Request<pb::FleetStatusRequest>,
+    ) -> Result<Response<pb::FleetStatusReply>, Status> {
+        self.tokens.authenticate(&req)?;
+        let c = self.control.clone();
+        let reply = tokio::task::spawn_blocking(move || c.fleet_status())
+            .await
+            .map_err(|e| Status::internal(format!("fleet status did not complete: {e}")))??;
+        Ok(Response::new(reply))
     }
 
     async fn audit(

@@ -53,7 +53,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn key(&self) -> String {
+    /// The key an override of this kind is stored and listed under.
+    pub fn key(&self) -> String {
         match self {
             Kind::Limit { name, .. } => format!("limit:{name}"),
             Kind::Level(_) => "level".into(),
@@ -109,18 +110,49 @@ pub struct Override {
 /// Overrides and the audit trail.
 #[derive(Debug, Default)]
 pub struct AdminState {
+    /// This sidecar's own overrides (they win over the fleet's on the same key).
     overrides: BTreeMap<String, Override>,
+    /// The fleet's overrides, as last read from Redis.
+    fleet: BTreeMap<String, Override>,
+    fleet_version: u64,
+    fleet_state: String,
     audit: VecDeque<String>,
     audit_file: Option<String>,
 }
 
 impl AdminState {
-    /// State writing its audit lines to `audit_file`, if any.
-    pub fn new(audit_file: Option<String>) -> Self {
+    /// State writing its audit lines to `audit_file`, if any; `fleet` says whether Redis is
+    /// configured for fleet sync.
+    pub fn new(audit_file: Option<String>, fleet: bool) -> Self {
         Self {
             audit_file,
+            fleet_state: if fleet { "starting" } else { "off" }.into(),
             ..Self::default()
         }
+    }
+
+    /// The fleet override version applied here.
+    pub fn fleet_version(&self) -> u64 {
+        self.fleet_version
+    }
+
+    /// `off`, `starting`, `ok`, or why the fleet cannot be reached.
+    pub fn fleet_state(&self) -> &str {
+        &self.fleet_state
+    }
+
+    /// Records the fleet sync's state.
+    pub fn set_fleet_state(&mut self, s: String) {
+        self.fleet_state = s;
+    }
+
+    /// Fleet overrides first, then this sidecar's (which win on the same key).
+    fn in_force(&self) -> impl Iterator<Item = &Override> {
+        self.fleet
+            .iter()
+            .filter(|(k, _)| !self.overrides.contains_key(*k))
+            .map(|(_, o)| o)
+            .chain(self.overrides.values())
     }
 
     fn record(&mut self, entry: serde_json::Value) {
@@ -143,6 +175,42 @@ impl AdminState {
     }
 }
 
+/// The fields every audit entry of one change shares.
+struct AuditCtx<'a> {
+    now: SystemTime,
+    caller: &'a str,
+    operation: &'a str,
+    reason: &'a str,
+    scope: &'a str,
+    ttl: Option<Duration>,
+    fleet_version: Option<u64>,
+}
+
+impl AuditCtx<'_> {
+    /// One JSON line: `target` went from `before` to `after`.
+    fn entry(&self, target: &str, before: &str, after: &str) -> serde_json::Value {
+        let mut v = json!({
+            "time": humantime::format_rfc3339_seconds(self.now).to_string(),
+            "caller": self.caller,
+            "operation": self.operation,
+            "target": target,
+            "before": before,
+            "after": after,
+            "reason": self.reason,
+            "scope": self.scope,
+        });
+        if let Some(m) = v.as_object_mut() {
+            if let Some(t) = self.ttl {
+                m.insert("ttl_seconds".into(), t.as_secs().into());
+            }
+            if let Some(n) = self.fleet_version {
+                m.insert("fleet_version".into(), n.into());
+            }
+        }
+        v
+    }
+}
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -151,7 +219,7 @@ fn unix(t: SystemTime) -> u64 {
 /// The file's config with the limit and queue overrides applied.
 pub fn effective_config(file: &Config, admin: &AdminState) -> Config {
     let mut cfg = file.clone();
-    for o in admin.overrides.values() {
+    for o in admin.in_force() {
         match &o.kind {
             Kind::Limit {
                 name,
@@ -241,7 +309,7 @@ fn apply_degradation(rt: &Runtime, why: &str) {
         let from = state.level();
         state.manual = None;
         state.flags.clear();
-        for o in admin.overrides.values() {
+        for o in admin.in_force() {
             match &o.kind {
                 Kind::Level(l) => state.manual = Some(*l),
                 Kind::Feature { name, enabled } => {
@@ -266,21 +334,29 @@ pub fn expire(rt: &Runtime) {
             .filter(|(_, o)| o.expires.is_some_and(|e| e <= now))
             .map(|(k, _)| k.clone())
             .collect();
-        let gone: Vec<Override> = keys
+        let mut gone: Vec<Override> = keys
             .iter()
             .filter_map(|k| admin.overrides.remove(k))
             .collect();
+        // Fleet overrides run out here too, whether or not Redis can be reached.
+        let fleet_keys: Vec<String> = admin
+            .fleet
+            .iter()
+            .filter(|(_, o)| o.expires.is_some_and(|e| e <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.extend(fleet_keys.iter().filter_map(|k| admin.fleet.remove(k)));
         for o in &gone {
-            admin.record(json!({
-                "time": humantime::format_rfc3339_seconds(now).to_string(),
-                "caller": "floodgate:ttl",
-                "operation": "expired",
-                "target": o.kind.key(),
-                "before": o.kind.describe(),
-                "after": "baseline",
-                "reason": o.reason,
-                "scope": "local",
-            }));
+            let ctx = AuditCtx {
+                now,
+                caller: "floodgate:ttl",
+                operation: "expired",
+                reason: &o.reason,
+                scope: "local",
+                ttl: None,
+                fleet_version: None,
+            };
+            admin.record(ctx.entry(&o.kind.key(), &o.kind.describe(), "baseline"));
         }
         gone
     };
@@ -308,14 +384,57 @@ fn revert(rt: &Runtime, gone: &[Override], why: &str) {
     }
 }
 
-fn pb_override(o: &Override) -> pb::Override {
+/// Applies the fleet's overrides read from Redis at `version`, if anything changed.
+pub fn apply_fleet(rt: &Runtime, version: u64, set: BTreeMap<String, Override>) {
+    let changed: Vec<Override> = {
+        let mut admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let same = |a: &Override, b: &Override| a.kind == b.kind && a.expires == b.expires;
+        let differs = set.len() != admin.fleet.len()
+            || set
+                .iter()
+                .any(|(k, o)| admin.fleet.get(k).is_none_or(|p| !same(p, o)));
+        admin.fleet_version = admin.fleet_version.max(version);
+        if !differs {
+            return;
+        }
+        let old = std::mem::replace(&mut admin.fleet, set);
+        let mut changed: Vec<Override> = old.into_values().collect();
+        changed.extend(admin.fleet.values().cloned());
+        changed
+    };
+    info!(version, "fleet overrides applied");
+    revert(rt, &changed, "fleet overrides changed");
+}
+
+fn pb_override(o: &Override, scope: &str) -> pb::Override {
     pb::Override {
+        scope: scope.into(),
         key: o.kind.key(),
         value: o.kind.describe(),
         reason: o.reason.clone(),
         author: o.author.clone(),
         expires_at: o.expires.map_or(0, unix),
         created_at: unix(o.created),
+    }
+}
+
+/// Every override in force, local and fleet, for listing.
+fn listed(admin: &AdminState) -> Vec<pb::Override> {
+    admin
+        .fleet
+        .values()
+        .map(|o| pb_override(o, "fleet"))
+        .chain(admin.overrides.values().map(|o| pb_override(o, "local")))
+        .collect()
+}
+
+impl RuntimeControl {
+    fn fleet_backend(&self) -> Result<Arc<crate::global::GlobalLimits>, ControlError> {
+        self.0.global.clone().ok_or_else(|| {
+            ControlError::Failed(
+                "fleet changes go through Redis, and this sidecar has no `redis` section".into(),
+            )
+        })
     }
 }
 
@@ -355,6 +474,14 @@ impl Control for RuntimeControl {
             .collect();
         let report = st.report();
         let q = &st.queue;
+        let (overrides, fleet, fleet_version) = {
+            let admin = self.admin();
+            (
+                (admin.overrides.len() + admin.fleet.len()) as u32,
+                admin.fleet_state().to_string(),
+                admin.fleet_version(),
+            )
+        };
         let mut breakers = Vec::new();
         if let Some((state, _)) = st.breaker {
             breakers.push(pb::Breaker {
@@ -404,7 +531,9 @@ impl Control for RuntimeControl {
                     critical: r.thresholds.critical.unwrap_or(f64::NAN),
                 })
                 .collect(),
-            overrides: self.admin().overrides.len() as u32,
+            overrides,
+            fleet,
+            fleet_version,
         }
     }
 
@@ -436,6 +565,27 @@ impl Control for RuntimeControl {
                     }
                 ))
             })
+        };
+        let fleet = if req.fleet {
+            Some(self.fleet_backend()?)
+        } else {
+            None
+        };
+        let scope = if fleet.is_some() { "fleet" } else { "local" };
+        // Override keys in force in the change's scope that start with `prefix`.
+        let existing = |prefix: &str| -> Result<Vec<String>, ControlError> {
+            match &fleet {
+                Some(g) => tokio::runtime::Handle::current()
+                    .block_on(crate::fleet::keys(g, prefix))
+                    .map_err(|e| ControlError::Failed(format!("redis: {e}"))),
+                None => Ok(self
+                    .admin()
+                    .overrides
+                    .keys()
+                    .filter(|k| k.starts_with(prefix))
+                    .cloned()
+                    .collect()),
+            }
         };
         // What to set and what to remove; applied below under one lock.
         let mut set: Vec<Override> = Vec::new();
@@ -490,13 +640,7 @@ impl Control for RuntimeControl {
                     remove.push(format!("limit:{n}"));
                     summary = format!("limit `{n}` back to its config baseline");
                 } else {
-                    remove.extend(
-                        self.admin()
-                            .overrides
-                            .keys()
-                            .filter(|k| k.starts_with("limit:"))
-                            .cloned(),
-                    );
+                    remove.extend(existing("limit:")?);
                     summary = "every limit back to its config baseline".into();
                 }
             }
@@ -532,10 +676,19 @@ impl Control for RuntimeControl {
                 }
                 // Merge with a queue override already in force.
                 let (mut s, mut c) = (*max_size, *max_concurrency);
+                let current = {
+                    let admin = self.admin();
+                    let map = if fleet.is_some() {
+                        &admin.fleet
+                    } else {
+                        &admin.overrides
+                    };
+                    map.get("queue").map(|o| o.kind.clone())
+                };
                 if let Some(Kind::Queue {
                     max_size: s0,
                     max_concurrency: c0,
-                }) = self.admin().overrides.get("queue").map(|o| o.kind.clone())
+                }) = current
                 {
                     s = s.or(s0);
                     c = c.or(c0);
@@ -548,6 +701,11 @@ impl Control for RuntimeControl {
                 set.push(made(kind));
             }
             Op::ResetBreaker { name } => {
+                if fleet.is_some() {
+                    return Err(ControlError::Invalid(
+                        "breakers reset applies to one sidecar; run it without --fleet".into(),
+                    ));
+                }
                 let snap = rt.current.load();
                 if name == "upstream" {
                     rt.breaker.reset();
@@ -565,15 +723,14 @@ impl Control for RuntimeControl {
                 summary = format!("breaker `{name}` reset: closed, counts cleared");
             }
             Op::ClearOverride { key } => {
-                let admin = self.admin();
+                let keys = existing("")?;
                 if key == "all" {
-                    remove.extend(admin.overrides.keys().cloned());
-                } else if admin.overrides.contains_key(key) {
+                    remove.extend(keys);
+                } else if keys.contains(key) {
                     remove.push(key.clone());
                 } else {
-                    let keys: Vec<&str> = admin.overrides.keys().map(String::as_str).collect();
                     return Err(ControlError::NotFound(format!(
-                        "no override `{key}`; in force: {}",
+                        "no {scope} override `{key}`; in force: {}",
                         if keys.is_empty() {
                             "none".to_string()
                         } else {
@@ -581,9 +738,62 @@ impl Control for RuntimeControl {
                         }
                     )));
                 }
-                summary = format!("override `{key}` cleared");
+                summary = format!("{scope} override `{key}` cleared");
             }
         }
+        if let Some(g) = &fleet {
+            let handle = tokio::runtime::Handle::current();
+            let version = handle
+                .block_on(crate::fleet::publish(g, &set, &remove))
+                .map_err(|e| ControlError::Failed(format!("cannot write to redis: {e}")))?;
+            let fleet_ctx = AuditCtx {
+                now,
+                caller: &req.caller.name,
+                operation: req.op.name(),
+                reason: &reason,
+                scope: "fleet",
+                ttl: req.ttl,
+                fleet_version: Some(version),
+            };
+            {
+                let mut admin = self.admin();
+                for o in &set {
+                    let before = admin
+                        .fleet
+                        .get(&o.kind.key())
+                        .map_or("baseline".to_string(), |p| p.kind.describe());
+                    admin.record(fleet_ctx.entry(&o.kind.key(), &before, &o.kind.describe()));
+                }
+                for k in &remove {
+                    let before = admin
+                        .fleet
+                        .get(k)
+                        .map_or("baseline".to_string(), |p| p.kind.describe());
+                    admin.record(fleet_ctx.entry(k, &before, "baseline"));
+                }
+            }
+            // Apply here at once; the others follow on the announcement.
+            handle
+                .block_on(crate::fleet::sync(rt, g))
+                .map_err(|e| ControlError::Failed(format!("cannot read back from redis: {e}")))?;
+            summary.push_str(&format!(" on the fleet (version {version})"));
+            if let Some(t) = req.ttl {
+                summary.push_str(&format!(" for {}", humantime::format_duration(t)));
+            }
+            return Ok(pb::ChangeReply {
+                summary,
+                overrides: listed(&self.admin()),
+            });
+        }
+        let ctx = AuditCtx {
+            now,
+            caller: &req.caller.name,
+            operation: req.op.name(),
+            reason: &reason,
+            scope: "local",
+            ttl: req.ttl,
+            fleet_version: None,
+        };
         let (gone, overrides) = {
             let mut admin = self.admin();
             let mut gone = Vec::new();
@@ -597,42 +807,16 @@ impl Control for RuntimeControl {
                     .overrides
                     .get(&o.kind.key())
                     .map_or("baseline".to_string(), |p| p.kind.describe());
-                admin.record(json!({
-                    "time": humantime::format_rfc3339_seconds(now).to_string(),
-                    "caller": req.caller.name,
-                    "operation": req.op.name(),
-                    "target": o.kind.key(),
-                    "before": before,
-                    "after": o.kind.describe(),
-                    "ttl_seconds": req.ttl.map(|t| t.as_secs()),
-                    "reason": reason,
-                    "scope": "local",
-                }));
+                admin.record(ctx.entry(&o.kind.key(), &before, &o.kind.describe()));
                 admin.overrides.insert(o.kind.key(), o.clone());
             }
             for o in &gone {
-                admin.record(json!({
-                    "time": humantime::format_rfc3339_seconds(now).to_string(),
-                    "caller": req.caller.name,
-                    "operation": req.op.name(),
-                    "target": o.kind.key(),
-                    "before": o.kind.describe(),
-                    "after": "baseline",
-                    "reason": reason,
-                    "scope": "local",
-                }));
+                admin.record(ctx.entry(&o.kind.key(), &o.kind.describe(), "baseline"));
             }
             if let Op::ResetBreaker { name } = &req.op {
-                admin.record(json!({
-                    "time": humantime::format_rfc3339_seconds(now).to_string(),
-                    "caller": req.caller.name,
-                    "operation": req.op.name(),
-                    "target": name,
-                    "reason": reason,
-                    "scope": "local",
-                }));
+                admin.record(ctx.entry(name, "", "reset"));
             }
-            let overrides: Vec<pb::Override> = admin.overrides.values().map(pb_override).collect();
+            let overrides = listed(&admin);
             (gone, overrides)
         };
         let structural = set
@@ -656,7 +840,14 @@ impl Control for RuntimeControl {
     }
 
     fn overrides(&self) -> Vec<pb::Override> {
-        self.admin().overrides.values().map(pb_override).collect()
+        listed(&self.admin())
+    }
+
+    fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError> {
+        let g = self.fleet_backend()?;
+        tokio::runtime::Handle::current()
+            .block_on(crate::fleet::list(&g))
+            .map_err(|e| ControlError::Failed(format!("cannot read the fleet from redis: {e}")))
     }
 
     fn audit(&self, limit: usize) -> Vec<String> {

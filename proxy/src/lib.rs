@@ -10,6 +10,7 @@ pub mod control;
 pub mod degrade;
 pub mod demo;
 pub mod endpoint;
+pub mod fleet;
 pub mod forwarded;
 pub mod global;
 pub mod logging;

@@ -201,6 +201,10 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
             "redis prober",
             floodgate::global::Prober(g.clone()),
         ));
+        server.add_service(background_service(
+            "fleet sync",
+            floodgate::fleet::FleetSync::new(rt.clone(), g.clone()),
+        ));
     }
     server.add_service(background_service(
         "limit sweeper",

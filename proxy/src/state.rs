@@ -256,6 +256,7 @@ impl Runtime {
                 .admin
                 .as_ref()
                 .and_then(|a| a.audit_log.clone()),
+            first.config.redis.is_some(),
         ));
         let effective = Effective::compute(&first, &degrade);
         let rt = Arc::new(Self {

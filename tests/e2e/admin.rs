@@ -262,3 +262,126 @@ async fn config_validate_needs_no_sidecar() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("upstream.address"), "{err}");
 }
+
+/// The limit each fleet test sidecar has, and its Redis.
+fn fleet_config(redis: &str) -> String {
+    format!(
+        "redis: {{ url: \"{redis}\", timeout_ms: 500 }}\nlimits:\n  - {{ name: per_client, key: [client_ip], max_requests: 3, window_seconds: 3600 }}\n"
+    )
+}
+
+/// The limit's max_requests as `status` on sidecar `a` reports it.
+fn max_requests(a: &Admin) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&a.op(&["--output", "json", "limits", "show"])).unwrap();
+    v[0]["max_requests"].as_u64().unwrap()
+}
+
+async fn fleet_synced(a: &Admin) {
+    eventually(Duration::from_secs(10), "fleet sync up", || async {
+        let v: serde_json::Value =
+            serde_json::from_str(&a.op(&["--output", "json", "status"])).unwrap();
+        v["fleet"] == "ok"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_change_reaches_every_sidecar_within_a_second_and_reverts_everywhere() {
+    let mut redis = crate::redis_support::RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    let cfg = fleet_config(&redis.url());
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        let a = Admin::start(&up, &cfg).await;
+        fleet_synced(&a).await;
+        fleet.push(a);
+    }
+    let out = fleet[0].op(&[
+        "--fleet",
+        "limits",
+        "scale",
+        "--all",
+        "--multiplier",
+        "2",
+        "--ttl",
+        "5s",
+        "--reason",
+        "launch",
+    ]);
+    assert!(out.contains("on the fleet"), "{out}");
+    let issued = std::time::Instant::now();
+    for a in &fleet {
+        eventually(
+            Duration::from_secs(1),
+            "scaled on every sidecar",
+            || async { max_requests(a) == 6 },
+        )
+        .await;
+    }
+    assert!(
+        issued.elapsed() <= Duration::from_secs(1),
+        "{:?}",
+        issued.elapsed()
+    );
+    // In effect on the traffic, not only in status: 6 of 8 pass on each.
+    for a in &fleet {
+        assert_eq!(admitted(a.fg.port, 8).await, 6);
+    }
+    // A sidecar that starts later gets the fleet's overrides at start.
+    let late = Admin::start(&up, &cfg).await;
+    eventually(Duration::from_secs(3), "late sidecar scaled", || async {
+        max_requests(&late) == 6
+    })
+    .await;
+    let status = late.op(&["fleet", "status"]);
+    assert!(status.contains("applied on 4/4"), "{status}");
+    // The TTL reverts everywhere.
+    fleet.push(late);
+    for a in &fleet {
+        eventually(Duration::from_secs(10), "reverted", || async {
+            max_requests(a) == 3
+        })
+        .await;
+    }
+    // restore --all drops a fleet override without a TTL.
+    fleet[1].op(&[
+        "--fleet",
+        "limits",
+        "set",
+        "per_client",
+        "--max-requests",
+        "10",
+    ]);
+    for a in &fleet {
+        eventually(Duration::from_secs(1), "set", || async {
+            max_requests(a) == 10
+        })
+        .await;
+    }
+    fleet[2].op(&["--fleet", "limits", "restore", "--all", "--reason", "over"]);
+    for a in &fleet {
+        eventually(Duration::from_secs(1), "restored", || async {
+            max_requests(a) == 3
+        })
+        .await;
+    }
+    // Redis gone: every sidecar keeps serving with what it has, and says so.
+    fleet[0].op(&["--fleet", "degrade", "set", "degraded"]);
+    redis.kill();
+    for a in &fleet {
+        assert_eq!(http_get(a.fg.port, "/").await.unwrap().0, 200);
+        eventually(Duration::from_secs(5), "says redis is gone", || async {
+            let v: serde_json::Value =
+                serde_json::from_str(&a.op(&["--output", "json", "status"])).unwrap();
+            v["fleet"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("redis unreachable")
+                && v["degradation"]["level"] == "degraded"
+        })
+        .await;
+    }
+    let audit = fleet[0].op(&["audit"]);
+    assert!(audit.contains("\"scope\":\"fleet\""), "{audit}");
+}

@@ -47,6 +47,9 @@ struct Global {
     /// How to print: `table` for people, `json` for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Apply a change to every sidecar of the fleet (stored in Redis), not only this one.
+    #[arg(long, global = true)]
+    fleet: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -67,10 +70,11 @@ struct ChangeArgs {
 }
 
 impl ChangeArgs {
-    fn pb(&self) -> pb::Change {
+    fn pb(&self, fleet: bool) -> pb::Change {
         pb::Change {
             reason: self.reason.clone(),
             ttl_seconds: self.ttl.map_or(0, |d| d.as_secs().max(1)),
+            fleet,
         }
     }
 }
@@ -107,9 +111,18 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// The fleet, through the sidecar's Redis.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// Local config file checks (no sidecar needed).
     #[command(subcommand)]
     Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Every live sidecar, whether it applied the latest fleet overrides, and its load.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -325,6 +338,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let token = token(g)?;
     let mut c = connect(g).await?;
     let json = g.output == Output::Json;
+    let fleet = g.fleet;
     let change = |reply: pb::ChangeReply| {
         if json {
             print_json(&reply);
@@ -366,7 +380,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 name,
                 max_requests,
                 window_seconds: window.unwrap_or(0),
-                change: Some(a.pb()),
+                change: Some(a.pb(fleet)),
             };
             change(c.set_limit(request(req, &token)?).await?.into_inner());
         }
@@ -379,7 +393,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let req = pb::ScaleLimitsRequest {
                 name: name.unwrap_or_default(),
                 multiplier,
-                change: Some(a.pb()),
+                change: Some(a.pb(fleet)),
             };
             change(c.scale_limits(request(req, &token)?).await?.into_inner());
         }
@@ -387,13 +401,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let req = pb::RestoreLimitsRequest {
                 name: name.unwrap_or_default(),
                 reason,
+                fleet,
             };
             change(c.restore_limits(request(req, &token)?).await?.into_inner());
         }
         Command::Degrade(DegradeCmd::Set { level, change: a }) => {
             let req = pb::SetLevelRequest {
                 level,
-                change: Some(a.pb()),
+                change: Some(a.pb(fleet)),
             };
             change(c.set_level(request(req, &token)?).await?.into_inner());
         }
@@ -405,7 +420,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let req = pb::SetFeatureRequest {
                 name,
                 enabled,
-                change: Some(a.pb()),
+                change: Some(a.pb(fleet)),
             };
             change(c.set_feature(request(req, &token)?).await?.into_inner());
         }
@@ -430,7 +445,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let req = pb::SetQueueRequest {
                 max_size: size,
                 max_concurrency: 0,
-                change: Some(a.pb()),
+                change: Some(a.pb(fleet)),
             };
             change(c.set_queue(request(req, &token)?).await?.into_inner());
         }
@@ -438,7 +453,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let req = pb::SetQueueRequest {
                 max_size: 0,
                 max_concurrency: count,
-                change: Some(a.pb()),
+                change: Some(a.pb(fleet)),
             };
             change(c.set_queue(request(req, &token)?).await?.into_inner());
         }
@@ -479,7 +494,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Overrides {
             cmd: Some(OverridesCmd::Clear { key, reason }),
         } => {
-            let req = pb::ClearOverrideRequest { key, reason };
+            let req = pb::ClearOverrideRequest { key, reason, fleet };
             change(c.clear_override(request(req, &token)?).await?.into_inner());
         }
         Command::Audit { limit } => {
@@ -489,6 +504,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into_inner();
             for e in a.entries {
                 println!("{e}");
+            }
+        }
+        Command::Fleet(FleetCmd::Status) => {
+            let f = c
+                .fleet_status(request(pb::FleetStatusRequest {}, &token)?)
+                .await?
+                .into_inner();
+            if json {
+                print_json(&f);
+            } else {
+                print_fleet(&f);
             }
         }
         Command::Config(_) => {}
@@ -582,6 +608,45 @@ fn print_limits(limits: &[pb::Limit]) {
     }
 }
 
+fn print_fleet(f: &pb::FleetStatusReply) {
+    let applied = f
+        .sidecars
+        .iter()
+        .filter(|s| s.applied_version >= f.version)
+        .count();
+    println!(
+        "fleet override version {}: applied on {applied}/{}",
+        f.version,
+        f.sidecars.len()
+    );
+    println!(
+        "{:<40} {:<20} {:>8} {:>8} {:>10} {:>8} {:>9} {:>5}",
+        "sidecar", "pod", "config", "applied", "rps", "errors", "p95_ms", "seen"
+    );
+    for s in &f.sidecars {
+        println!(
+            "{:<40} {:<20} {:>8} {:>8} {:>10.1} {:>7.2}% {:>9.1} {:>4}s",
+            s.id,
+            s.pod,
+            s.config_version,
+            s.applied_version,
+            s.rps,
+            s.error_rate * 100.0,
+            s.p95_ms,
+            s.seen_seconds_ago
+        );
+    }
+    let total: f64 = f.sidecars.iter().map(|s| s.rps).sum();
+    if total > 0.0 && !f.sidecars.is_empty() {
+        let mean = total / f.sidecars.len() as f64;
+        let max = f.sidecars.iter().map(|s| s.rps).fold(0.0, f64::max);
+        println!(
+            "load distribution: {total:.1} rps in all, busiest at {:.0}% of the mean",
+            max / mean * 100.0
+        );
+    }
+}
+
 fn print_overrides(o: &[pb::Override]) {
     for o in o {
         let expires = if o.expires_at == 0 {
@@ -593,8 +658,8 @@ fn print_overrides(o: &[pb::Override]) {
             format!("{} s left", o.expires_at.saturating_sub(now))
         };
         println!(
-            "  {:<24} {:<36} {:<16} by {} ({})",
-            o.key, o.value, expires, o.author, o.reason
+            "  {:<24} {:<36} {:<16} {:<6} by {} ({})",
+            o.key, o.value, expires, o.scope, o.author, o.reason
         );
     }
 }

@@ -147,6 +147,35 @@ impl GlobalLimits {
         })
     }
 
+    /// Runs `pipe` on the backend's connection (the fleet sync shares it), within 1 s.
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, GlobalError> {
+        let Some(conn) = self.conn.load_full() else {
+            return Err(GlobalError::Down);
+        };
+        let fut = async {
+            match conn.as_ref().clone() {
+                Conn::Single(mut c) => pipe.query_async(&mut c).await,
+                Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(1), fut).await {
+            Ok(r) => r.map_err(GlobalError::from),
+            Err(_) => Err(GlobalError::Timeout(Duration::from_secs(1))),
+        }
+    }
+
+    /// A server to subscribe to for fleet announcements (in a cluster, any node: PUBLISH
+    /// reaches every node).
+    pub fn pubsub_url(&self) -> &str {
+        match &self.target {
+            RedisTarget::Standalone(url) => url,
+            RedisTarget::Cluster(nodes) => nodes.first().map_or("", String::as_str),
+        }
+    }
+
     fn mark_down(&self, e: &GlobalError) {
         let kind = match e {
             GlobalError::Timeout(_) => "timeout",

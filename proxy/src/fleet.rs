@@ -1,0 +1,336 @@
+//! Fleet-wide overrides through Redis. A `--fleet` change is written to one hash with a
+//! version counter bumped in the same transaction and announced on pub/sub; every sidecar
+//! applies the whole set on the announcement (and checks the version every second in case it
+//! missed one, and at start), so a sidecar that starts later gets the current set. Each
+//! sidecar also heartbeats its id, config and applied versions and load, which is what
+//! `floodgatectl fleet status` lists. A sidecar that cannot reach Redis keeps the overrides
+//! it has (their TTLs still run out locally) and says so in its status.
+//!
+//! All keys share the `{floodgate}` hash tag, so in a Redis Cluster they live in one slot and
+//! the transaction is valid.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use floodgate_admin::pb;
+use futures_util::StreamExt;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::control::{Kind, Override};
+use crate::global::GlobalLimits;
+use crate::state::Runtime;
+
+const OVERRIDES: &str = "{floodgate}:overrides";
+const VERSION: &str = "{floodgate}:version";
+const SIDECARS: &str = "{floodgate}:sidecars";
+const INFO: &str = "{floodgate}:sidecar-info";
+/// Pub/sub channel of version announcements.
+pub const ANNOUNCE: &str = "floodgate:fleet:announce";
+/// A sidecar not heard from for this long is not listed.
+const ALIVE: Duration = Duration::from_secs(5);
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An override as stored in Redis.
+pub fn to_json(o: &Override) -> String {
+    let mut v = json!({
+        "reason": o.reason,
+        "author": o.author,
+        "created_ms": unix_ms(o.created),
+        "expires_ms": o.expires.map_or(0, unix_ms),
+    });
+    let kind = match &o.kind {
+        Kind::Limit {
+            name,
+            max_requests,
+            window,
+        } => json!({"kind": "limit", "name": name, "max_requests": max_requests,
+                    "window_seconds": window.map_or(0, |w| w.as_secs())}),
+        Kind::Level(l) => {
+            json!({"kind": "level", "level": floodgate_policy::degrade::level_str(*l)})
+        }
+        Kind::Feature { name, enabled } => {
+            json!({"kind": "feature", "name": name, "enabled": enabled})
+        }
+        Kind::Queue {
+            max_size,
+            max_concurrency,
+        } => json!({"kind": "queue", "max_size": max_size, "max_concurrency": max_concurrency}),
+    };
+    if let (Value::Object(m), Value::Object(k)) = (&mut v, kind) {
+        m.extend(k);
+    }
+    v.to_string()
+}
+
+/// An override read back from Redis; `None` if it is not one this version understands.
+pub fn from_json(text: &str) -> Option<Override> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let u = |k: &str| v.get(k).and_then(Value::as_u64);
+    let kind = match v.get("kind")?.as_str()? {
+        "limit" => Kind::Limit {
+            name: s("name")?,
+            max_requests: u("max_requests")?,
+            window: u("window_seconds")
+                .filter(|&w| w > 0)
+                .map(Duration::from_secs),
+        },
+        "level" => Kind::Level(match s("level")?.as_str() {
+            "full" => floodgate_config::Level::Full,
+            "degraded" => floodgate_config::Level::Degraded,
+            "minimal" => floodgate_config::Level::Minimal,
+            _ => return None,
+        }),
+        "feature" => Kind::Feature {
+            name: s("name")?,
+            enabled: v.get("enabled")?.as_bool()?,
+        },
+        "queue" => Kind::Queue {
+            max_size: u("max_size").and_then(|n| u32::try_from(n).ok()),
+            max_concurrency: u("max_concurrency").and_then(|n| u32::try_from(n).ok()),
+        },
+        _ => return None,
+    };
+    let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    Some(Override {
+        kind,
+        reason: s("reason").unwrap_or_default(),
+        author: s("author").unwrap_or_default(),
+        created: at(u("created_ms").unwrap_or(0)),
+        expires: u("expires_ms").filter(|&e| e > 0).map(at),
+    })
+}
+
+/// Writes `set` and removes `remove` (keys) in one transaction, bumps the version and
+/// announces it. Returns the new version.
+pub async fn publish(g: &GlobalLimits, set: &[Override], remove: &[String]) -> Result<u64, String> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for o in set {
+        pipe.hset(OVERRIDES, o.kind.key(), to_json(o)).ignore();
+    }
+    for k in remove {
+        pipe.hdel(OVERRIDES, k).ignore();
+    }
+    pipe.incr(VERSION, 1);
+    let (version,): (u64,) = g.query(&pipe).await.map_err(|e| e.to_string())?;
+    let mut announce = redis::pipe();
+    announce.publish(ANNOUNCE, version).ignore();
+    // The version is what matters; a lost announcement is caught by the next poll.
+    let _: Result<(), _> = g.query(&announce).await;
+    Ok(version)
+}
+
+/// The fleet's keys of the overrides whose key starts with `prefix`.
+pub async fn keys(g: &GlobalLimits, prefix: &str) -> Result<Vec<String>, String> {
+    let mut pipe = redis::pipe();
+    pipe.hkeys(OVERRIDES);
+    let (keys,): (Vec<String>,) = g.query(&pipe).await.map_err(|e| e.to_string())?;
+    Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+}
+
+/// The current version and overrides (expired ones left out).
+async fn fetch(g: &GlobalLimits) -> Result<(u64, BTreeMap<String, Override>), String> {
+    let mut pipe = redis::pipe();
+    pipe.get(VERSION).hgetall(OVERRIDES);
+    let (version, all): (Option<u64>, BTreeMap<String, String>) =
+        g.query(&pipe).await.map_err(|e| e.to_string())?;
+    let now = SystemTime::now();
+    let set = all
+        .iter()
+        .filter_map(|(k, v)| {
+            let o = from_json(v);
+            if o.is_none() {
+                warn!(
+                    key = k,
+                    "ignoring a fleet override this version does not understand"
+                );
+            }
+            o
+        })
+        .filter(|o| o.expires.is_none_or(|e| e > now))
+        .map(|o| (o.kind.key(), o))
+        .collect();
+    Ok((version.unwrap_or(0), set))
+}
+
+/// Fetches the fleet's overrides and applies them if their version is new.
+pub async fn sync(rt: &Runtime, g: &GlobalLimits) -> Result<(), String> {
+    let (version, set) = fetch(g).await?;
+    crate::control::apply_fleet(rt, version, set);
+    Ok(())
+}
+
+/// This sidecar's identity in the fleet: its pod (`POD_NAME`, else `HOSTNAME`) and listen address.
+pub fn identity(rt: &Runtime) -> (String, String) {
+    let pod = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let listen = rt.current.load().config.listen;
+    (format!("{pod}/{listen}"), pod)
+}
+
+async fn heartbeat(rt: &Runtime, g: &GlobalLimits) -> Result<(), String> {
+    let (id, pod) = identity(rt);
+    let st = crate::status::Status::read(rt);
+    let value = |i: floodgate_config::Indicator| {
+        st.indicators
+            .iter()
+            .find(|r| r.indicator == i)
+            .map_or(0.0, |r| r.value)
+    };
+    let applied = rt.admin.lock().map_or(0, |a| a.fleet_version());
+    let info = json!({
+        "id": id,
+        "pod": pod,
+        "config_version": st.version,
+        "applied_version": applied,
+        "rps": value(floodgate_config::Indicator::RequestRate),
+        "error_rate": value(floodgate_config::Indicator::ErrorRate),
+        "p95_ms": value(floodgate_config::Indicator::LatencyP95Ms),
+    });
+    let now = unix_ms(SystemTime::now());
+    let mut pipe = redis::pipe();
+    pipe.zadd(SIDECARS, &id, now)
+        .ignore()
+        .hset(INFO, &id, info.to_string())
+        .ignore()
+        // Forget sidecars gone for a minute.
+        .zrembyscore(SIDECARS, 0, now.saturating_sub(60_000))
+        .ignore();
+    g.query::<()>(&pipe).await.map_err(|e| e.to_string())
+}
+
+/// Every sidecar heard from in the last few seconds.
+pub async fn list(g: &GlobalLimits) -> Result<pb::FleetStatusReply, String> {
+    let now = unix_ms(SystemTime::now());
+    let since = now.saturating_sub(u64::try_from(ALIVE.as_millis()).unwrap_or(0));
+    let mut pipe = redis::pipe();
+    pipe.get(VERSION)
+        .cmd("ZRANGEBYSCORE")
+        .arg(SIDECARS)
+        .arg(since)
+        .arg("+inf")
+        .arg("WITHSCORES");
+    let (version, alive): (Option<u64>, Vec<(String, u64)>) =
+        g.query(&pipe).await.map_err(|e| e.to_string())?;
+    let mut sidecars = Vec::new();
+    if !alive.is_empty() {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(INFO)
+            .arg(alive.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>());
+        let (infos,): (Vec<Option<String>>,) = g.query(&pipe).await.map_err(|e| e.to_string())?;
+        for ((id, seen), info) in alive.iter().zip(infos) {
+            let v: Value = info
+                .and_then(|i| serde_json::from_str(&i).ok())
+                .unwrap_or(Value::Null);
+            let f = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+            let u = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+            sidecars.push(pb::Sidecar {
+                id: id.clone(),
+                pod: v.get("pod").and_then(Value::as_str).unwrap_or("").into(),
+                config_version: u("config_version"),
+                applied_version: u("applied_version"),
+                rps: f("rps"),
+                error_rate: f("error_rate"),
+                p95_ms: f("p95_ms"),
+                seen_seconds_ago: now.saturating_sub(*seen) / 1000,
+            });
+        }
+    }
+    Ok(pb::FleetStatusReply {
+        version: version.unwrap_or(0),
+        sidecars,
+    })
+}
+
+/// Keeps this sidecar in step with the fleet: subscribes to announcements, checks the
+/// version and heartbeats every second, until shutdown.
+pub struct FleetSync {
+    rt: Arc<Runtime>,
+    global: Arc<GlobalLimits>,
+}
+
+impl FleetSync {
+    /// Syncs `rt` through `global`'s Redis.
+    pub fn new(rt: Arc<Runtime>, global: Arc<GlobalLimits>) -> Self {
+        Self { rt, global }
+    }
+
+    fn report(&self, r: Result<(), String>) {
+        let mut admin = match self.rt.admin.lock() {
+            Ok(a) => a,
+            Err(e) => e.into_inner(),
+        };
+        match r {
+            Ok(()) => {
+                if admin.fleet_state() != "ok" {
+                    info!("fleet sync through redis working");
+                }
+                admin.set_fleet_state("ok".into());
+            }
+            Err(e) => {
+                if admin.fleet_state() == "ok" || admin.fleet_state() == "starting" {
+                    warn!(error = %e, "fleet sync: redis unreachable; keeping the overrides this sidecar has");
+                }
+                admin.set_fleet_state(format!("redis unreachable: {e}"));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for FleetSync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (rt, g) = (&self.rt, &self.global);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut messages: Option<futures_util::stream::BoxStream<'static, redis::Msg>> = None;
+        loop {
+            if messages.is_none() {
+                if let Ok(client) = redis::Client::open(g.pubsub_url()) {
+                    if let Ok(Ok(mut ps)) =
+                        tokio::time::timeout(Duration::from_secs(1), client.get_async_pubsub())
+                            .await
+                    {
+                        if ps.subscribe(ANNOUNCE).await.is_ok() {
+                            messages = Some(ps.into_on_message().boxed());
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                m = async {
+                    match messages.as_mut() {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match m {
+                        Some(_) => self.report(sync(rt, g).await),
+                        // The subscription dropped: resubscribe on the next turn.
+                        None => messages = None,
+                    }
+                }
+                _ = tick.tick() => {
+                    let r = match sync(rt, g).await {
+                        Ok(()) => heartbeat(rt, g).await,
+                        e => e,
+                    };
+                    self.report(r);
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
