@@ -128,4 +128,6 @@ pub trait Control: Send + Sync + 'static {
     fn audit(&self, limit: usize) -> Vec<String>;
     /// Every live sidecar of the fleet (may block briefly on Redis).
     fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError>;
+    /// Changes from now on, as they happen.
+    fn watch(&self) -> tokio::sync::broadcast::Receiver<pb::Event>;
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate_config::Level;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{require_operator, Caller, Tokens};
@@ -103,6 +104,29 @@ fn name_or_all(s: String) -> Option<String> {
 
 #[tonic::async_trait]
 impl<C: Control> Admin for AdminService<C> {
+    type WatchStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send + 'static>,
+    >;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.tokens.authenticate(&req)?;
+        let rx = self.control.watch();
+        // A watcher too slow to keep up is told how many events it missed, not cut off.
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|e| {
+            Ok(e.unwrap_or_else(
+                |tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)| pb::Event {
+                    time_ms: 0,
+                    kind: "lagged".into(),
+                    summary: format!("{n} events were missed by this watcher"),
+                },
+            ))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn status(
         &self,
         req: Request<pb::StatusRequest>,

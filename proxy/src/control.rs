@@ -363,6 +363,16 @@ pub fn expire(rt: &Runtime) {
     if expired.is_empty() {
         return;
     }
+    for o in &expired {
+        rt.event(
+            "override",
+            format!(
+                "{} ({}) expired: back to the baseline",
+                o.kind.key(),
+                o.kind.describe()
+            ),
+        );
+    }
     revert(rt, &expired, "override expired");
 }
 
@@ -403,6 +413,10 @@ pub fn apply_fleet(rt: &Runtime, version: u64, set: BTreeMap<String, Override>) 
         changed
     };
     info!(version, "fleet overrides applied");
+    rt.event(
+        "override",
+        format!("fleet overrides version {version} applied"),
+    );
     revert(rt, &changed, "fleet overrides changed");
 }
 
@@ -780,6 +794,7 @@ impl Control for RuntimeControl {
             if let Some(t) = req.ttl {
                 summary.push_str(&format!(" for {}", humantime::format_duration(t)));
             }
+            rt.event("override", format!("{summary} by {}", req.caller.name));
             return Ok(pb::ChangeReply {
                 summary,
                 overrides: listed(&self.admin()),
@@ -836,11 +851,16 @@ impl Control for RuntimeControl {
         if let Some(t) = req.ttl {
             summary.push_str(&format!(" for {}", humantime::format_duration(t)));
         }
+        rt.event("override", format!("{summary} by {}", req.caller.name));
         Ok(pb::ChangeReply { summary, overrides })
     }
 
     fn overrides(&self) -> Vec<pb::Override> {
         listed(&self.admin())
+    }
+
+    fn watch(&self) -> tokio::sync::broadcast::Receiver<pb::Event> {
+        self.0.events.subscribe()
     }
 
     fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError> {

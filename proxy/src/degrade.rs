@@ -240,6 +240,10 @@ fn swap(rt: &Runtime, base: Arc<Base>, effective: Effective, from: Level, cause:
     rt.current.store(snap.clone());
     if from != to {
         let (f, t) = (level_str(from), level_str(to));
+        rt.event(
+            "level",
+            format!("degradation {f} -> {t} ({}): {why}", cause.as_str()),
+        );
         rt.metrics
             .degradation_transitions
             .with_label_values(&[f, t, cause.as_str()])

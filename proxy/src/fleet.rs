@@ -317,7 +317,14 @@ impl BackgroundService for FleetSync {
                     }
                 } => {
                     match m {
-                        Some(_) => self.report(sync(rt, g).await),
+                        // Heartbeat right away, so `fleet status` shows the new version applied.
+                        Some(_) => {
+                            let r = match sync(rt, g).await {
+                                Ok(()) => heartbeat(rt, g).await,
+                                e => e,
+                            };
+                            self.report(r);
+                        }
                         // The subscription dropped: resubscribe on the next turn.
                         None => messages = None,
                     }

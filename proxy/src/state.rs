@@ -220,6 +220,8 @@ pub struct Runtime {
     pub file_config: std::sync::Mutex<Config>,
     /// Admin overrides and the audit trail.
     pub admin: std::sync::Mutex<crate::control::AdminState>,
+    /// Changes as they happen, for `floodgatectl watch`.
+    pub events: tokio::sync::broadcast::Sender<floodgate_admin::pb::Event>,
     /// Version counter for the next snapshot.
     next_version: AtomicU64,
     /// Listeners are up (set once the server runs).
@@ -268,6 +270,7 @@ impl Runtime {
             degrade: std::sync::Mutex::new(degrade),
             file_config,
             admin,
+            events: tokio::sync::broadcast::channel(256).0,
             config_path,
             metrics,
             status_labels: StatusLabels::new(),
@@ -314,8 +317,28 @@ impl Runtime {
         self.metrics.active.get()
     }
 
+    /// Tells watchers (`floodgatectl watch`) that something changed; nobody watching is fine.
+    pub fn event(&self, kind: &str, summary: String) {
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let _ = self.events.send(floodgate_admin::pb::Event {
+            time_ms,
+            kind: kind.into(),
+            summary,
+        });
+    }
+
     /// Logs and counts a breaker state change.
     pub fn breaker_moved(&self, upstream: &str, t: Transition) {
+        self.event(
+            "breaker",
+            format!(
+                "breaker upstream ({upstream}) {} -> {}",
+                t.from.as_str(),
+                t.to.as_str()
+            ),
+        );
         let m = &self.metrics;
         m.breaker_state
             .with_label_values(&[upstream])

@@ -245,6 +245,66 @@ async fn a_stock_grpc_client_calls_status_and_degrade_set_through_reflection() {
 }
 
 #[tokio::test]
+async fn watch_streams_changes_as_they_happen() {
+    use std::io::BufRead;
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    let mut watcher = Command::new(floodgatectl())
+        .args(["--addr", &a.addr, "--output", "json", "watch"])
+        .arg("--token-file")
+        .arg(a.token("view.token"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        let mut got: Vec<String> = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            got.push(line.unwrap());
+            let seen = |k: &str| got.iter().any(|l| l.contains(&format!("\"kind\":\"{k}\"")));
+            if seen("level") && seen("override") {
+                break;
+            }
+        }
+        got
+    });
+    // The watcher subscribes as soon as it connects; changes made before that are not
+    // replayed, so keep changing until it reports one.
+    let mut level = "degraded";
+    eventually(
+        Duration::from_secs(10),
+        "watcher saw a level change",
+        || {
+            a.op(&["degrade", "set", level, "--reason", "watch me"]);
+            level = if level == "degraded" {
+                "full"
+            } else {
+                "degraded"
+            };
+            let finished = lines.is_finished();
+            async move { finished }
+        },
+    )
+    .await;
+    let got = lines.join().unwrap();
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let events: Vec<serde_json::Value> = got
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let level_event = events.iter().find(|e| e["kind"] == "level").unwrap();
+    assert!(
+        level_event["summary"]
+            .as_str()
+            .unwrap()
+            .contains("(manual)"),
+        "{level_event}"
+    );
+    assert!(events.iter().any(|e| e["kind"] == "override"), "{got:?}");
+}
+
+#[tokio::test]
 async fn config_validate_needs_no_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
@@ -334,8 +394,11 @@ async fn a_fleet_change_reaches_every_sidecar_within_a_second_and_reverts_everyw
         max_requests(&late) == 6
     })
     .await;
-    let status = late.op(&["fleet", "status"]);
-    assert!(status.contains("applied on 4/4"), "{status}");
+    // Heartbeats are a second apart: wait for the latest to say so.
+    eventually(Duration::from_secs(3), "applied on 4/4", || async {
+        late.op(&["fleet", "status"]).contains("applied on 4/4")
+    })
+    .await;
     // The TTL reverts everywhere.
     fleet.push(late);
     for a in &fleet {

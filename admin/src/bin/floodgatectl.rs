@@ -111,6 +111,8 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Print changes as they happen (overrides, levels, breakers) until interrupted.
+    Watch,
     /// The fleet, through the sidecar's Redis.
     #[command(subcommand)]
     Fleet(FleetCmd),
@@ -281,8 +283,7 @@ async fn connect(g: &Global) -> Result<AdminClient<Channel>, Failure> {
     };
     let endpoint = Channel::from_shared(url.clone())
         .map_err(|e| Failure(2, format!("--addr `{}` is not an address: {e}", g.addr)))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(3));
     let channel = endpoint.connect().await.map_err(|e| {
         Failure(
             3,
@@ -306,7 +307,15 @@ fn token(g: &Global) -> Result<Option<String>, Failure> {
     Ok(Some(t.trim().to_string()))
 }
 
+/// A unary call: answered within 10 s or failed.
 fn request<T>(msg: T, token: &Option<String>) -> Result<tonic::Request<T>, Failure> {
+    let mut r = stream_request(msg, token)?;
+    r.set_timeout(Duration::from_secs(10));
+    Ok(r)
+}
+
+/// A streaming call: open until interrupted.
+fn stream_request<T>(msg: T, token: &Option<String>) -> Result<tonic::Request<T>, Failure> {
     let mut r = tonic::Request::new(msg);
     if let Some(t) = token {
         let v = format!("Bearer {t}")
@@ -515,6 +524,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&f);
             } else {
                 print_fleet(&f);
+            }
+        }
+        Command::Watch => {
+            let mut stream = c
+                .watch(stream_request(pb::WatchRequest {}, &token)?)
+                .await?
+                .into_inner();
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            while let Some(e) = stream.message().await? {
+                let line = if json {
+                    serde_json::to_string(&e).unwrap_or_default()
+                } else {
+                    let t = std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms);
+                    format!(
+                        "{} {:<8} {}",
+                        humantime::format_rfc3339_seconds(t),
+                        e.kind,
+                        e.summary
+                    )
+                };
+                // A closed pipe (`| head`) ends the watch quietly.
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    return Ok(());
+                }
             }
         }
         Command::Config(_) => {}
