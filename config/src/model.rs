@@ -37,6 +37,8 @@ pub struct Config {
     pub load_indicators: LoadIndicators,
     /// Degradation (accepted, not yet enforced).
     pub degradation: Degradation,
+    /// Scheduled overrides.
+    pub schedules: Vec<Schedule>,
     /// Logging.
     pub logging: Logging,
     /// Process settings, read at start-up only.
@@ -463,4 +465,23 @@ pub struct Server {
     pub drain_timeout: Duration,
     /// Request header block cap (431 past it).
     pub max_request_header_bytes: usize,
+}
+
+/// A scheduled override set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    /// Name.
+    pub name: String,
+    /// Cron expression (validated), UTC.
+    pub cron: String,
+    /// How long it holds.
+    pub duration: Duration,
+    /// Limits multiplier.
+    pub limits_multiplier: Option<f64>,
+    /// Level.
+    pub level: Option<Level>,
+    /// Queue workers.
+    pub queue_max_concurrency: Option<u32>,
+    /// Queue size.
+    pub queue_max_size: Option<u32>,
 }

@@ -46,6 +46,10 @@ pub struct RawConfig {
     /// Graceful degradation (accepted and validated, not yet enforced).
     #[serde(default)]
     pub degradation: Option<RawDegradation>,
+    /// Scheduled overrides (the runbook's pre-emptive scaling), applied and reverted by
+    /// the clock.
+    #[serde(default)]
+    pub schedules: Vec<RawSchedule>,
     /// Logging: format and access log.
     #[serde(default)]
     pub logging: Option<RawLogging>,
@@ -595,4 +599,38 @@ pub struct RawServer {
     /// Largest request header block accepted, in bytes; larger gets 431 (default 65536).
     #[serde(default)]
     pub max_request_header_bytes: Option<usize>,
+}
+
+/// A scheduled override set: from each time `cron` fires, for `duration_minutes`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// Unique name, shown in status and the audit log.
+    pub name: String,
+    /// When it starts: a cron expression in UTC (`minute hour day-of-month month day-of-week`,
+    /// e.g. `0 8 * * 1-5` for weekdays at 08:00).
+    pub cron: String,
+    /// How long it holds each time, in minutes.
+    pub duration_minutes: u64,
+    /// Every limit's max_requests times this while it holds.
+    #[serde(default)]
+    pub limits_multiplier: Option<f64>,
+    /// Degradation level while it holds.
+    #[serde(default)]
+    pub level: Option<Level>,
+    /// Queue sizes while it holds.
+    #[serde(default)]
+    pub queue: Option<RawScheduleQueue>,
+}
+
+/// Queue sizes a schedule sets.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawScheduleQueue {
+    /// Workers.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Waiting room.
+    #[serde(default)]
+    pub max_size: Option<u32>,
 }

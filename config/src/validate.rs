@@ -36,6 +36,7 @@ const TOP_LEVEL: &[&str] = &[
     "circuit_breaker",
     "load_indicators",
     "degradation",
+    "schedules",
     "logging",
     "server",
 ];
@@ -214,6 +215,8 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         take(&mut map, "load_indicators").and_then(|v| cx.decode("load_indicators", v));
     let degradation: Option<RawDegradation> =
         take(&mut map, "degradation").and_then(|v| cx.decode("degradation", v));
+    let schedules: Vec<Option<RawSchedule>> =
+        decode_list(cx, "schedules", take(&mut map, "schedules"));
     let logging: Option<RawLogging> =
         take(&mut map, "logging").and_then(|v| cx.decode("logging", v));
     let server: Option<RawServer> = take(&mut map, "server").and_then(|v| cx.decode("server", v));
@@ -317,6 +320,7 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         &route_features,
         &route_names,
     );
+    let schedules = check_schedules(cx, schedules, queue.is_some());
     let logging = logging.unwrap_or_default();
     let server = check_server(cx, server.unwrap_or_default());
 
@@ -339,6 +343,7 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         circuit_breaker,
         load_indicators,
         degradation,
+        schedules,
         logging: Logging {
             format: logging.format,
             access_log: logging.access_log.unwrap_or(true),
@@ -977,6 +982,75 @@ fn secs(cx: &mut Ctx, path: &str, v: Option<u64>, default: u64, max: u64) -> u64
         );
     }
     v
+}
+
+fn check_schedules(cx: &mut Ctx, raw: Vec<Option<RawSchedule>>, has_queue: bool) -> Vec<Schedule> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, s) in raw.into_iter().enumerate() {
+        let Some(s) = s else { continue };
+        let p = format!("schedules[{i}]");
+        if !names.insert(s.name.clone()) {
+            cx.err(
+                format!("{p}.name"),
+                format!("duplicate schedule name `{}`", s.name),
+            );
+        }
+        if s.cron.split_whitespace().count() != 5 {
+            cx.err(
+                format!("{p}.cron"),
+                format!(
+                    "`{}` is not a 5-field cron expression (minute hour day-of-month month day-of-week, e.g. `0 8 * * 1-5`)",
+                    s.cron
+                ),
+            );
+        } else if let Err(e) = s.cron.parse::<croner::Cron>() {
+            cx.err(format!("{p}.cron"), format!("`{}`: {e}", s.cron));
+        }
+        if s.duration_minutes == 0 || s.duration_minutes > 7 * 24 * 60 {
+            cx.err(
+                format!("{p}.duration_minutes"),
+                format!(
+                    "must be between 1 and 10080 (a week), got {}",
+                    s.duration_minutes
+                ),
+            );
+        }
+        if let Some(m) = s.limits_multiplier {
+            if !(m.is_finite() && m > 0.0 && m <= 1000.0) {
+                cx.err(
+                    format!("{p}.limits_multiplier"),
+                    format!("must be above 0 and at most 1000, got {m}"),
+                );
+            }
+        }
+        let q = s.queue.clone().unwrap_or_default();
+        if s.queue.is_some() && !has_queue {
+            cx.err(
+                format!("{p}.queue"),
+                "there is no `queue` section to resize; add one",
+            );
+        }
+        if q.max_concurrency == Some(0) {
+            cx.err(format!("{p}.queue.max_concurrency"), "must be at least 1");
+        }
+        if s.limits_multiplier.is_none() && s.level.is_none() && s.queue.is_none() {
+            cx.err(
+                &p,
+                "changes nothing: give limits_multiplier, level or queue",
+            );
+        }
+        out.push(Schedule {
+            name: s.name,
+            cron: s.cron,
+            duration: Duration::from_secs(s.duration_minutes * 60),
+            limits_multiplier: s.limits_multiplier,
+            level: s.level,
+            queue_max_concurrency: q.max_concurrency,
+            queue_max_size: q.max_size,
+        });
+    }
+    out
 }
 
 fn check_auto(cx: &mut Ctx, a: RawAuto) -> AutoDegradation {

@@ -305,6 +305,32 @@ async fn watch_streams_changes_as_they_happen() {
 }
 
 #[tokio::test]
+async fn a_schedule_in_force_raises_limits_and_a_person_still_wins() {
+    let up = Upstream::start("app").await;
+    // Fires every minute and holds an hour: in force from start-up.
+    let a = Admin::start(
+        &up,
+        &format!("{LIMITED}schedules:\n  - {{ name: always, cron: \"* * * * *\", duration_minutes: 60, limits_multiplier: 2 }}\n"),
+    )
+    .await;
+    eventually(Duration::from_secs(5), "schedule applied", || async {
+        max_requests(&a) == 6
+    })
+    .await;
+    let list = a.op(&["overrides"]);
+    assert!(list.contains("schedule:always"), "{list}");
+    assert_eq!(admitted(a.fg.port, 8).await, 6);
+    a.op(&["limits", "set", "per_client", "--max-requests", "4"]);
+    assert_eq!(
+        max_requests(&a),
+        4,
+        "a person's override beats the schedule's"
+    );
+    a.op(&["overrides", "clear", "limit:per_client"]);
+    assert_eq!(max_requests(&a), 6, "and the schedule's comes back");
+}
+
+#[tokio::test]
 async fn config_validate_needs_no_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
