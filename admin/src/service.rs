@@ -34,20 +34,28 @@ impl<C: Control> AdminService<C> {
     /// and server reflection (v1 and v1alpha), so stock tools work without the proto. Health
     /// and reflection need no token: they expose no state, only that the service exists and
     /// its schema.
+    /// With `tls`, the port speaks TLS (mutual TLS when it names a client CA).
     pub async fn router(
         self,
-    ) -> Result<tonic::transport::server::Router, tonic_reflection::server::Error> {
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Result<tonic::transport::server::Router, String> {
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
             .set_serving::<pb::admin_server::AdminServer<AdminService<C>>>()
             .await;
         let v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+            .build_v1()
+            .map_err(|e| e.to_string())?;
         let v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
-        Ok(tonic::transport::Server::builder()
+            .build_v1alpha()
+            .map_err(|e| e.to_string())?;
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).map_err(|e| e.to_string())?;
+        }
+        Ok(server
             .add_service(health)
             .add_service(v1)
             .add_service(v1alpha)
@@ -286,4 +294,28 @@ impl<C: Control> Admin for AdminService<C> {
             entries: self.control.audit(limit),
         }))
     }
+}
+
+/// The TLS settings of the admin port from PEM files (read now, so a bad file fails the
+/// start with its name).
+pub fn tls_config(
+    cert_file: &str,
+    key_file: &str,
+    client_ca_file: Option<&str>,
+) -> Result<tonic::transport::ServerTlsConfig, String> {
+    let read = |f: &str, what: &str| {
+        std::fs::read(f).map_err(|e| format!("admin.tls.{what} `{f}` cannot be read: {e}"))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(cert_file, "cert_file")?,
+        read(key_file, "key_file")?,
+    );
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = client_ca_file {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            ca,
+            "client_ca_file",
+        )?));
+    }
+    Ok(tls)
 }

@@ -71,6 +71,19 @@ pub struct Admin {
     pub tokens: Vec<(String, Role)>,
     /// Audit log file.
     pub audit_log: Option<String>,
+    /// TLS of the admin port.
+    pub tls: Option<AdminTls>,
+}
+
+/// TLS of the admin port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// Server certificate chain (PEM).
+    pub cert_file: String,
+    /// Private key (PEM).
+    pub key_file: String,
+    /// Client CA (PEM): mutual TLS when set.
+    pub client_ca_file: Option<String>,
 }
 
 /// Where Redis is.

@@ -116,6 +116,24 @@ pub struct RawAdmin {
     /// are always kept in memory for `floodgatectl audit`).
     #[serde(default)]
     pub audit_log: Option<String>,
+    /// TLS for the admin port; with `client_ca_file`, mutual TLS. Absent = plaintext (keep
+    /// the port on loopback then).
+    #[serde(default)]
+    pub tls: Option<RawAdminTls>,
+}
+
+/// TLS of the admin port, PEM files read at start.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminTls {
+    /// Server certificate chain.
+    pub cert_file: String,
+    /// Its private key.
+    pub key_file: String,
+    /// CA that client certificates must chain to; set = mutual TLS, clients without a
+    /// certificate from it are refused before any call.
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
 }
 
 /// One admin bearer token.

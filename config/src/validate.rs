@@ -241,6 +241,11 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
             listen,
             tokens,
             audit_log: a.audit_log.filter(|f| !f.trim().is_empty()),
+            tls: a.tls.map(|t| AdminTls {
+                cert_file: t.cert_file,
+                key_file: t.key_file,
+                client_ca_file: t.client_ca_file,
+            }),
         })
     });
     let mut seen: Vec<(&str, SocketAddr)> = Vec::new();

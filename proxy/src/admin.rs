@@ -17,15 +17,22 @@ use crate::state::Runtime;
 pub struct AdminPlane {
     rt: Arc<Runtime>,
     tokens: Tokens,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 impl AdminPlane {
-    /// Serves `rt` to holders of `tokens` on `listener`.
-    pub fn new(rt: Arc<Runtime>, tokens: Tokens, listener: std::net::TcpListener) -> Self {
+    /// Serves `rt` to holders of `tokens` on `listener`, over TLS when `tls` is set.
+    pub fn new(
+        rt: Arc<Runtime>,
+        tokens: Tokens,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+        listener: std::net::TcpListener,
+    ) -> Self {
         Self {
             rt,
             tokens,
+            tls,
             listener: std::sync::Mutex::new(Some(listener)),
         }
     }
@@ -48,12 +55,12 @@ impl BackgroundService for AdminPlane {
             Arc::new(RuntimeControl(self.rt.clone())),
             self.tokens.clone(),
         )
-        .router()
+        .router(self.tls.clone())
         .await
         {
             Ok(r) => r,
             Err(e) => {
-                error!("admin plane cannot start (reflection descriptors): {e}");
+                error!("admin plane cannot start: {e}");
                 return;
             }
         };

@@ -134,11 +134,30 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
         );
     }
     let admin = match &snapshot.config.admin {
-        Some(a) => Some((
-            floodgate_admin::auth::Tokens::load(&a.tokens).map_err(|e| e.to_string())?,
-            std::net::TcpListener::bind(a.listen)
-                .map_err(|e| format!("cannot listen on `admin.listen` {}: {e}", a.listen))?,
-        )),
+        Some(a) => {
+            let tls = match &a.tls {
+                Some(t) => Some(floodgate_admin::service::tls_config(
+                    &t.cert_file,
+                    &t.key_file,
+                    t.client_ca_file.as_deref(),
+                )?),
+                None => {
+                    if !a.listen.ip().is_loopback() {
+                        tracing::warn!(
+                            listen = %a.listen,
+                            "admin.listen is not on loopback and has no admin.tls: tokens cross the network in the clear"
+                        );
+                    }
+                    None
+                }
+            };
+            Some((
+                floodgate_admin::auth::Tokens::load(&a.tokens).map_err(|e| e.to_string())?,
+                tls,
+                std::net::TcpListener::bind(a.listen)
+                    .map_err(|e| format!("cannot listen on `admin.listen` {}: {e}", a.listen))?,
+            ))
+        }
         None => None,
     };
     let rt = Runtime::new(snapshot, path, metrics, clock);
@@ -190,10 +209,10 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
             EndpointService::new(rt.clone(), l),
         ));
     }
-    if let Some((tokens, l)) = admin {
+    if let Some((tokens, tls, l)) = admin {
         server.add_service(background_service(
             "admin plane",
-            floodgate::admin::AdminPlane::new(rt.clone(), tokens, l),
+            floodgate::admin::AdminPlane::new(rt.clone(), tokens, tls, l),
         ));
     }
     if let Some(g) = &rt.global {

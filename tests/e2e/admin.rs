@@ -34,6 +34,24 @@ impl Admin {
         }
     }
 
+    /// Like [`Admin::start`] with `admin_extra` lines added under `admin:`.
+    async fn start_tls(up: &Upstream, extra: &str, admin_extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("op.token"), "op-token-1\n").unwrap();
+        let admin_port = free_port();
+        let d = dir.path().display().to_string();
+        let admin = format!(
+            "admin:\n  listen: 127.0.0.1:{admin_port}\n  tokens:\n    - {{ file: {d}/op.token, role: operator }}\n{admin_extra}{extra}"
+        );
+        let upstream = up.port;
+        let fg = Sidecar::start_custom(|p, m| config_yaml(p, m, upstream, &admin)).await;
+        Self {
+            fg,
+            addr: format!("127.0.0.1:{admin_port}"),
+            dir,
+        }
+    }
+
     fn token(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -328,6 +346,67 @@ async fn a_schedule_in_force_raises_limits_and_a_person_still_wins() {
     );
     a.op(&["overrides", "clear", "limit:per_client"]);
     assert_eq!(max_requests(&a), 6, "and the schedule's comes back");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn certificates(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |name: &str, san: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![san.to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    };
+    leaf("server", "127.0.0.1");
+    leaf("client", "oncall");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
+    let up = Upstream::start("app").await;
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let c = certs.path().display().to_string();
+    let a = Admin::start_tls(
+        &up,
+        LIMITED,
+        &format!(
+            "  tls: {{ cert_file: {c}/server.pem, key_file: {c}/server.key, client_ca_file: {c}/ca.pem }}\n"
+        ),
+    )
+    .await;
+    let with = |client_cert: bool| {
+        let mut args = vec!["--ca-file".to_string(), format!("{c}/ca.pem")];
+        if client_cert {
+            args.extend([
+                "--cert-file".into(),
+                format!("{c}/client.pem"),
+                "--key-file".into(),
+                format!("{c}/client.key"),
+            ]);
+        }
+        args.push("status".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        a.ctl(Some("op.token"), &args)
+    };
+    let (code, out, err) = with(true);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("per_client"), "{out}");
+    let (code, _, err) = with(false);
+    assert_ne!(code, 0, "no client certificate must be refused");
+    assert!(!err.is_empty());
+    // Plaintext against a TLS port fails too.
+    let (code, _, _) = a.ctl(Some("op.token"), &["status"]);
+    assert_ne!(code, 0);
 }
 
 #[tokio::test]

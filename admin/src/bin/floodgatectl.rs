@@ -50,6 +50,25 @@ struct Global {
     /// Apply a change to every sidecar of the fleet (stored in Redis), not only this one.
     #[arg(long, global = true)]
     fleet: bool,
+    /// CA certificate (PEM) to verify the sidecar's admin.tls certificate; turns on TLS.
+    #[arg(long, global = true, env = "FLOODGATE_CA_FILE")]
+    ca_file: Option<String>,
+    /// Client certificate (PEM) for a sidecar that requires mutual TLS (with --key-file).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_CERT_FILE",
+        requires = "key_file"
+    )]
+    cert_file: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_KEY_FILE",
+        requires = "cert_file"
+    )]
+    key_file: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -276,14 +295,32 @@ async fn main() -> ExitCode {
 }
 
 async fn connect(g: &Global) -> Result<AdminClient<Channel>, Failure> {
+    let scheme = if g.ca_file.is_some() { "https" } else { "http" };
     let url = if g.addr.contains("://") {
         g.addr.clone()
     } else {
-        format!("http://{}", g.addr)
+        format!("{scheme}://{}", g.addr)
     };
-    let endpoint = Channel::from_shared(url.clone())
+    let mut endpoint = Channel::from_shared(url.clone())
         .map_err(|e| Failure(2, format!("--addr `{}` is not an address: {e}", g.addr)))?
         .connect_timeout(Duration::from_secs(3));
+    if let Some(ca) = &g.ca_file {
+        let read = |f: &str, flag: &str| {
+            std::fs::read(f).map_err(|e| Failure(2, format!("{flag} `{f}` cannot be read: {e}")))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(read(ca, "--ca-file")?),
+        );
+        if let (Some(c), Some(k)) = (&g.cert_file, &g.key_file) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(c, "--cert-file")?,
+                read(k, "--key-file")?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Failure(2, format!("TLS settings refused: {e}")))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         Failure(
             3,
