@@ -337,6 +337,11 @@ async fn a_schedule_in_force_raises_limits_and_a_person_still_wins() {
     .await;
     let list = a.op(&["overrides"]);
     assert!(list.contains("schedule:always"), "{list}");
+    let status = a.op(&["status"]);
+    assert!(
+        status.contains("schedule:always") && status.contains("schedule `always`"),
+        "status shows the schedule in force: {status}"
+    );
     assert_eq!(admitted(a.fg.port, 8).await, 6);
     a.op(&["limits", "set", "per_client", "--max-requests", "4"]);
     assert_eq!(

@@ -403,6 +403,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&s);
             } else {
                 print_status(&s);
+                if s.overrides > 0 {
+                    // Which overrides, scheduled ones included, with their expiry.
+                    let o = c
+                        .list_overrides(request(pb::ListOverridesRequest {}, &token)?)
+                        .await?
+                        .into_inner();
+                    println!();
+                    println!("overrides:");
+                    print_overrides(&o.overrides);
+                }
             }
         }
         Command::Limits(LimitsCmd::Show) => {
@@ -636,7 +646,10 @@ fn print_status(s: &pb::StatusReply) {
     for b in &s.breakers {
         println!("breaker {} {}", b.name, b.state);
     }
-    println!("overrides in force: {}", s.overrides);
+    println!(
+        "overrides in force: {}   fleet sync: {} (version {})",
+        s.overrides, s.fleet, s.fleet_version
+    );
     println!();
     print_limits(&s.limits);
     println!();
