@@ -344,9 +344,10 @@ pub fn expire(rt: &Runtime) {
             .filter(|(_, o)| o.expires.is_some_and(|e| e <= now))
             .map(|(k, _)| k.clone())
             .collect();
-        let mut gone: Vec<Override> = keys
+        let mut gone: Vec<(Override, &str)> = keys
             .iter()
             .filter_map(|k| admin.overrides.remove(k))
+            .map(|o| (o, "local"))
             .collect();
         // Fleet overrides run out here too, whether or not Redis can be reached.
         let fleet_keys: Vec<String> = admin
@@ -355,20 +356,25 @@ pub fn expire(rt: &Runtime) {
             .filter(|(_, o)| o.expires.is_some_and(|e| e <= now))
             .map(|(k, _)| k.clone())
             .collect();
-        gone.extend(fleet_keys.iter().filter_map(|k| admin.fleet.remove(k)));
-        for o in &gone {
+        gone.extend(
+            fleet_keys
+                .iter()
+                .filter_map(|k| admin.fleet.remove(k))
+                .map(|o| (o, "fleet")),
+        );
+        for (o, scope) in &gone {
             let ctx = AuditCtx {
                 now,
                 caller: "floodgate:ttl",
                 operation: "expired",
                 reason: &o.reason,
-                scope: "local",
+                scope,
                 ttl: None,
                 fleet_version: None,
             };
             admin.record(ctx.entry(&o.kind.key(), &o.kind.describe(), "baseline"));
         }
-        gone
+        gone.into_iter().map(|(o, _)| o).collect()
     };
     if expired.is_empty() {
         return;
