@@ -16,6 +16,6 @@ need() {
     $sudo apt-get update -qq >&2
     FLOODGATE_APT_UPDATED=1
   fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
   command -v "$cmd" >/dev/null 2>&1 || { echo "!! $pkg installed but $cmd still missing" >&2; exit 1; }
 }

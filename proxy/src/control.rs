@@ -448,6 +448,27 @@ fn pb_override(o: &Override, scope: &str) -> pb::Override {
     }
 }
 
+/// Sets `floodgate_override_expiry_timestamp_seconds` from the overrides in force (at scrape).
+pub fn publish_expiries(rt: &Runtime) {
+    let admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
+    let g = &rt.metrics.override_expiry;
+    g.reset();
+    for (map, scope) in [
+        (&admin.scheduled, "schedule"),
+        (&admin.fleet, "fleet"),
+        (&admin.overrides, "local"),
+    ] {
+        for (k, o) in map {
+            if let Some(e) = o.expires {
+                let secs = e
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                g.with_label_values(&[k.as_str(), scope]).set(secs);
+            }
+        }
+    }
+}
+
 /// Every override in force, scheduled, fleet and local, for listing.
 fn listed(admin: &AdminState) -> Vec<pb::Override> {
     admin

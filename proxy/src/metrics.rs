@@ -65,6 +65,9 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     /// `floodgate_cache_lookups_total{result}`: `hit`, `miss`.
     pub cache_lookups: IntCounterVec,
+    /// `floodgate_override_expiry_timestamp_seconds{key,scope}`: when each override with a
+    /// TTL reverts (set at scrape).
+    pub override_expiry: GaugeVec,
     /// `floodgate_draining`: 1 once SIGTERM was received.
     pub draining: IntGauge,
     /// `floodgate_ratelimit_decisions_total{limit,decision}`.
@@ -319,6 +322,14 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let override_expiry = GaugeVec::new(
+            Opts::new(
+                "floodgate_override_expiry_timestamp_seconds",
+                "Unix time at which each admin override with a TTL reverts to the config baseline.",
+            ),
+            &["key", "scope"],
+        )?;
+        registry.register(Box::new(override_expiry.clone()))?;
         registry.register(Box::new(degradation_level.clone()))?;
         registry.register(Box::new(feature_enabled.clone()))?;
         registry.register(Box::new(degradation_transitions.clone()))?;
@@ -388,6 +399,7 @@ impl Metrics {
             cache_entries,
             cache_evictions,
             cache_lookups,
+            override_expiry,
             draining,
             rl_decisions,
             rl_utilization,

@@ -7,6 +7,7 @@ mod admin;
 mod breaker;
 mod cli;
 mod degrade;
+mod deploy;
 mod global;
 mod lifecycle;
 mod limits;
