@@ -448,9 +448,13 @@ fn pb_override(o: &Override, scope: &str) -> pb::Override {
     }
 }
 
-/// Sets `floodgate_override_expiry_timestamp_seconds` from the overrides in force (at scrape).
+/// Sets `floodgate_override_expiry_timestamp_seconds` from the overrides in force and
+/// `floodgate_fleet_override_version` (at scrape).
 pub fn publish_expiries(rt: &Runtime) {
     let admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
+    rt.metrics
+        .fleet_version
+        .set(i64::try_from(admin.fleet_version).unwrap_or(i64::MAX));
     let g = &rt.metrics.override_expiry;
     g.reset();
     for (map, scope) in [

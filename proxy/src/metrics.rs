@@ -68,6 +68,8 @@ pub struct Metrics {
     /// `floodgate_override_expiry_timestamp_seconds{key,scope}`: when each override with a
     /// TTL reverts (set at scrape).
     pub override_expiry: GaugeVec,
+    /// `floodgate_fleet_override_version`: the fleet override version applied here.
+    pub fleet_version: IntGauge,
     /// `floodgate_draining`: 1 once SIGTERM was received.
     pub draining: IntGauge,
     /// `floodgate_ratelimit_decisions_total{limit,decision}`.
@@ -330,6 +332,11 @@ impl Metrics {
             &["key", "scope"],
         )?;
         registry.register(Box::new(override_expiry.clone()))?;
+        let fleet_version = IntGauge::new(
+            "floodgate_fleet_override_version",
+            "Version of the fleet-wide overrides (through Redis) this sidecar has applied.",
+        )?;
+        registry.register(Box::new(fleet_version.clone()))?;
         registry.register(Box::new(degradation_level.clone()))?;
         registry.register(Box::new(feature_enabled.clone()))?;
         registry.register(Box::new(degradation_transitions.clone()))?;
@@ -400,6 +407,7 @@ impl Metrics {
             cache_evictions,
             cache_lookups,
             override_expiry,
+            fleet_version,
             draining,
             rl_decisions,
             rl_utilization,

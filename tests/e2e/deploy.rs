@@ -54,6 +54,62 @@ fn alert_rules_are_valid_and_their_unit_tests_pass() {
     assert!(ok, "{out}");
 }
 
+#[test]
+fn dashboard_is_current_and_every_expression_parses() {
+    let path = deploy("grafana/floodgate.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // The JSON is generated: it must be what build.py writes now.
+    let out = Command::new("python3")
+        .arg(deploy("grafana/build.py"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rebuilt = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text, rebuilt,
+        "deploy/grafana/floodgate.json is stale: run deploy/grafana/build.py"
+    );
+    // Every panel query, with Grafana's variables given values, as a recording rule promtool parses.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut n = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$namespace", "shop")
+                .replace("$deployment", "api-server");
+            rules.push_str(&format!(
+                "      - record: dashboard_panel_{n}\n        expr: {}\n",
+                serde_json::to_string(&expr).unwrap()
+            ));
+            n += 1;
+        }
+    }
+    assert!(n >= 15, "{n} expressions");
+    for needed in [
+        "rate(http_requests_total[5m])",
+        "histogram_quantile(0.95, rate(http_request_duration_seconds_bucket[5m]))",
+        "rate(http_requests_total{status=~\"5..\"}[5m]) / rate(http_requests_total[5m])",
+        "kube_hpa_status_current_replicas",
+    ] {
+        assert!(
+            text.contains(&needed.replace('"', "\\\"")) || text.contains(needed),
+            "the runbook's query `{needed}` is on the dashboard"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-rules.yaml");
+    std::fs::write(&file, rules).unwrap();
+    let (ok, out) = promtool(&["check", "rules", file.to_str().unwrap()], None);
+    assert!(ok, "{out}");
+}
+
 #[tokio::test]
 async fn a_real_sidecars_metrics_pass_promtool() {
     let up = Upstream::start("app").await;
