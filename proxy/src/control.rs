@@ -221,6 +221,11 @@ impl AuditCtx<'_> {
     }
 }
 
+/// `max` × `multiplier`, rounded, at least 1 and at most the config's cap (10^12).
+fn scaled(max: u64, multiplier: f64) -> u64 {
+    ((max as f64 * multiplier).round().max(1.0) as u64).min(1_000_000_000_000)
+}
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -516,10 +521,9 @@ fn scheduled_at(file: &Config, now: chrono::DateTime<chrono::Utc>) -> BTreeMap<S
         };
         if let Some(m) = s.limits_multiplier {
             for l in &file.limits {
-                let max = ((l.max_requests.get() as f64) * m).round().max(1.0) as u64;
                 let o = made(Kind::Limit {
                     name: l.name.clone(),
-                    max_requests: max.min(1_000_000_000_000),
+                    max_requests: scaled(l.max_requests.get(), m),
                     window: None,
                 });
                 out.insert(o.kind.key(), o);
@@ -791,10 +795,7 @@ impl Control for RuntimeControl {
                 }
                 let mut parts = Vec::new();
                 for l in targets {
-                    let scaled = ((l.max_requests.get() as f64) * multiplier)
-                        .round()
-                        .max(1.0);
-                    let max = (scaled as u64).min(1_000_000_000_000);
+                    let max = scaled(l.max_requests.get(), *multiplier);
                     parts.push(format!("{} {} -> {max}", l.name, l.max_requests.get()));
                     set.push(made(Kind::Limit {
                         name: l.name.clone(),
@@ -945,10 +946,12 @@ impl Control for RuntimeControl {
                     admin.record(fleet_ctx.entry(k, &before, "baseline"));
                 }
             }
-            // Apply here at once; the others follow on the announcement.
-            handle
-                .block_on(crate::fleet::sync(rt, g))
+            // Apply here at once (this runs off the async workers already); the others follow
+            // on the announcement.
+            let (current, set) = handle
+                .block_on(crate::fleet::fetch(g))
                 .map_err(|e| ControlError::Failed(format!("cannot read back from redis: {e}")))?;
+            apply_fleet(rt, current, set);
             summary.push_str(&format!(" on the fleet (version {version})"));
             if let Some(t) = req.ttl {
                 summary.push_str(&format!(" for {}", humantime::format_duration(t)));

@@ -139,7 +139,7 @@ pub async fn keys(g: &GlobalLimits, prefix: &str) -> Result<Vec<String>, String>
 }
 
 /// The current version and overrides (expired ones left out).
-async fn fetch(g: &GlobalLimits) -> Result<(u64, BTreeMap<String, Override>), String> {
+pub async fn fetch(g: &GlobalLimits) -> Result<(u64, BTreeMap<String, Override>), String> {
     let mut pipe = redis::pipe();
     pipe.get(VERSION).hgetall(OVERRIDES);
     let (version, all): (Option<u64>, BTreeMap<String, String>) =
@@ -163,11 +163,15 @@ async fn fetch(g: &GlobalLimits) -> Result<(u64, BTreeMap<String, Override>), St
     Ok((version.unwrap_or(0), set))
 }
 
-/// Fetches the fleet's overrides and applies them if their version is new.
-pub async fn sync(rt: &Runtime, g: &GlobalLimits) -> Result<(), String> {
+/// Fetches the fleet's overrides and applies them if their version is new. Applying may
+/// rebuild the snapshot, which resolves the upstream (blocking), so it runs off the async
+/// workers, as a reload does.
+pub async fn sync(rt: &Arc<Runtime>, g: &GlobalLimits) -> Result<(), String> {
     let (version, set) = fetch(g).await?;
-    crate::control::apply_fleet(rt, version, set);
-    Ok(())
+    let rt = rt.clone();
+    tokio::task::spawn_blocking(move || crate::control::apply_fleet(&rt, version, set))
+        .await
+        .map_err(|e| format!("applying fleet overrides did not complete: {e}"))
 }
 
 /// This sidecar's identity in the fleet: its pod (`POD_NAME`, else `HOSTNAME`) and listen address.

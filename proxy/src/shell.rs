@@ -46,6 +46,16 @@ impl Floodgate {
     }
 }
 
+/// The degradation gate's decision for one request.
+enum Gate {
+    /// On to the limits, the breaker and the queue.
+    Pass,
+    /// Answer with the route's fallback (`shed`: a priority shed).
+    Fallback { shed: bool },
+    /// Aggressive caching has a fresh answer.
+    Cached(floodgate_policy::cache::Stored, Duration),
+}
+
 /// An upstream answer being collected for the response cache.
 pub struct Fill {
     status: http::StatusCode,
@@ -410,11 +420,27 @@ impl Floodgate {
     /// Degradation: a disabled feature, a shed priority or an open feature breaker gets the
     /// fallback; aggressive caching may answer from the cache. Returns true when answered.
     async fn degradation_gate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let snap = ctx.snap.clone();
-        let (r, eff, routes) = (ctx.route, &snap.degrade, &snap.routes);
+        match self.degradation_decision(session, ctx) {
+            Gate::Pass => Ok(false),
+            Gate::Fallback { shed } => {
+                self.fallback(session, ctx, shed).await?;
+                Ok(true)
+            }
+            Gate::Cached(hit, age) => {
+                ctx.reason = Some(Reason::Cached);
+                respond::send_stored(session, Reason::Cached, &hit, age).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// What the degradation gate does with this request; borrows the request's snapshot
+    /// rather than cloning it, since most requests just pass.
+    fn degradation_decision(&self, session: &Session, ctx: &mut Ctx) -> Gate {
+        let (r, snap) = (ctx.route, &ctx.snap);
+        let (eff, routes) = (&snap.degrade, &snap.routes);
         if eff.route_off[r] {
-            self.fallback(session, ctx, false).await?;
-            return Ok(true);
+            return Gate::Fallback { shed: false };
         }
         let priority = routes.priority[r];
         let shed = match eff.level {
@@ -432,29 +458,23 @@ impl Floodgate {
             _ => false,
         };
         if shed {
-            self.fallback(session, ctx, true).await?;
-            return Ok(true);
+            return Gate::Fallback { shed: true };
         }
         if let Some(b) = &routes.breaker[r] {
             match b.admit().0 {
                 breaker::Admit::Pass(t) => ctx.feature_ticket = Some(t),
-                breaker::Admit::Reject { .. } => {
-                    self.fallback(session, ctx, false).await?;
-                    return Ok(true);
-                }
+                breaker::Admit::Reject { .. } => return Gate::Fallback { shed: false },
             }
         }
         if eff.aggressive && routes.aggressive[r] {
             let ttl = snap.config.degradation.aggressive_cache.ttl;
-            if let Some((hit, age)) = self.cache_lookup(session, &snap, ttl) {
-                ctx.reason = Some(Reason::Cached);
-                respond::send_stored(session, Reason::Cached, &hit, age).await?;
-                return Ok(true);
+            if let Some((hit, age)) = self.cache_lookup(session, snap, ttl) {
+                return Gate::Cached(hit, age);
             }
             ctx.remember = true;
         }
         ctx.remember |= routes.remember[r];
-        Ok(false)
+        Gate::Pass
     }
 
     fn cache_lookup(
