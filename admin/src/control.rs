@@ -42,6 +42,11 @@ pub enum Op {
         /// On or off.
         enabled: bool,
     },
+    /// `cache aggressive on|off`: the runbook's aggressive mode.
+    SetAggressiveCache {
+        /// On or off.
+        enabled: bool,
+    },
     /// `queue resize` / `queue workers`.
     SetQueue {
         /// New max_size.
@@ -70,6 +75,7 @@ impl Op {
             Op::RestoreLimits { .. } => "limits.restore",
             Op::SetLevel { .. } => "degrade.set",
             Op::SetFeature { .. } => "feature.set",
+            Op::SetAggressiveCache { .. } => "cache.aggressive",
             Op::SetQueue { .. } => "queue.set",
             Op::ResetBreaker { .. } => "breakers.reset",
             Op::ClearOverride { .. } => "overrides.clear",

@@ -219,6 +219,16 @@ impl<C: Control> Admin for AdminService<C> {
         self.apply(caller, op, r.change).await
     }
 
+    async fn set_aggressive_cache(
+        &self,
+        req: Request<pb::SetAggressiveCacheRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let caller = self.tokens.authenticate(&req)?;
+        let r = req.into_inner();
+        let op = Op::SetAggressiveCache { enabled: r.enabled };
+        self.apply(caller, op, r.change).await
+    }
+
     async fn set_queue(
         &self,
         req: Request<pb::SetQueueRequest>,

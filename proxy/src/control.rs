@@ -50,6 +50,8 @@ pub enum Kind {
         /// max_concurrency.
         max_concurrency: Option<u32>,
     },
+    /// The aggressive caching switch (the runbook's aggressive mode).
+    Aggressive(bool),
 }
 
 impl Kind {
@@ -58,9 +60,16 @@ impl Kind {
         match self {
             Kind::Limit { name, .. } => format!("limit:{name}"),
             Kind::Level(_) => "level".into(),
+            Kind::Aggressive(_) => "aggressive_cache".into(),
             Kind::Feature { name, .. } => format!("feature:{name}"),
             Kind::Queue { .. } => "queue".into(),
         }
+    }
+
+    /// True when applying it means rebuilding the snapshot from the config (limits, queue);
+    /// the others only change the degradation state.
+    fn is_structural(&self) -> bool {
+        matches!(self, Kind::Limit { .. } | Kind::Queue { .. })
     }
 
     fn describe(&self) -> String {
@@ -74,6 +83,7 @@ impl Kind {
                 None => format!("max_requests {max_requests}"),
             },
             Kind::Level(l) => level_str(*l).to_string(),
+            Kind::Aggressive(on) => if *on { "on" } else { "off" }.into(),
             Kind::Feature { enabled, .. } => if *enabled { "enabled" } else { "disabled" }.into(),
             Kind::Queue {
                 max_size,
@@ -263,7 +273,7 @@ pub fn effective_config(file: &Config, admin: &AdminState) -> Config {
                     }
                 }
             }
-            Kind::Level(_) | Kind::Feature { .. } => {}
+            Kind::Level(_) | Kind::Feature { .. } | Kind::Aggressive(_) => {}
         }
     }
     cfg
@@ -324,9 +334,11 @@ fn apply_degradation(rt: &Runtime, why: &str) {
         let from = state.level();
         state.manual = None;
         state.flags.clear();
+        state.aggressive = None;
         for o in admin.in_force() {
             match &o.kind {
                 Kind::Level(l) => state.manual = Some(*l),
+                Kind::Aggressive(on) => state.aggressive = Some(*on),
                 Kind::Feature { name, enabled } => {
                     state.flags.insert(name.clone(), *enabled);
                 }
@@ -399,18 +411,13 @@ pub fn expire(rt: &Runtime) {
 
 /// Re-applies state after `gone` overrides were removed.
 fn revert(rt: &Runtime, gone: &[Override], why: &str) {
-    let structural = gone
-        .iter()
-        .any(|o| matches!(o.kind, Kind::Limit { .. } | Kind::Queue { .. }));
+    let structural = gone.iter().any(|o| o.kind.is_structural());
     if structural {
         if let Err(e) = rebuild(rt) {
             error!("cannot rebuild the snapshot after removing overrides: {e}");
         }
     }
-    if gone
-        .iter()
-        .any(|o| matches!(o.kind, Kind::Level(_) | Kind::Feature { .. }))
-    {
+    if gone.iter().any(|o| !o.kind.is_structural()) {
         apply_degradation(rt, why);
     }
 }
@@ -822,6 +829,10 @@ impl Control for RuntimeControl {
                 summary = format!("degradation level set to {} by hand", level_str(*level));
                 set.push(made(Kind::Level(*level)));
             }
+            Op::SetAggressiveCache { enabled } => {
+                summary = format!("aggressive caching {}", if *enabled { "on" } else { "off" });
+                set.push(made(Kind::Aggressive(*enabled)));
+            }
             Op::SetFeature { name, enabled } => {
                 let known = rt.current.load().routes.features.clone();
                 if !known.contains(name) {
@@ -999,14 +1010,14 @@ impl Control for RuntimeControl {
         let structural = set
             .iter()
             .chain(gone.iter())
-            .any(|o| matches!(o.kind, Kind::Limit { .. } | Kind::Queue { .. }));
+            .any(|o| o.kind.is_structural());
         if structural {
             rebuild(rt).map_err(ControlError::Failed)?;
         }
         if set
             .iter()
             .chain(gone.iter())
-            .any(|o| matches!(o.kind, Kind::Level(_) | Kind::Feature { .. }))
+            .any(|o| !o.kind.is_structural())
         {
             apply_degradation(rt, &summary);
         }

@@ -57,6 +57,7 @@ pub fn to_json(o: &Override) -> String {
         Kind::Level(l) => {
             json!({"kind": "level", "level": floodgate_policy::degrade::level_str(*l)})
         }
+        Kind::Aggressive(on) => json!({"kind": "aggressive_cache", "enabled": on}),
         Kind::Feature { name, enabled } => {
             json!({"kind": "feature", "name": name, "enabled": enabled})
         }
@@ -90,6 +91,7 @@ pub fn from_json(text: &str) -> Option<Override> {
             "minimal" => floodgate_config::Level::Minimal,
             _ => return None,
         }),
+        "aggressive_cache" => Kind::Aggressive(v.get("enabled")?.as_bool()?),
         "feature" => Kind::Feature {
             name: s("name")?,
             enabled: v.get("enabled")?.as_bool()?,

@@ -415,6 +415,45 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
 }
 
 #[tokio::test]
+async fn aggressive_mode_is_one_command_with_a_ttl() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(
+        &up,
+        "routes:\n  - { name: count, match: { path_prefix: /count } }\ndegradation:\n  aggressive_cache: { enabled: false, ttl_seconds: 300, routes: [count] }\n",
+    )
+    .await;
+    let out = a.op(&[
+        "cache",
+        "aggressive",
+        "on",
+        "--ttl",
+        "2s",
+        "--reason",
+        "runbook",
+    ]);
+    assert!(out.contains("aggressive caching on"), "{out}");
+    assert_eq!(
+        http_get(a.fg.port, "/count").await.unwrap().2,
+        "app request 1\n"
+    );
+    let (_, h, body) = http_get(a.fg.port, "/count").await.unwrap();
+    assert_eq!(body, "app request 1\n");
+    assert_eq!(h["floodgate-reason"], "cached");
+    // The TTL turns it off again: answers come from the app.
+    eventually(
+        Duration::from_secs(10),
+        "aggressive mode expired",
+        || async { http_get(a.fg.port, "/count").await.unwrap().2 != "app request 1\n" },
+    )
+    .await;
+    let audit = a.op(&["audit"]);
+    assert!(
+        audit.contains("cache.aggressive") && audit.contains("expired"),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
 async fn config_validate_needs_no_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");

@@ -114,6 +114,9 @@ enum Command {
     /// The admission queue.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// The response cache.
+    #[command(subcommand)]
+    Cache(CacheCmd),
     /// Circuit breakers: list, or `reset NAME`.
     Breakers {
         #[command(subcommand)]
@@ -230,6 +233,18 @@ enum QueueCmd {
     },
     /// Depth, capacity, in-flight and drain rate.
     Metrics,
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Serve the aggressive_cache routes' GETs from the cache while fresh (the runbook's
+    /// `aggressive_mode --ttl=300`): `cache aggressive on --ttl 5m`.
+    Aggressive {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -512,6 +527,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 change: Some(a.pb(fleet)),
             };
             change(c.set_queue(request(req, &token)?).await?.into_inner());
+        }
+        Command::Cache(CacheCmd::Aggressive { state, change: a }) => {
+            let req = pb::SetAggressiveCacheRequest {
+                enabled: state == "on",
+                change: Some(a.pb(fleet)),
+            };
+            change(
+                c.set_aggressive_cache(request(req, &token)?)
+                    .await?
+                    .into_inner(),
+            );
         }
         Command::Breakers { cmd: None } => {
             let s = c
