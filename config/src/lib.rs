@@ -9,12 +9,14 @@ mod locate;
 pub mod model;
 pub mod raw;
 mod validate;
+mod wiring;
 
 use std::path::Path;
 
 pub use error::{ConfigErrors, FieldError, LoadError};
 pub use model::*;
 pub use validate::{parse, DEFAULT_ROUTE};
+pub use wiring::Wiring;
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {

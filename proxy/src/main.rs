@@ -35,12 +35,27 @@ struct Cli {
     /// Config file to run with (YAML; see config/reference.yaml).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Inbound address, replacing the file's `listen` (a sidecar injector sets the pod's port
+    /// here, so one ConfigMap can serve apps on different ports).
+    #[arg(long, value_name = "ADDR", env = "FLOODGATE_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// The app's `host:port`, replacing the file's `upstream.address`.
+    #[arg(long, value_name = "HOST:PORT", env = "FLOODGATE_UPSTREAM")]
+    upstream: Option<String>,
+    /// Metrics, /healthz and /readyz address, replacing (or setting) `metrics.listen`.
+    #[arg(long, value_name = "ADDR", env = "FLOODGATE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Admin plane address, replacing `admin.listen` (the file must have an `admin` section).
+    #[arg(long, value_name = "ADDR", env = "FLOODGATE_ADMIN_LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 const EXAMPLES: &str = "Examples:
   floodgate --config config/examples/quickstart.yaml
+  floodgate --config /etc/floodgate/config/floodgate.yaml \\
+      --listen 0.0.0.0:15080 --upstream 127.0.0.1:8080 --metrics-listen 0.0.0.0:15090
   floodgate validate /etc/floodgate/floodgate.yaml
   floodgate schema > floodgate.schema.json
 
@@ -61,13 +76,19 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let wiring = floodgate_config::Wiring {
+        listen: cli.listen,
+        upstream: cli.upstream,
+        metrics_listen: cli.metrics_listen,
+        admin_listen: cli.admin_listen,
+    };
     match (cli.command, cli.config) {
         (Some(Command::Validate { files }), _) => validate(&files),
         (Some(Command::Schema), _) => {
             print!("{}", floodgate_config::json_schema());
             ExitCode::SUCCESS
         }
-        (None, Some(config)) => run(config),
+        (None, Some(config)) => run(config, wiring),
         (None, None) => {
             eprintln!("floodgate: nothing to do; give --config FILE to run, or `floodgate validate FILE`.\nTry `floodgate --help`.");
             ExitCode::from(2)
@@ -96,8 +117,8 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn run(path: PathBuf) -> ExitCode {
-    let config = match floodgate_config::load(&path) {
+fn run(path: PathBuf, wiring: floodgate_config::Wiring) -> ExitCode {
+    let config = match wiring.load(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("floodgate: not starting: {e}");
@@ -105,7 +126,7 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     floodgate::logging::init(config.logging.format);
-    match start(path, config) {
+    match start(path, wiring, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             error!("not starting: {msg}");
@@ -116,7 +137,11 @@ fn run(path: PathBuf) -> ExitCode {
     }
 }
 
-fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> {
+fn start(
+    path: PathBuf,
+    wiring: floodgate_config::Wiring,
+    config: floodgate_config::Config,
+) -> Result<(), String> {
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     let listen = config.listen;
     let metrics_listen = config.metrics_listen;
@@ -160,7 +185,7 @@ fn start(path: PathBuf, config: floodgate_config::Config) -> Result<(), String> 
         }
         None => None,
     };
-    let rt = Runtime::new(snapshot, path, metrics, clock);
+    let rt = Runtime::new(snapshot, path, wiring, metrics, clock);
 
     // Bind what we can up front so a taken port is a clear start-up error, not a log line.
     std::net::TcpListener::bind(listen)

@@ -31,7 +31,9 @@ pub enum ReloadError {
 
 /// Validates the file and swaps it in. Returns the new version.
 pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
-    let result = floodgate_config::load(&rt.config_path)
+    let result = rt
+        .wiring
+        .load(&rt.config_path)
         .map_err(ReloadError::from)
         .and_then(|cfg| {
             // Admin overrides stay layered on the new file.

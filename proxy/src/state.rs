@@ -201,6 +201,8 @@ pub struct Runtime {
     pub current: ArcSwap<Snapshot>,
     /// Config file being watched.
     pub config_path: PathBuf,
+    /// Addresses from the command line, laid over every load of the file.
+    pub wiring: floodgate_config::Wiring,
     /// Metrics registry.
     pub metrics: Metrics,
     /// Preformatted status labels.
@@ -232,7 +234,13 @@ pub struct Runtime {
 
 impl Runtime {
     /// State around the first snapshot.
-    pub fn new(first: Base, config_path: PathBuf, metrics: Metrics, clock: Clock) -> Arc<Self> {
+    pub fn new(
+        first: Base,
+        config_path: PathBuf,
+        wiring: floodgate_config::Wiring,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Arc<Self> {
         let global = first.config.redis.as_ref().map(|r| {
             crate::global::GlobalLimits::new(
                 r,
@@ -272,6 +280,7 @@ impl Runtime {
             admin,
             events: tokio::sync::broadcast::channel(256).0,
             config_path,
+            wiring,
             metrics,
             status_labels: StatusLabels::new(),
             clock,

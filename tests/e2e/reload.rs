@@ -195,3 +195,34 @@ async fn kubernetes_configmap_symlink_swap_is_seen() {
     )
     .await;
 }
+
+/// `--listen`/`--upstream`/`--metrics-listen` replace the file's addresses at start and keep
+/// doing so on every reload (the injector wires pods this way over a shared ConfigMap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_addresses_win_over_the_file_across_reloads() {
+    let (a, b) = (Upstream::start("A").await, Upstream::start("B").await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("floodgate.yaml");
+    // The file names other ports (and upstream B); the flags say where to really be.
+    let (file_port, file_metrics) = (free_port(), free_port());
+    std::fs::write(&config, config_yaml(file_port, file_metrics, b.port, "")).unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let args = [
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--upstream=127.0.0.1:{}", a.port),
+        format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+    ];
+    let fg = Sidecar::start_with_args(dir, config, port, metrics_port, &args).await;
+    assert_eq!(body_of(fg.port).await, "hello from A\n");
+    assert!(http_get(file_port, "/").await.is_err(), "the file's listen is not used");
+
+    // A reload that changes something else keeps the command-line upstream.
+    fg.write_config(&config_yaml(
+        file_port,
+        file_metrics,
+        b.port,
+        "rate_limit_headers: { legacy: false }\n",
+    ));
+    fg.wait_metric("floodgate_config_version", 2.0).await;
+    assert_eq!(body_of(fg.port).await, "hello from A\n", "{}", fg.log());
+}

@@ -76,7 +76,7 @@ impl Sidecar {
             let config = dir.path().join("floodgate.yaml");
             let (port, metrics_port) = (free_port(), free_port());
             std::fs::write(&config, yaml(port, metrics_port)).unwrap();
-            match Self::try_start(dir, config, port, metrics_port).await {
+            match Self::try_start(dir, config, port, metrics_port, &[]).await {
                 Ok(s) => return s,
                 Err(log) if log.contains("cannot listen on") => continue,
                 Err(log) => panic!("floodgate exited before ready:\n{log}"),
@@ -92,7 +92,19 @@ impl Sidecar {
         port: u16,
         metrics_port: u16,
     ) -> Self {
-        match Self::try_start(dir, config, port, metrics_port).await {
+        Self::start_with_args(dir, config, port, metrics_port, &[]).await
+    }
+
+    /// Like [`Sidecar::start_with`] with more command-line arguments; `port` and
+    /// `metrics_port` are where they make floodgate listen.
+    pub async fn start_with_args(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        metrics_port: u16,
+        args: &[String],
+    ) -> Self {
+        match Self::try_start(dir, config, port, metrics_port, args).await {
             Ok(s) => s,
             Err(log) => panic!("floodgate exited before ready:\n{log}"),
         }
@@ -103,11 +115,13 @@ impl Sidecar {
         config: PathBuf,
         port: u16,
         metrics_port: u16,
+        args: &[String],
     ) -> Result<Self, String> {
         let log = std::fs::File::create(dir.path().join("floodgate.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
             .arg("--config")
             .arg(&config)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
