@@ -128,3 +128,40 @@ pub fn into_tokio(l: std::net::TcpListener, what: &str) -> Option<tokio::net::Tc
         }
     }
 }
+
+/// Why [`probe`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No connection, or it broke.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Answered, but not 200.
+    #[error("answered `{0}`")]
+    Status(String),
+}
+
+/// `GET path` on `addr` with a plain blocking socket: `Ok` on a 200. Used by `floodgate health`,
+/// a container health check for images without curl.
+pub fn probe(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<(), ProbeError> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status = line.lines().next().unwrap_or("").trim().to_string();
+    if status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(ProbeError::Status(status))
+    }
+}

@@ -58,6 +58,7 @@ const EXAMPLES: &str = "Examples:
       --listen 0.0.0.0:15080 --upstream 127.0.0.1:8080 --metrics-listen 0.0.0.0:15090
   floodgate validate /etc/floodgate/floodgate.yaml
   floodgate schema > floodgate.schema.json
+  floodgate health --addr 127.0.0.1:15090     (exit 0 when /readyz answers 200)
 
 Metrics, /healthz and /readyz are served on `metrics.listen`. Logs go to stderr; set
 RUST_LOG (e.g. RUST_LOG=debug) to change what is logged.";
@@ -72,6 +73,16 @@ enum Command {
     },
     /// Print the JSON Schema of the config file (for editor completion and checks).
     Schema,
+    /// Ask a running sidecar's /readyz (or /healthz): exit 0 if it answers 200, 1 if not.
+    /// For container health checks in images that have no curl.
+    Health {
+        /// The sidecar's metrics address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15090")]
+        addr: std::net::SocketAddr,
+        /// Ask /healthz (the process answers) instead of /readyz (ready for traffic).
+        #[arg(long)]
+        live: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +95,16 @@ fn main() -> ExitCode {
     };
     match (cli.command, cli.config) {
         (Some(Command::Validate { files }), _) => validate(&files),
+        (Some(Command::Health { addr, live }), _) => {
+            let path = if live { "/healthz" } else { "/readyz" };
+            match floodgate::endpoint::probe(addr, path, Duration::from_secs(2)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("floodgate health: {addr}{path}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         (Some(Command::Schema), _) => {
             print!("{}", floodgate_config::json_schema());
             ExitCode::SUCCESS

@@ -86,3 +86,23 @@ fn schema_subcommand_prints_the_committed_schema() {
         "`floodgate schema` differs from config/floodgate.schema.json"
     );
 }
+
+/// `floodgate health` (the image's health check) says 0 for a ready sidecar and 1, with the
+/// reason, where nothing answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_subcommand_probes_readyz_and_healthz() {
+    let up = crate::support::Upstream::start("A").await;
+    let fg = crate::support::Sidecar::start(up.port, "").await;
+    let addr = format!("127.0.0.1:{}", fg.metrics_port);
+    let (code, _, err) = floodgate(&["health", "--addr", &addr]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = floodgate(&["health", "--addr", &addr, "--live"]);
+    assert_eq!(code, 0, "{err}");
+    let closed = format!("127.0.0.1:{}", crate::support::free_port());
+    let (code, _, err) = floodgate(&["health", "--addr", &closed]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("floodgate health: {closed}/readyz: ")),
+        "{err}"
+    );
+}
