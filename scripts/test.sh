@@ -2,7 +2,8 @@
 # Runs the whole test suite (unit, config fixtures, end-to-end against the real binaries).
 # Installs what a fresh Debian machine lacks first: cmake (pingora's zlib-ng build),
 # redis-server and redis-cli (the global-limit tests start their own servers and a cluster),
-# and promtool (the alert rules and the /metrics output are checked with it).
+# promtool (the alert rules and the /metrics output are checked with it), and for the
+# Kubernetes manifests kubernetes-validate (PyPI; the Kubernetes schemas, offline) and kustomize.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -10,6 +11,8 @@ need cmake cmake
 need redis-server redis-server
 need redis-cli redis-tools
 need promtool prometheus
+need_pip kubernetes-validate kubernetes-validate==1.37.0
+need_kustomize
 # The admin plane's stock-client test uses Python grpcio through server reflection.
 if ! python3 -c "import grpc, grpc_reflection, grpc_health" >/dev/null 2>&1; then
   echo ">> installing grpcio, grpcio-reflection, grpcio-health-checking (pip) for the stock gRPC client test" >&2

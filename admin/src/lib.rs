@@ -1,12 +1,14 @@
 //! Floodgate's admin plane. The gRPC service ([`service::AdminService`]) is written against
 //! the small [`control::Control`] trait, which the sidecar implements over its runtime state,
 //! so this crate knows nothing of pingora. Calls are authenticated by bearer tokens
-//! ([`auth`]); `floodgatectl` is the CLI over the same proto.
+//! ([`auth`]); `floodgatectl` is the CLI over the same proto. [`inject`] is `floodgatectl
+//! inject`, which adds the sidecar to Kubernetes workloads (offline, no sidecar needed).
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod control;
+pub mod inject;
 pub mod service;
 
 /// The admin proto's encoded `FileDescriptorSet`, for gRPC server reflection.

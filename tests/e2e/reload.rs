@@ -214,7 +214,10 @@ async fn command_line_addresses_win_over_the_file_across_reloads() {
     ];
     let fg = Sidecar::start_with_args(dir, config, port, metrics_port, &args).await;
     assert_eq!(body_of(fg.port).await, "hello from A\n");
-    assert!(http_get(file_port, "/").await.is_err(), "the file's listen is not used");
+    assert!(
+        http_get(file_port, "/").await.is_err(),
+        "the file's listen is not used"
+    );
 
     // A reload that changes something else keeps the command-line upstream.
     fg.write_config(&config_yaml(

@@ -141,6 +141,119 @@ enum Command {
     /// Local config file checks (no sidecar needed).
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Add the Floodgate sidecar to Kubernetes workloads (offline; no sidecar needed).
+    Inject(InjectArgs),
+}
+
+/// Reads Kubernetes YAML (several documents; Deployment, StatefulSet, DaemonSet, ReplicaSet,
+/// Job, CronJob, Pod, or a List of them) and writes it to standard output with the `floodgate`
+/// container in front of each workload's app.
+///
+/// Floodgate takes over the name of the app's port (e.g. `http`) on a port of its own
+/// (--listen-port) and forwards to the app on 127.0.0.1; the app's port is renamed (`app-http`)
+/// and the app is not changed. Services that target the port by name keep working; Services in
+/// the same input that target it by number are pointed at the name. Also added: the config from
+/// a ConfigMap (--config-map, mounted at /etc/floodgate/config), the admin tokens from a Secret
+/// (--admin-secret, at /etc/floodgate/tokens), /healthz and /readyz probes, resources, a
+/// non-root read-only securityContext and Prometheus scrape annotations.
+///
+/// Documents it does not change are written back byte for byte; injecting twice changes
+/// nothing. A workload annotated `floodgate.io/inject: disabled` is skipped. Notes (what was
+/// done, what to check) go to standard error.
+///
+/// Examples:
+///   floodgatectl inject -f deployment.yaml | kubectl apply -f -
+///   kubectl get deploy web -o yaml | floodgatectl inject -f - --upstream-port 8080 | kubectl apply -f -
+///   floodgatectl inject -f k8s/ --config-map web-floodgate   (not a directory: one file, or -)
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+struct InjectArgs {
+    /// File to read, or `-` for standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    file: String,
+    /// ConfigMap with the Floodgate config (key: --config-key).
+    #[arg(long, value_name = "NAME", default_value = "floodgate-config")]
+    config_map: String,
+    /// Key of the config file in the ConfigMap.
+    #[arg(long, value_name = "KEY", default_value = "floodgate.yaml")]
+    config_key: String,
+    /// Secret with the admin tokens (files referenced by admin.tokens[].file under
+    /// /etc/floodgate/tokens); an empty name mounts none.
+    #[arg(long, value_name = "NAME", default_value = "floodgate-admin-tokens")]
+    admin_secret: String,
+    /// The app's port Floodgate fronts (needed when the app has several or declares none).
+    #[arg(long, value_name = "N")]
+    upstream_port: Option<u16>,
+    /// The app's container (needed when several containers have ports).
+    #[arg(long, value_name = "NAME")]
+    container: Option<String>,
+    /// Floodgate's image.
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// Floodgate's inbound port.
+    #[arg(long, value_name = "N", default_value_t = 15080)]
+    listen_port: u16,
+    /// Floodgate's metrics, /healthz and /readyz port.
+    #[arg(long, value_name = "N", default_value_t = 15090)]
+    metrics_port: u16,
+    /// Serve the admin plane on this port of the pod IP (default: the config's admin.listen,
+    /// reachable with `kubectl port-forward`).
+    #[arg(long, value_name = "N")]
+    admin_port: Option<u16>,
+    /// Sidecar CPU request.
+    #[arg(long, default_value = "100m")]
+    cpu_request: String,
+    /// Sidecar memory request.
+    #[arg(long, default_value = "64Mi")]
+    memory_request: String,
+    /// Sidecar CPU limit (the runbook's CPU alerts are a share of it).
+    #[arg(long, default_value = "1")]
+    cpu_limit: String,
+    /// Sidecar memory limit (a queued request costs ~27 KiB: 1000 queued ~ 27 MiB).
+    #[arg(long, default_value = "256Mi")]
+    memory_limit: String,
+}
+
+impl InjectArgs {
+    fn options(&self) -> floodgate_admin::inject::Options {
+        let defaults = floodgate_admin::inject::Options::default();
+        floodgate_admin::inject::Options {
+            image: self.image.clone().unwrap_or(defaults.image),
+            config_map: self.config_map.clone(),
+            config_key: self.config_key.clone(),
+            admin_secret: (!self.admin_secret.is_empty()).then(|| self.admin_secret.clone()),
+            upstream_port: self.upstream_port,
+            container: self.container.clone(),
+            listen_port: self.listen_port,
+            metrics_port: self.metrics_port,
+            admin_port: self.admin_port,
+            cpu_request: self.cpu_request.clone(),
+            memory_request: self.memory_request.clone(),
+            cpu_limit: self.cpu_limit.clone(),
+            memory_limit: self.memory_limit.clone(),
+        }
+    }
+}
+
+fn inject(a: &InjectArgs) -> Result<(), Failure> {
+    use std::io::{Read, Write};
+    let mut input = String::new();
+    if a.file == "-" {
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .map_err(|e| Failure(2, format!("cannot read standard input: {e}")))?;
+    } else {
+        input = std::fs::read_to_string(&a.file)
+            .map_err(|e| Failure(2, format!("-f `{}` cannot be read: {e}", a.file)))?;
+    }
+    let done = floodgate_admin::inject::inject(&input, &a.options())
+        .map_err(|e| Failure(5, format!("nothing written: {e}")))?;
+    for n in &done.notes {
+        eprintln!("floodgatectl inject: {n}");
+    }
+    std::io::stdout()
+        .write_all(done.output.as_bytes())
+        .map_err(|e| Failure(1, format!("cannot write standard output: {e}")))
 }
 
 #[derive(Subcommand)]
@@ -387,6 +500,9 @@ fn print_json<T: serde::Serialize>(v: &T) {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let g = &cli.global;
+    if let Command::Inject(a) = &cli.command {
+        return inject(a);
+    }
     if let Command::Config(ConfigCmd::Validate { file }) = &cli.command {
         return match floodgate_config::load(file) {
             Ok(_) => {
@@ -624,7 +740,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Command::Config(_) => {}
+        Command::Config(_) | Command::Inject(_) => {}
     }
     Ok(())
 }
