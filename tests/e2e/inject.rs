@@ -496,6 +496,16 @@ fn component_adds_the_same_sidecar_as_the_injector() {
     validate_k8s("examples/component", &built);
     let objs = objects(&built);
     let d = objs.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .arg("validate")
+        .arg(repo("deploy/kubernetes/examples/component/floodgate.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let from_component = containers(d)[0].clone();
     assert_eq!(from_component["name"], "floodgate");
     let env = from_component["env"].as_sequence().unwrap();
