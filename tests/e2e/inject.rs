@@ -685,3 +685,24 @@ async fn the_injected_container_runs_with_the_shipped_config() {
     })
     .await;
 }
+
+#[test]
+fn inject_help_teaches_with_examples_and_exit_codes() {
+    let out = Command::new(floodgatectl())
+        .args(["inject", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needed in [
+        "floodgatectl inject -f deployment.yaml | kubectl apply -f -",
+        "floodgate.io/inject: disabled",
+        "Exit codes: 0 written, 2 input unreadable, 5 refused",
+        "--upstream-port <N>",
+        "--config-map <NAME>",
+    ] {
+        assert!(help.contains(needed), "`{needed}` missing from:\n{help}");
+    }
+    // The sidecar-connection flags are grouped away from inject's own.
+    let options = help.split("Sidecar connection:").next().unwrap();
+    assert!(!options.contains("--token-file"), "{help}");
+}

@@ -38,27 +38,39 @@ struct Global {
         long,
         global = true,
         env = "FLOODGATE_ADDR",
-        default_value = "127.0.0.1:9901"
+        default_value = "127.0.0.1:9901",
+        help_heading = "Sidecar connection"
     )]
     addr: String,
     /// File holding the bearer token (an operator token to change, a viewer token to read).
-    #[arg(long, global = true, env = "FLOODGATE_TOKEN_FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_TOKEN_FILE",
+        help_heading = "Sidecar connection"
+    )]
     token_file: Option<String>,
     /// How to print: `table` for people, `json` for scripts.
-    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table, help_heading = "Sidecar connection")]
     output: Output,
     /// Apply a change to every sidecar of the fleet (stored in Redis), not only this one.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Sidecar connection")]
     fleet: bool,
     /// CA certificate (PEM) to verify the sidecar's admin.tls certificate; turns on TLS.
-    #[arg(long, global = true, env = "FLOODGATE_CA_FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_CA_FILE",
+        help_heading = "Sidecar connection"
+    )]
     ca_file: Option<String>,
     /// Client certificate (PEM) for a sidecar that requires mutual TLS (with --key-file).
     #[arg(
         long,
         global = true,
         env = "FLOODGATE_CERT_FILE",
-        requires = "key_file"
+        requires = "key_file",
+        help_heading = "Sidecar connection"
     )]
     cert_file: Option<String>,
     /// The client certificate's private key (PEM).
@@ -66,7 +78,8 @@ struct Global {
         long,
         global = true,
         env = "FLOODGATE_KEY_FILE",
-        requires = "cert_file"
+        requires = "cert_file",
+        help_heading = "Sidecar connection"
     )]
     key_file: Option<String>,
 }
@@ -142,31 +155,35 @@ enum Command {
     #[command(subcommand)]
     Config(ConfigCmd),
     /// Add the Floodgate sidecar to Kubernetes workloads (offline; no sidecar needed).
+    ///
+    /// Reads Kubernetes YAML (several documents; Deployment, StatefulSet, DaemonSet, ReplicaSet,
+    /// Job, CronJob, Pod, or a List of them) and writes it to standard output with the `floodgate`
+    /// container in front of each workload's app.
+    ///
+    /// Floodgate takes over the name of the app's port (e.g. `http`) on a port of its own
+    /// (--listen-port) and forwards to the app on 127.0.0.1; the app's port is renamed (`app-http`)
+    /// and the app is not changed. Services that target the port by name keep working; Services in
+    /// the same input that target it by number are pointed at the name. Also added: the config from
+    /// a ConfigMap (--config-map, mounted at /etc/floodgate/config), the admin tokens from a Secret
+    /// (--admin-secret, at /etc/floodgate/tokens), /healthz and /readyz probes, resources, a
+    /// non-root read-only securityContext and Prometheus scrape annotations.
+    ///
+    /// Documents it does not change are written back byte for byte; injecting twice changes
+    /// nothing. A workload annotated `floodgate.io/inject: disabled` is skipped. Notes (what was
+    /// done, what to check) go to standard error.
+    ///
+    /// Examples:
+    ///   floodgatectl inject -f deployment.yaml | kubectl apply -f -
+    ///   kubectl get deploy web -o yaml | floodgatectl inject -f - --upstream-port 8080 | kubectl apply -f -
+    ///   for f in k8s/*.yaml; do echo ---; cat "$f"; done | floodgatectl inject -f - --config-map web-floodgate
+    ///
+    /// Exit codes: 0 written, 2 input unreadable, 5 refused (nothing written; the message names
+    /// the document, the workload and the fix).
+    #[command(verbatim_doc_comment)]
     Inject(InjectArgs),
 }
 
-/// Reads Kubernetes YAML (several documents; Deployment, StatefulSet, DaemonSet, ReplicaSet,
-/// Job, CronJob, Pod, or a List of them) and writes it to standard output with the `floodgate`
-/// container in front of each workload's app.
-///
-/// Floodgate takes over the name of the app's port (e.g. `http`) on a port of its own
-/// (--listen-port) and forwards to the app on 127.0.0.1; the app's port is renamed (`app-http`)
-/// and the app is not changed. Services that target the port by name keep working; Services in
-/// the same input that target it by number are pointed at the name. Also added: the config from
-/// a ConfigMap (--config-map, mounted at /etc/floodgate/config), the admin tokens from a Secret
-/// (--admin-secret, at /etc/floodgate/tokens), /healthz and /readyz probes, resources, a
-/// non-root read-only securityContext and Prometheus scrape annotations.
-///
-/// Documents it does not change are written back byte for byte; injecting twice changes
-/// nothing. A workload annotated `floodgate.io/inject: disabled` is skipped. Notes (what was
-/// done, what to check) go to standard error.
-///
-/// Examples:
-///   floodgatectl inject -f deployment.yaml | kubectl apply -f -
-///   kubectl get deploy web -o yaml | floodgatectl inject -f - --upstream-port 8080 | kubectl apply -f -
-///   floodgatectl inject -f k8s/ --config-map web-floodgate   (not a directory: one file, or -)
 #[derive(Args)]
-#[command(verbatim_doc_comment)]
 struct InjectArgs {
     /// File to read, or `-` for standard input.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
