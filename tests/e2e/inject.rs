@@ -695,6 +695,7 @@ fn inject_help_teaches_with_examples_and_exit_codes() {
     let help = String::from_utf8(out.stdout).unwrap();
     for needed in [
         "floodgatectl inject -f deployment.yaml | kubectl apply -f -",
+        "floodgatectl inject -f k8s/",
         "floodgate.io/inject: disabled",
         "Exit codes: 0 written, 2 input unreadable, 5 refused",
         "--upstream-port <N>",
@@ -705,4 +706,54 @@ fn inject_help_teaches_with_examples_and_exit_codes() {
     // The sidecar-connection flags are grouped away from inject's own.
     let options = help.split("Sidecar connection:").next().unwrap();
     assert!(!options.contains("--token-file"), "{help}");
+}
+
+#[test]
+fn a_directory_is_read_as_one_stream_of_its_yaml_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["deployment.yaml", "statefulset.yaml"] {
+        std::fs::copy(fixture(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("README.md"), "not yaml: [").unwrap();
+    let out = Command::new(floodgatectl())
+        .args(["inject", "-f"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let kinds: Vec<String> = objects(&text)
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap/web-settings",
+            "Deployment/web",
+            "Service/web",
+            "Ingress/web",
+            "StatefulSet/ledger",
+            "Service/ledger",
+            "Service/ledger-public"
+        ]
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(floodgatectl())
+        .args(["inject", "-f"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no .yaml or .yml files in it"));
 }

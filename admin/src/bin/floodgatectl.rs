@@ -175,7 +175,7 @@ enum Command {
     /// Examples:
     ///   floodgatectl inject -f deployment.yaml | kubectl apply -f -
     ///   kubectl get deploy web -o yaml | floodgatectl inject -f - --upstream-port 8080 | kubectl apply -f -
-    ///   for f in k8s/*.yaml; do echo ---; cat "$f"; done | floodgatectl inject -f - --config-map web-floodgate
+    ///   floodgatectl inject -f k8s/ --config-map web-floodgate > injected.yaml   (every .yaml/.yml in k8s/)
     ///
     /// Exit codes: 0 written, 2 input unreadable, 5 refused (nothing written; the message names
     /// the document, the workload and the fix).
@@ -185,7 +185,8 @@ enum Command {
 
 #[derive(Args)]
 struct InjectArgs {
-    /// File to read, or `-` for standard input.
+    /// File to read, a directory (its .yaml and .yml files, by name, as one stream), or `-` for
+    /// standard input.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     file: String,
     /// ConfigMap with the Floodgate config (key: --config-key).
@@ -259,6 +260,34 @@ fn inject(a: &InjectArgs) -> Result<(), Failure> {
         std::io::stdin()
             .read_to_string(&mut input)
             .map_err(|e| Failure(2, format!("cannot read standard input: {e}")))?;
+    } else if std::path::Path::new(&a.file).is_dir() {
+        // As kubectl: every .yaml/.yml file of the directory (not below it), by name, as one
+        // stream.
+        let unreadable =
+            |e: std::io::Error| Failure(2, format!("-f `{}` cannot be read: {e}", a.file));
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&a.file)
+            .map_err(unreadable)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Failure(
+                2,
+                format!("-f `{}`: no .yaml or .yml files in it", a.file),
+            ));
+        }
+        for f in files {
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| Failure(2, format!("`{}` cannot be read: {e}", f.display())))?;
+            if !input.is_empty() {
+                if !input.ends_with('\n') {
+                    input.push('\n');
+                }
+                input.push_str("---\n");
+            }
+            input.push_str(&text);
+        }
     } else {
         input = std::fs::read_to_string(&a.file)
             .map_err(|e| Failure(2, format!("-f `{}` cannot be read: {e}", a.file)))?;
