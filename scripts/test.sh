@@ -22,7 +22,8 @@ if ! python3 -c "import grpc, grpc_reflection, grpc_health" >/dev/null 2>&1; the
 fi
 # The end-to-end tests run every binary of the workspace (floodgate, floodgatectl, the demo
 # upstream); cargo only builds a package's own binaries for its tests, so build them all.
-cargo build --workspace --bins
+# --locked: the Dockerfile builds with it, so a stale Cargo.lock fails here first.
+cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

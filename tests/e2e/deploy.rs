@@ -210,8 +210,9 @@ async fn the_hpa_metric_comes_from_a_valid_adapter_rule_over_a_real_series() {
 }
 
 /// The Dockerfile cannot be built here (no Docker engine on this machine); what can be checked
-/// is: hadolint passes, the toolchain is the repository's, the binaries it builds exist, the
-/// user is the one the injector runs as, and its CMD and HEALTHCHECK work with the real binary.
+/// is: hadolint passes, the toolchain is the repository's, the binaries link only what the
+/// runtime base has, the user is the one the injector runs as, and its CMD and HEALTHCHECK work
+/// with the real binary. (`scripts/test.sh` builds with `--locked`, as the Dockerfile does.)
 #[tokio::test]
 async fn dockerfile_lints_and_its_commands_work_with_the_real_binary() {
     let path = deploy("Dockerfile");
@@ -238,6 +239,21 @@ async fn dockerfile_lints_and_its_commands_work_with_the_real_binary() {
         "{toolchain}"
     );
     assert!(text.contains("--bin floodgate --bin floodgatectl"));
+    // distroless/cc-debian12 has glibc and libgcc, no more: the binaries may link nothing else.
+    assert!(text.contains("FROM gcr.io/distroless/cc-debian12:nonroot"));
+    for bin in ["floodgate", "floodgatectl"] {
+        let exe = std::path::Path::new(env!("CARGO_BIN_EXE_floodgate")).with_file_name(bin);
+        let out = Command::new("ldd").arg(&exe).output().unwrap();
+        let libs = String::from_utf8_lossy(&out.stdout);
+        for line in libs.lines() {
+            let lib = line.split_whitespace().next().unwrap_or("");
+            assert!(
+                ["linux-vdso.so.1", "libgcc_s.so.1", "libm.so.6", "libc.so.6"].contains(&lib)
+                    || lib.contains("ld-linux"),
+                "{bin} links {lib}, which distroless/cc does not have:\n{libs}"
+            );
+        }
+    }
     assert!(
         text.contains("USER 65532:65532"),
         "the injector's runAsUser/runAsGroup"
