@@ -226,6 +226,63 @@ mod tests {
         assert_eq!(chunks[2].body, "c: 3\n");
     }
 
+    const DEPLOY: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: a}\nspec:\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: web\n        ports:\n        - containerPort: 8080\n";
+
+    fn service(ns: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  selector: {{app: web}}\n  ports:\n  - port: 80\n    targetPort: 8080\n")
+    }
+
+    #[test]
+    fn a_stream_without_workloads_comes_back_byte_for_byte() {
+        let text = "# only config\r\napiVersion: v1\r\nkind: ConfigMap\r\nmetadata: {name: x}\r\n--- {kind: Secret, apiVersion: v1, metadata: {name: y}}\r\n---\r\n# trailing comment\r\n";
+        let out = inject(text, &Options::default()).expect("ok");
+        assert_eq!(out.output, text);
+        assert!(out.notes.is_empty());
+    }
+
+    #[test]
+    fn only_services_in_the_workloads_namespace_are_repointed() {
+        let text = format!("{DEPLOY}---\n{}---\n{}", service("a"), service("b"));
+        let out = inject(&text, &Options::default()).expect("ok").output;
+        let docs: Vec<&str> = out.split("---\n").collect();
+        assert!(docs[1].contains("targetPort: http\n"), "{out}");
+        assert_eq!(
+            docs[2],
+            service("b"),
+            "another namespace's Service is not touched"
+        );
+    }
+
+    #[test]
+    fn opting_out_on_the_pod_template_skips_too() {
+        let text = DEPLOY.replace(
+            "      labels: {app: web}\n",
+            "      labels: {app: web}\n      annotations: {floodgate.io/inject: disabled}\n",
+        );
+        let out = inject(&text, &Options::default()).expect("ok");
+        assert_eq!(out.output, text);
+        assert_eq!(
+            out.notes,
+            ["Deployment/web: skipped (floodgate.io/inject: disabled)"]
+        );
+    }
+
+    #[test]
+    fn the_admin_port_and_no_secret_are_options() {
+        let opts = Options {
+            admin_port: Some(15901),
+            admin_secret: None,
+            ..Options::default()
+        };
+        let out = inject(DEPLOY, &opts).expect("ok").output;
+        assert!(
+            out.contains("- \"--admin-listen=0.0.0.0:15901\"\n"),
+            "{out}"
+        );
+        assert!(out.contains("name: fg-admin\n"), "{out}");
+        assert!(!out.contains("floodgate-admin-tokens"), "{out}");
+    }
+
     #[test]
     fn content_on_the_separator_line_is_the_documents() {
         let chunks = split("--- {kind: Pod}\n");
