@@ -757,3 +757,23 @@ fn a_directory_is_read_as_one_stream_of_its_yaml_files() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no .yaml or .yml files in it"));
 }
+
+#[test]
+fn native_sidecar_runs_floodgate_as_a_restartable_init_container() {
+    let input = std::fs::read_to_string(fixture("deployment.yaml")).unwrap();
+    let (out, _) = inject_ok(&input, &["--native-sidecar"]);
+    let d = &objects(&out)[1];
+    let spec = pod_spec(d).unwrap();
+    let init = spec["initContainers"].as_sequence().unwrap();
+    assert_eq!(init[0]["name"], "floodgate");
+    assert_eq!(init[0]["restartPolicy"], "Always");
+    assert!(args_of(&init[0]).contains(&"--upstream=127.0.0.1:8080".to_string()));
+    let app = containers(d);
+    let names: Vec<&str> = app.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web"], "the app's containers are as they were");
+    // Native sidecars are Kubernetes 1.29+: both schemas accept it.
+    validate_k8s("native sidecar", &out);
+    let (again, notes) = inject_ok(&out, &["--native-sidecar"]);
+    assert_eq!(again, out);
+    assert!(notes.contains("already has the `floodgate` container"));
+}

@@ -230,6 +230,11 @@ struct InjectArgs {
     /// Sidecar memory limit (a queued request costs ~27 KiB: 1000 queued ~ 27 MiB).
     #[arg(long, default_value = "256Mi")]
     memory_limit: String,
+    /// Inject a Kubernetes native sidecar (an initContainer with restartPolicy: Always;
+    /// Kubernetes 1.29+): Floodgate starts and is ready before the app and stops after it, so
+    /// no request reaches the app around it and its drain finishes while the app still answers.
+    #[arg(long)]
+    native_sidecar: bool,
 }
 
 impl InjectArgs {
@@ -249,6 +254,7 @@ impl InjectArgs {
             memory_request: self.memory_request.clone(),
             cpu_limit: self.cpu_limit.clone(),
             memory_limit: self.memory_limit.clone(),
+            native_sidecar: self.native_sidecar,
         }
     }
 }

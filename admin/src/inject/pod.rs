@@ -130,7 +130,15 @@ pub fn inject_workload(
         .iter()
         .filter_map(|c| c.get("name").and_then(Node::as_str))
         .collect();
-    if names.contains(&CONTAINER) {
+    let init = spec
+        .get("initContainers")
+        .map(Node::items)
+        .unwrap_or_default();
+    if names.contains(&CONTAINER)
+        || init
+            .iter()
+            .any(|c| c.get("name").and_then(Node::as_str) == Some(CONTAINER))
+    {
         notes.push(format!(
             "{workload}: already has the `{CONTAINER}` container; left as it is"
         ));
@@ -244,7 +252,8 @@ pub fn inject_workload(
         (None, None) => return Err("no app port".into()),
     };
 
-    let all_ports = pod_ports(containers);
+    let mut all_ports = pod_ports(containers);
+    all_ports.extend(pod_ports(init));
     for (flag, mine) in [
         ("--listen-port", Some(opts.listen_port)),
         ("--metrics-port", Some(opts.metrics_port)),
@@ -312,7 +321,20 @@ pub fn inject_workload(
                 "{workload}: container `{app_name}`'s port `{old}` is now `{new}`; `{old}` is Floodgate's"
             ));
         }
-        containers.insert(0, sidecar::container(opts, app_port, &fg_port));
+        if !opts.native_sidecar {
+            containers.insert(0, sidecar::container(opts, app_port, &fg_port));
+        }
+    }
+    if opts.native_sidecar {
+        // A Kubernetes native sidecar (1.29+): started, and ready, before the app; stopped
+        // after it, so the app never sees traffic without Floodgate in front, and Floodgate
+        // drains while the app still answers.
+        let mut c = sidecar::container(opts, app_port, &fg_port);
+        c.set("restartPolicy", Node::string("Always"));
+        match spec.entry("initContainers", || Node::Seq(Vec::new())) {
+            Some(Node::Seq(v)) => v.insert(0, c),
+            _ => return Err("`initContainers` is not a list".into()),
+        }
     }
     match spec.entry("volumes", || Node::Seq(Vec::new())) {
         Some(Node::Seq(v)) => v.extend(volumes),

@@ -49,6 +49,8 @@ pub struct Options {
     pub cpu_limit: String,
     /// Memory limit.
     pub memory_limit: String,
+    /// Put Floodgate in `initContainers` with `restartPolicy: Always` (Kubernetes 1.29+).
+    pub native_sidecar: bool,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             memory_request: "64Mi".into(),
             cpu_limit: "1".into(),
             memory_limit: "256Mi".into(),
+            native_sidecar: false,
         }
     }
 }
