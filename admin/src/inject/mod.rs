@@ -284,6 +284,30 @@ mod tests {
     }
 
     #[test]
+    fn a_named_container_without_ports_needs_the_port() {
+        let text = DEPLOY.replace(
+            "      - name: web\n",
+            "      - name: shipper\n        image: s\n      - name: web\n",
+        );
+        let text = text.replace("        ports:\n        - containerPort: 8080\n", "");
+        let opts = Options {
+            container: Some("shipper".into()),
+            ..Options::default()
+        };
+        let e = inject(&text, &opts).expect_err("refused").to_string();
+        assert!(
+            e.contains("container `shipper` declares no containerPort; say which port"),
+            "{e}"
+        );
+        let opts = Options {
+            upstream_port: Some(9000),
+            ..opts
+        };
+        let out = inject(&text, &opts).expect("ok").output;
+        assert!(out.contains("--upstream=127.0.0.1:9000"), "{out}");
+    }
+
+    #[test]
     fn content_on_the_separator_line_is_the_documents() {
         let chunks = split("--- {kind: Pod}\n");
         assert_eq!(chunks[1].body, "{kind: Pod}\n");

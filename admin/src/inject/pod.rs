@@ -126,9 +126,10 @@ pub fn inject_workload(
     if containers.is_empty() {
         return Err(format!("`{spec_where}.containers` is empty"));
     }
+    // One entry per container (indices are shared with `containers`).
     let names: Vec<&str> = containers
         .iter()
-        .filter_map(|c| c.get("name").and_then(Node::as_str))
+        .map(|c| c.get("name").and_then(Node::as_str).unwrap_or("?"))
         .collect();
     let init = spec
         .get("initContainers")
@@ -213,6 +214,12 @@ pub fn inject_workload(
     let chosen: Option<usize> = match opts.upstream_port {
         Some(port) => app_ports.iter().position(|p| port_number(p) == Some(port)),
         None => match app_ports {
+            [] => {
+                return Err(format!(
+                    "container `{app_name}` declares no containerPort; say which port the app \
+                     listens on with --upstream-port N"
+                ))
+            }
             [_] => Some(0),
             _ => Some(
                 app_ports
