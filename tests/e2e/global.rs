@@ -209,7 +209,10 @@ async fn cluster_spreads_keys_and_decides_each_exactly() {
     let up = Upstream::start("app").await;
     let nodes: Vec<String> = cluster.urls();
     let redis = format!("  cluster: [{}]\n", nodes.join(", "));
-    let cfg = global_yaml(&redis, "per_user", 10, 3600, "[\"header:x-user\"]", "");
+    // Exactness is under test here, not the fallback: a 500 ms budget missed once on a fully
+    // loaded machine would decide on the local share and admit a different count.
+    let cfg = global_yaml(&redis, "per_user", 10, 3600, "[\"header:x-user\"]", "")
+        .replace("timeout_ms: 500", "timeout_ms: 3000");
     let a = Sidecar::start(up.port, &cfg).await;
     let b = Sidecar::start(up.port, &cfg).await;
     on_redis(&a, "per_user").await;
@@ -228,7 +231,8 @@ async fn cluster_spreads_keys_and_decides_each_exactly() {
             assert!(status == 200 || status == 429, "status {status}");
             admitted += u32::from(status == 200);
         }
-        // Seen once under a fully loaded 2-core machine, not reproduced since: say why if again.
+        // Seen once under a fully loaded 2-core machine (before the longer budget above), not
+        // reproduced since: say why if again.
         assert_eq!(
             admitted,
             10,
