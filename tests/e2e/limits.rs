@@ -137,7 +137,7 @@ async fn header_keys_make_separate_buckets_and_a_missing_header_is_one_bucket() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_keeps_counters_of_unchanged_limits_and_resets_changed_ones() {
+async fn reload_keeps_counts_of_unchanged_and_resized_limits_and_resets_redefined_ones() {
     let up = Upstream::start("app").await;
     let fg = Sidecar::start(up.port, &limit_yaml("steady", 2, "")).await;
     for _ in 0..2 {
@@ -146,26 +146,34 @@ async fn reload_keeps_counters_of_unchanged_limits_and_resets_changed_ones() {
     assert_eq!(http_get(fg.port, "/x").await.unwrap().0, 429);
     // An unrelated change: the limit's counters survive.
     let routes = "routes:\n  - name: api\n    match: { path_prefix: /api }\n";
-    fg.write_config(&config_yaml(
-        fg.port,
-        fg.metrics_port,
-        up.port,
-        &format!("{routes}{}", limit_yaml("steady", 2, "")),
-    ));
+    let config = |limit: String| {
+        config_yaml(
+            fg.port,
+            fg.metrics_port,
+            up.port,
+            &format!("{routes}{limit}"),
+        )
+    };
+    fg.write_config(&config(limit_yaml("steady", 2, "")));
     fg.wait_metric("floodgate_config_version", 2.0).await;
     assert_eq!(
         http_get(fg.port, "/x").await.unwrap().0,
         429,
         "still limited after the reload"
     );
-    // The limit itself changes: it starts afresh with its new size.
-    fg.write_config(&config_yaml(
-        fg.port,
-        fg.metrics_port,
-        up.port,
-        &format!("{routes}{}", limit_yaml("steady", 3, "")),
-    ));
+    // Only its size changes (2 -> 3): the 2 counted still count, one more passes.
+    fg.write_config(&config(limit_yaml("steady", 3, "")));
     fg.wait_metric("floodgate_config_version", 3.0).await;
+    let (status, h, _) = http_get(fg.port, "/x").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(h["x-ratelimit-limit"], "3");
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    assert_eq!(http_get(fg.port, "/x").await.unwrap().0, 429);
+    // Redefined (another window length): it starts afresh.
+    fg.write_config(&config(
+        limit_yaml("steady", 3, "").replace("window_seconds: 60", "window_seconds: 30"),
+    ));
+    fg.wait_metric("floodgate_config_version", 4.0).await;
     let (status, h, _) = http_get(fg.port, "/x").await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(h["x-ratelimit-remaining"], "2");

@@ -2,6 +2,7 @@
 //! strategies. `token_bucket` is governor's GCRA; the window strategies are [`WindowTable`].
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate_config::{Limit, Strategy};
@@ -33,7 +34,8 @@ pub struct Outcome {
 }
 
 enum State {
-    Window(WindowTable),
+    /// Shared with the limiter of the next snapshot when only the size changes.
+    Window(Arc<WindowTable>),
     Gcra(Box<Gcra>),
 }
 
@@ -72,6 +74,53 @@ impl Limiter {
         }
     }
 
+    /// A limiter for `def` that keeps this one's counts, when `def` differs from this one's
+    /// definition only in its sizes (`max_requests`, the extra windows' maxima): what
+    /// `floodgatectl limits set/scale/restore` and an edited file usually change. The counts
+    /// are shared (each limiter decides with its own size), so requests still finishing on the
+    /// old snapshot count in the same windows, and a reload that fails after this leaves the
+    /// old limiter as it was.
+    /// `None` for any other change, and for `token_bucket` (governor's quota is fixed).
+    pub fn carried(&self, def: &Limit) -> Option<Limiter> {
+        if def.strategy == Strategy::TokenBucket
+            || def.extra_windows.len() != self.def.extra_windows.len()
+        {
+            return None;
+        }
+        let mut same = def.clone();
+        same.max_requests = self.def.max_requests;
+        for (mine, old) in same.extra_windows.iter_mut().zip(&self.def.extra_windows) {
+            mine.0 = old.0;
+        }
+        if same != self.def {
+            return None;
+        }
+        let mut sizes: Vec<(u64, Duration)> = std::iter::once((def.max_requests.get(), def.window))
+            .chain(def.extra_windows.iter().map(|(m, w)| (m.get(), *w)))
+            .collect();
+        sizes.sort_by_key(|(_, w)| *w);
+        let windows = self
+            .windows
+            .iter()
+            .zip(sizes)
+            .map(|(w, (max, length))| {
+                let State::Window(table) = &w.state else {
+                    return None;
+                };
+                Some(Window {
+                    max,
+                    length,
+                    state: State::Window(table.clone()),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Limiter {
+            def: def.clone(),
+            windows,
+            clock: self.clock.clone(),
+        })
+    }
+
     /// Counts a request for `key` in every window, shortest first, stopping at the first that
     /// rejects it (longer windows are not charged for a rejected request). The outcome is the
     /// rejecting window's, or else the window with the least share left.
@@ -103,7 +152,7 @@ impl Limiter {
     pub fn sweep(&self) -> f64 {
         self.windows
             .iter()
-            .map(|w| w.state.sweep(&self.clock))
+            .map(|w| w.state.sweep(&self.clock, w.max))
             .fold(0.0, f64::max)
     }
 
@@ -122,8 +171,8 @@ impl Limiter {
 impl State {
     fn new(strategy: Strategy, max: u64, window: Duration, clock: &Clock) -> Self {
         match strategy {
-            Strategy::FixedWindow => State::Window(WindowTable::new(max, window, false)),
-            Strategy::SlidingWindow => State::Window(WindowTable::new(max, window, true)),
+            Strategy::FixedWindow => State::Window(Arc::new(WindowTable::new(window, false))),
+            Strategy::SlidingWindow => State::Window(Arc::new(WindowTable::new(window, true))),
             Strategy::TokenBucket => {
                 // A bucket of `max` tokens refilled evenly over the window: the same long-run
                 // rate as the windows, with bursts up to `max`.
@@ -141,9 +190,9 @@ impl State {
         }
     }
 
-    fn sweep(&self, clock: &Clock) -> f64 {
+    fn sweep(&self, clock: &Clock, max: u64) -> f64 {
         match self {
-            State::Window(t) => t.sweep(clock.elapsed()),
+            State::Window(t) => t.sweep(clock.elapsed(), max),
             State::Gcra(g) => {
                 g.retain_recent();
                 g.shrink_to_fit();
@@ -167,7 +216,7 @@ impl Window {
         let (limit, window) = (self.max, self.length);
         match &self.state {
             State::Window(t) => {
-                let o = t.check(key, clock.elapsed());
+                let o = t.check(key, clock.elapsed(), limit);
                 Outcome {
                     allowed: o.allowed,
                     limit,

@@ -51,7 +51,9 @@ pub struct LimitSet {
 
 impl LimitSet {
     /// Builds the set for `limits` over `route_names` (in router order, without `default`).
-    /// Limiters of `previous` whose definition is unchanged are carried over with their counters.
+    /// Limiters of `previous` whose definition is unchanged are carried over with their
+    /// counters, and so are the counts of those whose only change is their size (see
+    /// [`Limiter::carried`]).
     pub fn new(
         limits: &[Limit],
         route_names: &[&str],
@@ -61,9 +63,12 @@ impl LimitSet {
         let limiters: Vec<Arc<Limiter>> = limits
             .iter()
             .map(|def| {
+                let previous = previous.map_or(&[][..], |p| p.limiters.as_slice());
                 previous
-                    .and_then(|p| p.limiters.iter().find(|l| l.def == *def))
+                    .iter()
+                    .find(|l| l.def == *def)
                     .cloned()
+                    .or_else(|| previous.iter().find_map(|l| l.carried(def)).map(Arc::new))
                     .unwrap_or_else(|| Arc::new(Limiter::new(def.clone(), clock.clone())))
             })
             .collect();
@@ -270,19 +275,25 @@ mod tests {
     }
 
     #[test]
-    fn reload_keeps_counters_of_unchanged_limits_only() {
+    fn reload_keeps_counters_of_unchanged_and_resized_limits_only() {
         let clock = Clock::manual();
         let h = HeaderMap::new();
+        let mut longer = limit("longer", None, 2, false);
         let a = [
             limit("same", None, 2, false),
-            limit("changes", None, 2, false),
+            limit("resized", None, 2, false),
+            longer.clone(),
         ];
         let set1 = LimitSet::new(&a, &[], None, &clock);
         set1.check(0, &req(&h), |_, _, _| {});
         set1.check(0, &req(&h), |_, _, _| {});
+        // `resized` raised to 3 keeps its 2 counted (one left, not three); `longer`'s window
+        // changed, so it starts afresh (allowed although it had used its 2).
+        longer.window = Duration::from_secs(120);
         let b = [
             limit("same", None, 2, false),
-            limit("changes", None, 3, false),
+            limit("resized", None, 3, false),
+            longer,
         ];
         let set2 = LimitSet::new(&b, &[], Some(&set1), &clock);
         let mut d = Vec::new();
@@ -291,8 +302,52 @@ mod tests {
             d,
             [
                 ("same".to_string(), Decision::Limited),
-                ("changes".to_string(), Decision::Allowed)
+                ("resized".to_string(), Decision::Allowed),
+                ("longer".to_string(), Decision::Allowed),
             ]
+        );
+        let resized = [limit("resized", None, 3, false)];
+        let set3 = LimitSet::new(&resized, &[], Some(&set2), &clock);
+        let mut d = Vec::new();
+        set3.check(0, &req(&h), |_, l, dec| d.push((l.def.name.clone(), dec)));
+        assert_eq!(
+            d,
+            [("resized".to_string(), Decision::Limited)],
+            "3 of 3 used"
+        );
+        // Restored to 2: the three counted are over it; no fresh window.
+        let set4 = LimitSet::new(
+            &[limit("resized", None, 2, false)],
+            &[],
+            Some(&set3),
+            &clock,
+        );
+        let mut d = Vec::new();
+        set4.check(0, &req(&h), |_, l, dec| d.push((l.def.name.clone(), dec)));
+        assert_eq!(d, [("resized".to_string(), Decision::Limited)]);
+    }
+
+    #[test]
+    fn only_a_size_change_of_a_window_limit_carries_counts() {
+        let clock = Clock::manual();
+        let base = limit("l", None, 2, false);
+        let old = Limiter::new(base.clone(), clock.clone());
+        let mut bigger = base.clone();
+        bigger.max_requests = NonZeroU64::new(5).unwrap();
+        assert!(old.carried(&bigger).is_some());
+        let mut longer = base.clone();
+        longer.window = Duration::from_secs(61);
+        assert!(old.carried(&longer).is_none());
+        let mut rekeyed = bigger.clone();
+        rekeyed.key = vec![KeyPart::Route];
+        assert!(old.carried(&rekeyed).is_none());
+        let mut bucket = base;
+        bucket.strategy = Strategy::TokenBucket;
+        let old_bucket = Limiter::new(bucket.clone(), clock);
+        bucket.max_requests = NonZeroU64::new(5).unwrap();
+        assert!(
+            old_bucket.carried(&bucket).is_none(),
+            "governor's quota is fixed"
         );
     }
 }

@@ -42,17 +42,17 @@ pub struct WindowOutcome {
 
 /// Per-key windows of one limit.
 pub struct WindowTable {
-    max: u64,
     window: Duration,
     sliding: bool,
     shards: Vec<Mutex<HashMap<u64, Counts>>>,
 }
 
 impl WindowTable {
-    /// `max` requests per `window`; `sliding` selects the weighted two-window estimate.
-    pub fn new(max: u64, window: Duration, sliding: bool) -> Self {
+    /// Counts per `window`; `sliding` selects the weighted two-window estimate. The limit
+    /// (`max`) is given to each call, so a limit resized by a reload keeps its counts while the
+    /// old snapshot goes on deciding with its own size.
+    pub fn new(window: Duration, sliding: bool) -> Self {
         Self {
-            max,
             window,
             sliding,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -64,8 +64,8 @@ impl WindowTable {
         &self.shards[(key >> 60) as usize % SHARDS]
     }
 
-    /// Counts a request for `key` at `now` if the limit allows it.
-    pub fn check(&self, key: u64, now: Duration) -> WindowOutcome {
+    /// Counts a request for `key` at `now` if `max` per window allows it.
+    pub fn check(&self, key: u64, now: Duration, max: u64) -> WindowOutcome {
         let w = self.window.as_nanos().max(1);
         let idx = u64::try_from(now.as_nanos() / w).unwrap_or(u64::MAX);
         let into = Duration::from_nanos(u64::try_from(now.as_nanos() % w).unwrap_or(0));
@@ -86,7 +86,8 @@ impl WindowTable {
             c.window = idx;
         }
         let used = c.previous as f64 * weight + c.current as f64;
-        let max = self.max as f64;
+        let limit = max;
+        let max = limit as f64;
         if used + 1.0 <= max {
             c.current += 1;
             let after = used + 1.0;
@@ -102,7 +103,7 @@ impl WindowTable {
                 allowed: false,
                 remaining: 0,
                 reset,
-                retry_after: self.retry_after(c, into, reset),
+                retry_after: self.retry_after(c, into, reset, limit),
                 used,
             }
         }
@@ -110,20 +111,19 @@ impl WindowTable {
 
     /// How long until one more request fits: the end of the window if the current count alone
     /// fills it, otherwise the moment the previous window's weight has shrunk enough.
-    fn retry_after(&self, c: &Counts, into: Duration, reset: Duration) -> Duration {
-        if !self.sliding || c.current + 1 > self.max || c.previous == 0 {
+    fn retry_after(&self, c: &Counts, into: Duration, reset: Duration, max: u64) -> Duration {
+        if !self.sliding || c.current + 1 > max || c.previous == 0 {
             return reset;
         }
         let w = self.window.as_secs_f64();
         // prev × (1 − (into + t)/W) + curr + 1 ≤ max  ⇒  t ≥ W(1 − (max − curr − 1)/prev) − into
-        let t =
-            w * (1.0 - (self.max - c.current - 1) as f64 / c.previous as f64) - into.as_secs_f64();
+        let t = w * (1.0 - (max - c.current - 1) as f64 / c.previous as f64) - into.as_secs_f64();
         Duration::from_secs_f64(t.clamp(0.0, reset.as_secs_f64()))
     }
 
     /// Drops keys with nothing left to remember at `now` (their counts can no longer matter),
     /// and returns the busiest key's use of the limit in the current window (0..=1).
-    pub fn sweep(&self, now: Duration) -> f64 {
+    pub fn sweep(&self, now: Duration, max: u64) -> f64 {
         let w = self.window.as_nanos().max(1);
         let idx = u64::try_from(now.as_nanos() / w).unwrap_or(u64::MAX);
         let mut busiest = 0u64;
@@ -148,7 +148,7 @@ impl WindowTable {
                 map.shrink_to_fit();
             }
         }
-        busiest as f64 / self.max as f64
+        busiest as f64 / max.max(1) as f64
     }
 
     /// Keys remembered now.
@@ -175,9 +175,28 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A table with its limit, as a limiter holds it.
+    struct Sized(WindowTable, u64);
+
+    impl Sized {
+        fn check(&self, key: u64, now: Duration) -> WindowOutcome {
+            self.0.check(key, now, self.1)
+        }
+        fn sweep(&self, now: Duration) -> f64 {
+            self.0.sweep(now, self.1)
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    fn table(max: u64, window: Duration, sliding: bool) -> Sized {
+        Sized(WindowTable::new(window, sliding), max)
+    }
+
     #[test]
     fn fixed_window_admits_exactly_max_per_window() {
-        let t = WindowTable::new(10, S * 10, false);
+        let t = table(10, S * 10, false);
         // 3× the limit spread over each of three windows: exactly 10 pass in each.
         for window in 0..3u64 {
             let mut passed = 0;
@@ -193,7 +212,7 @@ mod tests {
 
     #[test]
     fn fixed_window_headers_values() {
-        let t = WindowTable::new(3, S * 10, false);
+        let t = table(3, S * 10, false);
         let o = t.check(1, S * 4);
         assert_eq!((o.allowed, o.remaining, o.reset), (true, 2, S * 6));
         t.check(1, S * 5);
@@ -207,7 +226,7 @@ mod tests {
 
     #[test]
     fn sliding_window_weighs_the_previous_window() {
-        let t = WindowTable::new(10, S * 10, true);
+        let t = table(10, S * 10, true);
         for i in 0..10 {
             assert!(t.check(1, S * i).allowed);
         }
@@ -230,7 +249,7 @@ mod tests {
     #[test]
     fn sliding_window_admits_at_most_max_in_any_window_for_steady_traffic() {
         // A steady 3× overload: every sliding 10 s span admits within the documented bound.
-        let t = WindowTable::new(100, S * 10, true);
+        let t = table(100, S * 10, true);
         let mut admitted = Vec::new();
         for i in 0..3000u64 {
             let now = ms(i * 10 + 5); // 300 rps for 30 s
@@ -252,7 +271,7 @@ mod tests {
 
     #[test]
     fn sweep_forgets_idle_keys_and_reports_the_busiest() {
-        let t = WindowTable::new(10, S, false);
+        let t = table(10, S, false);
         for k in 0..1000 {
             t.check(k, ms(100));
         }
@@ -263,7 +282,7 @@ mod tests {
         assert!((t.sweep(ms(300)) - 0.5).abs() < 1e-9);
         assert_eq!(t.sweep(S * 2), 0.0);
         assert_eq!(t.len(), 0);
-        let sliding = WindowTable::new(10, S, true);
+        let sliding = table(10, S, true);
         sliding.check(1, ms(100));
         sliding.sweep(ms(1500));
         assert_eq!(sliding.len(), 1, "still needed as the previous window");
@@ -281,12 +300,13 @@ mod memory {
     #[test]
     fn a_million_keys_cost_under_150_mib() {
         let before = rss_bytes();
-        let t = WindowTable::new(100, Duration::from_secs(60), true);
+        let t = WindowTable::new(Duration::from_secs(60), true);
         for k in 0..1_000_000u64 {
             // Spread like real hashed keys.
             t.check(
                 k.wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 Duration::from_secs(1),
+                100,
             );
         }
         assert_eq!(t.len(), 1_000_000);
