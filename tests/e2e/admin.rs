@@ -581,6 +581,15 @@ async fn a_fleet_change_reaches_every_sidecar_within_a_second_and_reverts_everyw
     }
     // Redis gone: every sidecar keeps serving with what it has, and says so.
     fleet[0].op(&["--fleet", "degrade", "set", "degraded"]);
+    // Applied everywhere first (else killing Redis could beat the announcement to a sidecar).
+    for a in &fleet {
+        eventually(Duration::from_secs(5), "degraded everywhere", || async {
+            let v: serde_json::Value =
+                serde_json::from_str(&a.op(&["--output", "json", "status"])).unwrap();
+            v["degradation"]["level"] == "degraded"
+        })
+        .await;
+    }
     redis.kill();
     for a in &fleet {
         // Answered, not failed: 429 where this hour's window still holds the 6 requests
