@@ -268,26 +268,29 @@ async fn dockerfile_lints_and_its_commands_work_with_the_real_binary() {
 
     // CMD's arguments, with the config path and ports moved to this test's.
     let up = Upstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("floodgate.yaml");
-    let (port, metrics_port) = (crate::support::free_port(), crate::support::free_port());
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:1\nupstream: {{ address: 127.0.0.1:{} }}\n",
-            up.port
-        ),
-    )
-    .unwrap();
-    let args: Vec<String> = cmd[2..]
-        .iter()
-        .map(|a| {
-            a.replace("0.0.0.0:15080", &format!("127.0.0.1:{port}"))
-                .replace("0.0.0.0:15090", &format!("127.0.0.1:{metrics_port}"))
-        })
-        .collect();
     assert_eq!(cmd[0], "--config");
-    let fg = crate::support::Sidecar::start_with_args(dir, config, port, metrics_port, &args).await;
+    let fg = crate::support::Sidecar::start_retrying(|port, metrics_port| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("floodgate.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:1\nupstream: {{ address: 127.0.0.1:{} }}\n",
+                up.port
+            ),
+        )
+        .unwrap();
+        let args: Vec<String> = cmd[2..]
+            .iter()
+            .map(|a| {
+                a.replace("0.0.0.0:15080", &format!("127.0.0.1:{port}"))
+                    .replace("0.0.0.0:15090", &format!("127.0.0.1:{metrics_port}"))
+            })
+            .collect();
+        (dir, config, args)
+    })
+    .await;
+    let metrics_port = fg.metrics_port;
     assert_eq!(http_get(fg.port, "/").await.unwrap().0, 200);
     let check = text
         .lines()

@@ -613,51 +613,56 @@ fn component_adds_the_same_sidecar_as_the_injector() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_injected_container_runs_with_the_shipped_config() {
     let app = Upstream::start("app").await;
-    let (port, metrics_port) = (free_port(), free_port());
     let src = std::fs::read_to_string(repo("deploy/kubernetes/src/api-server.yaml"))
         .unwrap()
         .replace(
             "containerPort: 8080",
             &format!("containerPort: {}", app.port),
         );
-    let (out, _) = inject_ok(
-        &src,
-        &[
-            "--listen-port",
-            &port.to_string(),
-            "--metrics-port",
-            &metrics_port.to_string(),
-        ],
-    );
-    let d = objects(&out).remove(0);
-    let fg = &containers(&d)[0];
-
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_str().unwrap().to_string();
-    let cm: Value = serde_yaml::from_str(
-        &std::fs::read_to_string(repo("deploy/kubernetes/configmap.yaml")).unwrap(),
-    )
-    .unwrap();
-    let config = cm["data"]["floodgate.yaml"]
-        .as_str()
-        .unwrap()
-        .replace("/etc/floodgate/", &format!("{root}/"));
-    std::fs::create_dir_all(dir.path().join("config")).unwrap();
-    std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
-    std::fs::write(dir.path().join("config/floodgate.yaml"), config).unwrap();
-    std::fs::write(dir.path().join("tokens/operator.token"), "op-token\n").unwrap();
-    std::fs::write(dir.path().join("tokens/viewer.token"), "view-token\n").unwrap();
-
-    let args: Vec<String> = args_of(fg)
-        .into_iter()
-        .map(|a| {
-            a.replace("/etc/floodgate/", &format!("{root}/"))
-                .replace("0.0.0.0:", "127.0.0.1:")
-        })
-        .collect();
-    let (flag, config_path) = (&args[0], PathBuf::from(&args[1]));
-    assert_eq!(flag, "--config");
-    let fg_proc = Sidecar::start_with_args(dir, config_path, port, metrics_port, &args[2..]).await;
+    let injected = |port: u16, metrics_port: u16| {
+        let (out, _) = inject_ok(
+            &src,
+            &[
+                "--listen-port",
+                &port.to_string(),
+                "--metrics-port",
+                &metrics_port.to_string(),
+            ],
+        );
+        containers(&objects(&out)[0])[0].clone()
+    };
+    let fg_proc = Sidecar::start_retrying(|port, metrics_port| {
+        let fg = injected(port, metrics_port);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap().to_string();
+        let cm: Value = serde_yaml::from_str(
+            &std::fs::read_to_string(repo("deploy/kubernetes/configmap.yaml")).unwrap(),
+        )
+        .unwrap();
+        let config = cm["data"]["floodgate.yaml"]
+            .as_str()
+            .unwrap()
+            .replace("/etc/floodgate/", &format!("{root}/"));
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
+        std::fs::write(dir.path().join("config/floodgate.yaml"), config).unwrap();
+        std::fs::write(dir.path().join("tokens/operator.token"), "op-token\n").unwrap();
+        std::fs::write(dir.path().join("tokens/viewer.token"), "view-token\n").unwrap();
+        // The injected arguments, with the config moved into the temp dir and the pod-wide
+        // 0.0.0.0 on loopback.
+        let args: Vec<String> = args_of(&fg)
+            .into_iter()
+            .map(|a| {
+                a.replace("/etc/floodgate/", &format!("{root}/"))
+                    .replace("0.0.0.0:", "127.0.0.1:")
+            })
+            .collect();
+        assert_eq!(args[0], "--config");
+        (dir, PathBuf::from(&args[1]), args[2..].to_vec())
+    })
+    .await;
+    let (port, metrics_port) = (fg_proc.port, fg_proc.metrics_port);
+    let fg = injected(port, metrics_port);
 
     let (status, _, body) = http_get(port, "/api/orders").await.unwrap();
     assert_eq!(

@@ -201,18 +201,20 @@ async fn kubernetes_configmap_symlink_swap_is_seen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_line_addresses_win_over_the_file_across_reloads() {
     let (a, b) = (Upstream::start("A").await, Upstream::start("B").await);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("floodgate.yaml");
     // The file names other ports (and upstream B); the flags say where to really be.
     let (file_port, file_metrics) = (free_port(), free_port());
-    std::fs::write(&config, config_yaml(file_port, file_metrics, b.port, "")).unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    let args = [
-        format!("--listen=127.0.0.1:{port}"),
-        format!("--upstream=127.0.0.1:{}", a.port),
-        format!("--metrics-listen=127.0.0.1:{metrics_port}"),
-    ];
-    let fg = Sidecar::start_with_args(dir, config, port, metrics_port, &args).await;
+    let fg = Sidecar::start_retrying(|port, metrics_port| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("floodgate.yaml");
+        std::fs::write(&config, config_yaml(file_port, file_metrics, b.port, "")).unwrap();
+        let args = vec![
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--upstream=127.0.0.1:{}", a.port),
+            format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+        ];
+        (dir, config, args)
+    })
+    .await;
     assert_eq!(body_of(fg.port).await, "hello from A\n");
     assert!(
         http_get(file_port, "/").await.is_err(),

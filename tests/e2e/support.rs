@@ -95,6 +95,24 @@ impl Sidecar {
         Self::start_with_args(dir, config, port, metrics_port, &[]).await
     }
 
+    /// Starts floodgate with what `setup(port, metrics_port)` returns (its dir, config file and
+    /// extra arguments) on two free ports, retried with new ports if one was taken meanwhile
+    /// (tests run in parallel), as [`Sidecar::start_custom`] does.
+    pub async fn start_retrying(
+        setup: impl Fn(u16, u16) -> (tempfile::TempDir, PathBuf, Vec<String>),
+    ) -> Self {
+        for _ in 0..3 {
+            let (port, metrics_port) = (free_port(), free_port());
+            let (dir, config, args) = setup(port, metrics_port);
+            match Self::try_start(dir, config, port, metrics_port, &args).await {
+                Ok(s) => return s,
+                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) => panic!("floodgate exited before ready:\n{log}"),
+            }
+        }
+        panic!("no free ports after 3 tries");
+    }
+
     /// Like [`Sidecar::start_with`] with more command-line arguments; `port` and
     /// `metrics_port` are where they make floodgate listen.
     pub async fn start_with_args(
