@@ -782,3 +782,21 @@ fn native_sidecar_runs_floodgate_as_a_restartable_init_container() {
     assert_eq!(again, out);
     assert!(notes.contains("already has the `floodgate` container"));
 }
+
+/// `kubectl get -o json` output is YAML too: injected the same, written back as YAML.
+#[test]
+fn json_input_from_kubectl_is_injected_and_valid() {
+    let list = docs(&std::fs::read_to_string(fixture("list.yaml")).unwrap()).remove(0);
+    let json = serde_json::to_string_pretty(&list).unwrap();
+    let (out, notes) = inject_ok(&json, &[]);
+    assert!(
+        notes.contains("Service/api: targetPort 3000 is now `http`"),
+        "{notes}"
+    );
+    let objs = objects(&out);
+    assert_eq!(containers(&objs[0])[0]["name"], "floodgate");
+    assert_eq!(objs[1]["spec"]["ports"][0]["targetPort"], "http");
+    validate_k8s("json input", &out);
+    let (again, _) = inject_ok(&out, &[]);
+    assert_eq!(again, out);
+}
