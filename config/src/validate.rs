@@ -248,20 +248,15 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
             }),
         })
     });
-    let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
-    for (path, addr) in [
+    for (path, addr, other) in listener_clashes([
         ("listen", listen),
         ("metrics.listen", metrics_listen),
         ("admin.listen", admin.as_ref().map(|a| a.listen)),
-    ] {
-        let Some(addr) = addr else { continue };
-        if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr) {
-            cx.err(
-                path,
-                format!("{addr} is already used by `{other}`; each listener needs its own port"),
-            );
-        }
-        seen.push((path, addr));
+    ]) {
+        cx.err(
+            path,
+            format!("{addr} is already used by `{other}`; each listener needs its own port"),
+        );
     }
 
     let upstream = upstream.and_then(|u| check_upstream(cx, u));
@@ -393,11 +388,29 @@ fn ms(cx: &mut Ctx, path: &str, v: Option<u64>, default: u64, max: u64) -> Durat
     Duration::from_millis(v)
 }
 
+/// Listeners that reuse an earlier one's address: `(path, address, the earlier path)`.
+pub(crate) fn listener_clashes<const N: usize>(
+    listeners: [(&'static str, Option<SocketAddr>); N],
+) -> Vec<(&'static str, SocketAddr, &'static str)> {
+    let mut clashes = Vec::new();
+    for (i, (path, addr)) in listeners.iter().enumerate() {
+        let Some(addr) = addr else { continue };
+        if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| *a == Some(*addr)) {
+            clashes.push((*path, *addr, *other));
+        }
+    }
+    clashes
+}
+
+/// `host:port` with a non-zero port, as `upstream.address` must be.
+pub(crate) fn is_host_port(address: &str) -> bool {
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
+}
+
 fn check_upstream(cx: &mut Ctx, u: RawUpstream) -> Option<Upstream> {
-    let ok = match u.address.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
-        None => false,
-    };
+    let ok = is_host_port(&u.address);
     if !ok {
         cx.err(
             "upstream.address",

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use crate::validate::{is_host_port, listener_clashes};
 use crate::{Config, ConfigErrors, FieldError, LoadError};
 
 /// Addresses given on the command line; `None` keeps the file's.
@@ -37,10 +38,7 @@ impl Wiring {
             config.listen = a;
         }
         if let Some(u) = &self.upstream {
-            let ok = u
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
-            if ok {
+            if is_host_port(u) {
                 config.upstream.address.clone_from(u);
             } else {
                 err(
@@ -63,19 +61,15 @@ impl Wiring {
                 ),
             }
         }
-        let listeners = [
+        for (path, addr, other) in listener_clashes([
             ("listen", Some(config.listen)),
             ("metrics.listen", config.metrics_listen),
             ("admin.listen", config.admin.as_ref().map(|a| a.listen)),
-        ];
-        for (i, (path, addr)) in listeners.iter().enumerate() {
-            let Some(addr) = addr else { continue };
-            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| *a == Some(*addr)) {
-                err(
-                    path,
-                    format!("{addr} is already used by `{other}` (after the command-line addresses); each listener needs its own port"),
-                );
-            }
+        ]) {
+            err(
+                path,
+                format!("{addr} is already used by `{other}` (after the command-line addresses); each listener needs its own port"),
+            );
         }
         if errors.is_empty() {
             Ok(())
