@@ -108,6 +108,18 @@ fn label(doc: &Node) -> String {
     )
 }
 
+/// The objects of a document: a `List`'s items, or the document itself.
+fn objects_mut(doc: &mut Node) -> Vec<&mut Node> {
+    if doc.get("kind").and_then(Node::as_str) == Some("List") {
+        match doc.get_mut("items") {
+            Some(Node::Seq(items)) => items.iter_mut().collect(),
+            _ => Vec::new(),
+        }
+    } else {
+        vec![doc]
+    }
+}
+
 /// Adds the sidecar to every workload of `input`.
 pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
     let chunks = split(input);
@@ -132,32 +144,16 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
     // Workloads first: the Services' pass needs their labels and ports.
     for (i, doc) in docs.iter_mut().enumerate() {
         let Some(doc) = doc else { continue };
-        let refuse = |workload: String, reason: String| InjectError::Refused {
-            doc: numbers[i],
-            workload,
-            reason,
-        };
-        if doc.get("kind").and_then(Node::as_str) == Some("List") {
-            let Some(Node::Seq(items)) = doc.get_mut("items") else {
-                continue;
-            };
-            for item in items {
-                let name = label(item);
-                let namespace = pod::namespace(item);
-                match pod::inject_workload(item, opts, &mut notes).map_err(|r| refuse(name, r))? {
-                    Some(w) => {
-                        changed[i] = true;
-                        wired.push((namespace, w));
-                    }
-                    None => continue,
+        for obj in objects_mut(doc) {
+            let (name, namespace) = (label(obj), pod::namespace(obj));
+            let wiring = pod::inject_workload(obj, opts, &mut notes).map_err(|reason| {
+                InjectError::Refused {
+                    doc: numbers[i],
+                    workload: name,
+                    reason,
                 }
-            }
-        } else {
-            let name = label(doc);
-            let namespace = pod::namespace(doc);
-            if let Some(w) =
-                pod::inject_workload(doc, opts, &mut notes).map_err(|r| refuse(name, r))?
-            {
+            })?;
+            if let Some(w) = wiring {
                 changed[i] = true;
                 wired.push((namespace, w));
             }
@@ -167,19 +163,10 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
     // Then the Services that select an injected pod.
     for (i, doc) in docs.iter_mut().enumerate() {
         let Some(doc) = doc else { continue };
-        let services: Vec<&mut Node> = if doc.get("kind").and_then(Node::as_str) == Some("List") {
-            match doc.get_mut("items") {
-                Some(Node::Seq(items)) => items.iter_mut().collect(),
-                _ => Vec::new(),
-            }
-        } else {
-            vec![doc]
-        };
-        for svc in services {
-            if svc.get("kind").and_then(Node::as_str) != Some("Service") {
-                continue;
-            }
-            if pod::retarget_service(svc, &wired, &mut notes) {
+        for svc in objects_mut(doc) {
+            if svc.get("kind").and_then(Node::as_str) == Some("Service")
+                && pod::retarget_service(svc, &wired, &mut notes)
+            {
                 changed[i] = true;
             }
         }

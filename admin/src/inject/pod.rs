@@ -51,6 +51,22 @@ fn opted_out(meta: Option<&Node>) -> bool {
         .is_some_and(|v| matches!(v, "disabled" | "false" | "off" | "no"))
 }
 
+/// A container's `ports` (empty when it declares none).
+fn ports_of(container: &Node) -> &[Node] {
+    container.get("ports").map(Node::items).unwrap_or_default()
+}
+
+/// A mapping of strings (labels, a selector) as pairs; other entries are left out.
+fn string_pairs(node: Option<&Node>) -> Vec<(String, String)> {
+    match node {
+        Some(Node::Map(m)) => m
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn port_number(port: &Node) -> Option<u16> {
     port.get("containerPort")?.as_str()?.parse().ok()
 }
@@ -65,17 +81,13 @@ fn pod_ports(containers: &[Node]) -> Vec<(String, Option<String>, Option<u16>)> 
         .iter()
         .flat_map(|c| {
             let cname = c.get("name").and_then(Node::as_str).unwrap_or("?");
-            c.get("ports")
-                .map(Node::items)
-                .unwrap_or_default()
-                .iter()
-                .map(move |p| {
-                    (
-                        cname.to_string(),
-                        port_name(p).map(str::to_string),
-                        port_number(p),
-                    )
-                })
+            ports_of(c).iter().map(move |p| {
+                (
+                    cname.to_string(),
+                    port_name(p).map(str::to_string),
+                    port_number(p),
+                )
+            })
         })
         .collect()
 }
@@ -155,13 +167,7 @@ pub fn inject_workload(
 
     // The app container: named, or the one with the wanted port, or the only one with ports.
     let with_ports: Vec<usize> = (0..containers.len())
-        .filter(|&i| {
-            !containers[i]
-                .get("ports")
-                .map(Node::items)
-                .unwrap_or_default()
-                .is_empty()
-        })
+        .filter(|&i| !ports_of(&containers[i]).is_empty())
         .collect();
     let app = match (&opts.container, opts.upstream_port) {
         (Some(name), _) => names.iter().position(|n| n == name).ok_or_else(|| {
@@ -170,14 +176,7 @@ pub fn inject_workload(
         (None, Some(port)) => with_ports
             .iter()
             .copied()
-            .find(|&i| {
-                containers[i]
-                    .get("ports")
-                    .map(Node::items)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|p| port_number(p) == Some(port))
-            })
+            .find(|&i| ports_of(&containers[i]).iter().any(|p| port_number(p) == Some(port)))
             .or((containers.len() == 1).then_some(0))
             .ok_or_else(|| {
                 format!(
@@ -205,10 +204,7 @@ pub fn inject_workload(
         },
     };
     let app_name = names.get(app).copied().unwrap_or("?").to_string();
-    let app_ports = containers[app]
-        .get("ports")
-        .map(Node::items)
-        .unwrap_or_default();
+    let app_ports = ports_of(&containers[app]);
 
     // The app port: asked for, or the only one, or the one named `http`.
     let chosen: Option<usize> = match opts.upstream_port {
@@ -370,16 +366,7 @@ pub fn inject_workload(
     );
     // What the PodMonitor selects (deploy/kubernetes/podmonitor.yaml). Read the labels
     // before: Services select on the app's own.
-    let labels: Vec<(String, String)> = meta
-        .get("labels")
-        .map(|l| match l {
-            Node::Map(m) => m
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
-                .collect(),
-            _ => Vec::new(),
-        })
-        .unwrap_or_default();
+    let labels = string_pairs(meta.get("labels"));
     meta.entry("labels", || Node::Map(Vec::new()))
         .ok_or("`metadata` is not a mapping")?
         .set(sidecar::POD_LABEL, Node::string("true"));
@@ -429,13 +416,7 @@ pub fn retarget_service(
 ) -> bool {
     let ns = namespace(svc);
     let name = label(svc);
-    let selector: Vec<(String, String)> = match svc.at(&["spec", "selector"]) {
-        Some(Node::Map(m)) => m
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
-            .collect(),
-        _ => return false,
-    };
+    let selector = string_pairs(svc.at(&["spec", "selector"]));
     if selector.is_empty() {
         return false;
     }
