@@ -400,17 +400,7 @@ fn a_broken_manifest_is_caught_by_the_validator() {
 }
 
 fn kustomize(dir: &str) -> String {
-    let out = tool("kustomize")
-        .arg("build")
-        .arg(repo(dir))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kustomize build {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    run_ok(tool("kustomize").arg("build").arg(repo(dir)))
 }
 
 /// The scaling runbook's `hpa-config.yaml`, as the runbook gives it (the runbook is not in this
@@ -546,15 +536,10 @@ fn component_adds_the_same_sidecar_as_the_injector() {
     validate_k8s("examples/component", &built);
     let objs = objects(&built);
     let d = objs.iter().find(|o| o["kind"] == "Deployment").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .arg("validate")
-        .arg(repo("deploy/kubernetes/examples/component/floodgate.yaml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .arg("validate")
+            .arg(repo("deploy/kubernetes/examples/component/floodgate.yaml")),
     );
     let from_component = containers(d)[0].clone();
     assert_eq!(from_component["name"], "floodgate");
@@ -677,11 +662,11 @@ async fn the_injected_container_runs_with_the_shipped_config() {
         assert_eq!(status, 200, "{probe} {path}");
     }
     // The image's health check command answers the same.
-    let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args(["health", "--addr", &format!("127.0.0.1:{metrics_port}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    run_ok(Command::new(env!("CARGO_BIN_EXE_floodgate")).args([
+        "health",
+        "--addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]));
     eventually(Duration::from_secs(5), "the access is counted", || async {
         fg_proc
             .metric("http_requests_total{method=\"GET\",route=\"api\",status=\"200\"}")
@@ -720,17 +705,11 @@ fn a_directory_is_read_as_one_stream_of_its_yaml_files() {
         std::fs::copy(fixture(f), dir.path().join(f)).unwrap();
     }
     std::fs::write(dir.path().join("README.md"), "not yaml: [").unwrap();
-    let out = Command::new(floodgatectl())
-        .args(["inject", "-f"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_ok(
+        Command::new(floodgatectl())
+            .args(["inject", "-f"])
+            .arg(dir.path()),
     );
-    let text = String::from_utf8(out.stdout).unwrap();
     let kinds: Vec<String> = objects(&text)
         .iter()
         .map(|o| {

@@ -290,3 +290,21 @@ pub fn floodgatectl() -> PathBuf {
     );
     p
 }
+
+/// Runs `cmd` to completion and returns its standard output; fails the test, with the command
+/// and everything it printed, unless it exits 0 (or cannot be started: scripts/test.sh installs
+/// the tools the tests use).
+pub fn run_ok(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {shown} ({e}); scripts/test.sh installs it"));
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
