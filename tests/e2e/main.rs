@@ -16,4 +16,5 @@ mod proxy;
 mod queue;
 mod redis_support;
 mod reload;
+mod script;
 mod support;

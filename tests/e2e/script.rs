@@ -1,0 +1,204 @@
+//! The global limit's Redis script (`proxy/src/global/limit.lua`), run with `EVAL` on a real
+//! `redis-server`: each strategy's decisions, several windows on one key, and the key's
+//! expiry. The sidecar tests drive fixed windows end to end; these pin down the arithmetic of
+//! every strategy, with the window state set directly where a test needs a past window.
+
+use crate::redis_support::*;
+
+const SCRIPT: &str = include_str!("../../proxy/src/global/limit.lua");
+
+/// The script's answer: "allowed window remaining reset_ms retry_after_ms".
+#[derive(Debug)]
+struct Reply {
+    allowed: bool,
+    window: u64,
+    remaining: u64,
+    reset_ms: u64,
+    retry_ms: u64,
+}
+
+async fn decide(r: &RedisServer, key: &str, kind: &str, windows: &[(u64, u64)]) -> Reply {
+    let mut args = vec![
+        "EVAL".to_string(),
+        SCRIPT.to_string(),
+        "1".into(),
+        key.into(),
+        kind.into(),
+    ];
+    for (max, ms) in windows {
+        args.push(max.to_string());
+        args.push(ms.to_string());
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let raw = command(r.port, &argv).await.unwrap();
+    let text = raw
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("reply {raw:?}"));
+    let f: Vec<u64> = text
+        .split(' ')
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("reply {raw:?}")))
+        .collect();
+    assert_eq!(f.len(), 5, "reply {raw:?}");
+    Reply {
+        allowed: f[0] == 1,
+        window: f[1],
+        remaining: f[2],
+        reset_ms: f[3],
+        retry_ms: f[4],
+    }
+}
+
+/// An integer reply (`:n`) or an integer in a bulk string, as a number.
+async fn int(r: &RedisServer, args: &[&str]) -> i64 {
+    let raw = command(r.port, args).await.unwrap();
+    let v = raw
+        .strip_prefix(':')
+        .map(str::trim)
+        .or_else(|| raw.lines().nth(1))
+        .unwrap_or_else(|| panic!("{args:?}: {raw:?}"));
+    v.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{args:?}: {raw:?}"))
+}
+
+const HOUR: u64 = 3_600_000;
+
+#[tokio::test]
+async fn fixed_window_admits_its_maximum_then_rejects_until_the_window_ends() {
+    let r = RedisServer::start().await;
+    for want in [2, 1, 0] {
+        let d = decide(&r, "fg:{f}", "f", &[(3, HOUR)]).await;
+        assert!(d.allowed && d.remaining == want && d.window == 1, "{d:?}");
+        assert!(d.reset_ms > 0 && d.reset_ms <= HOUR, "{d:?}");
+    }
+    let d = decide(&r, "fg:{f}", "f", &[(3, HOUR)]).await;
+    assert!(!d.allowed && d.remaining == 0, "{d:?}");
+    // A fixed window's client waits for the window to end.
+    assert!(d.retry_ms == d.reset_ms && d.retry_ms > 0, "{d:?}");
+    assert_eq!(
+        int(&r, &["HGET", "fg:{f}", "c1"]).await,
+        3,
+        "rejections are not counted"
+    );
+    let ttl = int(&r, &["PTTL", "fg:{f}"]).await;
+    assert!(ttl > 0 && ttl <= 2 * HOUR as i64, "expiry {ttl}");
+}
+
+/// A window length for which Redis's clock is between 35% and 65% into the current window,
+/// so that the test's own few milliseconds cannot cross into the next one.
+fn mid_window(now: u64) -> u64 {
+    (600_000..)
+        .find(|w| (35..=65).contains(&(now % w * 100 / w)))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sliding_window_weighs_the_previous_window_by_what_is_left_of_it() {
+    let r = RedisServer::start().await;
+    let before = r.time_ms().await;
+    let w = mid_window(before);
+    let idx = before / w;
+    // The previous window used all 10.
+    let prev = (idx - 1).to_string();
+    command(
+        r.port,
+        &["HSET", "fg:{s}", "w1", &prev, "c1", "10", "p1", "0"],
+    )
+    .await
+    .unwrap();
+    let mut admitted = 0;
+    let mut last = None;
+    for _ in 0..12 {
+        let d = decide(&r, "fg:{s}", "s", &[(10, w)]).await;
+        admitted += u64::from(d.allowed);
+        last = Some(d);
+    }
+    let after = r.time_ms().await;
+    assert_eq!(after / w, idx, "the window changed under the test");
+    // Request j+1 fits while 10 * (1 - into/w) + j + 1 <= 10, that is j + 1 <= 10 * into / w.
+    let fits = |t: u64| 10 * (t % w) / w;
+    assert!(
+        (fits(before)..=fits(after)).contains(&admitted),
+        "{admitted} admitted at {}% into the window",
+        (before % w) * 100 / w
+    );
+    let last = last.unwrap();
+    assert!(!last.allowed, "{last:?}");
+    // The next request fits once enough of the previous window has slid out, before this
+    // window ends.
+    assert!(
+        last.retry_ms > 0 && last.retry_ms <= last.reset_ms,
+        "{last:?}"
+    );
+    // The first admitted request started the window: the old count moved to `p1`, and the
+    // key's expiry was renewed from then.
+    assert_eq!(int(&r, &["HGET", "fg:{s}", "w1"]).await, idx as i64);
+    assert_eq!(int(&r, &["HGET", "fg:{s}", "p1"]).await, 10);
+    assert_eq!(int(&r, &["HGET", "fg:{s}", "c1"]).await, admitted as i64);
+    let ttl = int(&r, &["PTTL", "fg:{s}"]).await;
+    assert!(ttl > 0 && ttl <= 2 * w as i64, "expiry {ttl}");
+}
+
+#[tokio::test]
+async fn sliding_window_forgets_windows_older_than_the_previous_one() {
+    let r = RedisServer::start().await;
+    let now = r.time_ms().await;
+    let w = mid_window(now);
+    let old = (now / w - 2).to_string();
+    command(
+        r.port,
+        &["HSET", "fg:{o}", "w1", &old, "c1", "10", "p1", "10"],
+    )
+    .await
+    .unwrap();
+    for want in (0..10).rev() {
+        let d = decide(&r, "fg:{o}", "s", &[(10, w)]).await;
+        assert!(d.allowed && d.remaining == want, "{d:?}");
+    }
+    assert!(!decide(&r, "fg:{o}", "s", &[(10, w)]).await.allowed);
+}
+
+#[tokio::test]
+async fn token_bucket_spaces_requests_and_says_when_the_next_one_fits() {
+    let r = RedisServer::start().await;
+    // 5 per hour: one every 720 s, a burst of 5.
+    for want in [4, 3, 2, 1, 0] {
+        let d = decide(&r, "fg:{t}", "t", &[(5, HOUR)]).await;
+        assert!(d.allowed && d.remaining == want, "{d:?}");
+    }
+    let d = decide(&r, "fg:{t}", "t", &[(5, HOUR)]).await;
+    assert!(!d.allowed, "{d:?}");
+    assert!(
+        (715_000..=720_000).contains(&d.retry_ms),
+        "the next token is 720 s away: {d:?}"
+    );
+    let ttl = int(&r, &["PTTL", "fg:{t}"]).await;
+    assert!(ttl > 0 && ttl <= 2 * HOUR as i64, "expiry {ttl}");
+}
+
+#[tokio::test]
+async fn several_windows_decide_together_and_the_tightest_answers() {
+    let r = RedisServer::start().await;
+    // 5 per hour and 3 per two hours on one key, shortest first as the sidecar sends them.
+    let windows = [(5, HOUR), (3, 2 * HOUR)];
+    let d = decide(&r, "fg:{m}", "f", &windows).await;
+    // 4 of 5 left against 2 of 3: the two-hour window has the least share left.
+    assert!(d.allowed && d.window == 2 && d.remaining == 2, "{d:?}");
+    for _ in 0..2 {
+        assert!(decide(&r, "fg:{m}", "f", &windows).await.allowed);
+    }
+    let d = decide(&r, "fg:{m}", "f", &windows).await;
+    assert!(
+        !d.allowed && d.window == 2,
+        "the two-hour window rejects: {d:?}"
+    );
+    // Windows are charged shortest first, and the rejecting one stops the walk.
+    assert_eq!(int(&r, &["HGET", "fg:{m}", "c1"]).await, 4);
+    assert_eq!(int(&r, &["HGET", "fg:{m}", "c2"]).await, 3);
+    let ttl = int(&r, &["PTTL", "fg:{m}"]).await;
+    assert!(
+        ttl > 2 * HOUR as i64 && ttl <= 4 * HOUR as i64,
+        "expiry follows the longest window: {ttl}"
+    );
+}
