@@ -199,13 +199,22 @@ def run_mode(tmp, workers, args, label):
             for name, port in targets:
                 results[name].append(wrk(port, args.duration, args.connections))
         med = {n: tuple(statistics.median(r[i] for r in rs) for i in range(3)) for n, rs in results.items()}
+        # Costs are paired within a round: this machine's speed drifts by 10-30% over minutes,
+        # so the ratio of two medians taken minutes apart can be mostly drift. Each round's own
+        # ratio (its runs are seconds apart) is kept, and the median of those reported.
+        def paired(name, base="floodgate"):
+            ratios = [a[0] / b[0] for a, b in zip(results[name], results[base])]
+            p99s = [a[2] - b[2] for a, b in zip(results[name], results[base])]
+            return statistics.median(ratios), statistics.median(p99s), ratios
         loaded_rss = rss_mib(fg.pid)
         half = med["nginx proxy_pass"][0] * 0.5
         at_half = {}
         if shutil.which("oha"):
             for name, port in (("nginx proxy_pass", np_), ("floodgate", fp)):
                 at_half[name] = oha_rate(port, half, args.duration, args.connections)
-        return med, at_half, half, idle_rss, loaded_rss
+        costs = {n: paired(n) for n in results if n.startswith("floodgate") and n != "floodgate"}
+        costs["nginx + limit_req"] = paired("nginx + limit_req", "nginx proxy_pass")
+        return med, costs, at_half, half, idle_rss, loaded_rss
     finally:
         for p in procs:
             p.send_signal(signal.SIGQUIT if p.args[0] == "nginx" else signal.SIGTERM)
@@ -219,7 +228,7 @@ def run_mode(tmp, workers, args, label):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=4, help="seconds per measurement (default 4)")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is kept (default 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is kept (default 5)")
     ap.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
     ap.add_argument("--modes", default="1,2", help="proxy worker counts to test (default 1,2 = one worker, all cores)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.md"))
@@ -232,7 +241,7 @@ def main():
         pin = workers == 1 and cpus >= 2 and shutil.which("taskset") is not None
         PIN.update(proxy=cpus - 1 if pin else None, load=0 if pin else None)
         with tempfile.TemporaryDirectory() as tmp:
-            med, at_half, half, idle_rss, loaded_rss = run_mode(tmp, workers, args, workers)
+            med, costs, at_half, half, idle_rss, loaded_rss = run_mode(tmp, workers, args, workers)
         ng = med["nginx proxy_pass"]
         where = (f"proxies pinned to CPU {cpus - 1}, load, backend and Redis to CPU 0" if pin
                  else "unpinned")
@@ -242,16 +251,18 @@ def main():
             ratio = "—" if name.startswith("direct") else f"{rps / ng[0]:.2f}"
             lines.append(f"| {name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {ratio} |")
         lines.append("")
-        lines.append(f"Limit check cost: floodgate + local limit / floodgate = "
-                     f"{med['floodgate + local limit'][0] / med['floodgate'][0]:.2f}; "
-                     f"nginx + limit_req / nginx = {med['nginx + limit_req'][0] / ng[0]:.2f}; "
-                     f"floodgate + global limit / floodgate = "
-                     f"{med['floodgate + global limit (redis)'][0] / med['floodgate'][0]:.2f}, p99 "
-                     f"{med['floodgate + global limit (redis)'][2] - med['floodgate'][2]:+.3f} ms.")
-        lines.append(f"Queue cost: floodgate + queue + breaker / floodgate = "
-                     f"{med['floodgate + queue + breaker (not saturated)'][0] / med['floodgate'][0]:.2f}.")
-        lines.append(f"Degraded answer: static fallback / proxied = "
-                     f"{med['floodgate, feature off: static fallback'][0] / med['floodgate'][0]:.2f}.")
+        def cost(name, base="floodgate"):  # base: how the line names what `name` is paired with
+            ratio, p99, each = costs[name]
+            rounds = ", ".join(f"{r:.2f}" for r in each)
+            return f"{name} / {base} = **{ratio:.2f}** (rounds: {rounds}), p99 {p99:+.3f} ms"
+        lines.append("Costs, each the median of the rounds' own ratios (runs seconds apart, not minutes):")
+        lines.append("")
+        lines.append(f"- {cost('floodgate + local limit')}")
+        lines.append(f"- {cost('nginx + limit_req', 'nginx proxy_pass')}")
+        lines.append(f"- {cost('floodgate + global limit (redis)')}")
+        lines.append(f"- {cost('floodgate + queue + breaker (not saturated)')}")
+        lines.append(f"- {cost('floodgate + access log')}")
+        lines.append(f"- degraded answer: {cost('floodgate, feature off: static fallback', 'proxied')}")
         if at_half:
             lines += ["", f"At a fixed {half:,.0f} rps (50% of nginx's saturated rate), oha, {args.connections} connections:", "",
                       "| path | achieved rps | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
