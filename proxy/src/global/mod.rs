@@ -1,7 +1,7 @@
 //! Fleet-wide limits in Redis. Each decision is one `EVALSHA` of `limit.lua` (reloaded on
 //! `NOSCRIPT` by redis-rs) on one multiplexed connection, so concurrent decisions are
 //! pipelined and no request waits on more than one round trip. Decisions have a connection of
-//! their own, opened by the first decision and so driven on the runtime that serves requests;
+//! their own, opened from the runtime that serves requests so that its I/O is driven there;
 //! the prober and the fleet sync share another. Every call has the
 //! `redis.timeout_ms` budget; past it, or on any error, the backend is marked down, requests
 //! decide locally at the Redis-outage share, and a prober brings it back by itself.
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use floodgate_config::{Limit, Redis, RedisTarget, Strategy};
 use floodgate_policy::Outcome;
@@ -55,12 +55,16 @@ pub struct GlobalLimits {
     /// The decisions' connection. A multiplexed connection's I/O task runs on the runtime
     /// that opened it; opened by the prober it would sit on the prober's own thread, and
     /// every decision would cross threads twice (an eventfd wake-up each way and no batching
-    /// of concurrent commands into one write). Opened by the first decision, it shares the
-    /// proxy's worker threads: 0.55 -> 0.68 of the no-limit throughput on the bench's
-    /// loopback Redis, 79 -> 68 us of proxy CPU per request. Replaced by an empty cell each
-    /// time Redis comes back, so the first decision after an outage opens a fresh connection
-    /// instead of finding the broken one (the prober only proves its own).
-    decisions: ArcSwap<tokio::sync::OnceCell<Conn>>,
+    /// of concurrent commands into one write). So the first decision that finds none starts
+    /// opening one from the proxy's runtime, in a task of its own (not against any request's
+    /// `redis.timeout_ms`: a budget shorter than a connection handshake must not keep Redis
+    /// away for good), and decisions use the prober's connection until it is ready. Measured:
+    /// 0.55 -> 0.68 of the no-limit throughput on the bench's loopback Redis, 79 -> 68 us of
+    /// proxy CPU per request. Emptied each time Redis comes back, so decisions do not find
+    /// the connection broken by the outage (the prober only proves its own).
+    decisions: ArcSwapOption<Conn>,
+    /// A task is opening the decisions' connection.
+    opening: AtomicBool,
     healthy: AtomicBool,
     script: redis::Script,
     latency: Histogram,
@@ -74,7 +78,8 @@ impl GlobalLimits {
             target: cfg.target.clone(),
             timeout: cfg.timeout,
             conn: ArcSwapOption::empty(),
-            decisions: ArcSwap::from_pointee(tokio::sync::OnceCell::new()),
+            decisions: ArcSwapOption::empty(),
+            opening: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
             script: redis::Script::new(SCRIPT),
             latency,
@@ -88,10 +93,21 @@ impl GlobalLimits {
     }
 
     /// One decision for the key `key_hash` of `limit`.
-    pub async fn check(&self, limit: &Limit, key_hash: u64) -> Result<Outcome, GlobalError> {
+    pub async fn check(
+        self: &Arc<Self>,
+        limit: &Limit,
+        key_hash: u64,
+    ) -> Result<Outcome, GlobalError> {
         if !self.is_healthy() {
             return Err(GlobalError::Down);
         }
+        let conn = match self.decisions.load_full() {
+            Some(c) => c,
+            None => {
+                self.open_decisions();
+                self.conn.load_full().ok_or(GlobalError::Down)?
+            }
+        };
         let mut windows: Vec<(u64, Duration)> =
             std::iter::once((limit.max_requests.get(), limit.window))
                 .chain(limit.extra_windows.iter().map(|(m, w)| (m.get(), *w)))
@@ -111,13 +127,9 @@ impl GlobalLimits {
             inv.arg(*max)
                 .arg(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
         }
-        let decisions = self.decisions.load_full();
         let start = Instant::now();
-        // Opening the connection (once) counts against the first decision's budget; a
-        // cancelled open leaves the cell empty for the next decision to retry.
         let reply: Result<String, GlobalError> = match tokio::time::timeout(self.timeout, async {
-            let conn = decisions.get_or_try_init(|| self.connect()).await?;
-            match conn.clone() {
+            match conn.as_ref().clone() {
                 Conn::Single(mut c) => inv.invoke_async(&mut c).await,
                 Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
             }
@@ -191,6 +203,25 @@ impl GlobalLimits {
             RedisTarget::Standalone(url) => url,
             RedisTarget::Cluster(nodes) => nodes.first().map_or("", String::as_str),
         }
+    }
+
+    /// Starts opening the decisions' connection on the current (the proxy's) runtime, unless
+    /// a task is at it already.
+    fn open_decisions(self: &Arc<Self>) {
+        if self.opening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            match this.connect().await {
+                Ok(c) => this.decisions.store(Some(Arc::new(c))),
+                Err(e) => {
+                    this.errors.with_label_values(&["connect"]).inc();
+                    tracing::debug!("redis connect for decisions failed: {e}");
+                }
+            }
+            this.opening.store(false, Ordering::Release);
+        });
     }
 
     fn mark_down(&self, e: &GlobalError) {
@@ -269,7 +300,7 @@ impl GlobalLimits {
                 };
                 if let Some(c) = conn {
                     if self.ping(&c).await {
-                        self.decisions.store(Arc::new(tokio::sync::OnceCell::new()));
+                        self.decisions.store(None);
                         self.healthy.store(true, Ordering::Relaxed);
                         info!("redis reachable: global limits are decided in redis");
                         backoff = Duration::from_millis(100);
