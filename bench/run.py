@@ -98,6 +98,13 @@ limits:
 
 
 def floodgate(tmp, name, port, backend, threads, access_log, extra="", feature=None):
+    conf = floodgate_config(tmp, name, port, backend, threads, access_log, extra, feature)
+    return subprocess.Popen(pinned("proxy", [FLOODGATE, "--config", conf]),
+                            stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def floodgate_config(tmp, name, port, backend, threads, access_log, extra="", feature=None):
+    """Writes a candidate's config file and returns its path."""
     conf = os.path.join(tmp, f"{name}.yaml")
     # A catch-all route in `feature`, for the degraded-answer candidate.
     feature_route = (f"  - name: all\n    match: {{ path_prefix: / }}\n    feature: {feature}\n"
@@ -112,8 +119,7 @@ routes:
 {feature_route}logging: {{ access_log: {str(access_log).lower()} }}
 server: {{ threads: {threads} }}
 {extra}""")
-    return subprocess.Popen(pinned("proxy", [FLOODGATE, "--config", conf]),
-                            stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    return conf
 
 
 def to_ms(v):
