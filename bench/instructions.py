@@ -78,6 +78,7 @@ def main():
             ("+ local limit, response fields off", FIELDS_OFF + B.LIMIT),
             ("+ local limit, the two IETF fields", IETF_ONLY + B.LIMIT),
             ("+ local limit, all five fields (default)", B.LIMIT),
+            ("+ local limit, fields on rejections only", "rate_limit_headers: { on_admitted: false }\n" + B.LIMIT),
             ("+ global limit on loopback Redis, fields off", FIELDS_OFF + B.global_limit(rp)),
             ("+ access log", None),
         ]

@@ -185,6 +185,8 @@ pub struct RateLimitHeaders {
     pub ietf: bool,
     /// `X-RateLimit-*`.
     pub legacy: bool,
+    /// Admitted responses carry them too (rejections always do).
+    pub on_admitted: bool,
 }
 
 /// Admission queue.

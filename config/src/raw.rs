@@ -334,6 +334,10 @@ pub struct RawRateLimitHeaders {
     /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`; default true.
     #[serde(default)]
     pub legacy: Option<bool>,
+    /// Admitted responses carry the fields too; default true. `false`: only rejections
+    /// (429) carry them, which makes an admitted request's limit check several times cheaper.
+    #[serde(default)]
+    pub on_admitted: Option<bool>,
 }
 
 /// Admission queue.

@@ -337,6 +337,7 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
             RateLimitHeaders {
                 ietf: h.ietf.unwrap_or(true),
                 legacy: h.legacy.unwrap_or(true),
+                on_admitted: h.on_admitted.unwrap_or(true),
             }
         },
         queue,

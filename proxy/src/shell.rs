@@ -636,7 +636,12 @@ impl ProxyHttp for Floodgate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(v) = &ctx.limit {
+        // Rejections are answered before this and always carry the fields.
+        if let Some(v) = ctx
+            .limit
+            .as_ref()
+            .filter(|_| ctx.snap.config.rate_limit_headers.on_admitted)
+        {
             rate_limit_headers(upstream_response, &ctx.snap, v)?;
         }
         Ok(())

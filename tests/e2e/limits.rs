@@ -196,6 +196,29 @@ async fn legacy_headers_can_be_switched_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_can_be_kept_for_rejections_only() {
+    let up = Upstream::start("app").await;
+    let fg = Sidecar::start(
+        up.port,
+        &format!(
+            "rate_limit_headers: {{ on_admitted: false }}\n{}",
+            limit_yaml("r", 1, "")
+        ),
+    )
+    .await;
+    let (status, h, _) = http_get(fg.port, "/").await.unwrap();
+    assert_eq!(status, 200);
+    for name in ["ratelimit", "ratelimit-policy", "x-ratelimit-limit"] {
+        assert!(h.get(name).is_none(), "{name} on an admitted response");
+    }
+    let (status, h, _) = http_get(fg.port, "/").await.unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(h["ratelimit-policy"], "\"r\";q=1;w=60");
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    assert!(h.contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_with_several_windows_is_decided_by_the_tightest() {
     let up = Upstream::start("app").await;
     let extra = "limits:\n  - name: two\n    max_requests: 5\n    window_seconds: 60\n    strategy: fixed_window\n    windows:\n      - { max_requests: 2, window_seconds: 3600 }\n";
