@@ -218,6 +218,10 @@ impl GlobalLimits {
                 Err(e) => {
                     this.errors.with_label_values(&["connect"]).inc();
                     tracing::debug!("redis connect for decisions failed: {e}");
+                    // Redis may refuse new connections while the prober's still works (say,
+                    // at maxclients): decisions go on over that one, and the next attempt
+                    // waits instead of following every failure at once.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
             this.opening.store(false, Ordering::Release);
