@@ -17,7 +17,6 @@ use floodgate_config::{FailureMode, Scope};
 use floodgate_policy::key::stable_key_hash;
 use floodgate_policy::{headers, merge, Decision, Outcome, RequestParts, Verdict};
 use futures_util::future::join_all;
-use http::HeaderValue;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -101,28 +100,41 @@ fn header_bytes(req: &RequestHeader) -> usize {
         .fold(uri + 16, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-/// Adds the rate-limit fields the config asks for, describing the deciding limit.
+/// Adds the rate-limit fields the config asks for, describing the deciding limit. Values that
+/// do not change per request come ready-made from the limit ([`headers::Fixed`]); the rest
+/// are built without `core::fmt`.
 fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> Result<()> {
-    let def = &snap.limits.limiters()[v.limit].def;
+    let limiter = &snap.limits.limiters()[v.limit];
+    let name = &limiter.def.name;
     let which = snap.config.rate_limit_headers;
     let o = &v.outcome;
+    let fixed = limiter.fields(o);
     if which.ietf {
-        if let Some(p) = headers::policy_value(&def.name, o) {
+        let policy = match fixed {
+            Some(f) => f.policy(),
+            None => headers::policy_value(name, o),
+        };
+        if let Some(p) = policy {
             h.insert_header(headers::RATELIMIT_POLICY, p)?;
         }
-        if let Some(c) = headers::current_value(&def.name, o) {
+        let current = match fixed {
+            Some(f) => f.current(o),
+            None => headers::current_value(name, o),
+        };
+        if let Some(c) = current {
             h.insert_header(headers::RATELIMIT, c)?;
         }
     }
     if which.legacy {
-        h.insert_header(headers::X_RATELIMIT_LIMIT, HeaderValue::from(o.limit))?;
+        let limit = fixed.map_or_else(|| headers::int_value(o.limit), |f| f.limit());
+        h.insert_header(headers::X_RATELIMIT_LIMIT, limit)?;
         h.insert_header(
             headers::X_RATELIMIT_REMAINING,
-            HeaderValue::from(o.remaining),
+            headers::int_value(o.remaining),
         )?;
         h.insert_header(
             headers::X_RATELIMIT_RESET,
-            HeaderValue::from(headers::ceil_secs(o.reset)),
+            headers::int_value(headers::ceil_secs(o.reset)),
         )?;
     }
     Ok(())
@@ -265,7 +277,7 @@ impl Floodgate {
                 respond::send_with(session, Reason::RateLimited, Some(&detail), |h| {
                     h.insert_header(
                         "retry-after",
-                        headers::retry_after(&v.outcome, jitter).to_string(),
+                        headers::int_value(headers::retry_after(&v.outcome, jitter)),
                     )?;
                     rate_limit_headers(h, &snap, &v)
                 })

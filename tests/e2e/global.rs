@@ -147,6 +147,13 @@ async fn redis_outage_falls_back_to_the_local_share_then_recovers() {
         (10, 20),
         "the local share, and no error"
     );
+    let (status, h, _) = http_get(fg.port, "/").await.unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(
+        h["ratelimit-policy"], "\"g\";q=10;w=3600",
+        "the fields state the local share while it decides"
+    );
+    assert_eq!(h["x-ratelimit-limit"], "10");
     fg.wait_metric(
         "floodgate_ratelimit_backend{limit=\"g\",mode=\"local_fallback\"}",
         1.0,

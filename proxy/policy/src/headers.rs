@@ -2,6 +2,7 @@
 //! (draft-ietf-httpapi-ratelimit-headers-11: structured-field lists of `"name";q=..;w=..` and
 //! `"name";r=..;t=..`), the legacy `X-RateLimit-*` trio, and `Retry-After`.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -22,9 +23,8 @@ pub const X_RATELIMIT_REMAINING: &str = "x-ratelimit-remaining";
 /// `X-RateLimit-Reset`.
 pub const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
 
-/// Appends `n` in decimal without going through `core::fmt` (this runs on every limited
-/// route's response).
-fn push_u64(out: &mut String, mut n: u64) {
+/// `n` in decimal, in a stack buffer: the digits are `buf[start..]` of `(buf, start)`.
+fn digits(mut n: u64) -> ([u8; 20], usize) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -35,31 +35,122 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.extend(buf[i..].iter().map(|b| char::from(*b)));
+    (buf, i)
 }
 
-/// `RateLimit-Policy` as a header value.
+/// A header value made of `parts` in order. Assembled on the stack, so the value's own
+/// buffer is the only allocation (a `String` grown and then converted makes two); this runs
+/// for every response a limit describes.
+fn value_of(parts: &[&[u8]]) -> Option<HeaderValue> {
+    let mut buf = [0u8; 192];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > buf.len() {
+        return HeaderValue::from_bytes(&parts.concat()).ok();
+    }
+    let mut at = 0;
+    for p in parts {
+        buf[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    HeaderValue::from_bytes(&buf[..at]).ok()
+}
+
+/// Integers below this come from a table of ready values: `X-RateLimit-Reset` and, near the
+/// end of a quota, `X-RateLimit-Remaining` nearly always are.
+const SMALL: usize = 1024;
+
+/// `0..SMALL` as static header values. Their text is allocated once and kept for the life of
+/// the process (about 4 KiB), so handing one out copies a pointer: no allocation, and no
+/// reference count that every thread would write to.
+static SMALL_VALUES: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+    (0..SMALL)
+        .map(|n| HeaderValue::from_static(Box::leak(n.to_string().into_boxed_str())))
+        .collect()
+});
+
+/// `n` as a header value.
+pub fn int_value(n: u64) -> HeaderValue {
+    match usize::try_from(n).ok().and_then(|i| SMALL_VALUES.get(i)) {
+        Some(v) => v.clone(),
+        None => {
+            let (d, i) = digits(n);
+            // Digits are always a valid value; the fallback is never taken.
+            value_of(&[&d[i..]]).unwrap_or_else(|| HeaderValue::from(n))
+        }
+    }
+}
+
+/// The parts of a limit window's fields that are the same on every response it describes,
+/// made once when the limit is built instead of per response: `RateLimit-Policy` and
+/// `X-RateLimit-Limit` whole, and the start of `RateLimit` (the quoted, escaped name).
+#[derive(Debug, Clone)]
+pub struct Fixed {
+    /// The quota (requests per window) these values state.
+    limit: u64,
+    /// The window's length.
+    window: Duration,
+    policy: Option<HeaderValue>,
+    limit_value: HeaderValue,
+    /// `"name";r=`.
+    current_prefix: Box<[u8]>,
+}
+
+impl Fixed {
+    /// The values for a window of `limit` requests per `window` of the limit `name`.
+    pub fn new(name: &str, limit: u64, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            policy: policy_of(name, limit, window),
+            limit_value: int_value(limit),
+            current_prefix: format!("\"{}\";r=", sf_escape(name))
+                .into_bytes()
+                .into_boxed_slice(),
+        }
+    }
+
+    /// Whether these values describe `o`: same window, same quota. Not so for the local share
+    /// a global limit decides with while Redis is away.
+    pub fn describes(&self, o: &Outcome) -> bool {
+        self.limit == o.limit && self.window == o.window
+    }
+
+    /// `RateLimit-Policy`; `None` if the name cannot be in a header value.
+    pub fn policy(&self) -> Option<HeaderValue> {
+        self.policy.clone()
+    }
+
+    /// `X-RateLimit-Limit`.
+    pub fn limit(&self) -> HeaderValue {
+        self.limit_value.clone()
+    }
+
+    /// `RateLimit` for `o`; `None` if the name cannot be in a header value.
+    pub fn current(&self, o: &Outcome) -> Option<HeaderValue> {
+        let (r, ri) = digits(o.remaining);
+        let (t, ti) = digits(ceil_secs(o.reset));
+        value_of(&[&self.current_prefix, &r[ri..], b";t=", &t[ti..]])
+    }
+}
+
+/// `RateLimit-Policy` as a header value, for an outcome no [`Fixed`] describes.
 pub fn policy_value(name: &str, o: &Outcome) -> Option<HeaderValue> {
-    let mut s = String::with_capacity(name.len() + 32);
-    s.push('"');
-    s.push_str(&sf_escape(name));
-    s.push_str("\";q=");
-    push_u64(&mut s, o.limit);
-    s.push_str(";w=");
-    push_u64(&mut s, ceil_secs(o.window));
-    HeaderValue::try_from(s).ok()
+    policy_of(name, o.limit, o.window)
 }
 
-/// `RateLimit` as a header value.
+fn policy_of(name: &str, limit: u64, window: Duration) -> Option<HeaderValue> {
+    let (q, qi) = digits(limit);
+    let (w, wi) = digits(ceil_secs(window));
+    let name = sf_escape(name);
+    value_of(&[b"\"", name.as_bytes(), b"\";q=", &q[qi..], b";w=", &w[wi..]])
+}
+
+/// `RateLimit` as a header value, for an outcome no [`Fixed`] describes.
 pub fn current_value(name: &str, o: &Outcome) -> Option<HeaderValue> {
-    let mut s = String::with_capacity(name.len() + 32);
-    s.push('"');
-    s.push_str(&sf_escape(name));
-    s.push_str("\";r=");
-    push_u64(&mut s, o.remaining);
-    s.push_str(";t=");
-    push_u64(&mut s, ceil_secs(o.reset));
-    HeaderValue::try_from(s).ok()
+    let (r, ri) = digits(o.remaining);
+    let (t, ti) = digits(ceil_secs(o.reset));
+    let name = sf_escape(name);
+    value_of(&[b"\"", name.as_bytes(), b"\";r=", &r[ri..], b";t=", &t[ti..]])
 }
 
 /// Whole seconds, rounded up: a client that waits this long will not be early.
@@ -86,16 +177,59 @@ fn sf_escape(s: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fields_follow_the_draft() {
-        let o = Outcome {
+    /// 100 per minute, 42 left, 29.1 s to go.
+    fn sample() -> Outcome {
+        Outcome {
             allowed: true,
             limit: 100,
             remaining: 42,
             reset: Duration::from_millis(29_100),
             retry_after: Duration::ZERO,
             window: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn ready_made_values_equal_the_ones_built_per_response() {
+        let o = sample();
+        let long = "n".repeat(300); // past the stack buffer: built on the heap instead
+        for name in ["api", "a\"b\\c", long.as_str()] {
+            let f = Fixed::new(name, 100, Duration::from_secs(60));
+            assert!(f.describes(&o));
+            assert_eq!(f.policy(), policy_value(name, &o));
+            assert_eq!(f.current(&o), current_value(name, &o));
+            assert_eq!(f.limit(), "100");
+        }
+        assert_eq!(
+            Fixed::new("api", 100, Duration::from_secs(60))
+                .current(&o)
+                .unwrap(),
+            "\"api\";r=42;t=30"
+        );
+        assert_eq!(
+            policy_value(&long, &o).unwrap().len(),
+            long.len() + "\"\";q=100;w=60".len()
+        );
+        // The local share a global limit falls back to is another quota: not described.
+        let share = Outcome { limit: 50, ..o };
+        assert!(!Fixed::new("api", 100, Duration::from_secs(60)).describes(&share));
+        let other_window = Outcome {
+            window: Duration::from_secs(1),
+            ..o
         };
+        assert!(!Fixed::new("api", 100, Duration::from_secs(60)).describes(&other_window));
+    }
+
+    #[test]
+    fn integers_from_the_table_and_past_it() {
+        for n in [0, 1, 9, 10, 1023, 1024, 99_999, u64::MAX] {
+            assert_eq!(int_value(n), n.to_string().as_str(), "{n}");
+        }
+    }
+
+    #[test]
+    fn fields_follow_the_draft() {
+        let o = sample();
         assert_eq!(policy_value("api", &o).unwrap(), "\"api\";q=100;w=60");
         assert_eq!(current_value("api", &o).unwrap(), "\"api\";r=42;t=30");
         assert_eq!(current_value("a\"b", &o).unwrap(), "\"a\\\"b\";r=42;t=30");
