@@ -64,9 +64,12 @@ def main():
     ap.add_argument("-n", type=int, default=2000, help="counted requests per candidate (default 2000)")
     ap.add_argument("--warmup", type=int, default=200, help="requests before counting (default 200)")
     ap.add_argument("--decisions", type=int, default=10000, help="counted script runs per strategy")
+    ap.add_argument("--keep", metavar="DIR", help="leave the callgrind profiles in DIR (for callgrind_annotate)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
         bp, rp = B.free_port(), B.free_port()
         backend = B.nginx(tmp, "backend", 1, f'server {{ listen 127.0.0.1:{bp}; location / {{ return 200 "ok\\n"; }} }}')
         redis = subprocess.Popen(["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "",
@@ -86,7 +89,7 @@ def main():
             for i, (name, extra) in enumerate(candidates):
                 port = B.free_port()
                 conf = B.floodgate_config(tmp, f"c{i}", port, bp, 1, extra is None, extra or "")
-                out = os.path.join(tmp, f"cg.c{i}")
+                out = os.path.join(args.keep or tmp, f"cg.c{i}")
                 p = under_callgrind(out, [B.FLOODGATE, "--config", conf])
                 try:
                     B.wait_port(port, timeout=120)
@@ -107,7 +110,7 @@ def main():
             script = open(SCRIPT).read()
             for kind, label in (("s", "sliding window"), ("f", "fixed window"), ("t", "token bucket")):
                 port = B.free_port()
-                out = os.path.join(tmp, f"cg.redis{kind}")
+                out = os.path.join(args.keep or tmp, f"cg.redis{kind}")
                 p = under_callgrind(out, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                                           "--save", "", "--appendonly", "no"])
                 try:
