@@ -9,13 +9,13 @@
 //! - `one-static`, `five-static`: one or five fields whose values are ready-made statics, the
 //!   floor: only pingora's insert and the write remain;
 //! - `two-floodgate`, `five-floodgate`: the IETF two or all five, made as Floodgate makes them
-//!   (`headers::Fixed` and `headers::int_value`, as `shell.rs` calls them).
+//!   (`headers::Prepared` and `headers::int_value`, as `shell.rs` calls them).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use floodgate_policy::headers::{self, Fixed};
+use floodgate_policy::headers::{self, Prepared};
 use floodgate_policy::Outcome;
 use http::HeaderValue;
 use pingora_http::ResponseHeader;
@@ -53,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("usage: header_floor none|one-static|five-static|two-floodgate|five-floodgate N");
         std::process::exit(2);
     };
-    let fixed = Fixed::new("bench", 1_000_000_000, Duration::from_secs(60));
+    let prepared = Prepared::new("bench", 1_000_000_000, Duration::from_secs(60));
     let ready = HeaderValue::from_static("\"bench\";q=1000000000;w=60");
     for i in 0..n {
         let mut h = upstream()?;
@@ -76,10 +76,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             "two-floodgate" | "five-floodgate" => {
-                add(NAMES[0], fixed.policy().ok_or("policy")?)?;
-                add(NAMES[1], fixed.current(&o).ok_or("current")?)?;
+                add(NAMES[0], prepared.policy().ok_or("policy")?)?;
+                add(NAMES[1], prepared.current(&o).ok_or("current")?)?;
                 if variant == "five-floodgate" {
-                    add(NAMES[2], fixed.limit())?;
+                    add(NAMES[2], prepared.limit())?;
                     add(NAMES[3], headers::int_value(o.remaining))?;
                     add(NAMES[4], headers::int_value(headers::ceil_secs(o.reset)))?;
                 }

@@ -101,23 +101,23 @@ fn header_bytes(req: &RequestHeader) -> usize {
 }
 
 /// Adds the rate-limit fields the config asks for, describing the deciding limit. Values that
-/// do not change per request come ready-made from the limit ([`headers::Fixed`]); the rest
+/// do not change per request come ready-made from the limit ([`headers::Prepared`]); the rest
 /// are built without `core::fmt`.
 fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> Result<()> {
     let limiter = &snap.limits.limiters()[v.limit];
     let name = &limiter.def.name;
     let which = snap.config.rate_limit_headers;
     let o = &v.outcome;
-    let fixed = limiter.fields(o);
+    let prepared = limiter.fields(o);
     if which.ietf {
-        let policy = match fixed {
+        let policy = match prepared {
             Some(f) => f.policy(),
             None => headers::policy_value(name, o),
         };
         if let Some(p) = policy {
             h.insert_header(headers::RATELIMIT_POLICY, p)?;
         }
-        let current = match fixed {
+        let current = match prepared {
             Some(f) => f.current(o),
             None => headers::current_value(name, o),
         };
@@ -126,7 +126,7 @@ fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> R
         }
     }
     if which.legacy {
-        let limit = fixed.map_or_else(|| headers::int_value(o.limit), |f| f.limit());
+        let limit = prepared.map_or_else(|| headers::int_value(o.limit), |f| f.limit());
         h.insert_header(headers::X_RATELIMIT_LIMIT, limit)?;
         h.insert_header(
             headers::X_RATELIMIT_REMAINING,

@@ -93,7 +93,7 @@ pub fn int_value(n: u64) -> HeaderValue {
 /// made once when the limit is built instead of per response: `RateLimit-Policy` and
 /// `X-RateLimit-Limit` whole, and the start of `RateLimit` (the quoted, escaped name).
 #[derive(Debug, Clone)]
-pub struct Fixed {
+pub struct Prepared {
     /// The quota (requests per window) these values state.
     limit: u64,
     /// The window's length.
@@ -104,7 +104,7 @@ pub struct Fixed {
     current_prefix: Box<[u8]>,
 }
 
-impl Fixed {
+impl Prepared {
     /// The values for a window of `limit` requests per `window` of the limit `name`.
     pub fn new(name: &str, limit: u64, window: Duration) -> Self {
         Self {
@@ -142,7 +142,7 @@ impl Fixed {
     }
 }
 
-/// `RateLimit-Policy` as a header value, for an outcome no [`Fixed`] describes.
+/// `RateLimit-Policy` as a header value, for an outcome no [`Prepared`] describes.
 pub fn policy_value(name: &str, o: &Outcome) -> Option<HeaderValue> {
     policy_of(name, o.limit, o.window)
 }
@@ -154,7 +154,7 @@ fn policy_of(name: &str, limit: u64, window: Duration) -> Option<HeaderValue> {
     value_of(&[b"\"", name.as_bytes(), b"\";q=", &q[qi..], b";w=", &w[wi..]])
 }
 
-/// `RateLimit` as a header value, for an outcome no [`Fixed`] describes.
+/// `RateLimit` as a header value, for an outcome no [`Prepared`] describes.
 pub fn current_value(name: &str, o: &Outcome) -> Option<HeaderValue> {
     let (r, ri) = digits(o.remaining);
     let (t, ti) = digits(ceil_secs(o.reset));
@@ -203,14 +203,14 @@ mod tests {
         let o = sample();
         let long = "n".repeat(300); // past the stack buffer: built on the heap instead
         for name in ["api", "a\"b\\c", long.as_str()] {
-            let f = Fixed::new(name, 100, Duration::from_secs(60));
+            let f = Prepared::new(name, 100, Duration::from_secs(60));
             assert!(f.describes(&o));
             assert_eq!(f.policy(), policy_value(name, &o));
             assert_eq!(f.current(&o), current_value(name, &o));
             assert_eq!(f.limit(), "100");
         }
         assert_eq!(
-            Fixed::new("api", 100, Duration::from_secs(60))
+            Prepared::new("api", 100, Duration::from_secs(60))
                 .current(&o)
                 .unwrap(),
             "\"api\";r=42;t=30"
@@ -221,12 +221,12 @@ mod tests {
         );
         // The local share a global limit falls back to is another quota: not described.
         let share = Outcome { limit: 50, ..o };
-        assert!(!Fixed::new("api", 100, Duration::from_secs(60)).describes(&share));
+        assert!(!Prepared::new("api", 100, Duration::from_secs(60)).describes(&share));
         let other_window = Outcome {
             window: Duration::from_secs(1),
             ..o
         };
-        assert!(!Fixed::new("api", 100, Duration::from_secs(60)).describes(&other_window));
+        assert!(!Prepared::new("api", 100, Duration::from_secs(60)).describes(&other_window));
     }
 
     #[test]

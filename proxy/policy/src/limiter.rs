@@ -12,7 +12,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::clock::Clock;
-use crate::headers::Fixed;
+use crate::headers::Prepared;
 use crate::window::WindowTable;
 
 type Gcra = RateLimiter<u64, DashMapStateStore<u64>, Clock, StateInformationMiddleware>;
@@ -46,7 +46,7 @@ struct Window {
     length: Duration,
     state: State,
     /// The response fields' values that do not change per request.
-    fields: Fixed,
+    fields: Prepared,
 }
 
 /// A limit with its counters.
@@ -67,7 +67,7 @@ impl Limiter {
                 max,
                 length,
                 state: State::new(def.strategy, max, length, &clock),
-                fields: Fixed::new(&def.name, max, length),
+                fields: Prepared::new(&def.name, max, length),
             })
             .collect();
         windows.sort_by_key(|w| w.length);
@@ -115,7 +115,7 @@ impl Limiter {
                     max,
                     length,
                     state: State::Window(table.clone()),
-                    fields: Fixed::new(&def.name, max, length),
+                    fields: Prepared::new(&def.name, max, length),
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -128,7 +128,7 @@ impl Limiter {
 
     /// The ready-made response field values for `o`, if one of this limit's windows (at its
     /// configured size) is what `o` describes.
-    pub fn fields(&self, o: &Outcome) -> Option<&Fixed> {
+    pub fn fields(&self, o: &Outcome) -> Option<&Prepared> {
         self.windows
             .iter()
             .map(|w| &w.fields)
