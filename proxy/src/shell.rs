@@ -101,14 +101,16 @@ fn header_bytes(req: &RequestHeader) -> usize {
 }
 
 /// Adds the rate-limit fields the config asks for, describing the deciding limit. Values that
-/// do not change per request come ready-made from the limit ([`headers::Prepared`]); the rest
+/// do not change per request come prepared with the snapshot ([`headers::Prepared`]); the rest
 /// are built without `core::fmt`.
 fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> Result<()> {
-    let limiter = &snap.limits.limiters()[v.limit];
-    let name = &limiter.def.name;
+    let name = &snap.limits.limiters()[v.limit].def.name;
     let which = snap.config.rate_limit_headers;
     let o = &v.outcome;
-    let prepared = limiter.fields(o);
+    let prepared = snap
+        .limit_fields
+        .get(v.limit)
+        .and_then(|all| headers::find(all, o));
     if which.ietf {
         let policy = match prepared {
             Some(f) => f.policy(),

@@ -11,6 +11,7 @@ use std::num::NonZeroU64;
 
 use floodgate_config::{Config, Limit, Scope};
 use floodgate_policy::breaker::{Breaker, State, Transition};
+use floodgate_policy::headers::{self, Prepared};
 use floodgate_policy::load::LoadWindow;
 use floodgate_policy::queue::Admission;
 use floodgate_policy::{Clock, Decision, LimitSet};
@@ -51,6 +52,9 @@ pub struct Base {
     pub upstream: SocketAddr,
     /// Rate limits, with counters carried over from the previous snapshot where unchanged.
     pub limits: LimitSet,
+    /// Per limit, its response fields' values prepared for each window, as configured and
+    /// (global limits) as the local share it falls back to.
+    pub limit_fields: Vec<Box<[Prepared]>>,
     /// `floodgate_ratelimit_decisions_total` per limit, resolved once: allowed, limited, shadow.
     pub limit_decisions: Vec<[IntCounter; 3]>,
     /// Per limit, the highest use (in millionths of the limit) Redis reported since the last
@@ -112,6 +116,12 @@ impl Base {
         let effective = effective_limits(&config);
         let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
         let limits = LimitSet::new(&effective, &route_names, previous.map(|p| &p.limits), clock);
+        let limit_fields = config
+            .limits
+            .iter()
+            .zip(&effective)
+            .map(|(def, local)| headers::prepare([def, local]))
+            .collect();
         let limit_decisions = effective
             .iter()
             .map(|l| {
@@ -151,6 +161,7 @@ impl Base {
             upstream,
             limits,
             remote_use: effective.iter().map(|_| AtomicU64::new(0)).collect(),
+            limit_fields,
             limit_decisions,
             load,
         })

@@ -5,6 +5,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use floodgate_config::Limit;
 use http::HeaderValue;
 
 use crate::limiter::Outcome;
@@ -142,6 +143,28 @@ impl Prepared {
     }
 }
 
+/// The prepared values for every window of each of `defs`, one per distinct quota and window:
+/// for a global limit, its definition (what Redis decides with) and the local share it falls
+/// back to.
+pub fn prepare<'a>(defs: impl IntoIterator<Item = &'a Limit>) -> Box<[Prepared]> {
+    let mut out: Vec<Prepared> = Vec::new();
+    for def in defs {
+        let windows = std::iter::once((def.max_requests.get(), def.window))
+            .chain(def.extra_windows.iter().map(|(m, w)| (m.get(), *w)));
+        for (max, window) in windows {
+            if !out.iter().any(|p| p.limit == max && p.window == window) {
+                out.push(Prepared::new(&def.name, max, window));
+            }
+        }
+    }
+    out.into_boxed_slice()
+}
+
+/// The one of `prepared` that describes `o`, if any.
+pub fn find<'a>(prepared: &'a [Prepared], o: &Outcome) -> Option<&'a Prepared> {
+    prepared.iter().find(|p| p.describes(o))
+}
+
 /// `RateLimit-Policy` as a header value, for an outcome no [`Prepared`] describes.
 pub fn policy_value(name: &str, o: &Outcome) -> Option<HeaderValue> {
     policy_of(name, o.limit, o.window)
@@ -227,6 +250,48 @@ mod tests {
             ..o
         };
         assert!(!Prepared::new("api", 100, Duration::from_secs(60)).describes(&other_window));
+    }
+
+    #[test]
+    fn prepared_for_every_window_of_a_limit_and_its_share() {
+        use floodgate_config::{FailureMode, Scope, Strategy};
+        use std::num::NonZeroU64;
+        let n = |v| NonZeroU64::new(v).unwrap();
+        let def = Limit {
+            name: "g".into(),
+            routes: None,
+            key: vec![],
+            max_requests: n(40),
+            window: Duration::from_secs(1),
+            strategy: Strategy::FixedWindow,
+            scope: Scope::Global,
+            shadow: false,
+            extra_windows: vec![(n(400), Duration::from_secs(60))],
+            failure_mode: FailureMode::Open,
+        };
+        let share = Limit {
+            max_requests: n(10),
+            ..def.clone()
+        };
+        let all = prepare([&def, &share]);
+        assert_eq!(
+            all.len(),
+            3,
+            "the share's minute window is the definition's: once"
+        );
+        let policy = |limit, secs| {
+            let o = Outcome {
+                limit,
+                window: Duration::from_secs(secs),
+                ..sample()
+            };
+            find(&all, &o).and_then(|p| p.policy())
+        };
+        assert_eq!(policy(40, 1).unwrap(), "\"g\";q=40;w=1");
+        assert_eq!(policy(400, 60).unwrap(), "\"g\";q=400;w=60");
+        assert_eq!(policy(10, 1).unwrap(), "\"g\";q=10;w=1");
+        assert_eq!(policy(20, 1), None, "a quota no window has");
+        assert_eq!(policy(40, 60), None, "a window with another quota");
     }
 
     #[test]

@@ -12,7 +12,6 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::clock::Clock;
-use crate::headers::Prepared;
 use crate::window::WindowTable;
 
 type Gcra = RateLimiter<u64, DashMapStateStore<u64>, Clock, StateInformationMiddleware>;
@@ -45,8 +44,6 @@ struct Window {
     max: u64,
     length: Duration,
     state: State,
-    /// The response fields' values that do not change per request.
-    fields: Prepared,
 }
 
 /// A limit with its counters.
@@ -67,7 +64,6 @@ impl Limiter {
                 max,
                 length,
                 state: State::new(def.strategy, max, length, &clock),
-                fields: Prepared::new(&def.name, max, length),
             })
             .collect();
         windows.sort_by_key(|w| w.length);
@@ -115,7 +111,6 @@ impl Limiter {
                     max,
                     length,
                     state: State::Window(table.clone()),
-                    fields: Prepared::new(&def.name, max, length),
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -124,15 +119,6 @@ impl Limiter {
             windows,
             clock: self.clock.clone(),
         })
-    }
-
-    /// The ready-made response field values for `o`, if one of this limit's windows (at its
-    /// configured size) is what `o` describes.
-    pub fn fields(&self, o: &Outcome) -> Option<&Prepared> {
-        self.windows
-            .iter()
-            .map(|w| &w.fields)
-            .find(|f| f.describes(o))
     }
 
     /// Counts a request for `key` in every window, shortest first, stopping at the first that
@@ -363,34 +349,6 @@ mod tests {
                 "{strategy:?}: {passed} of 1500 for 500 allowed"
             );
         }
-    }
-
-    #[test]
-    fn ready_made_fields_follow_the_deciding_window_and_a_carried_size() {
-        let mut d = def(Strategy::FixedWindow, 2, 1);
-        d.extra_windows = vec![(NonZeroU64::new(5).unwrap(), Duration::from_secs(60))];
-        let l = Limiter::new(d.clone(), Clock::manual());
-        let policy = |o: &Outcome| l.fields(o).and_then(|f| f.policy());
-        let o = l.check(1);
-        assert_eq!(o.window, Duration::from_secs(1));
-        assert_eq!(policy(&o).unwrap(), "\"l\";q=2;w=1");
-        let minute = Outcome {
-            limit: 5,
-            window: Duration::from_secs(60),
-            ..o
-        };
-        assert_eq!(policy(&minute).unwrap(), "\"l\";q=5;w=60");
-        let share = Outcome { limit: 1, ..o };
-        assert!(l.fields(&share).is_none(), "a quota no window has");
-
-        d.max_requests = NonZeroU64::new(20).unwrap();
-        let bigger = l.carried(&d).unwrap();
-        let o = Outcome { limit: 20, ..o };
-        assert_eq!(
-            bigger.fields(&o).and_then(|f| f.policy()).unwrap(),
-            "\"l\";q=20;w=1"
-        );
-        assert_eq!(bigger.fields(&o).unwrap().limit(), "20");
     }
 }
 
