@@ -1,6 +1,8 @@
 //! Rate-limit response fields: the IETF draft's `RateLimit-Policy` / `RateLimit`
 //! (draft-ietf-httpapi-ratelimit-headers-11: structured-field lists of `"name";q=..;w=..` and
-//! `"name";r=..;t=..`), the legacy `X-RateLimit-*` trio, and `Retry-After`.
+//! `"name";r=..;t=..`), the legacy `X-RateLimit-*` trio, and `Retry-After`. Built for every
+//! response a limit describes, so what does not change per response is [`prepare`]d once per
+//! config snapshot and the rest is assembled without `core::fmt`.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -91,8 +93,8 @@ pub fn int_value(n: u64) -> HeaderValue {
 }
 
 /// The parts of a limit window's fields that are the same on every response it describes,
-/// made once when the limit is built instead of per response: `RateLimit-Policy` and
-/// `X-RateLimit-Limit` whole, and the start of `RateLimit` (the quoted, escaped name).
+/// made once per config snapshot ([`prepare`]) instead of per response: `RateLimit-Policy`
+/// and `X-RateLimit-Limit` whole, and the start of `RateLimit` (the quoted, escaped name).
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// The quota (requests per window) these values state.
@@ -119,8 +121,7 @@ impl Prepared {
         }
     }
 
-    /// Whether these values describe `o`: same window, same quota. Not so for the local share
-    /// a global limit decides with while Redis is away.
+    /// Whether these values describe `o`: same quota, same window.
     pub fn describes(&self, o: &Outcome) -> bool {
         self.limit == o.limit && self.window == o.window
     }
