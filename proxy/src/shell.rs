@@ -101,35 +101,27 @@ fn header_bytes(req: &RequestHeader) -> usize {
 }
 
 /// Adds the rate-limit fields the config asks for, describing the deciding limit. Values that
-/// do not change per request come prepared with the snapshot ([`headers::Prepared`]); the rest
+/// do not change per request come prepared with the snapshot ([`headers::lookup`]); the rest
 /// are built without `core::fmt`.
 fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> Result<()> {
     let name = &snap.limits.limiters()[v.limit].def.name;
     let which = snap.config.rate_limit_headers;
     let o = &v.outcome;
-    let prepared = snap
-        .limit_fields
-        .get(v.limit)
-        .and_then(|all| headers::find(all, o));
+    let f = headers::lookup(
+        snap.limit_fields.get(v.limit).map_or(&[], |all| &all[..]),
+        name,
+        o,
+    );
     if which.ietf {
-        let policy = match prepared {
-            Some(f) => f.policy(),
-            None => headers::policy_value(name, o),
-        };
-        if let Some(p) = policy {
+        if let Some(p) = f.policy() {
             h.insert_header(headers::RATELIMIT_POLICY, p)?;
         }
-        let current = match prepared {
-            Some(f) => f.current(o),
-            None => headers::current_value(name, o),
-        };
-        if let Some(c) = current {
+        if let Some(c) = f.current(o) {
             h.insert_header(headers::RATELIMIT, c)?;
         }
     }
     if which.legacy {
-        let limit = prepared.map_or_else(|| headers::int_value(o.limit), |f| f.limit());
-        h.insert_header(headers::X_RATELIMIT_LIMIT, limit)?;
+        h.insert_header(headers::X_RATELIMIT_LIMIT, f.limit())?;
         h.insert_header(
             headers::X_RATELIMIT_REMAINING,
             headers::int_value(o.remaining),

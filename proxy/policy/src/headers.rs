@@ -4,6 +4,7 @@
 //! response a limit describes, so what does not change per response is [`prepare`]d once per
 //! config snapshot and the rest is assembled without `core::fmt`.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -110,13 +111,16 @@ pub struct Prepared {
 impl Prepared {
     /// The values for a window of `limit` requests per `window` of the limit `name`.
     pub fn new(name: &str, limit: u64, window: Duration) -> Self {
+        let name = sf_escape(name);
+        let (q, qi) = digits(limit);
+        let (w, wi) = digits(ceil_secs(window));
         Self {
             limit,
             window,
-            policy: policy_of(name, limit, window),
+            policy: value_of(&[b"\"", name.as_bytes(), b"\";q=", &q[qi..], b";w=", &w[wi..]]),
             limit_value: int_value(limit),
-            current_prefix: format!("\"{}\";r=", sf_escape(name))
-                .into_bytes()
+            current_prefix: [b"\"", name.as_bytes(), b"\";r="]
+                .concat()
                 .into_boxed_slice(),
         }
     }
@@ -161,29 +165,13 @@ pub fn prepare<'a>(defs: impl IntoIterator<Item = &'a Limit>) -> Box<[Prepared]>
     out.into_boxed_slice()
 }
 
-/// The one of `prepared` that describes `o`, if any.
-pub fn find<'a>(prepared: &'a [Prepared], o: &Outcome) -> Option<&'a Prepared> {
-    prepared.iter().find(|p| p.describes(o))
-}
-
-/// `RateLimit-Policy` as a header value, for an outcome no [`Prepared`] describes.
-pub fn policy_value(name: &str, o: &Outcome) -> Option<HeaderValue> {
-    policy_of(name, o.limit, o.window)
-}
-
-fn policy_of(name: &str, limit: u64, window: Duration) -> Option<HeaderValue> {
-    let (q, qi) = digits(limit);
-    let (w, wi) = digits(ceil_secs(window));
-    let name = sf_escape(name);
-    value_of(&[b"\"", name.as_bytes(), b"\";q=", &q[qi..], b";w=", &w[wi..]])
-}
-
-/// `RateLimit` as a header value, for an outcome no [`Prepared`] describes.
-pub fn current_value(name: &str, o: &Outcome) -> Option<HeaderValue> {
-    let (r, ri) = digits(o.remaining);
-    let (t, ti) = digits(ceil_secs(o.reset));
-    let name = sf_escape(name);
-    value_of(&[b"\"", name.as_bytes(), b"\";r=", &r[ri..], b";t=", &t[ti..]])
+/// The values for `o` of the limit `name`: the one of `prepared` that describes it, or else
+/// (an outcome no window of the snapshot states; not expected) made now.
+pub fn lookup<'a>(prepared: &'a [Prepared], name: &str, o: &Outcome) -> Cow<'a, Prepared> {
+    match prepared.iter().find(|p| p.describes(o)) {
+        Some(p) => Cow::Borrowed(p),
+        None => Cow::Owned(Prepared::new(name, o.limit, o.window)),
+    }
 }
 
 /// Whole seconds, rounded up: a client that waits this long will not be early.
@@ -209,6 +197,16 @@ fn sf_escape(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields for an outcome no prepared value describes, made per response.
+    fn policy_value(name: &str, o: &Outcome) -> Option<HeaderValue> {
+        lookup(&[], name, o).policy()
+    }
+
+    /// See `policy_value`.
+    fn current_value(name: &str, o: &Outcome) -> Option<HeaderValue> {
+        lookup(&[], name, o).current(o)
+    }
 
     /// 100 per minute, 42 left, 29.1 s to go.
     fn sample() -> Outcome {
@@ -286,7 +284,11 @@ mod tests {
                 window: Duration::from_secs(secs),
                 ..sample()
             };
-            find(&all, &o).and_then(|p| p.policy())
+            // Only what was prepared: `None` when the values had to be made now.
+            match lookup(&all, "g", &o) {
+                Cow::Borrowed(p) => p.policy(),
+                Cow::Owned(_) => None,
+            }
         };
         assert_eq!(policy(40, 1).unwrap(), "\"g\";q=40;w=1");
         assert_eq!(policy(400, 60).unwrap(), "\"g\";q=400;w=60");
