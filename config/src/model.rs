@@ -7,7 +7,8 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 pub use crate::raw::{
-    FailureMode, Level, LogFormat, Priority, Role, Scope, Strategy, UpstreamProtocol,
+    FailureMode, Level, LogFormat, PathNormalization, Priority, Role, Scope, Strategy,
+    UpstreamProtocol,
 };
 
 /// A checked Floodgate configuration.
@@ -358,6 +359,26 @@ pub struct Fallback {
     pub cached: Option<Duration>,
     /// The static answer, when one is configured (else a 503 problem).
     pub answer: Option<StaticAnswer>,
+    /// What gRPC callers get instead (they cannot read an HTTP status or body).
+    pub grpc: GrpcAnswer,
+}
+
+/// The gRPC status and message of a fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcAnswer {
+    /// `grpc-status` (default 14, UNAVAILABLE).
+    pub status: u8,
+    /// `grpc-message`, when configured (else `degraded`).
+    pub message: Option<String>,
+}
+
+impl Default for GrpcAnswer {
+    fn default() -> Self {
+        Self {
+            status: 14,
+            message: None,
+        }
+    }
 }
 
 /// A static fallback answer.
@@ -480,6 +501,14 @@ pub struct Server {
     pub drain_timeout: Duration,
     /// Request header block cap (431 past it).
     pub max_request_header_bytes: usize,
+    /// How request paths are canonicalised.
+    pub path_normalization: PathNormalization,
+    /// Deadline for a whole request head.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive time between requests.
+    pub keepalive_timeout: Duration,
+    /// Most client connections at once.
+    pub max_connections: u32,
 }
 
 /// A scheduled override set.

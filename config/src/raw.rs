@@ -583,6 +583,13 @@ pub struct RawFallback {
     /// Extra response headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// For gRPC callers: the `grpc-status` to answer with (0..=16; default 14, UNAVAILABLE).
+    /// gRPC callers never get the HTTP status or body above: they could not read them.
+    #[serde(default)]
+    pub grpc_status: Option<u8>,
+    /// For gRPC callers: the `grpc-message` (default `degraded`).
+    #[serde(default)]
+    pub grpc_message: Option<String>,
 }
 
 /// Logging.
@@ -621,6 +628,38 @@ pub struct RawServer {
     /// Largest request header block accepted, in bytes; larger gets 431 (default 65536).
     #[serde(default)]
     pub max_request_header_bytes: Option<usize>,
+    /// How request paths are judged: `normalize` (default: dot segments removed, slashes
+    /// merged, unreserved characters decoded, and that path forwarded), `strict` (400 for any
+    /// path that is not already canonical) or `off` (the raw path, as the client spelled it).
+    #[serde(default)]
+    pub path_normalization: Option<PathNormalization>,
+    /// Longest time a client may take to send a whole request head, in milliseconds, from
+    /// its first byte (a new connection: from accept); past it the connection is closed, with
+    /// a 408 when part of a head was sent (default 10000).
+    #[serde(default)]
+    pub header_read_timeout_ms: Option<u64>,
+    /// How long an idle keep-alive connection is kept for its next request, in milliseconds
+    /// (default 60000; rounded up to whole seconds).
+    #[serde(default)]
+    pub keepalive_timeout_ms: Option<u64>,
+    /// Most client connections open at once; more are closed as they arrive and counted in
+    /// `floodgate_connections_refused_total` (default 10000).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+}
+
+/// `server.path_normalization`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PathNormalization {
+    /// Canonicalise and forward the canonical path.
+    #[default]
+    Normalize,
+    /// Refuse (400) any path that is not already canonical.
+    Strict,
+    /// Judge and forward the raw path. A path respelled with `..`, `//` or `%61` can then walk
+    /// past a route's policy: only for apps that treat such paths as distinct.
+    Off,
 }
 
 /// A scheduled override set: from each time `cron` fires, for `duration_minutes`.

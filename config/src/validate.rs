@@ -884,6 +884,13 @@ fn check_degradation(
                 "only applies to a cached fallback; add `cached: true` or remove it",
             );
         }
+        let grpc_status = f.grpc_status.unwrap_or(14);
+        if grpc_status > 16 {
+            cx.err(
+                format!("{p}.grpc_status"),
+                format!("must be a gRPC status code between 0 and 16 (14 is UNAVAILABLE), got {grpc_status}"),
+            );
+        }
         let has_static = f.status.is_some()
             || f.body.is_some()
             || f.content_type.is_some()
@@ -898,6 +905,10 @@ fn check_degradation(
                     content_type: f.content_type.clone(),
                     headers,
                 }),
+                grpc: GrpcAnswer {
+                    status: grpc_status,
+                    message: f.grpc_message.clone(),
+                },
             },
         );
     }
@@ -1179,5 +1190,30 @@ fn check_server(cx: &mut Ctx, s: RawServer) -> Server {
             3_600_000,
         ),
         max_request_header_bytes: max_header,
+        path_normalization: s.path_normalization.unwrap_or_default(),
+        header_read_timeout: ms(
+            cx,
+            "server.header_read_timeout_ms",
+            s.header_read_timeout_ms,
+            10_000,
+            300_000,
+        ),
+        keepalive_timeout: ms(
+            cx,
+            "server.keepalive_timeout_ms",
+            s.keepalive_timeout_ms,
+            60_000,
+            3_600_000,
+        ),
+        max_connections: {
+            let n = s.max_connections.unwrap_or(10_000);
+            if n == 0 || n > 1_000_000 {
+                cx.err(
+                    "server.max_connections",
+                    format!("must be between 1 and 1000000, got {n}"),
+                );
+            }
+            n
+        },
     }
 }
