@@ -1,8 +1,10 @@
 //! Answers the sidecar writes itself. Every one says why in `floodgate-reason`, carries a
 //! problem+json body (RFC 9457), and is counted; gRPC callers get a gRPC status in a
-//! trailers-only response instead, because they cannot read an HTTP error status.
+//! trailers-only response instead, because they cannot read an HTTP error status. The
+//! mapping from reasons to gRPC statuses is [`Reason::grpc_status`].
 
 use bytes::Bytes;
+use pingora_core::protocols::http::ServerSession;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
@@ -84,17 +86,24 @@ impl Reason {
         }
     }
 
-    /// gRPC status code (UNAVAILABLE = 14, DEADLINE_EXCEEDED = 4, INVALID_ARGUMENT = 3,
-    /// RESOURCE_EXHAUSTED = 8): a full queue is RESOURCE_EXHAUSTED like a rate limit, a queue
-    /// timeout or an open breaker UNAVAILABLE, the status gRPC clients retry with backoff.
-    fn grpc_status(self) -> &'static str {
+    /// The gRPC status gRPC callers get (they cannot read an HTTP status). Only
+    /// RESOURCE_EXHAUSTED says "you asked too much"; everything else the sidecar refuses or
+    /// could not reach is UNAVAILABLE, the status gRPC clients retry with backoff (as Envoy
+    /// maps 502/503/504). A queue wait cut by the caller's own deadline is DEADLINE_EXCEEDED,
+    /// given by the caller of [`send_full`]. Never UNKNOWN, CANCELLED or INTERNAL: those
+    /// say the server broke.
+    pub fn grpc_status(self) -> u8 {
         match self {
-            Reason::UpstreamUnavailable | Reason::UpstreamError => "14",
-            Reason::UpstreamTimeout => "4",
-            Reason::HeadersTooLarge | Reason::BadRequest => "3",
-            Reason::RateLimited | Reason::QueueFull => "8",
-            Reason::QueueTimeout | Reason::CircuitOpen | Reason::Degraded => "14",
-            Reason::Cached => "0",
+            Reason::RateLimited | Reason::HeadersTooLarge => grpc::RESOURCE_EXHAUSTED,
+            Reason::BadRequest => grpc::INVALID_ARGUMENT,
+            Reason::UpstreamUnavailable
+            | Reason::UpstreamTimeout
+            | Reason::UpstreamError
+            | Reason::QueueFull
+            | Reason::QueueTimeout
+            | Reason::CircuitOpen
+            | Reason::Degraded => grpc::UNAVAILABLE,
+            Reason::Cached => grpc::OK,
         }
     }
 
@@ -125,6 +134,20 @@ impl Reason {
     }
 }
 
+/// The gRPC status codes the sidecar answers with (grpc/grpc `doc/statuscodes.md`).
+pub mod grpc {
+    /// OK.
+    pub const OK: u8 = 0;
+    /// INVALID_ARGUMENT.
+    pub const INVALID_ARGUMENT: u8 = 3;
+    /// DEADLINE_EXCEEDED.
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    /// RESOURCE_EXHAUSTED.
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    /// UNAVAILABLE.
+    pub const UNAVAILABLE: u8 = 14;
+}
+
 /// True when the request is gRPC (`content-type: application/grpc[+proto|...]`).
 pub fn is_grpc(session: &Session) -> bool {
     session
@@ -147,15 +170,24 @@ pub async fn send_with(
     detail: Option<&str>,
     extra: impl FnOnce(&mut ResponseHeader) -> pingora_error::Result<()>,
 ) -> pingora_error::Result<u16> {
+    send_full(session, reason, None, detail, extra).await
+}
+
+/// Like [`send_with`], with the gRPC status for gRPC callers given (else the reason's).
+pub async fn send_full(
+    session: &mut Session,
+    reason: Reason,
+    grpc_status: Option<u8>,
+    detail: Option<&str>,
+    extra: impl FnOnce(&mut ResponseHeader) -> pingora_error::Result<()>,
+) -> pingora_error::Result<u16> {
     if is_grpc(session) {
-        let mut h = ResponseHeader::build(200, Some(8))?;
-        extra(&mut h)?;
-        h.insert_header("content-type", "application/grpc")?;
-        h.insert_header("grpc-status", reason.grpc_status())?;
-        h.insert_header("grpc-message", reason.as_str())?;
-        h.insert_header("floodgate-reason", reason.as_str())?;
-        session.write_response_header(Box::new(h), true).await?;
-        return Ok(200);
+        let status = grpc_status.unwrap_or(reason.grpc_status());
+        let message = match detail {
+            Some(d) => format!("{}: {d}", reason.as_str()),
+            None => format!("{}: {}", reason.as_str(), reason.detail()),
+        };
+        return send_grpc(session, reason, status, &message, extra).await;
     }
     let status = reason.status();
     // serde_json quotes and escapes the detail (it may carry a limit name from the config).
@@ -179,6 +211,84 @@ pub async fn send_with(
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(status)
+}
+
+/// Writes a gRPC answer that every gRPC client reads: a trailers-only response (RFC 9113
+/// HEADERS with END_STREAM: `:status 200`, `content-type: application/grpc`, `grpc-status`,
+/// the percent-encoded `grpc-message`, `floodgate-reason` and `extra`). Returns 200.
+///
+/// On HTTP/2 the head goes through the HTTP/2 session itself, not through
+/// `pingora_proxy::Session::write_response_header`: pingora-proxy 0.9.1 does not pass that
+/// call's end-of-stream flag on to HTTP/2, so the HEADERS frame would leave without
+/// END_STREAM and the session's `finish()` would end the stream with an empty DATA frame,
+/// which gRPC C-core rejects ("Data frame with END_STREAM flag received", status UNKNOWN).
+/// gRPC needs HTTP/2; an HTTP/1.1 caller that says `application/grpc` gets the same fields
+/// in an empty response.
+pub async fn send_grpc(
+    session: &mut Session,
+    reason: Reason,
+    status: u8,
+    message: &str,
+    extra: impl FnOnce(&mut ResponseHeader) -> pingora_error::Result<()>,
+) -> pingora_error::Result<u16> {
+    let mut h = ResponseHeader::build(200, Some(10))?;
+    extra(&mut h)?;
+    h.insert_header("content-type", "application/grpc")?;
+    h.insert_header(
+        "grpc-status",
+        floodgate_policy::headers::int_value(u64::from(status)),
+    )?;
+    h.insert_header("grpc-message", grpc_message(message))?;
+    h.insert_header("floodgate-reason", reason.as_str())?;
+    match session.as_downstream_mut() {
+        ServerSession::H2(h2) => h2.write_response_header(Box::new(h), true)?,
+        _ => {
+            h.insert_header("content-length", "0")?;
+            session.write_response_header(Box::new(h), true).await?;
+        }
+    }
+    Ok(200)
+}
+
+/// Ends a gRPC call whose response head (the upstream's) is already sent, when the upstream
+/// broke off: trailers with UNAVAILABLE, so the client sees a status, not a reset stream
+/// (CANCELLED). Returns false when this session cannot carry trailers (HTTP/1.1, or already
+/// ended).
+pub fn end_grpc_with_trailers(session: &mut Session, reason: Reason) -> bool {
+    let ServerSession::H2(h2) = session.as_downstream_mut() else {
+        return false;
+    };
+    let mut t = http::HeaderMap::with_capacity(3);
+    t.insert(
+        "grpc-status",
+        http::HeaderValue::from(u16::from(reason.grpc_status())),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&grpc_message(&format!(
+        "{}: {}",
+        reason.as_str(),
+        reason.detail()
+    ))) {
+        t.insert("grpc-message", v);
+    }
+    t.insert(
+        "floodgate-reason",
+        http::HeaderValue::from_static(reason.as_str()),
+    );
+    h2.write_trailers(t).is_ok()
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%` itself
+/// (gRPC over HTTP/2, "Responses").
+pub fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Writes a configured static fallback answer for `reason`.
@@ -229,4 +339,50 @@ async fn write_body(
     }
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_message_percent_encodes_non_printable_bytes_and_percent() {
+        assert_eq!(grpc_message("rate_limited: 3/60 s"), "rate_limited: 3/60 s");
+        assert_eq!(
+            grpc_message("100% \u{e9}t\u{e9}\n"),
+            "100%25 %C3%A9t%C3%A9%0A"
+        );
+    }
+
+    #[test]
+    fn sidecar_answers_never_map_to_unknown_cancelled_or_internal() {
+        use Reason::*;
+        let all = [
+            UpstreamUnavailable,
+            UpstreamTimeout,
+            UpstreamError,
+            HeadersTooLarge,
+            BadRequest,
+            RateLimited,
+            QueueFull,
+            QueueTimeout,
+            CircuitOpen,
+            Degraded,
+            Cached,
+        ];
+        for r in all {
+            assert!(![1, 2, 13].contains(&r.grpc_status()), "{r:?}");
+        }
+        assert_eq!(RateLimited.grpc_status(), grpc::RESOURCE_EXHAUSTED);
+        for r in [
+            QueueFull,
+            QueueTimeout,
+            CircuitOpen,
+            Degraded,
+            UpstreamUnavailable,
+            UpstreamError,
+        ] {
+            assert_eq!(r.grpc_status(), grpc::UNAVAILABLE, "{r:?}");
+        }
+    }
 }

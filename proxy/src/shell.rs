@@ -306,6 +306,20 @@ impl Floodgate {
         retry_after: Duration,
         detail: Option<&str>,
     ) -> Result<()> {
+        self.shed_grpc(session, ctx, reason, None, retry_after, detail)
+            .await
+    }
+
+    /// [`Self::shed`] with the gRPC status given (else the reason's).
+    async fn shed_grpc(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reason: Reason,
+        grpc_status: Option<u8>,
+        retry_after: Duration,
+        detail: Option<&str>,
+    ) -> Result<()> {
         ctx.reason = Some(reason);
         self.rt
             .metrics
@@ -313,8 +327,8 @@ impl Floodgate {
             .with_label_values(&[reason.as_str()])
             .inc();
         let secs = retry_after.as_secs().max(1) + u64::from(retry_after.subsec_nanos() > 0);
-        respond::send_with(session, reason, detail, |h| {
-            h.insert_header("retry-after", secs.to_string())
+        respond::send_full(session, reason, grpc_status, detail, |h| {
+            h.insert_header("retry-after", headers::int_value(secs))
         })
         .await?;
         Ok(())
@@ -386,6 +400,7 @@ impl Floodgate {
             }
             budget = budget.min(deadline);
         }
+        let cut_by_deadline = deadline.is_some_and(|d| d <= budget);
         // A request whose body is still unread cannot be watched for a disconnect without
         // reading (buffering) the body; it is noticed when its wait ends instead.
         let watch_client = session.is_body_done();
@@ -416,7 +431,16 @@ impl Floodgate {
             None => {
                 let fallback = self.queue_timeout(ctx);
                 let retry = self.rt.admission.retry_after().unwrap_or(fallback);
-                self.shed(session, ctx, Reason::QueueTimeout, retry, None)
+                // The caller's own deadline ended the wait: its call is past saving.
+                let (grpc, detail) = if cut_by_deadline {
+                    (
+                        Some(respond::grpc::DEADLINE_EXCEEDED),
+                        Some("the client's deadline (grpc-timeout) passed while queued"),
+                    )
+                } else {
+                    (None, None)
+                };
+                self.shed_grpc(session, ctx, Reason::QueueTimeout, grpc, retry, detail)
                     .await?;
                 Ok(true)
             }
@@ -509,7 +533,8 @@ impl Floodgate {
     }
 
     /// Answers with the route's feature fallback: the remembered answer (cached fallbacks),
-    /// else the static one, else a 503 problem; gRPC callers get UNAVAILABLE. `shed` marks a
+    /// else the static one, else a 503 problem; gRPC callers get the fallback's
+    /// `grpc_status` (UNAVAILABLE unless configured), never a replayed HTTP answer. `shed` marks a
     /// priority shed, also counted in `floodgate_shed_total`.
     async fn fallback(&self, session: &mut Session, ctx: &mut Ctx, shed: bool) -> Result<()> {
         let snap = ctx.snap.clone();
@@ -522,17 +547,27 @@ impl Floodgate {
             m.shed.with_label_values(&["degraded"]).inc();
         }
         let fallback = snap.routes.fallback[r].as_ref();
-        if !respond::is_grpc(session) {
-            if let Some(ttl) = fallback.and_then(|f| f.cached) {
-                if let Some((hit, age)) = self.cache_lookup(session, &snap, ttl) {
-                    respond::send_stored(session, Reason::Degraded, &hit, age).await?;
-                    return Ok(());
-                }
-            }
-            if let Some(a) = fallback.and_then(|f| f.answer.as_ref()) {
-                respond::send_static(session, Reason::Degraded, a).await?;
+        if respond::is_grpc(session) {
+            let grpc = fallback.map(|f| &f.grpc);
+            let status = grpc.map_or(respond::grpc::UNAVAILABLE, |g| g.status);
+            let message = grpc.and_then(|g| g.message.as_deref()).unwrap_or(
+                "degraded: this feature is switched off while the service runs at reduced capacity",
+            );
+            respond::send_grpc(session, Reason::Degraded, status, message, |h| {
+                h.insert_header("retry-after", DEGRADED_RETRY_AFTER)
+            })
+            .await?;
+            return Ok(());
+        }
+        if let Some(ttl) = fallback.and_then(|f| f.cached) {
+            if let Some((hit, age)) = self.cache_lookup(session, &snap, ttl) {
+                respond::send_stored(session, Reason::Degraded, &hit, age).await?;
                 return Ok(());
             }
+        }
+        if let Some(a) = fallback.and_then(|f| f.answer.as_ref()) {
+            respond::send_static(session, Reason::Degraded, a).await?;
+            return Ok(());
         }
         respond::send_with(session, Reason::Degraded, None, |h| {
             h.insert_header("retry-after", DEGRADED_RETRY_AFTER)
@@ -772,8 +807,15 @@ impl ProxyHttp for Floodgate {
                 ctx.reason = Some(r);
                 code = respond::send(session, r).await.unwrap_or(0);
             }
-            // The response already started: all we can do is cut it, which tells the client.
-            Some(r) => ctx.reason = Some(r),
+            Some(r) => {
+                ctx.reason = Some(r);
+                // The response already started: a gRPC call still ends with a status in its
+                // trailers (a reset stream reads as CANCELLED); anything else can only be cut,
+                // which tells the client.
+                if respond::is_grpc(session) {
+                    respond::end_grpc_with_trailers(session, r);
+                }
+            }
             None => {
                 if let ErrorType::HTTPStatus(c) = e.etype() {
                     code = *c;

@@ -308,16 +308,37 @@ async fn grpc_callers_get_grpc_statuses_and_their_deadline_is_honoured() {
     assert_eq!(h.headers["grpc-status"], "14");
     assert_eq!(h.headers["floodgate-reason"], "queue_timeout");
     assert_eq!(depth(&fg).await, Some(1.0));
-    // A full queue is RESOURCE_EXHAUSTED.
+    // A full queue is UNAVAILABLE, like every shedding answer (RESOURCE_EXHAUSTED is the
+    // rate limit's alone).
     calls.push(spawn_get(fg.port, "/hold/q2"));
     wait_depth(&fg, 2).await;
     let h = grpc_call(fg.port, "/svc/Method", None).await;
-    assert_eq!(h.headers["grpc-status"], "8");
+    assert_eq!(h.headers["grpc-status"], "14");
     assert_eq!(h.headers["floodgate-reason"], "queue_full");
     up.stats.release(3);
     for c in calls {
         assert_eq!(c.await.unwrap().0, 200);
     }
+}
+
+#[tokio::test]
+async fn a_grpc_call_whose_deadline_passes_while_queued_gets_deadline_exceeded() {
+    let up = Upstream::start("app").await;
+    let fg = start(
+        &up,
+        "queue:\n  max_concurrency: 1\n  max_size: 2\n  timeout_ms: 30000\n",
+    )
+    .await;
+    let first = spawn_get(fg.port, "/hold/first");
+    wait_upstream(&up, 1).await;
+    // Nothing has drained yet, so no wait can be estimated: the call queues, and its own
+    // deadline (200 ms, far inside queue.timeout_ms) ends the wait.
+    let h = grpc_call(fg.port, "/svc/Method", Some("200m")).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.headers["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert_eq!(h.headers["floodgate-reason"], "queue_timeout");
+    up.stats.release(1);
+    assert_eq!(first.await.unwrap().0, 200);
 }
 
 /// Resident memory of a process, from /proc.
