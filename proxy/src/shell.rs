@@ -290,6 +290,19 @@ impl Floodgate {
         }
     }
 
+    /// How long the client's connection waits idle for its next request
+    /// (`server.keepalive_timeout_ms`), or not at all while draining: every answer written
+    /// then says `Connection: close`. pingora would otherwise wait for ever on an HTTP/1.1
+    /// client's next request. HTTP/2 ignores this (pingora sends GOAWAY when draining).
+    fn keepalive(&self, session: &mut Session, ctx: &Ctx) {
+        if self.rt.is_draining() {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
+            let t = ctx.snap.config.server.keepalive_timeout;
+            session.set_keepalive(Some(t.as_secs().max(1) + u64::from(t.subsec_nanos() > 0)));
+        }
+    }
+
     fn breaker_moved(&self, snap: &Snapshot, t: Option<Transition>) {
         if let Some(t) = t {
             self.rt
@@ -321,6 +334,10 @@ impl Floodgate {
         detail: Option<&str>,
     ) -> Result<()> {
         ctx.reason = Some(reason);
+        // A queued request may be answered after SIGTERM came.
+        if self.rt.is_draining() {
+            session.set_keepalive(None);
+        }
         self.rt
             .metrics
             .shed
@@ -633,6 +650,7 @@ impl ProxyHttp for Floodgate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        self.keepalive(session, ctx);
         let req = session.req_header();
         let view = RequestView {
             method: &req.method,
@@ -673,10 +691,14 @@ impl ProxyHttp for Floodgate {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // SIGTERM may have come while the upstream worked on this request.
+        if self.rt.is_draining() {
+            session.set_keepalive(None);
+        }
         // Rejections are answered before this and always carry the fields.
         if let Some(v) = ctx
             .limit
@@ -802,6 +824,12 @@ impl ProxyHttp for Floodgate {
         let reason = classify(e);
         let mut code = 0;
         let headers_sent = session.response_written().is_some();
+        // pingora-proxy 0.9.1 closes the client's connection after any failure to proxy (its
+        // `process_request` finishes the session with the upstream's reuse flag, false here,
+        // and ignores `can_reuse_downstream`), so the answer must say `Connection: close`:
+        // a keep-alive client promised reuse would send its next request into a closed
+        // socket and lose it.
+        session.set_keepalive(None);
         match reason {
             Some(r) if !headers_sent => {
                 ctx.reason = Some(r);

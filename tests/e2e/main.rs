@@ -6,6 +6,7 @@
 mod admin;
 mod breaker;
 mod cli;
+mod connections;
 mod degrade;
 mod deploy;
 mod global;

@@ -308,3 +308,112 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// One raw HTTP/1.1 client connection, read as a keep-alive client reads it: a response head,
+/// then exactly `Content-Length` bytes of body, then the next request on the same socket.
+pub struct RawConn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A response read off a [`RawConn`]: status, lower-cased header names, body.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl RawConn {
+    pub async fn connect(port: u16) -> Self {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one whole response (10 s at most). `Err` says what happened instead: EOF or a
+    /// reset before a whole response, or nothing within the time.
+    pub async fn response(&mut self) -> Result<RawResponse, String> {
+        tokio::time::timeout(Duration::from_secs(10), self.read_response())
+            .await
+            .map_err(|_| "no response within 10 s".to_string())?
+    }
+
+    async fn fill(&mut self) -> Result<(), String> {
+        let mut chunk = [0u8; 4096];
+        match self.stream.read(&mut chunk).await {
+            Ok(0) => Err(format!(
+                "EOF ({} bytes read: {:?})",
+                self.buf.len(),
+                String::from_utf8_lossy(&self.buf)
+            )),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) => Err(format!("read error: {e}")),
+        }
+    }
+
+    async fn read_response(&mut self) -> Result<RawResponse, String> {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line in {head:?}"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        while self.buf.len() < end + len {
+            self.fill().await?;
+        }
+        let body = self.buf[end..end + len].to_vec();
+        self.buf.drain(..end + len);
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// True when the server has closed the connection (EOF or reset) within 5 s.
+    pub async fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+}
