@@ -12,6 +12,7 @@ pub mod headers;
 pub mod key;
 pub mod limiter;
 pub mod load;
+pub mod path;
 pub mod queue;
 pub mod ring;
 pub mod set;
