@@ -13,8 +13,9 @@ use std::hash::BuildHasher;
 
 use std::time::Duration;
 
-use floodgate_config::{FailureMode, Scope};
+use floodgate_config::{FailureMode, PathNormalization, Scope};
 use floodgate_policy::key::stable_key_hash;
+use floodgate_policy::path::{self, PathError};
 use floodgate_policy::{headers, merge, Decision, Outcome, RequestParts, Verdict};
 use futures_util::future::join_all;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -131,6 +132,44 @@ fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> R
             headers::int_value(headers::ceil_secs(o.reset)),
         )?;
     }
+    Ok(())
+}
+
+/// Puts the request's canonical path ([`path::canonical`]) in its URI, before anything
+/// reads it: routing, features, limit keys, the cache, the access log and the request
+/// forwarded to the app all see the same path. Allocates only for a path that changes.
+fn canonicalize(session: &mut Session, mode: PathNormalization) -> Result<(), PathError> {
+    if mode == PathNormalization::Off {
+        return Ok(());
+    }
+    let req = session.req_header();
+    let raw = req.raw_path();
+    // Origin-form: the wire's path, up to `?`. Absolute-form (`GET http://host/p`) goes by
+    // the path the URI parsed out of it; `*` (OPTIONS) has no path.
+    let path = if raw.first() == Some(&b'/') {
+        raw.split(|&b| b == b'?').next().unwrap_or(raw)
+    } else if raw == b"*" {
+        return Ok(());
+    } else {
+        req.uri.path().as_bytes()
+    };
+    if mode == PathNormalization::Strict {
+        return path::strict(path).map(|_| ());
+    }
+    let std::borrow::Cow::Owned(canonical) = path::canonical(path)? else {
+        return Ok(());
+    };
+    if canonical.as_bytes() == path {
+        return Ok(());
+    }
+    let pq = match req.uri.query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| PathError::Control)?);
+    let uri = http::Uri::from_parts(parts).map_err(|_| PathError::Control)?;
+    session.req_header_mut().set_uri(uri);
     Ok(())
 }
 
@@ -651,6 +690,11 @@ impl ProxyHttp for Floodgate {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.keepalive(session, ctx);
+        if let Err(e) = canonicalize(session, ctx.snap.config.server.path_normalization) {
+            ctx.reason = Some(Reason::BadRequest);
+            respond::send_with(session, Reason::BadRequest, Some(e.detail()), |_| Ok(())).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let view = RequestView {
             method: &req.method,

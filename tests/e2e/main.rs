@@ -14,6 +14,7 @@ mod grpc;
 mod inject;
 mod lifecycle;
 mod limits;
+mod paths;
 mod proxy;
 mod queue;
 mod redis_support;
