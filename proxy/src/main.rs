@@ -18,6 +18,7 @@ use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
 use tracing::{error, info};
 
 #[global_allocator]
@@ -228,10 +229,14 @@ fn start(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Floodgate::new(rt.clone()),
-        "floodgate proxy",
+    let mut app = pingora_proxy::http_proxy(&server.configuration, Floodgate::new(rt.clone()));
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = true;
+    app.server_options = Some(opts);
+    // The connection cap and head deadline stand in front of pingora's HTTP handling.
+    let mut proxy = Service::new(
+        "floodgate proxy".to_string(),
+        floodgate::conn::Bounded::new(app, rt.clone()),
     );
     // No L4 read buffer: pingora's default is 64 KiB per connection, which made each queued
     // request cost ~94 KB of resident memory (10,000 queued: ~900 MiB). Plaintext HTTP reads
@@ -239,11 +244,6 @@ fn start(
     proxy.add_listener(
         ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
     );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut opts = HttpServerOptions::default();
-        opts.h2c = true;
-        app.server_options = Some(opts);
-    }
     server.add_service(proxy);
     server.add_service(background_service(
         "config reload",

@@ -72,6 +72,14 @@ pub struct Metrics {
     pub fleet_version: IntGauge,
     /// `floodgate_draining`: 1 once SIGTERM was received.
     pub draining: IntGauge,
+    /// `floodgate_connections_open`: client connections open now.
+    pub connections_open: IntGauge,
+    /// `floodgate_connections_refused_total`: connections closed at accept, over
+    /// `server.max_connections`.
+    pub connections_refused: IntCounter,
+    /// `floodgate_header_timeouts_total`: connections closed because their request head did
+    /// not arrive within `server.header_read_timeout_ms`, by whether part of it came.
+    pub header_timeouts: IntCounterVec,
     /// `floodgate_ratelimit_decisions_total{limit,decision}`.
     pub rl_decisions: IntCounterVec,
     /// `floodgate_ratelimit_utilization_ratio{limit}`: the busiest key's share of its limit.
@@ -229,6 +237,19 @@ impl Metrics {
             &["indicator"],
         )?;
         let draining = IntGauge::new("floodgate_draining", "1 while shutting down after SIGTERM.")?;
+        let connections_open =
+            IntGauge::new("floodgate_connections_open", "Client connections open now.")?;
+        let connections_refused = IntCounter::new(
+            "floodgate_connections_refused_total",
+            "Client connections closed at accept because server.max_connections were open.",
+        )?;
+        let header_timeouts = IntCounterVec::new(
+            Opts::new(
+                "floodgate_header_timeouts_total",
+                "Client connections closed because a request head did not arrive within server.header_read_timeout_ms (partial: some of it came, answered 408; idle: none came).",
+            ),
+            &["head"],
+        )?;
         let rl_decisions = IntCounterVec::new(
             Opts::new(
                 "floodgate_ratelimit_decisions_total",
@@ -358,6 +379,9 @@ impl Metrics {
         registry.register(Box::new(indicator_level.clone()))?;
         registry.register(Box::new(indicator_value.clone()))?;
         registry.register(Box::new(draining.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(header_timeouts.clone()))?;
         registry.register(Box::new(info))?;
         registry.register(Box::new(rl_decisions.clone()))?;
         registry.register(Box::new(rl_utilization.clone()))?;
@@ -409,6 +433,9 @@ impl Metrics {
             override_expiry,
             fleet_version,
             draining,
+            connections_open,
+            connections_refused,
+            header_timeouts,
             rl_decisions,
             rl_utilization,
             rl_keys,

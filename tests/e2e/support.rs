@@ -349,6 +349,23 @@ impl RawConn {
         self.stream.write_all(bytes).await.unwrap();
     }
 
+    /// [`RawConn::send`] that reports a closed connection instead of failing.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// A whole response if one is already there (waits at most 1 ms for bytes).
+    pub async fn poll_response(&mut self) -> Option<RawResponse> {
+        tokio::time::timeout(Duration::from_millis(1), self.fill())
+            .await
+            .ok()?
+            .ok()?;
+        tokio::time::timeout(Duration::from_secs(2), self.read_response())
+            .await
+            .ok()?
+            .ok()
+    }
+
     /// Reads one whole response (10 s at most). `Err` says what happened instead: EOF or a
     /// reset before a whole response, or nothing within the time.
     pub async fn response(&mut self) -> Result<RawResponse, String> {

@@ -1,0 +1,477 @@
+//! Bounds on client connections, in front of pingora's HTTP handling: at most
+//! `server.max_connections` open, and every request head whole within
+//! `server.header_read_timeout_ms` of its first byte (of accept, for a connection's first),
+//! the h2c preface sniff included. pingora alone reads the 24-byte preface with no deadline
+//! and a head with only a per-read timeout, so a client sending a byte a second, or fewer
+//! than 24 bytes, held its connection for ever.
+//!
+//! [`Bounded`] wraps pingora's app: it counts the connection, sniffs the preface itself under
+//! the deadline (deciding at the first byte that differs, so short HTTP/1 heads are not kept
+//! waiting for 24 bytes) and hands pingora a [`Guarded`] stream, which keeps the deadline for
+//! each later HTTP/1 head and, when it passes with part of a head read, answers 408.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::state::Runtime;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The answer to a head that did not arrive in time.
+const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nfloodgate-reason: header_timeout\r\n\r\n";
+
+/// What the first bytes of a connection say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preface {
+    /// Still a prefix of the HTTP/2 preface: read more.
+    Undecided,
+    /// The whole HTTP/2 preface.
+    H2,
+    /// Not HTTP/2 (a byte differs, or the connection ended early).
+    H1,
+}
+
+/// Judges the bytes read so far.
+pub fn preface(read: &[u8]) -> Preface {
+    let n = read.len().min(PREFACE.len());
+    if read[..n] != PREFACE[..n] {
+        Preface::H1
+    } else if n == PREFACE.len() {
+        Preface::H2
+    } else {
+        Preface::Undecided
+    }
+}
+
+/// Finds the end of an HTTP/1 head in the bytes as they come: an empty line, CRLF or bare LF
+/// (httparse accepts both).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HeadEnd {
+    /// Line ends in a row, with only CRs between.
+    newlines: u8,
+}
+
+impl HeadEnd {
+    /// Feeds `bytes`; returns the offset just past the head's end, if it is in them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'\n' => {
+                    self.newlines += 1;
+                    if self.newlines == 2 {
+                        self.newlines = 0;
+                        return Some(i + 1);
+                    }
+                }
+                b'\r' => {}
+                _ => self.newlines = 0,
+            }
+        }
+        None
+    }
+}
+
+/// pingora's app with the connection bounds in front.
+pub struct Bounded<A> {
+    inner: Arc<A>,
+    rt: Arc<Runtime>,
+    open: AtomicU32,
+}
+
+impl<A> Bounded<A> {
+    /// Bounds `inner`'s connections by the settings in `rt`'s config snapshot (read at each
+    /// accept, so a reload applies to new connections).
+    pub fn new(inner: A, rt: Arc<Runtime>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            rt,
+            open: AtomicU32::new(0),
+        }
+    }
+
+    /// The wrapped app (pingora's proxy), for its options.
+    pub fn inner_mut(&mut self) -> Option<&mut A> {
+        Arc::get_mut(&mut self.inner)
+    }
+}
+
+/// Holds a place among the open connections until dropped.
+struct Place<'a> {
+    open: &'a AtomicU32,
+    gauge: &'a prometheus::IntGauge,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let server = self.rt.current.load().config.server.clone();
+        let metrics = &self.rt.metrics;
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics.connections_open.inc();
+        let _place = Place {
+            open: &self.open,
+            gauge: &metrics.connections_open,
+        };
+        if open > server.max_connections {
+            metrics.connections_refused.inc();
+            tracing::debug!(
+                open,
+                max = server.max_connections,
+                "connection refused: server.max_connections are open"
+            );
+            return None;
+        }
+        let mut g = Guarded::new(
+            stream,
+            server.header_read_timeout,
+            metrics.header_timeouts.clone(),
+        );
+        match g.sniff().await {
+            Ok(()) => {}
+            Err(Sniffed::Closed) => return None,
+            Err(Sniffed::TimedOut) => {
+                let partial = !g.prefix.is_empty();
+                timed_out(&g.timeouts, partial);
+                if partial {
+                    // Best effort, briefly: a client this slow may not read either.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        g.inner.write_all(TIMEOUT_408).await?;
+                        g.inner.flush().await
+                    })
+                    .await;
+                }
+                return None;
+            }
+        }
+        self.inner.process_new(Box::new(g), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+fn timed_out(timeouts: &prometheus::IntCounterVec, partial: bool) {
+    let head = if partial { "partial" } else { "idle" };
+    timeouts.with_label_values(&[head]).inc();
+    tracing::debug!(
+        head,
+        "connection closed: no whole request head within server.header_read_timeout_ms"
+    );
+}
+
+/// Why the preface sniff ended a connection.
+enum Sniffed {
+    Closed,
+    TimedOut,
+}
+
+/// A client stream that keeps the head deadline. Bytes read while sniffing are replayed
+/// first; once the connection is known to be HTTP/2 nothing is tracked (HTTP/2 has no heads
+/// to wait for here, and pingora's HTTP/2 idle handling applies).
+pub struct Guarded {
+    inner: Stream,
+    /// Bytes read by the sniff, not yet handed on.
+    prefix: Vec<u8>,
+    timeout: Duration,
+    /// Armed while a head is being read: when it must be whole.
+    deadline: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    /// Bytes of the head being read, so far.
+    head_bytes: usize,
+    end: HeadEnd,
+    /// A response was written since the last head: the next byte read starts a head.
+    next_head: bool,
+    h2: bool,
+    /// `floodgate_header_timeouts_total`.
+    timeouts: prometheus::IntCounterVec,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .field("armed", &self.armed)
+            .field("h2", &self.h2)
+            .finish()
+    }
+}
+
+impl Guarded {
+    fn new(inner: Stream, timeout: Duration, timeouts: prometheus::IntCounterVec) -> Self {
+        Self {
+            inner,
+            prefix: Vec::with_capacity(PREFACE.len()),
+            timeout,
+            // A connection's first head is due `timeout` after accept.
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            armed: true,
+            head_bytes: 0,
+            end: HeadEnd::default(),
+            next_head: false,
+            h2: false,
+            timeouts,
+        }
+    }
+
+    /// Reads until the first bytes say HTTP/1 or HTTP/2, within the head deadline.
+    async fn sniff(&mut self) -> Result<(), Sniffed> {
+        let mut deadline = self.deadline.take().ok_or(Sniffed::TimedOut)?;
+        let mut buf = [0u8; PREFACE.len()];
+        let verdict = loop {
+            let want = PREFACE.len() - self.prefix.len();
+            let n = tokio::select! {
+                r = self.inner.read(&mut buf[..want]) => r.map_err(|_| Sniffed::Closed)?,
+                () = deadline.as_mut() => return Err(Sniffed::TimedOut),
+            };
+            if n == 0 {
+                if self.prefix.is_empty() {
+                    return Err(Sniffed::Closed);
+                }
+                break Preface::H1;
+            }
+            self.prefix.extend_from_slice(&buf[..n]);
+            match preface(&self.prefix) {
+                Preface::Undecided => continue,
+                v => break v,
+            }
+        };
+        self.deadline = Some(deadline);
+        if verdict == Preface::H2 {
+            self.h2 = true;
+            self.armed = false;
+        } else {
+            let prefix = std::mem::take(&mut self.prefix);
+            self.track(&prefix);
+            self.prefix = prefix;
+        }
+        Ok(())
+    }
+
+    /// Accounts bytes of a head: disarms at its end.
+    fn track(&mut self, bytes: &[u8]) {
+        if self.h2 || bytes.is_empty() {
+            return;
+        }
+        if self.next_head {
+            self.next_head = false;
+            self.arm();
+        }
+        if !self.armed {
+            return;
+        }
+        self.head_bytes += bytes.len();
+        if self.end.feed(bytes).is_some() {
+            self.armed = false;
+            self.head_bytes = 0;
+            self.end = HeadEnd::default();
+        }
+    }
+
+    fn arm(&mut self) {
+        let at = Instant::now() + self.timeout;
+        match &mut self.deadline {
+            Some(d) => d.as_mut().reset(at),
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        self.armed = true;
+        self.head_bytes = 0;
+        self.end = HeadEnd::default();
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.track(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.armed => {
+                let Some(d) = this.deadline.as_mut() else {
+                    return Poll::Pending;
+                };
+                if d.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let partial = this.head_bytes > 0;
+                timed_out(&this.timeouts, partial);
+                if partial {
+                    // One try without waiting: a 408 fits any socket buffer.
+                    let inner = Pin::new(&mut this.inner);
+                    if let Poll::Ready(Ok(_)) = inner.poll_write(cx, TIMEOUT_408) {
+                        let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                    }
+                }
+                this.armed = false;
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request head not whole within server.header_read_timeout_ms",
+                )))
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        // A final response (not 1xx) starts: whatever is read next is the next head.
+        if !this.h2 && !this.armed && data.starts_with(b"HTTP/1.") && data.get(9) != Some(&b'1') {
+            this.next_head = true;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(self.inner.as_mut()).await;
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, d: pingora_core::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(d);
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<pingora_core::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, d: pingora_core::protocols::SocketDigest) {
+        self.inner.set_socket_digest(d);
+    }
+}
+
+/// pingora's own sniff peeks the first 24 bytes: it gets what [`Guarded::sniff`] read, which
+/// is the whole preface on HTTP/2 and differs from it on HTTP/1, so both sniffs agree.
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        let n = self.prefix.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.prefix[..n]);
+        buf[n..].fill(0);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preface_is_judged_at_the_first_byte_that_differs() {
+        assert_eq!(preface(b""), Preface::Undecided);
+        assert_eq!(preface(b"PRI * HT"), Preface::Undecided);
+        assert_eq!(preface(PREFACE), Preface::H2);
+        assert_eq!(preface(b"G"), Preface::H1);
+        assert_eq!(preface(b"GET / HTTP/1.0\r\n\r\n"), Preface::H1);
+        assert_eq!(preface(b"PRI * HTTP/1.1"), Preface::H1);
+    }
+
+    #[test]
+    fn a_head_ends_at_its_empty_line_however_it_arrives() {
+        let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\nBODY";
+        assert_eq!(HeadEnd::default().feed(head), Some(head.len() - 4));
+        // A byte at a time.
+        let mut e = HeadEnd::default();
+        let at = head.iter().position(|&b| e.feed(&[b]).is_some());
+        assert_eq!(at, Some(head.len() - 5));
+        // Bare LFs, as httparse accepts.
+        assert_eq!(
+            HeadEnd::default().feed(b"GET / HTTP/1.1\nhost: a\n\n"),
+            Some(24)
+        );
+        assert_eq!(
+            HeadEnd::default().feed(b"GET / HTTP/1.1\r\nhost: a\r\n"),
+            None
+        );
+    }
+}
