@@ -86,18 +86,19 @@ impl Reason {
         }
     }
 
-    /// The gRPC status gRPC callers get (they cannot read an HTTP status). Only
-    /// RESOURCE_EXHAUSTED says "you asked too much"; everything else the sidecar refuses or
-    /// could not reach is UNAVAILABLE, the status gRPC clients retry with backoff (as Envoy
-    /// maps 502/503/504). A queue wait cut by the caller's own deadline is DEADLINE_EXCEEDED,
-    /// given by the caller of [`send_full`]. Never UNKNOWN, CANCELLED or INTERNAL: those
-    /// say the server broke.
+    /// The gRPC status gRPC callers get (they cannot read an HTTP status). RESOURCE_EXHAUSTED
+    /// is the rate limit's alone ("you asked too much"); everything else the sidecar refuses
+    /// or could not reach is UNAVAILABLE, the status gRPC clients retry with backoff (as
+    /// Envoy maps 502/503). The upstream's own silence past `read_timeout_ms` is
+    /// DEADLINE_EXCEEDED, and so is a queue wait cut by the caller's deadline (given by the
+    /// caller of [`send_full`]). Never UNKNOWN, CANCELLED or INTERNAL: those say the server
+    /// broke.
     pub fn grpc_status(self) -> u8 {
         match self {
-            Reason::RateLimited | Reason::HeadersTooLarge => grpc::RESOURCE_EXHAUSTED,
-            Reason::BadRequest => grpc::INVALID_ARGUMENT,
+            Reason::RateLimited => grpc::RESOURCE_EXHAUSTED,
+            Reason::HeadersTooLarge | Reason::BadRequest => grpc::INVALID_ARGUMENT,
+            Reason::UpstreamTimeout => grpc::DEADLINE_EXCEEDED,
             Reason::UpstreamUnavailable
-            | Reason::UpstreamTimeout
             | Reason::UpstreamError
             | Reason::QueueFull
             | Reason::QueueTimeout
