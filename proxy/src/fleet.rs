@@ -21,8 +21,8 @@ use pingora_core::services::background::BackgroundService;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use crate::control::{Kind, Override};
 use crate::global::GlobalLimits;
+use crate::overrides::{Kind, Override};
 use crate::state::Runtime;
 
 const OVERRIDES: &str = "{floodgate}:overrides";
@@ -171,7 +171,7 @@ pub async fn fetch(g: &GlobalLimits) -> Result<(u64, BTreeMap<String, Override>)
 pub async fn sync(rt: &Arc<Runtime>, g: &GlobalLimits) -> Result<(), String> {
     let (version, set) = fetch(g).await?;
     let rt = rt.clone();
-    tokio::task::spawn_blocking(move || crate::control::apply_fleet(&rt, version, set))
+    tokio::task::spawn_blocking(move || crate::overrides::lifecycle::apply_fleet(&rt, version, set))
         .await
         .map_err(|e| format!("applying fleet overrides did not complete: {e}"))
 }

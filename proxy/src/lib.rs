@@ -16,6 +16,7 @@ pub mod forwarded;
 pub mod global;
 pub mod logging;
 pub mod metrics;
+pub mod overrides;
 pub mod reload;
 pub mod respond;
 pub mod router;

@@ -37,7 +37,7 @@ pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
         .map_err(ReloadError::from)
         .and_then(|cfg| {
             // Admin overrides stay layered on the new file.
-            let base = crate::control::build_base(rt, &cfg)?;
+            let base = crate::overrides::lifecycle::build_base(rt, &cfg)?;
             // The new file is the baseline only once a snapshot could be built from it.
             *rt.file_config.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
             Ok(base)
@@ -60,7 +60,7 @@ pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
                     rt.config_path.display()
                 );
             }
-            crate::control::install(rt, snap);
+            crate::overrides::lifecycle::install(rt, snap);
             rt.metrics.reloads.with_label_values(&["success"]).inc();
             info!(version, path = %rt.config_path.display(), "config reloaded");
             Ok(version)

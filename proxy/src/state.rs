@@ -232,7 +232,7 @@ pub struct Runtime {
     /// The config file as last loaded: the baseline overrides are layered on.
     pub file_config: std::sync::Mutex<Config>,
     /// Admin overrides and the audit trail.
-    pub admin: std::sync::Mutex<crate::control::AdminState>,
+    pub admin: std::sync::Mutex<crate::overrides::AdminState>,
     /// Changes as they happen, for `floodgatectl watch`.
     pub events: tokio::sync::broadcast::Sender<floodgate_admin::pb::Event>,
     /// Version counter for the next snapshot.
@@ -271,7 +271,7 @@ impl Runtime {
         );
         let degrade = DegradeState::new(&first.config);
         let file_config = std::sync::Mutex::new(first.config.clone());
-        let admin = std::sync::Mutex::new(crate::control::AdminState::new(
+        let admin = std::sync::Mutex::new(crate::overrides::AdminState::new(
             first
                 .config
                 .admin

@@ -42,8 +42,8 @@ impl BackgroundService for Sweeper {
 
 fn sweep(rt: &Runtime) {
     // Admin overrides whose TTL ran out revert, even with nobody and nothing else reachable.
-    crate::control::expire(rt);
-    crate::control::run_schedules(rt);
+    crate::overrides::lifecycle::expire(rt);
+    crate::overrides::schedule::run_schedules(rt);
     // Automatic degradation looks at the indicators once a second.
     let status = crate::status::Status::read(rt);
     crate::degrade::tick(rt, &status.indicators, status.breaker_open());

@@ -1,0 +1,287 @@
+//! What an override changes ([`Kind`]), one override ([`Override`]), the layers they sit in
+//! with the audit trail ([`AdminState`]), and the config they make with the file
+//! ([`effective_config`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use floodgate_config::{Config, Level};
+use floodgate_policy::degrade::level_str;
+use tracing::{error, info};
+
+/// Audit entries kept in memory for `floodgatectl audit`.
+const AUDIT_KEPT: usize = 1000;
+
+/// What an override changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// A limit's size.
+    Limit {
+        /// Limit name.
+        name: String,
+        /// max_requests in force.
+        max_requests: u64,
+        /// Window in force, when changed.
+        window: Option<Duration>,
+    },
+    /// The degradation level.
+    Level(Level),
+    /// One feature on or off.
+    Feature {
+        /// Feature.
+        name: String,
+        /// On.
+        enabled: bool,
+    },
+    /// Queue sizes.
+    Queue {
+        /// max_size.
+        max_size: Option<u32>,
+        /// max_concurrency.
+        max_concurrency: Option<u32>,
+    },
+    /// The aggressive caching switch (the runbook's aggressive mode).
+    Aggressive(bool),
+}
+
+impl Kind {
+    /// The key an override of this kind is stored and listed under.
+    pub fn key(&self) -> String {
+        match self {
+            Kind::Limit { name, .. } => format!("limit:{name}"),
+            Kind::Level(_) => "level".into(),
+            Kind::Aggressive(_) => "aggressive_cache".into(),
+            Kind::Feature { name, .. } => format!("feature:{name}"),
+            Kind::Queue { .. } => "queue".into(),
+        }
+    }
+
+    /// True when applying it means rebuilding the snapshot from the config (limits, queue);
+    /// the others only change the degradation state.
+    pub(crate) fn is_structural(&self) -> bool {
+        matches!(self, Kind::Limit { .. } | Kind::Queue { .. })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Kind::Limit {
+                max_requests,
+                window,
+                ..
+            } => match window {
+                Some(w) => format!("max_requests {max_requests} per {} s", w.as_secs()),
+                None => format!("max_requests {max_requests}"),
+            },
+            Kind::Level(l) => level_str(*l).to_string(),
+            Kind::Aggressive(on) => if *on { "on" } else { "off" }.into(),
+            Kind::Feature { enabled, .. } => if *enabled { "enabled" } else { "disabled" }.into(),
+            Kind::Queue {
+                max_size,
+                max_concurrency,
+            } => {
+                let mut parts = Vec::new();
+                if let Some(s) = max_size {
+                    parts.push(format!("max_size {s}"));
+                }
+                if let Some(c) = max_concurrency {
+                    parts.push(format!("max_concurrency {c}"));
+                }
+                parts.join(", ")
+            }
+        }
+    }
+}
+
+/// One override in force.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// What.
+    pub kind: Kind,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub author: String,
+    /// When made.
+    pub created: SystemTime,
+    /// When it reverts.
+    pub expires: Option<SystemTime>,
+}
+
+/// Overrides and the audit trail.
+#[derive(Debug, Default)]
+pub struct AdminState {
+    /// This sidecar's own overrides (they win over the fleet's on the same key).
+    pub(crate) overrides: BTreeMap<String, Override>,
+    /// The fleet's overrides, as last read from Redis.
+    pub(crate) fleet: BTreeMap<String, Override>,
+    /// Overrides of the config's `schedules` holding now (the fleet's and the sidecar's win).
+    pub(crate) scheduled: BTreeMap<String, Override>,
+    pub(crate) fleet_version: u64,
+    fleet_state: String,
+    pub(crate) audit: VecDeque<String>,
+    audit_file: Option<String>,
+}
+
+impl AdminState {
+    /// State writing its audit lines to `audit_file`, if any; `fleet` says whether Redis is
+    /// configured for fleet sync.
+    pub fn new(audit_file: Option<String>, fleet: bool) -> Self {
+        Self {
+            audit_file,
+            fleet_state: if fleet { "starting" } else { "off" }.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The fleet override version applied here.
+    pub fn fleet_version(&self) -> u64 {
+        self.fleet_version
+    }
+
+    /// `off`, `starting`, `ok`, or why the fleet cannot be reached.
+    pub fn fleet_state(&self) -> &str {
+        &self.fleet_state
+    }
+
+    /// Records the fleet sync's state.
+    pub fn set_fleet_state(&mut self, s: String) {
+        self.fleet_state = s;
+    }
+
+    /// Scheduled overrides first, then the fleet's, then this sidecar's: a later one wins
+    /// on the same key, so a person's change beats the clock's.
+    pub(crate) fn in_force(&self) -> impl Iterator<Item = &Override> {
+        let shadowed = |k: &String| self.overrides.contains_key(k) || self.fleet.contains_key(k);
+        self.scheduled
+            .iter()
+            .filter(move |(k, _)| !shadowed(k))
+            .map(|(_, o)| o)
+            .chain(
+                self.fleet
+                    .iter()
+                    .filter(|(k, _)| !self.overrides.contains_key(*k))
+                    .map(|(_, o)| o),
+            )
+            .chain(self.overrides.values())
+    }
+
+    pub(crate) fn record(&mut self, entry: serde_json::Value) {
+        let line = entry.to_string();
+        info!(target: "audit", "{line}");
+        if let Some(path) = &self.audit_file {
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{line}"));
+            if let Err(e) = written {
+                error!(path, "cannot append to admin.audit_log: {e}");
+            }
+        }
+        if self.audit.len() == AUDIT_KEPT {
+            self.audit.pop_front();
+        }
+        self.audit.push_back(line);
+    }
+}
+
+/// `max` × `multiplier`, rounded, at least 1 and at most the config's cap (10^12).
+pub(crate) fn scaled(max: u64, multiplier: f64) -> u64 {
+    ((max as f64 * multiplier).round().max(1.0) as u64).min(1_000_000_000_000)
+}
+
+pub(crate) fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The file's config with the limit and queue overrides applied.
+pub fn effective_config(file: &Config, admin: &AdminState) -> Config {
+    let mut cfg = file.clone();
+    for o in admin.in_force() {
+        match &o.kind {
+            Kind::Limit {
+                name,
+                max_requests,
+                window,
+            } => {
+                if let Some(l) = cfg.limits.iter_mut().find(|l| &l.name == name) {
+                    if let Some(n) = std::num::NonZeroU64::new(*max_requests) {
+                        l.max_requests = n;
+                    }
+                    if let Some(w) = window {
+                        l.window = *w;
+                    }
+                }
+            }
+            Kind::Queue {
+                max_size,
+                max_concurrency,
+            } => {
+                if let Some(q) = cfg.queue.as_mut() {
+                    if let Some(s) = max_size {
+                        q.max_size = *s;
+                    }
+                    if let Some(c) = max_concurrency.and_then(std::num::NonZeroU32::new) {
+                        q.max_concurrency = c;
+                    }
+                }
+            }
+            Kind::Level(_) | Kind::Feature { .. } | Kind::Aggressive(_) => {}
+        }
+    }
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let src = format!(
+            "listen: 127.0.0.1:8080\nupstream: {{ address: 127.0.0.1:3000 }}\nlimits:\n  - {{ name: api, max_requests: 100, window_seconds: 60 }}\n{extra}"
+        );
+        floodgate_config::parse(&src, std::path::Path::new("t.yaml")).unwrap()
+    }
+
+    #[test]
+    fn people_win_over_the_fleet_and_the_fleet_over_schedules() {
+        let mut admin = AdminState::new(None, false);
+        let o = |max, author: &str| Override {
+            kind: Kind::Limit {
+                name: "api".into(),
+                max_requests: max,
+                window: None,
+            },
+            reason: String::new(),
+            author: author.into(),
+            created: SystemTime::UNIX_EPOCH,
+            expires: None,
+        };
+        let base = config("");
+        admin
+            .scheduled
+            .insert("limit:api".into(), o(200, "schedule"));
+        assert_eq!(
+            effective_config(&base, &admin).limits[0].max_requests.get(),
+            200
+        );
+        admin.fleet.insert("limit:api".into(), o(300, "fleet"));
+        assert_eq!(
+            effective_config(&base, &admin).limits[0].max_requests.get(),
+            300
+        );
+        admin.overrides.insert("limit:api".into(), o(400, "local"));
+        assert_eq!(
+            effective_config(&base, &admin).limits[0].max_requests.get(),
+            400
+        );
+        admin.overrides.clear();
+        admin.fleet.clear();
+        assert_eq!(
+            effective_config(&base, &admin).limits[0].max_requests.get(),
+            200
+        );
+    }
+}
