@@ -13,7 +13,8 @@ use floodgate_policy::degrade::level_str;
 
 use crate::overrides::audit::AuditCtx;
 use crate::overrides::lifecycle::{apply_degradation, apply_fleet, rebuild};
-use crate::overrides::model::{scaled, unix, AdminState, Kind, Override};
+use crate::overrides::model::{in_effect, scaled, unix, AdminState, Kind, Override};
+use crate::overrides::schedule::{next_start, schedule_of};
 use crate::state::Runtime;
 
 /// The admin plane's handle on the runtime.
@@ -49,6 +50,16 @@ fn listed(admin: &AdminState) -> Vec<pb::Override> {
 }
 
 impl RuntimeControl {
+    /// Keys the schedule layer holds now that start with `prefix`.
+    fn scheduled_keys(&self, prefix: &str) -> Vec<String> {
+        self.admin()
+            .scheduled
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     fn fleet_backend(&self) -> Result<Arc<crate::global::GlobalLimits>, ControlError> {
         self.0.global.clone().ok_or_else(|| {
             ControlError::Failed(
@@ -258,6 +269,11 @@ impl Control for RuntimeControl {
                     summary = format!("limit `{n}` back to its config baseline");
                 } else {
                     remove.extend(existing("limit:")?);
+                    if fleet.is_none() {
+                        remove.extend(self.scheduled_keys("limit:"));
+                    }
+                    remove.sort();
+                    remove.dedup();
                     summary = "every limit back to its config baseline".into();
                 }
             }
@@ -295,31 +311,18 @@ impl Control for RuntimeControl {
                         "the config has no `queue` section, so there is no queue to size; add one (it can then be resized live)".into(),
                     ));
                 }
-                // Merge with a queue override already in force.
-                let (mut s, mut c) = (*max_size, *max_concurrency);
-                let current = {
-                    let admin = self.admin();
-                    let map = if fleet.is_some() {
-                        &admin.fleet
-                    } else {
-                        &admin.overrides
-                    };
-                    map.get("queue").map(|o| o.kind.clone())
-                };
-                if let Some(Kind::Queue {
-                    max_size: s0,
-                    max_concurrency: c0,
-                }) = current
-                {
-                    s = s.or(s0);
-                    c = c.or(c0);
+                // One override per knob: resizing the queue keeps a workers override (its
+                // TTL and reason) as it was.
+                let mut parts = Vec::new();
+                if let Some(n) = max_size {
+                    parts.push(format!("max_size {n}"));
+                    set.push(made(Kind::QueueSize(*n)));
                 }
-                let kind = Kind::Queue {
-                    max_size: s,
-                    max_concurrency: c,
-                };
-                summary = format!("queue set to {}", kind.describe());
-                set.push(made(kind));
+                if let Some(n) = max_concurrency {
+                    parts.push(format!("max_concurrency {n}"));
+                    set.push(made(Kind::QueueWorkers(*n)));
+                }
+                summary = format!("queue set to {}", parts.join(", "));
             }
             Op::ResetBreaker { name } => {
                 if fleet.is_some() {
@@ -344,7 +347,12 @@ impl Control for RuntimeControl {
                 summary = format!("breaker `{name}` reset: closed, counts cleared");
             }
             Op::ClearOverride { key } => {
-                let keys = existing("")?;
+                let mut keys = existing("")?;
+                if fleet.is_none() {
+                    keys.extend(self.scheduled_keys(""));
+                    keys.sort();
+                    keys.dedup();
+                }
                 if key == "all" {
                     remove.extend(keys);
                 } else if keys.contains(key) {
@@ -359,7 +367,11 @@ impl Control for RuntimeControl {
                         }
                     )));
                 }
-                summary = format!("{scope} override `{key}` cleared");
+                summary = if key == "all" {
+                    format!("every {scope} override cleared")
+                } else {
+                    format!("{scope} override `{key}` cleared")
+                };
             }
         }
         if let Some(g) = &fleet {
@@ -418,11 +430,42 @@ impl Control for RuntimeControl {
             ttl: req.ttl,
             fleet_version: None,
         };
+        let touched: Vec<String> = set
+            .iter()
+            .map(|o| o.kind.key())
+            .chain(remove.iter().cloned())
+            .collect();
+        let before: Vec<(String, &'static str)> = {
+            let admin = self.admin();
+            touched
+                .iter()
+                .map(|k| in_effect(&file, &admin, k))
+                .collect()
+        };
+        let mut suspended: Vec<String> = Vec::new();
         let (gone, overrides) = {
             let mut admin = self.admin();
             let mut gone = Vec::new();
             for k in &remove {
                 if let Some(o) = admin.overrides.remove(k) {
+                    gone.push(o);
+                }
+                // Clearing or restoring a key the schedule layer holds suspends that
+                // schedule for the key until its next start: the operator asked for the
+                // baseline, and a command must not report it while the clock holds another.
+                if let Some(o) = admin.scheduled.remove(k) {
+                    if let Some(name) = schedule_of(&o).map(str::to_string) {
+                        // A schedule that never fires again stays out until its hold ends.
+                        let until = next_start(&file, &name, chrono::Utc::now())
+                            .or(o.expires)
+                            .unwrap_or(now);
+                        suspended.push(format!(
+                            "schedule `{name}` held {k} ({}); suspended until {}",
+                            o.kind.describe(),
+                            humantime::format_rfc3339_seconds(until)
+                        ));
+                        admin.suspended.insert(k.clone(), (name, until));
+                    }
                     gone.push(o);
                 }
             }
@@ -461,7 +504,34 @@ impl Control for RuntimeControl {
             summary.push_str(&format!(" for {}", humantime::format_duration(t)));
         }
         rt.event("override", format!("{summary} by {}", req.caller.name));
-        Ok(pb::ChangeReply { summary, overrides })
+        let after: Vec<(String, &'static str)> = {
+            let admin = self.admin();
+            touched
+                .iter()
+                .map(|k| in_effect(&file, &admin, k))
+                .collect()
+        };
+        let mut lines = vec![summary];
+        lines.extend(suspended);
+        let mut held = Vec::new();
+        for ((k, (b, bl)), (a, al)) in touched.iter().zip(&before).zip(&after) {
+            lines.push(format!("{k}: {b} ({bl}) -> {a} ({al})"));
+            // A removal that leaves another layer's value in force changed nothing here.
+            if remove.contains(k) && b == a && *al != "baseline" {
+                held.push(format!("{k} is still {a}: the {al} layer holds it"));
+            }
+        }
+        if !held.is_empty() {
+            return Err(ControlError::Failed(format!(
+                "{}; {}",
+                lines.join("; "),
+                held.join("; ")
+            )));
+        }
+        Ok(pb::ChangeReply {
+            summary: lines.join("\n"),
+            overrides,
+        })
     }
 
     fn overrides(&self) -> Vec<pb::Override> {

@@ -61,10 +61,8 @@ pub fn to_json(o: &Override) -> String {
         Kind::Feature { name, enabled } => {
             json!({"kind": "feature", "name": name, "enabled": enabled})
         }
-        Kind::Queue {
-            max_size,
-            max_concurrency,
-        } => json!({"kind": "queue", "max_size": max_size, "max_concurrency": max_concurrency}),
+        Kind::QueueSize(n) => json!({"kind": "queue_size", "value": n}),
+        Kind::QueueWorkers(n) => json!({"kind": "queue_workers", "value": n}),
     };
     if let (Value::Object(m), Value::Object(k)) = (&mut v, kind) {
         m.extend(k);
@@ -96,10 +94,8 @@ pub fn from_json(text: &str) -> Option<Override> {
             name: s("name")?,
             enabled: v.get("enabled")?.as_bool()?,
         },
-        "queue" => Kind::Queue {
-            max_size: u("max_size").and_then(|n| u32::try_from(n).ok()),
-            max_concurrency: u("max_concurrency").and_then(|n| u32::try_from(n).ok()),
-        },
+        "queue_size" => Kind::QueueSize(u32::try_from(u("value")?).ok()?),
+        "queue_workers" => Kind::QueueWorkers(u32::try_from(u("value")?).ok()?),
         _ => return None,
     };
     let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub fleet_version: IntGauge,
     /// `floodgate_draining`: 1 once SIGTERM was received.
     pub draining: IntGauge,
+    /// `floodgate_override_generation`: snapshots rebuilt for override changes (the config
+    /// version counts file reloads only).
+    pub override_generation: IntGauge,
     /// `floodgate_connections_open`: client connections open now.
     pub connections_open: IntGauge,
     /// `floodgate_connections_refused_total`: connections closed at accept, over
@@ -239,6 +242,10 @@ impl Metrics {
         let draining = IntGauge::new("floodgate_draining", "1 while shutting down after SIGTERM.")?;
         let connections_open =
             IntGauge::new("floodgate_connections_open", "Client connections open now.")?;
+        let override_generation = IntGauge::new(
+            "floodgate_override_generation",
+            "Snapshots rebuilt because overrides changed (limits, queue); floodgate_config_version counts file reloads only.",
+        )?;
         let connections_refused = IntCounter::new(
             "floodgate_connections_refused_total",
             "Client connections closed at accept because server.max_connections were open.",
@@ -380,6 +387,7 @@ impl Metrics {
         registry.register(Box::new(indicator_value.clone()))?;
         registry.register(Box::new(draining.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(override_generation.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(header_timeouts.clone()))?;
         registry.register(Box::new(info))?;
@@ -433,6 +441,7 @@ impl Metrics {
             override_expiry,
             fleet_version,
             draining,
+            override_generation,
             connections_open,
             connections_refused,
             header_timeouts,

@@ -9,14 +9,14 @@ use crate::support::{
     config_yaml, eventually, floodgatectl, free_port, http_get, Sidecar, Upstream,
 };
 
-struct Admin {
-    fg: Sidecar,
-    addr: String,
+pub struct Admin {
+    pub fg: Sidecar,
+    pub addr: String,
     dir: tempfile::TempDir,
 }
 
 impl Admin {
-    async fn start(up: &Upstream, extra: &str) -> Self {
+    pub async fn start(up: &Upstream, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("op.token"), "op-token-1\n").unwrap();
         std::fs::write(dir.path().join("view.token"), "view-token-1\n").unwrap();
@@ -57,7 +57,7 @@ impl Admin {
     }
 
     /// Runs floodgatectl with `token` (a file in the test's directory, or none).
-    fn ctl(&self, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    pub fn ctl(&self, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
         let mut c = Command::new(floodgatectl());
         c.arg("--addr").arg(&self.addr).args(args);
         c.env_remove("FLOODGATE_TOKEN")
@@ -73,14 +73,14 @@ impl Admin {
         )
     }
 
-    fn op(&self, args: &[&str]) -> String {
+    pub fn op(&self, args: &[&str]) -> String {
         let (code, out, err) = self.ctl(Some("op.token"), args);
         assert_eq!(code, 0, "floodgatectl {args:?}: {err}");
         out
     }
 }
 
-const LIMITED: &str = "routes:
+pub const LIMITED: &str = "routes:
   - { name: reco, match: { path_prefix: /reco }, feature: recommendations }
 limits:
   - { name: per_client, key: [client_ip], max_requests: 3, window_seconds: 3600 }
@@ -90,7 +90,7 @@ degradation:
 ";
 
 /// Sends `n` requests and returns how many were admitted.
-async fn admitted(port: u16, n: usize) -> usize {
+pub async fn admitted(port: u16, n: usize) -> usize {
     let mut ok = 0;
     for _ in 0..n {
         ok += usize::from(http_get(port, "/").await.unwrap().0 == 200);
@@ -350,8 +350,15 @@ async fn a_schedule_in_force_raises_limits_and_a_person_still_wins() {
         4,
         "a person's override beats the schedule's"
     );
-    a.op(&["overrides", "clear", "limit:per_client"]);
-    assert_eq!(max_requests(&a), 6, "and the schedule's comes back");
+    // Clearing asks for the baseline: the person's override goes, and the schedule is
+    // suspended for that limit until it next starts (issue 15: a clear that left the
+    // schedule's value in force reported success and changed nothing).
+    let out = a.op(&["overrides", "clear", "limit:per_client"]);
+    assert!(
+        out.contains("schedule `always` held limit:per_client") && out.contains("suspended until"),
+        "{out}"
+    );
+    assert_eq!(max_requests(&a), 3, "the baseline is in effect");
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
@@ -481,7 +488,7 @@ fn fleet_config(redis: &str) -> String {
 }
 
 /// The limit's max_requests as `status` on sidecar `a` reports it.
-fn max_requests(a: &Admin) -> u64 {
+pub fn max_requests(a: &Admin) -> u64 {
     let v: serde_json::Value =
         serde_json::from_str(&a.op(&["--output", "json", "limits", "show"])).unwrap();
     v[0]["max_requests"].as_u64().unwrap()

@@ -19,5 +19,6 @@ mod proxy;
 mod queue;
 mod redis_support;
 mod reload;
+mod runbook;
 mod script;
 mod support;

@@ -41,14 +41,23 @@ pub fn install(rt: &Runtime, base: Base) -> u64 {
     version
 }
 
-/// Rebuilds the snapshot from the file's config plus the overrides and swaps it in.
+/// Rebuilds the snapshot from the file's config plus the overrides and swaps it in. The
+/// config version stays (it counts reloads of the file); `floodgate_override_generation`
+/// counts these rebuilds instead.
 pub fn rebuild(rt: &Runtime) -> Result<u64, String> {
     let file = rt
         .file_config
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let base = build_base(rt, &file).map_err(|e| e.to_string())?;
+    let cfg = {
+        let admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
+        effective_config(&file, &admin)
+    };
+    let old = rt.current.load_full();
+    let base = Base::build(cfg, old.version, &rt.metrics, Some(&old.base), &rt.clock)
+        .map_err(|e| e.to_string())?;
+    rt.metrics.override_generation.inc();
     Ok(install(rt, base))
 }
 

@@ -34,13 +34,10 @@ pub enum Kind {
         /// On.
         enabled: bool,
     },
-    /// Queue sizes.
-    Queue {
-        /// max_size.
-        max_size: Option<u32>,
-        /// max_concurrency.
-        max_concurrency: Option<u32>,
-    },
+    /// `queue.max_size`: requests that may wait.
+    QueueSize(u32),
+    /// `queue.max_concurrency`: requests in flight to the upstream ("workers").
+    QueueWorkers(u32),
     /// The aggressive caching switch (the runbook's aggressive mode).
     Aggressive(bool),
 }
@@ -53,14 +50,18 @@ impl Kind {
             Kind::Level(_) => "level".into(),
             Kind::Aggressive(_) => "aggressive_cache".into(),
             Kind::Feature { name, .. } => format!("feature:{name}"),
-            Kind::Queue { .. } => "queue".into(),
+            Kind::QueueSize(_) => "queue.max_size".into(),
+            Kind::QueueWorkers(_) => "queue.max_concurrency".into(),
         }
     }
 
     /// True when applying it means rebuilding the snapshot from the config (limits, queue);
     /// the others only change the degradation state.
     pub(crate) fn is_structural(&self) -> bool {
-        matches!(self, Kind::Limit { .. } | Kind::Queue { .. })
+        matches!(
+            self,
+            Kind::Limit { .. } | Kind::QueueSize(_) | Kind::QueueWorkers(_)
+        )
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -76,19 +77,8 @@ impl Kind {
             Kind::Level(l) => level_str(*l).to_string(),
             Kind::Aggressive(on) => if *on { "on" } else { "off" }.into(),
             Kind::Feature { enabled, .. } => if *enabled { "enabled" } else { "disabled" }.into(),
-            Kind::Queue {
-                max_size,
-                max_concurrency,
-            } => {
-                let mut parts = Vec::new();
-                if let Some(s) = max_size {
-                    parts.push(format!("max_size {s}"));
-                }
-                if let Some(c) = max_concurrency {
-                    parts.push(format!("max_concurrency {c}"));
-                }
-                parts.join(", ")
-            }
+            Kind::QueueSize(n) => format!("max_size {n}"),
+            Kind::QueueWorkers(n) => format!("max_concurrency {n}"),
         }
     }
 }
@@ -117,6 +107,11 @@ pub struct AdminState {
     pub(crate) fleet: BTreeMap<String, Override>,
     /// Overrides of the config's `schedules` holding now (the fleet's and the sidecar's win).
     pub(crate) scheduled: BTreeMap<String, Override>,
+    /// Keys whose schedule activation an operator's `clear`/`restore` suspended: the
+    /// schedule's name and when it next starts (it holds the key again from then).
+    pub(crate) suspended: BTreeMap<String, (String, SystemTime)>,
+    /// Schedules holding now, by name, for one audit entry when each starts and ends.
+    pub(crate) active_schedules: std::collections::BTreeSet<String>,
     pub(crate) fleet_version: u64,
     fleet_state: String,
     pub(crate) audit: VecDeque<String>,
@@ -132,6 +127,16 @@ impl AdminState {
             fleet_state: if fleet { "starting" } else { "off" }.into(),
             ..Self::default()
         }
+    }
+
+    /// The override in force for `key` and its layer, the highest of local, fleet and
+    /// schedule (`None`: the config's baseline).
+    pub fn holder(&self, key: &str) -> Option<(&Override, &'static str)> {
+        self.overrides
+            .get(key)
+            .map(|o| (o, "local"))
+            .or_else(|| self.fleet.get(key).map(|o| (o, "fleet")))
+            .or_else(|| self.scheduled.get(key).map(|o| (o, "schedule")))
     }
 
     /// The fleet override version applied here.
@@ -196,6 +201,46 @@ pub(crate) fn unix(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What the config file alone gives `key`, for "before -> after" reports.
+pub fn baseline(file: &Config, key: &str) -> String {
+    let on = |b: bool| if b { "on" } else { "off" }.to_string();
+    if let Some(name) = key.strip_prefix("limit:") {
+        return file
+            .limits
+            .iter()
+            .find(|l| l.name == name)
+            .map_or("none".into(), |l| {
+                format!("max_requests {}", l.max_requests)
+            });
+    }
+    if let Some(name) = key.strip_prefix("feature:") {
+        return match file.degradation.features.get(name) {
+            Some(&b) => if b { "enabled" } else { "disabled" }.into(),
+            None => "as the level says".into(),
+        };
+    }
+    match key {
+        "level" => level_str(file.degradation.level).to_string(),
+        "aggressive_cache" => on(file.degradation.aggressive_cache.enabled),
+        "queue.max_size" => file
+            .queue
+            .as_ref()
+            .map_or("none".into(), |q| format!("max_size {}", q.max_size)),
+        "queue.max_concurrency" => file.queue.as_ref().map_or("none".into(), |q| {
+            format!("max_concurrency {}", q.max_concurrency)
+        }),
+        _ => "baseline".into(),
+    }
+}
+
+/// `key`'s value in force and where it comes from, as `value (layer: who)`.
+pub fn in_effect(file: &Config, admin: &AdminState, key: &str) -> (String, &'static str) {
+    match admin.holder(key) {
+        Some((o, layer)) => (o.kind.describe(), layer),
+        None => (baseline(file, key), "baseline"),
+    }
+}
+
 /// The file's config with the limit and queue overrides applied.
 pub fn effective_config(file: &Config, admin: &AdminState) -> Config {
     let mut cfg = file.clone();
@@ -215,17 +260,14 @@ pub fn effective_config(file: &Config, admin: &AdminState) -> Config {
                     }
                 }
             }
-            Kind::Queue {
-                max_size,
-                max_concurrency,
-            } => {
+            Kind::QueueSize(n) => {
                 if let Some(q) = cfg.queue.as_mut() {
-                    if let Some(s) = max_size {
-                        q.max_size = *s;
-                    }
-                    if let Some(c) = max_concurrency.and_then(std::num::NonZeroU32::new) {
-                        q.max_concurrency = c;
-                    }
+                    q.max_size = *n;
+                }
+            }
+            Kind::QueueWorkers(n) => {
+                if let (Some(q), Some(c)) = (cfg.queue.as_mut(), std::num::NonZeroU32::new(*n)) {
+                    q.max_concurrency = c;
                 }
             }
             Kind::Level(_) | Kind::Feature { .. } | Kind::Aggressive(_) => {}

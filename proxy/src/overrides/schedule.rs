@@ -55,69 +55,130 @@ fn scheduled_at(file: &Config, now: chrono::DateTime<chrono::Utc>) -> BTreeMap<S
             let o = made(Kind::Level(level));
             out.insert(o.kind.key(), o);
         }
-        if s.queue_max_concurrency.is_some() || s.queue_max_size.is_some() {
-            let o = made(Kind::Queue {
-                max_size: s.queue_max_size,
-                max_concurrency: s.queue_max_concurrency,
-            });
+        if let Some(n) = s.queue_max_size {
+            let o = made(Kind::QueueSize(n));
+            out.insert(o.kind.key(), o);
+        }
+        if let Some(n) = s.queue_max_concurrency {
+            let o = made(Kind::QueueWorkers(n));
             out.insert(o.kind.key(), o);
         }
     }
     out
 }
 
-/// Applies the config's schedules: what they ask for now comes in, what they no longer ask
-/// for goes (the sweeper calls this every second).
+/// When the schedule `name` next starts after `now` (`None`: never again, or unknown).
+pub fn next_start(
+    file: &Config,
+    name: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<SystemTime> {
+    let s = file.schedules.iter().find(|s| s.name == name)?;
+    let cron = s.cron.parse::<croner::Cron>().ok()?;
+    cron.find_next_occurrence(&now, false)
+        .ok()
+        .map(SystemTime::from)
+}
+
+/// The schedule an override of the schedule layer comes from (its author is
+/// `schedule:NAME`).
+pub fn schedule_of(o: &Override) -> Option<&str> {
+    o.author.strip_prefix("schedule:")
+}
+
+/// `wanted` less the keys an operator suspended from the schedule holding them; suspensions
+/// whose time has come (the schedule started again) are dropped first.
+pub fn unsuspended(
+    wanted: BTreeMap<String, Override>,
+    suspended: &mut BTreeMap<String, (String, SystemTime)>,
+    now: SystemTime,
+) -> BTreeMap<String, Override> {
+    suspended.retain(|_, (_, until)| *until > now);
+    wanted
+        .into_iter()
+        .filter(|(k, o)| {
+            suspended
+                .get(k)
+                .is_none_or(|(name, _)| Some(name.as_str()) != schedule_of(o))
+        })
+        .collect()
+}
+
+/// Brings the schedule layer up to date with the clock (the sweeper calls this every
+/// second). The layer is computed, not stored as changes: one audit entry when a schedule
+/// starts holding and one when it stops, and a new snapshot only when what the layer asks
+/// for changed (not when only an end time moved, as a schedule that fires every minute
+/// does). Keys an operator suspended stay out until the schedule's next start.
 pub fn run_schedules(rt: &Runtime) {
+    let now = chrono::Utc::now();
+    let sys = SystemTime::from(now);
     let wanted = {
         let file = rt.file_config.lock().unwrap_or_else(|e| e.into_inner());
-        if file.schedules.is_empty() && rt.admin.lock().map_or(true, |a| a.scheduled.is_empty()) {
+        let idle = rt.admin.lock().map_or(true, |a| {
+            a.scheduled.is_empty() && a.active_schedules.is_empty()
+        });
+        if file.schedules.is_empty() && idle {
             return;
         }
-        scheduled_at(&file, chrono::Utc::now())
+        scheduled_at(&file, now)
     };
     let changed: Vec<Override> = {
         let mut admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let same = |a: &Override, b: &Override| a.kind == b.kind && a.expires == b.expires;
-        let differs = wanted.len() != admin.scheduled.len()
-            || wanted
+        let active: std::collections::BTreeSet<String> = wanted
+            .values()
+            .filter_map(|o| schedule_of(o).map(str::to_string))
+            .collect();
+        let wanted = unsuspended(wanted, &mut admin.suspended, sys);
+        let started: Vec<String> = active
+            .difference(&admin.active_schedules)
+            .cloned()
+            .collect();
+        let ended: Vec<String> = admin
+            .active_schedules
+            .difference(&active)
+            .cloned()
+            .collect();
+        for name in &started {
+            let knobs: Vec<String> = wanted
+                .values()
+                .filter(|o| schedule_of(o) == Some(name.as_str()))
+                .map(|o| format!("{} {}", o.kind.key(), o.kind.describe()))
+                .collect();
+            let until = wanted
+                .values()
+                .find(|o| schedule_of(o) == Some(name.as_str()))
+                .and_then(|o| o.expires);
+            let ctx = AuditCtx {
+                now: sys,
+                caller: &format!("schedule:{name}"),
+                operation: "schedule.start",
+                reason: "cron",
+                scope: "local",
+                ttl: until.and_then(|e| e.duration_since(sys).ok()),
+                fleet_version: None,
+            };
+            admin.record(ctx.entry(name, "", &knobs.join(", ")));
+        }
+        for name in &ended {
+            let ctx = AuditCtx {
+                now: sys,
+                caller: &format!("schedule:{name}"),
+                operation: "schedule.end",
+                reason: "cron",
+                scope: "local",
+                ttl: None,
+                fleet_version: None,
+            };
+            admin.record(ctx.entry(name, "", "baseline"));
+        }
+        admin.active_schedules = active;
+        let same_effect = wanted.len() == admin.scheduled.len()
+            && wanted
                 .iter()
-                .any(|(k, o)| admin.scheduled.get(k).is_none_or(|p| !same(p, o)));
-        if !differs {
-            return;
-        }
-        let now = SystemTime::now();
+                .all(|(k, o)| admin.scheduled.get(k).is_some_and(|p| p.kind == o.kind));
         let old = std::mem::replace(&mut admin.scheduled, wanted);
-        for (k, o) in &admin.scheduled.clone() {
-            if old.get(k).is_none_or(|p| !same(p, o)) {
-                let ctx = AuditCtx {
-                    now,
-                    caller: &o.author,
-                    operation: "schedule.start",
-                    reason: &o.reason,
-                    scope: "local",
-                    ttl: o.expires.and_then(|e| e.duration_since(now).ok()),
-                    fleet_version: None,
-                };
-                let before = old
-                    .get(k)
-                    .map_or("baseline".to_string(), |p| p.kind.describe());
-                admin.record(ctx.entry(k, &before, &o.kind.describe()));
-            }
-        }
-        for (k, o) in &old {
-            if !admin.scheduled.contains_key(k) {
-                let ctx = AuditCtx {
-                    now,
-                    caller: &o.author,
-                    operation: "schedule.end",
-                    reason: &o.reason,
-                    scope: "local",
-                    ttl: None,
-                    fleet_version: None,
-                };
-                admin.record(ctx.entry(k, &o.kind.describe(), "baseline"));
-            }
+        if same_effect {
+            return;
         }
         let mut changed: Vec<Override> = old.into_values().collect();
         changed.extend(admin.scheduled.values().cloned());
@@ -175,5 +236,36 @@ mod tests {
             scheduled_at(&cfg, at(29, 9, 0)).is_empty(),
             "not on a Sunday"
         );
+    }
+
+    #[test]
+    fn a_suspended_key_stays_out_until_its_schedule_starts_again() {
+        let cfg = config(
+            "schedules:\n  - { name: peak, cron: \"0 8 * * *\", duration_minutes: 720, limits_multiplier: 2, level: degraded }\n",
+        );
+        let at = |d, h, m| chrono::Utc.with_ymd_and_hms(2026, 11, d, h, m, 0).unwrap();
+        let now = at(30, 9, 0);
+        let next = next_start(&cfg, "peak", now).unwrap();
+        assert_eq!(
+            next,
+            SystemTime::from(chrono::Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap())
+        );
+        let mut suspended = BTreeMap::from([("limit:api".to_string(), ("peak".to_string(), next))]);
+        let held = unsuspended(
+            scheduled_at(&cfg, now),
+            &mut suspended,
+            SystemTime::from(now),
+        );
+        assert!(!held.contains_key("limit:api"), "suspended");
+        assert!(held.contains_key("level"), "only the key that was cleared");
+        // The next day's activation holds it again.
+        let tomorrow = chrono::Utc.with_ymd_and_hms(2026, 12, 1, 8, 30, 0).unwrap();
+        let held = unsuspended(
+            scheduled_at(&cfg, tomorrow),
+            &mut suspended,
+            SystemTime::from(tomorrow),
+        );
+        assert_eq!(held["limit:api"].kind.describe(), "max_requests 200");
+        assert!(suspended.is_empty());
     }
 }

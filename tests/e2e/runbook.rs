@@ -1,0 +1,119 @@
+//! The scaling runbook's sequences replayed with `floodgatectl`, in the runbook's order, with
+//! the effective state asserted after every step: no command may report success and leave
+//! the sidecar somewhere nobody asked for.
+
+use std::time::Duration;
+
+use crate::admin::{admitted, max_requests, Admin, LIMITED};
+use crate::support::Upstream;
+
+fn json(a: &Admin, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&a.op(&all)).unwrap()
+}
+
+#[tokio::test]
+async fn raise_limits_x2_with_a_ttl_then_restore() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    let out = a.op(&[
+        "limits",
+        "scale",
+        "--all",
+        "--multiplier",
+        "2",
+        "--ttl",
+        "30m",
+        "--reason",
+        "INC-1 spike",
+    ]);
+    assert!(
+        out.contains("limit:per_client: max_requests 3 (baseline) -> max_requests 6 (local)"),
+        "{out}"
+    );
+    assert_eq!(max_requests(&a), 6);
+    assert_eq!(admitted(a.fg.port, 8).await, 6);
+    let out = a.op(&["limits", "restore", "--all", "--reason", "INC-1 over"]);
+    assert!(
+        out.contains("limit:per_client: max_requests 6 (local) -> max_requests 3 (baseline)"),
+        "{out}"
+    );
+    assert_eq!(max_requests(&a), 3);
+    assert!(a.op(&["overrides"]).contains("no overrides"));
+}
+
+#[tokio::test]
+async fn workers_with_a_ttl_then_a_resize_keeps_the_ttl_and_its_reason() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    a.op(&[
+        "queue", "workers", "20", "--ttl", "10m", "--reason", "INC temp",
+    ]);
+    a.op(&["queue", "resize", "5000", "--reason", "perm"]);
+    let list = json(&a, &["overrides"]);
+    let find = |key: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {key} in {list}"))
+    };
+    let workers = find("queue.max_concurrency");
+    assert_eq!(workers["reason"], "INC temp");
+    assert!(workers["expires_at"].as_u64().unwrap() > 0, "{workers}");
+    let size = find("queue.max_size");
+    assert_eq!(size["reason"], "perm");
+    assert_eq!(size["expires_at"].as_u64().unwrap_or(0), 0, "{size}");
+    a.fg.wait_metric("floodgate_concurrency_limit", 20.0).await;
+    assert_eq!(a.fg.metric("floodgate_queue_capacity").await, Some(5000.0));
+    // Clearing one knob leaves the other.
+    a.op(&["overrides", "clear", "queue.max_size", "--reason", "back"]);
+    a.fg.wait_metric("floodgate_queue_capacity", 100.0).await;
+    assert_eq!(a.fg.metric("floodgate_concurrency_limit").await, Some(20.0));
+}
+
+const ALWAYS: &str =
+    "schedules:\n  - { name: always, cron: \"* * * * *\", duration_minutes: 60, limits_multiplier: 2 }\n";
+
+#[tokio::test]
+async fn a_schedule_active_then_a_rollback_puts_the_baseline_in_effect_and_says_so() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, &format!("{LIMITED}{ALWAYS}")).await;
+    crate::support::eventually(Duration::from_secs(5), "schedule holds", || async {
+        max_requests(&a) == 6
+    })
+    .await;
+    let out = a.op(&["limits", "restore", "--all", "--reason", "rollback"]);
+    assert!(
+        out.contains("every limit back to its config baseline"),
+        "{out}"
+    );
+    assert!(
+        out.contains("schedule `always` held limit:per_client (max_requests 6); suspended until"),
+        "{out}"
+    );
+    assert!(
+        out.contains("limit:per_client: max_requests 6 (schedule) -> max_requests 3 (baseline)"),
+        "{out}"
+    );
+    assert_eq!(max_requests(&a), 3, "the baseline is in effect");
+    assert_eq!(admitted(a.fg.port, 5).await, 3);
+}
+
+#[tokio::test]
+async fn a_schedule_holding_writes_one_audit_entry_and_leaves_the_config_version_alone() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, &format!("{LIMITED}{ALWAYS}")).await;
+    crate::support::eventually(Duration::from_secs(5), "schedule holds", || async {
+        max_requests(&a) == 6
+    })
+    .await;
+    // The sweeper runs every second: let it run a few times while the schedule holds.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let audit = a.op(&["audit"]);
+    assert_eq!(audit.lines().count(), 1, "one schedule.start: {audit}");
+    assert!(audit.contains("schedule.start"), "{audit}");
+    assert_eq!(a.fg.metric("floodgate_config_version").await, Some(1.0));
+}
