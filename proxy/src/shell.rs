@@ -173,7 +173,8 @@ impl Floodgate {
             };
             snap.limit_decisions[i][slot].inc();
         };
-        let global = self.rt.global.as_ref().filter(|g| g.is_healthy());
+        // Keys of a shard that is down are answered `Down` by `check` with no round trip.
+        let global = self.rt.global.as_ref().filter(|g| g.any_healthy());
         let remote: Vec<usize> = match global {
             Some(_) => snap
                 .limits

@@ -252,13 +252,11 @@ impl Runtime {
         metrics: Metrics,
         clock: Clock,
     ) -> Arc<Self> {
-        let global = first.config.redis.as_ref().map(|r| {
-            crate::global::GlobalLimits::new(
-                r,
-                metrics.redis_latency.clone(),
-                metrics.redis_errors.clone(),
-            )
-        });
+        let global = first
+            .config
+            .redis
+            .as_ref()
+            .map(|r| crate::global::GlobalLimits::new(r, &metrics));
         metrics.config_version.set(first.version as i64);
         let admission = Admission::new(u32::MAX, 0, clock.clone());
         let breaker = Breaker::new(

@@ -249,12 +249,16 @@ async fn cluster_spreads_keys_and_decides_each_exactly() {
         );
     }
     // 20 keys over 3 masters: each master holds some (all on one would be 3^-19 likely).
-    // Only the limits' keys count: the fleet sync keeps its own `{floodgate}:*` keys too.
+    // Only the limits' keys (`fg:{name:hash}`) count: the fleet sync keeps its own
+    // `{floodgate}:*` keys too, and the prober its `fg:probe:{tag}` ones.
     let mut sizes = Vec::new();
     for n in &cluster.nodes {
-        let r = command(n.port, &["EVAL", "return #redis.call('keys', 'fg:*')", "0"])
-            .await
-            .unwrap();
+        let r = command(
+            n.port,
+            &["EVAL", "return #redis.call('keys', 'fg:{*')", "0"],
+        )
+        .await
+        .unwrap();
         sizes.push(r.trim().trim_start_matches(':').parse::<u64>().unwrap());
     }
     assert_eq!(sizes.iter().sum::<u64>(), 20, "{sizes:?}");

@@ -2,9 +2,14 @@
 //! `NOSCRIPT` by redis-rs) on one multiplexed connection, so concurrent decisions are
 //! pipelined and no request waits on more than one round trip. Decisions have a connection of
 //! their own, opened from the runtime that serves requests so that its I/O is driven there;
-//! the prober and the fleet sync share another. Every call has the
-//! `redis.timeout_ms` budget; past it, or on any error, the backend is marked down, requests
-//! decide locally at the Redis-outage share, and a prober brings it back by itself.
+//! the prober and the fleet sync share another. Every call has the `redis.timeout_ms` budget;
+//! past it, or on any error, the key's shard ([`health`]) is marked down and its keys decide
+//! locally at the Redis-outage share, until the prober ([`probe`]), which runs the very
+//! script decisions run, on every shard, brings it back.
+
+pub mod health;
+mod probe;
+pub mod slot;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +23,8 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use prometheus::{Histogram, IntCounterVec};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tracing::{info, warn};
+
+use health::Health;
 
 const SCRIPT: &str = include_str!("limit.lua");
 
@@ -32,7 +38,7 @@ enum Conn {
 /// Why a global decision could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum GlobalError {
-    /// Marked down; not tried.
+    /// The key's shard is marked down (or there is no connection); not tried.
     #[error("redis is marked unavailable")]
     Down,
     /// Past `redis.timeout_ms`.
@@ -60,12 +66,12 @@ pub struct GlobalLimits {
     /// `redis.timeout_ms`: a budget shorter than a connection handshake must not keep Redis
     /// away for good), and decisions use the prober's connection until it is ready. Measured:
     /// 0.55 -> 0.68 of the no-limit throughput on the bench's loopback Redis, 79 -> 68 us of
-    /// proxy CPU per request. Emptied each time Redis comes back, so decisions do not find
+    /// proxy CPU per request. Emptied each time a shard comes back, so decisions do not find
     /// the connection broken by the outage (the prober only proves its own).
     decisions: ArcSwapOption<Conn>,
     /// A task is opening the decisions' connection.
     opening: AtomicBool,
-    healthy: AtomicBool,
+    health: Health,
     script: redis::Script,
     latency: Histogram,
     errors: IntCounterVec,
@@ -73,23 +79,42 @@ pub struct GlobalLimits {
 
 impl GlobalLimits {
     /// A backend for `cfg`; it connects once its prober service runs.
-    pub fn new(cfg: &Redis, latency: Histogram, errors: IntCounterVec) -> Arc<Self> {
+    pub fn new(cfg: &Redis, metrics: &crate::metrics::Metrics) -> Arc<Self> {
+        let (transitions, up) = (metrics.redis_transitions.clone(), metrics.redis_up.clone());
+        let health = match cfg.target {
+            RedisTarget::Standalone(_) => Health::standalone(transitions, up),
+            RedisTarget::Cluster(_) => Health::cluster(transitions, up),
+        };
         Arc::new(Self {
             target: cfg.target.clone(),
             timeout: cfg.timeout,
             conn: ArcSwapOption::empty(),
             decisions: ArcSwapOption::empty(),
             opening: AtomicBool::new(false),
-            healthy: AtomicBool::new(false),
+            health,
             script: redis::Script::new(SCRIPT),
-            latency,
-            errors,
+            latency: metrics.redis_latency.clone(),
+            errors: metrics.redis_errors.clone(),
         })
     }
 
-    /// Whether requests should try Redis now.
+    /// Every shard is up: no global limit decides locally now.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.all_up()
+    }
+
+    /// Some shard is up: global limits are worth sending to Redis (keys of a down shard are
+    /// answered [`GlobalError::Down`] without a round trip).
+    pub fn any_healthy(&self) -> bool {
+        self.health.any_up()
+    }
+
+    /// The cluster slot of `key` (0 for a standalone server: one shard holds everything).
+    fn slot(&self, key: &str) -> u16 {
+        match self.target {
+            RedisTarget::Standalone(_) => 0,
+            RedisTarget::Cluster(_) => slot::of_key(key.as_bytes()),
+        }
     }
 
     /// One decision for the key `key_hash` of `limit`.
@@ -98,7 +123,10 @@ impl GlobalLimits {
         limit: &Limit,
         key_hash: u64,
     ) -> Result<Outcome, GlobalError> {
-        if !self.is_healthy() {
+        // The hash tag is the whole key: one key's windows share a slot, keys spread over slots.
+        let key = format!("fg:{{{}:{key_hash:016x}}}", limit.name);
+        let slot = self.slot(&key);
+        if !self.health.is_up(slot) {
             return Err(GlobalError::Down);
         }
         let conn = match self.decisions.load_full() {
@@ -118,32 +146,20 @@ impl GlobalLimits {
             Strategy::SlidingWindow => "s",
             Strategy::TokenBucket => "t",
         };
-        // The hash tag is the whole key: one key's windows share a slot, keys spread over slots.
-        let mut inv = self
-            .script
-            .key(format!("fg:{{{}:{key_hash:016x}}}", limit.name));
+        let mut inv = self.script.key(key);
         inv.arg(kind);
         for (max, w) in &windows {
             inv.arg(*max)
                 .arg(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
         }
         let start = Instant::now();
-        let reply: Result<String, GlobalError> = match tokio::time::timeout(self.timeout, async {
-            match conn.as_ref().clone() {
-                Conn::Single(mut c) => inv.invoke_async(&mut c).await,
-                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
-            }
-        })
-        .await
-        {
-            Ok(r) => r.map_err(GlobalError::from),
-            Err(_) => Err(GlobalError::Timeout(self.timeout)),
-        };
+        let reply = self.run(&conn, &inv).await;
         self.latency.observe(start.elapsed().as_secs_f64());
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
-                self.mark_down(&e);
+                self.count_error(&e);
+                self.health.decision_failed(slot, &e);
                 return Err(e);
             }
         };
@@ -174,6 +190,24 @@ impl GlobalLimits {
             retry_after: ms(retry_ms),
             window,
         })
+    }
+
+    /// Runs the limit script `inv` on `conn` within `redis.timeout_ms`.
+    async fn run(
+        &self,
+        conn: &Conn,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<String, GlobalError> {
+        let call = async {
+            match conn.clone() {
+                Conn::Single(mut c) => inv.invoke_async(&mut c).await,
+                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r.map_err(GlobalError::from),
+            Err(_) => Err(GlobalError::Timeout(self.timeout)),
+        }
     }
 
     /// Runs `pipe` on the backend's connection (the fleet sync shares it), within 1 s.
@@ -228,7 +262,7 @@ impl GlobalLimits {
         });
     }
 
-    fn mark_down(&self, e: &GlobalError) {
+    fn count_error(&self, e: &GlobalError) {
         let kind = match e {
             GlobalError::Timeout(_) => "timeout",
             GlobalError::Redis(r) if r.is_connection_refusal() => "refused",
@@ -236,10 +270,6 @@ impl GlobalLimits {
             _ => "other",
         };
         self.errors.with_label_values(&[kind]).inc();
-        // Only the transition is logged: an outage must not flood the log.
-        if self.healthy.swap(false, Ordering::Relaxed) {
-            warn!(error = %e, "redis unavailable: global limits now decide locally at max_requests / expected_replicas");
-        }
     }
 
     async fn connect(&self) -> Result<Conn, redis::RedisError> {
@@ -266,73 +296,14 @@ impl GlobalLimits {
             }
         }
     }
-
-    async fn ping(&self, conn: &Conn) -> bool {
-        let cmd = redis::cmd("PING");
-        let fut = async {
-            match conn.clone() {
-                Conn::Single(mut c) => cmd.query_async::<String>(&mut c).await,
-                Conn::Cluster(mut c) => cmd.query_async::<String>(&mut c).await,
-            }
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), fut).await,
-            Ok(Ok(_))
-        )
-    }
-
-    /// Connects, and while marked down probes with backoff (100 ms doubling to 1 s), until
-    /// shutdown. Marks the backend up once a probe succeeds.
-    pub async fn run_prober(&self, mut shutdown: ShutdownWatch) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            if !self.is_healthy() {
-                let conn = match self.conn.load_full() {
-                    Some(c) => Some(c),
-                    None => match self.connect().await {
-                        Ok(c) => {
-                            let c = Arc::new(c);
-                            self.conn.store(Some(c.clone()));
-                            Some(c)
-                        }
-                        Err(e) => {
-                            self.errors.with_label_values(&["connect"]).inc();
-                            tracing::debug!("redis connect failed: {e}");
-                            None
-                        }
-                    },
-                };
-                if let Some(c) = conn {
-                    if self.ping(&c).await {
-                        self.decisions.store(None);
-                        self.healthy.store(true, Ordering::Relaxed);
-                        info!("redis reachable: global limits are decided in redis");
-                        backoff = Duration::from_millis(100);
-                    }
-                }
-            }
-            let wait = if self.is_healthy() {
-                Duration::from_millis(250)
-            } else {
-                backoff
-            };
-            if !self.is_healthy() {
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
 }
 
-/// Runs [`GlobalLimits::run_prober`] as a pingora background service.
+/// Runs the prober ([`probe::run`]) as a pingora background service, until shutdown.
 pub struct Prober(pub Arc<GlobalLimits>);
 
 #[async_trait]
 impl BackgroundService for Prober {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.run_prober(shutdown).await;
+        probe::run(&self.0, shutdown).await;
     }
 }
