@@ -9,6 +9,7 @@ mod cli;
 mod degrade;
 mod deploy;
 mod global;
+mod global_faults;
 mod inject;
 mod lifecycle;
 mod limits;
