@@ -207,3 +207,146 @@ async fn global_stopped_server_stays_in_the_fallback() {
     )
     .await;
 }
+
+/// The slot of `user`'s key of the limit `per_user` (keyed on `x-user`), as the sidecar
+/// computes it.
+fn user_slot(user: &str) -> u16 {
+    use floodgate_config::KeyPart;
+    use floodgate_policy::key::{stable_key_hash, RequestParts};
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-user", user.parse().unwrap());
+    let parts = RequestParts {
+        client_ip: None,
+        route: "default",
+        method: &http::Method::GET,
+        path: "/",
+        headers: &headers,
+    };
+    let hash = stable_key_hash(&[KeyPart::Header("x-user".into())], &parts);
+    floodgate::global::slot::of_key(format!("fg:{{per_user:{hash:016x}}}").as_bytes())
+}
+
+/// The `q` of `per_user`'s RateLimit-Policy in the answer to `user` on `port`: the limit
+/// (1000) when decided in Redis, the local share (500) in the fallback.
+async fn quota(port: u16, user: &str) -> u64 {
+    let req = http::Request::builder()
+        .uri(format!("http://127.0.0.1:{port}/"))
+        .header("x-user", user)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let policy = resp.headers()["ratelimit-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    policy
+        .split(';')
+        .find_map(|p| p.strip_prefix("q="))
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no quota in {policy}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_cluster_master_killed_sends_only_its_keys_local() {
+    let mut cluster = RedisCluster::start_with(1, Some(1000)).await;
+    let up = Upstream::start("app").await;
+    let redis = format!("  cluster: [{}]\n", cluster.urls().join(", "));
+    let cfg = format!(
+        "redis:\n{redis}  timeout_ms: 1000\n  expected_replicas: 2\nlimits:\n  - name: per_user\n    key: [\"header:x-user\"]\n    max_requests: 1000\n    window_seconds: 3600\n    strategy: fixed_window\n    scope: global\n"
+    );
+    let fleet = [
+        Sidecar::start(up.port, &cfg).await,
+        Sidecar::start(up.port, &cfg).await,
+    ];
+    // `redis-cli --cluster create` gives three masters these ranges.
+    let shards = ["0-5460", "5461-10922", "10923-16383"];
+    for fg in &fleet {
+        for s in shards {
+            eventually(Duration::from_secs(10), "every shard up", || async {
+                shard_up(fg, s).await
+            })
+            .await;
+        }
+    }
+    // One user per shard: the first of user-0, user-1, ... whose key lands there.
+    let mut users: Vec<(String, &str, usize)> = Vec::new();
+    for s in shards {
+        let (lo, hi) = s.split_once('-').unwrap();
+        let range = lo.parse::<u16>().unwrap()..=hi.parse::<u16>().unwrap();
+        let user = (0..)
+            .map(|n| format!("user-{n}"))
+            .find(|u| range.contains(&user_slot(u)))
+            .unwrap();
+        let master = cluster.master_of(0, user_slot(&user)).await.unwrap();
+        users.push((user, s, master));
+    }
+    for fg in &fleet {
+        for (u, _, _) in &users {
+            assert_eq!(quota(fg.port, u).await, 1000, "{u} decided in Redis");
+        }
+    }
+    let before: Vec<Vec<(u64, u64)>> =
+        futures_util::future::join_all(fleet.iter().map(|fg| async {
+            let mut v = Vec::new();
+            for s in shards {
+                v.push((
+                    transitions(fg, s, "down").await,
+                    transitions(fg, s, "up").await,
+                ));
+            }
+            v
+        }))
+        .await;
+
+    // The first shard's master dies; its replica takes over after cluster-node-timeout.
+    let (dead_user, dead_shard, dead_master) = users[0].clone();
+    cluster.nodes[dead_master].kill();
+    let start = Instant::now();
+    let mut local_answers = 0;
+    loop {
+        for fg in &fleet {
+            for (u, s, _) in &users[1..] {
+                assert_eq!(
+                    quota(fg.port, u).await,
+                    1000,
+                    "{u} (shard {s}) left Redis {:?} after the kill\n{}",
+                    start.elapsed(),
+                    fg.log()
+                );
+            }
+            local_answers += u32::from(quota(fg.port, &dead_user).await == 500);
+        }
+        let mut back = true;
+        for fg in &fleet {
+            back &= shard_up(fg, dead_shard).await;
+        }
+        if back {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "shard {dead_shard} not back within 25 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failover = start.elapsed();
+    eprintln!("failover: {failover:?}, {local_answers} answers for the dead shard's key local");
+    assert!(local_answers > 0, "the dead shard's key went local");
+    for (fg, before) in fleet.iter().zip(&before) {
+        for (s, (down0, up0)) in shards.iter().zip(before) {
+            let moved = (
+                transitions(fg, s, "down").await - down0,
+                transitions(fg, s, "up").await - up0,
+            );
+            let want = if s == &dead_shard { (1, 1) } else { (0, 0) };
+            assert_eq!(
+                moved,
+                want,
+                "shard {s}, failover took {failover:?}\n{}",
+                fg.log()
+            );
+        }
+        assert_eq!(quota(fg.port, &dead_user).await, 1000, "back in Redis");
+    }
+}

@@ -39,7 +39,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     cluster: bool,
-    /// `cluster-node-timeout` in ms (cluster nodes only; Redis's default when `None`).
+    /// `cluster-node-timeout` in ms, and then `cluster-require-full-coverage no` (cluster
+    /// nodes only; Redis's defaults when `None`).
     node_timeout: Option<u64>,
 }
 
@@ -88,7 +89,10 @@ impl RedisServer {
                 "nodes.conf",
             ]);
             if let Some(t) = self.node_timeout {
-                cmd.args(["--cluster-node-timeout", &t.to_string()]);
+                // Failover tests: with full coverage required (Redis's default) every master
+                // answers CLUSTERDOWN while one is failed, so no shard could stay in Redis.
+                cmd.args(["--cluster-node-timeout", &t.to_string()])
+                    .args(["--cluster-require-full-coverage", "no"]);
             }
         }
         self.child = Some(
@@ -166,7 +170,8 @@ impl RedisCluster {
         Self::start_with(0, None).await
     }
 
-    /// Three masters with `replicas` replicas each, and `cluster-node-timeout` (ms).
+    /// Three masters with `replicas` replicas each, and `cluster-node-timeout` (ms), which
+    /// also turns off `cluster-require-full-coverage`.
     pub async fn start_with(replicas: usize, node_timeout: Option<u64>) -> Self {
         let mut nodes = Vec::new();
         for _ in 0..3 * (1 + replicas) {

@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+use redis::ConnectionInfo;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::link::Link;
 use super::slot;
 
 /// One shard: the slot ranges one master serves, and whether its keys go to Redis now.
@@ -25,6 +27,8 @@ pub struct Shard {
     ranges: Vec<(u16, u16)>,
     /// Hash tag of its probe key: a slot it serves, so the probe lands where its decisions do.
     pub tag: String,
+    /// Connections to its master.
+    pub link: Arc<Link>,
     up: AtomicBool,
     gauge: IntGauge,
     to_up: IntCounter,
@@ -52,9 +56,9 @@ pub struct Health {
 
 impl Health {
     /// A standalone server: one shard, all slots, down until the prober's first probe passes.
-    pub fn standalone(transitions: IntCounterVec, up: IntGaugeVec) -> Self {
+    pub fn standalone(server: ConnectionInfo, transitions: IntCounterVec, up: IntGaugeVec) -> Self {
         let h = Self::empty(transitions, up);
-        let shard = h.shard(vec![(0, slot::SLOTS - 1)]);
+        let shard = h.shard(vec![(0, slot::SLOTS - 1)], &server);
         h.topo.store(Arc::new(Topology {
             slots: None,
             shards: vec![shard],
@@ -79,7 +83,7 @@ impl Health {
         }
     }
 
-    fn shard(&self, mut ranges: Vec<(u16, u16)>) -> Arc<Shard> {
+    fn shard(&self, mut ranges: Vec<(u16, u16)>, master: &ConnectionInfo) -> Arc<Shard> {
         ranges.sort_unstable();
         let (lo, hi) = ranges.first().copied().unwrap_or((0, 0));
         let label = format!("{lo}-{hi}");
@@ -87,6 +91,7 @@ impl Health {
         gauge.set(0);
         Arc::new(Shard {
             tag: slot::tag_for(lo),
+            link: Arc::new(Link::new(master.clone())),
             to_up: self.transitions.with_label_values(&["up", label.as_str()]),
             to_down: self
                 .transitions
@@ -101,12 +106,12 @@ impl Health {
     /// Whether a key in `slot` is decided in Redis now. Cheap: one `ArcSwap` load, one index,
     /// one atomic load; no lock.
     pub fn is_up(&self, slot: u16) -> bool {
-        let t = self.topo.load();
-        let i = match &t.slots {
-            None => 0,
-            Some(slots) => usize::from(slots.get(usize::from(slot)).copied().unwrap_or(NONE)),
-        };
-        t.shards.get(i).is_some_and(|s| s.is_up())
+        self.topo.load().shard(slot).is_some_and(|s| s.is_up())
+    }
+
+    /// The shard serving `slot`, if it is up.
+    pub fn up_shard(&self, slot: u16) -> Option<Arc<Shard>> {
+        self.topo.load().shard(slot).filter(|s| s.is_up()).cloned()
     }
 
     /// Some shard is up: a request's global limits are worth sending to Redis.
@@ -125,20 +130,10 @@ impl Health {
         self.topo.load().shards.clone()
     }
 
-    /// A decision for a key in `slot` failed: its shard goes down and the prober wakes.
-    pub fn decision_failed(&self, slot: u16, why: &dyn Display) {
-        let shard = {
-            let t = self.topo.load();
-            let i = match &t.slots {
-                None => 0,
-                Some(slots) => usize::from(slots.get(usize::from(slot)).copied().unwrap_or(NONE)),
-            };
-            t.shards.get(i).cloned()
-        };
-        if let Some(s) = shard {
-            if self.mark_down(&s, why) {
-                self.wake.notify_one();
-            }
+    /// A decision on `s` failed: it goes down and the prober wakes.
+    pub fn decision_failed(&self, s: &Shard, why: &dyn Display) {
+        if self.mark_down(s, why) {
+            self.wake.notify_one();
         }
     }
 
@@ -169,20 +164,22 @@ impl Health {
         self.wake.notified().await;
     }
 
-    /// Installs a cluster's slot map: the slot ranges of each master. Shards whose ranges are
-    /// unchanged keep their state (a failover moves no slot); new ones start down, for the
-    /// prober to try at once.
-    pub fn set_masters(&self, masters: Vec<Vec<(u16, u16)>>) {
+    /// Installs a cluster's slot map: the slot ranges of each master and where it is. Shards
+    /// whose ranges are unchanged keep their state (a failover moves no slot; their link
+    /// follows the new master); new ones start down, for the prober to try at once.
+    pub fn set_masters(&self, masters: Vec<(Vec<(u16, u16)>, ConnectionInfo)>) {
         let old = self.topo.load_full();
         let shards: Vec<Arc<Shard>> = masters
             .into_iter()
-            .map(|mut ranges| {
+            .map(|(mut ranges, master)| {
                 ranges.sort_unstable();
-                old.shards
-                    .iter()
-                    .find(|s| s.ranges == ranges)
-                    .cloned()
-                    .unwrap_or_else(|| self.shard(ranges))
+                match old.shards.iter().find(|s| s.ranges == ranges) {
+                    Some(s) => {
+                        s.link.retarget(&master);
+                        s.clone()
+                    }
+                    None => self.shard(ranges, &master),
+                }
             })
             .collect();
         let same = shards.len() == old.shards.len()
@@ -205,6 +202,18 @@ impl Health {
             slots: Some(slots),
             shards,
         }));
+    }
+}
+
+// === impl Topology ===
+
+impl Topology {
+    fn shard(&self, slot: u16) -> Option<&Arc<Shard>> {
+        let i = match &self.slots {
+            None => 0,
+            Some(slots) => usize::from(slots.get(usize::from(slot)).copied().unwrap_or(NONE)),
+        };
+        self.shards.get(i)
     }
 }
 
@@ -349,6 +358,18 @@ mod tests {
         assert_eq!(b.failed(now) - now, FIRST);
     }
 
+    fn masters(ranges: &[&[(u16, u16)]]) -> Vec<(Vec<(u16, u16)>, ConnectionInfo)> {
+        use redis::IntoConnectionInfo;
+        ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let url = format!("redis://127.0.0.1:{}", 7000 + i);
+                (r.to_vec(), url.into_connection_info().unwrap())
+            })
+            .collect()
+    }
+
     fn health() -> Health {
         Health::cluster(
             IntCounterVec::new(prometheus::Opts::new("t", "t"), &["to", "shard"]).unwrap(),
@@ -360,17 +381,18 @@ mod tests {
     fn a_down_shard_takes_only_its_own_slots() {
         let h = health();
         assert!(!h.any_up() && !h.all_up(), "no slot map yet: nothing is up");
-        h.set_masters(vec![
-            vec![(0, 5460)],
-            vec![(10923, 16383)],
-            vec![(5461, 10922)],
-        ]);
+        h.set_masters(masters(&[
+            &[(0, 5460)],
+            &[(10923, 16383)],
+            &[(5461, 10922)],
+        ]));
         for s in h.shards() {
             assert!(h.mark_up(&s));
             assert!(!h.mark_up(&s), "one transition");
         }
         assert!(h.all_up());
-        h.decision_failed(7000, &"boom");
+        let s = h.up_shard(7000).unwrap();
+        h.decision_failed(&s, &"boom");
         assert!(h.is_up(0) && h.is_up(16383) && !h.is_up(5461) && !h.is_up(10922));
         assert!(h.any_up() && !h.all_up());
         let down: Vec<String> = h
@@ -386,7 +408,8 @@ mod tests {
                 .get(),
             1
         );
-        h.decision_failed(7001, &"again");
+        assert!(h.up_shard(7001).is_none());
+        h.decision_failed(&s, &"again");
         assert_eq!(
             h.transitions
                 .with_label_values(&["down", "5461-10922"])
@@ -398,14 +421,14 @@ mod tests {
     #[test]
     fn a_failover_keeps_the_shards_state() {
         let h = health();
-        h.set_masters(vec![vec![(0, 8191)], vec![(8192, 16383)]]);
+        h.set_masters(masters(&[&[(0, 8191)], &[(8192, 16383)]]));
         let before = h.shards();
         h.mark_up(&before[0]);
         // Same ranges, other masters (and another order): the same shards.
-        h.set_masters(vec![vec![(8192, 16383)], vec![(0, 8191)]]);
+        h.set_masters(masters(&[&[(8192, 16383)], &[(0, 8191)]]));
         assert!(h.is_up(100) && !h.is_up(9000));
         // A slot moved: both shards are new and start down.
-        h.set_masters(vec![vec![(0, 8000)], vec![(8001, 16383)]]);
+        h.set_masters(masters(&[&[(0, 8000)], &[(8001, 16383)]]));
         assert!(!h.is_up(100));
         assert_eq!(
             slot::of_key(format!("{{{}}}", h.shards()[1].tag).as_bytes()),

@@ -1,17 +1,18 @@
 //! Fleet-wide limits in Redis. Each decision is one `EVALSHA` of `limit.lua` (reloaded on
-//! `NOSCRIPT` by redis-rs) on one multiplexed connection, so concurrent decisions are
-//! pipelined and no request waits on more than one round trip. Decisions have a connection of
-//! their own, opened from the runtime that serves requests so that its I/O is driven there;
-//! the prober and the fleet sync share another. Every call has the `redis.timeout_ms` budget;
+//! `NOSCRIPT` by redis-rs) on one multiplexed connection to the key's master ([`link`]), so
+//! concurrent decisions are pipelined and no request waits on more than one round trip.
+//! Decisions have connections of their own, opened from the runtime that serves requests so
+//! that their I/O is driven there; the prober has others. Every call has the
+//! `redis.timeout_ms` budget;
 //! past it, or on any error, the key's shard ([`health`]) is marked down and its keys decide
 //! locally at the Redis-outage share, until the prober ([`probe`]), which runs the very
 //! script decisions run, on every shard, brings it back.
 
 pub mod health;
+mod link;
 mod probe;
 pub mod slot;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,8 @@ use floodgate_policy::Outcome;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use prometheus::{Histogram, IntCounterVec};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
+use redis::IntoConnectionInfo;
 
 use health::Health;
 
@@ -56,21 +58,10 @@ pub enum GlobalError {
 pub struct GlobalLimits {
     target: RedisTarget,
     timeout: Duration,
-    /// The prober's and fleet sync's connection, driven on the prober's runtime.
+    /// The fleet sync's connection (and, in a cluster, where the prober reads the slot map):
+    /// for a standalone server the prober's own, for a cluster redis-rs's cluster connection.
+    /// Decisions and probes go to each shard's master directly ([`link::Link`]).
     conn: ArcSwapOption<Conn>,
-    /// The decisions' connection. A multiplexed connection's I/O task runs on the runtime
-    /// that opened it; opened by the prober it would sit on the prober's own thread, and
-    /// every decision would cross threads twice (an eventfd wake-up each way and no batching
-    /// of concurrent commands into one write). So the first decision that finds none starts
-    /// opening one from the proxy's runtime, in a task of its own (not against any request's
-    /// `redis.timeout_ms`: a budget shorter than a connection handshake must not keep Redis
-    /// away for good), and decisions use the prober's connection until it is ready. Measured:
-    /// 0.55 -> 0.68 of the no-limit throughput on the bench's loopback Redis, 79 -> 68 us of
-    /// proxy CPU per request. Emptied each time a shard comes back, so decisions do not find
-    /// the connection broken by the outage (the prober only proves its own).
-    decisions: ArcSwapOption<Conn>,
-    /// A task is opening the decisions' connection.
-    opening: AtomicBool,
     health: Health,
     script: redis::Script,
     latency: Histogram,
@@ -79,23 +70,23 @@ pub struct GlobalLimits {
 
 impl GlobalLimits {
     /// A backend for `cfg`; it connects once its prober service runs.
-    pub fn new(cfg: &Redis, metrics: &crate::metrics::Metrics) -> Arc<Self> {
+    pub fn new(cfg: &Redis, metrics: &crate::metrics::Metrics) -> Result<Arc<Self>, GlobalError> {
         let (transitions, up) = (metrics.redis_transitions.clone(), metrics.redis_up.clone());
-        let health = match cfg.target {
-            RedisTarget::Standalone(_) => Health::standalone(transitions, up),
+        let health = match &cfg.target {
+            RedisTarget::Standalone(url) => {
+                Health::standalone(url.as_str().into_connection_info()?, transitions, up)
+            }
             RedisTarget::Cluster(_) => Health::cluster(transitions, up),
         };
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             target: cfg.target.clone(),
             timeout: cfg.timeout,
             conn: ArcSwapOption::empty(),
-            decisions: ArcSwapOption::empty(),
-            opening: AtomicBool::new(false),
             health,
             script: redis::Script::new(SCRIPT),
             latency: metrics.redis_latency.clone(),
             errors: metrics.redis_errors.clone(),
-        })
+        }))
     }
 
     /// Every shard is up: no global limit decides locally now.
@@ -125,17 +116,11 @@ impl GlobalLimits {
     ) -> Result<Outcome, GlobalError> {
         // The hash tag is the whole key: one key's windows share a slot, keys spread over slots.
         let key = format!("fg:{{{}:{key_hash:016x}}}", limit.name);
-        let slot = self.slot(&key);
-        if !self.health.is_up(slot) {
-            return Err(GlobalError::Down);
-        }
-        let conn = match self.decisions.load_full() {
-            Some(c) => c,
-            None => {
-                self.open_decisions();
-                self.conn.load_full().ok_or(GlobalError::Down)?
-            }
-        };
+        let shard = self
+            .health
+            .up_shard(self.slot(&key))
+            .ok_or(GlobalError::Down)?;
+        let conn = shard.link.for_decision().ok_or(GlobalError::Down)?;
         let mut windows: Vec<(u64, Duration)> =
             std::iter::once((limit.max_requests.get(), limit.window))
                 .chain(limit.extra_windows.iter().map(|(m, w)| (m.get(), *w)))
@@ -153,13 +138,13 @@ impl GlobalLimits {
                 .arg(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
         }
         let start = Instant::now();
-        let reply = self.run(&conn, &inv).await;
+        let reply = self.run(conn, &inv).await;
         self.latency.observe(start.elapsed().as_secs_f64());
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
                 self.count_error(&e);
-                self.health.decision_failed(slot, &e);
+                self.health.decision_failed(&shard, &e);
                 return Err(e);
             }
         };
@@ -195,16 +180,10 @@ impl GlobalLimits {
     /// Runs the limit script `inv` on `conn` within `redis.timeout_ms`.
     async fn run(
         &self,
-        conn: &Conn,
+        mut conn: ConnectionManager,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<String, GlobalError> {
-        let call = async {
-            match conn.clone() {
-                Conn::Single(mut c) => inv.invoke_async(&mut c).await,
-                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
-            }
-        };
-        match tokio::time::timeout(self.timeout, call).await {
+        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
             Ok(r) => r.map_err(GlobalError::from),
             Err(_) => Err(GlobalError::Timeout(self.timeout)),
         }
@@ -239,31 +218,10 @@ impl GlobalLimits {
         }
     }
 
-    /// Starts opening the decisions' connection on the current (the proxy's) runtime, unless
-    /// a task is at it already.
-    fn open_decisions(self: &Arc<Self>) {
-        if self.opening.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            match this.connect().await {
-                Ok(c) => this.decisions.store(Some(Arc::new(c))),
-                Err(e) => {
-                    this.errors.with_label_values(&["connect"]).inc();
-                    tracing::debug!("redis connect for decisions failed: {e}");
-                    // Redis may refuse new connections while the prober's still works (say,
-                    // at maxclients): decisions go on over that one, and the next attempt
-                    // waits instead of following every failure at once.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-            this.opening.store(false, Ordering::Release);
-        });
-    }
-
     fn count_error(&self, e: &GlobalError) {
         let kind = match e {
+            // Not a call: nothing failed.
+            GlobalError::Down => return,
             GlobalError::Timeout(_) => "timeout",
             GlobalError::Redis(r) if r.is_connection_refusal() => "refused",
             GlobalError::Redis(r) if r.is_io_error() || r.is_connection_dropped() => "io",
@@ -272,29 +230,17 @@ impl GlobalLimits {
         self.errors.with_label_values(&[kind]).inc();
     }
 
-    async fn connect(&self) -> Result<Conn, redis::RedisError> {
-        match &self.target {
-            RedisTarget::Standalone(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(1)))
-                    .set_response_timeout(Some(Duration::from_secs(1)))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                Ok(Conn::Single(
-                    ConnectionManager::new_with_config(client, config).await?,
-                ))
-            }
-            RedisTarget::Cluster(nodes) => {
-                let client =
-                    redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
-                        .connection_timeout(Duration::from_secs(1))
-                        .response_timeout(Duration::from_secs(1))
-                        .retries(1)
-                        .build()?;
-                Ok(Conn::Cluster(client.get_async_connection().await?))
-            }
-        }
+    /// redis-rs's cluster connection (fleet sync, slot map), for a cluster of `nodes`.
+    async fn connect_cluster(
+        nodes: &[String],
+    ) -> Result<redis::cluster_async::ClusterConnection, redis::RedisError> {
+        redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(1))
+            .retries(1)
+            .build()?
+            .get_async_connection()
+            .await
     }
 }
 

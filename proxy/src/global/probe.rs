@@ -8,11 +8,12 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use pingora_core::server::ShutdownWatch;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::Value;
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
 use tokio::time::Instant;
 
 use super::health::{Backoff, Shard, FIRST, HEALTHY};
 use super::{Conn, GlobalError, GlobalLimits};
+use floodgate_config::RedisTarget;
 
 /// Admits every probe (so every probe writes, as an admitted decision does: a script that
 /// writes nothing passes under OOM and on a replica).
@@ -32,7 +33,7 @@ struct Probed {
 
 /// Probes until shutdown.
 pub(super) async fn run(g: &GlobalLimits, mut shutdown: ShutdownWatch) {
-    let cluster = matches!(g.target, floodgate_config::RedisTarget::Cluster(_));
+    let cluster = matches!(g.target, RedisTarget::Cluster(_));
     let mut probed: Vec<Probed> = Vec::new();
     let mut connect_wait = FIRST;
     let mut next_map = Instant::now();
@@ -43,11 +44,12 @@ pub(super) async fn run(g: &GlobalLimits, mut shutdown: ShutdownWatch) {
             Some(_) => connect_wait = FIRST,
             None => connect_wait = (connect_wait * 2).min(HEALTHY),
         }
-        if let (true, Some(Conn::Cluster(c))) = (cluster, conn.as_deref()) {
+        if let (RedisTarget::Cluster(seeds), Some(Conn::Cluster(c))) = (&g.target, conn.as_deref())
+        {
             if now >= next_map {
                 // Re-read every round: a failover or a resharding shows here, and a shard
                 // whose ranges stay keeps its state.
-                match slot_map(g, c.clone()).await {
+                match slot_map(g, seeds, c.clone()).await {
                     Ok(m) => g.health.set_masters(m),
                     Err(e) => tracing::debug!("redis CLUSTER SLOTS failed: {e}"),
                 }
@@ -75,17 +77,7 @@ pub(super) async fn run(g: &GlobalLimits, mut shutdown: ShutdownWatch) {
         let due: Vec<usize> = (0..probed.len())
             .filter(|&i| probed[i].next <= now)
             .collect();
-        let results = join_all(due.iter().map(|&i| {
-            let tag = probed[i].shard.tag.clone();
-            let conn = conn.clone();
-            async move {
-                match conn {
-                    Some(c) => probe(g, &c, &tag).await,
-                    None => Err(GlobalError::Down),
-                }
-            }
-        }))
-        .await;
+        let results = join_all(due.iter().map(|&i| probe(g, &probed[i].shard))).await;
         let now = Instant::now();
         for (i, result) in due.into_iter().zip(results) {
             let p = &mut probed[i];
@@ -93,14 +85,15 @@ pub(super) async fn run(g: &GlobalLimits, mut shutdown: ShutdownWatch) {
                 Ok(()) => {
                     if g.health.mark_up(&p.shard) {
                         p.backoff.passed(now);
-                        // The decisions' connection may be one the outage broke.
-                        g.decisions.store(None);
+                        p.shard.link.reset_decisions();
                     }
                     p.seen_up = true;
                     p.next = now + HEALTHY;
                 }
                 Err(e) => {
                     tracing::debug!(shard = %p.shard.label, "redis probe failed: {e}");
+                    // Probes are Redis calls too: an outage with no traffic still shows.
+                    g.count_error(&e);
                     p.next = if g.health.mark_down(&p.shard, &e) {
                         p.backoff.went_down(now)
                     } else {
@@ -129,12 +122,22 @@ pub(super) async fn run(g: &GlobalLimits, mut shutdown: ShutdownWatch) {
     }
 }
 
-/// The prober's connection, opened if there is none.
+/// The fleet sync's connection, opened if there is none: for a standalone server the
+/// prober's own, for a cluster redis-rs's cluster connection.
 async fn connection(g: &GlobalLimits) -> Option<Arc<Conn>> {
     if let Some(c) = g.conn.load_full() {
         return Some(c);
     }
-    match g.connect().await {
+    let conn = match &g.target {
+        RedisTarget::Standalone(_) => {
+            let shard = g.health.shards().into_iter().next()?;
+            shard.link.for_probe().await.map(Conn::Single)
+        }
+        RedisTarget::Cluster(nodes) => GlobalLimits::connect_cluster(nodes)
+            .await
+            .map(Conn::Cluster),
+    };
+    match conn {
         Ok(c) => {
             let c = Arc::new(c);
             g.conn.store(Some(c.clone()));
@@ -148,10 +151,12 @@ async fn connection(g: &GlobalLimits) -> Option<Arc<Conn>> {
     }
 }
 
-/// One probe: the limit script on `fg:probe:{tag}`, a key no limit uses (limits' keys are
-/// `fg:{name:hash}`), with the decisions' budget.
-async fn probe(g: &GlobalLimits, conn: &Conn, tag: &str) -> Result<(), GlobalError> {
-    let mut inv = g.script.key(format!("fg:probe:{{{tag}}}"));
+/// One probe of `shard`: the limit script on `fg:probe:{tag}`, a key no limit uses (limits'
+/// keys are `fg:{name:hash}`), on the prober's connection to its master, with the decisions'
+/// budget.
+async fn probe(g: &GlobalLimits, shard: &Shard) -> Result<(), GlobalError> {
+    let conn = shard.link.for_probe().await?;
+    let mut inv = g.script.key(format!("fg:probe:{{{}}}", shard.tag));
     inv.arg("f").arg(PROBE_MAX).arg(PROBE_WINDOW_MS);
     let reply = g.run(conn, &inv).await?;
     if reply.starts_with("1 ") {
@@ -161,31 +166,77 @@ async fn probe(g: &GlobalLimits, conn: &Conn, tag: &str) -> Result<(), GlobalErr
     }
 }
 
-/// The slot ranges of each master, from `CLUSTER SLOTS` on any node.
+/// Each master's slot ranges and address, from `CLUSTER SLOTS`: asked of the shards' masters
+/// over the prober's own connections (a shard that is up first), redis-rs's cluster
+/// connection last (it stalls while it repairs itself). Masters are reached with the first
+/// seed's settings (user, password, database), at the address the cluster gives.
 async fn slot_map(
     g: &GlobalLimits,
-    mut c: redis::cluster_async::ClusterConnection,
-) -> Result<Vec<Ranges>, GlobalError> {
-    let call = c.route_command(
-        redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
-        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-    );
-    let budget = g.timeout.max(HEALTHY);
-    let v = tokio::time::timeout(budget, call)
-        .await
-        .map_err(|_| GlobalError::Timeout(budget))??;
-    masters(&v).ok_or_else(|| GlobalError::Reply(format!("{v:?}")))
+    seeds: &[String],
+    cluster: redis::cluster_async::ClusterConnection,
+) -> Result<Vec<(Ranges, ConnectionInfo)>, GlobalError> {
+    let seed = seeds
+        .first()
+        .map(|s| s.as_str().into_connection_info())
+        .transpose()?
+        .ok_or(GlobalError::Down)?;
+    let budget = g.timeout.max(std::time::Duration::from_millis(200));
+    let mut shards = g.health.shards();
+    shards.sort_by_key(|s| !s.is_up());
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("SLOTS");
+    let mut reply = None;
+    for s in &shards {
+        let Ok(mut c) = s.link.for_probe().await else {
+            continue;
+        };
+        let call = cmd.query_async::<Value>(&mut c);
+        if let Ok(Ok(v)) = tokio::time::timeout(budget, call).await {
+            reply = Some(v);
+            break;
+        }
+    }
+    let v = match reply {
+        Some(v) => v,
+        None => {
+            let mut c = cluster;
+            let call = c.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random));
+            tokio::time::timeout(HEALTHY, call)
+                .await
+                .map_err(|_| GlobalError::Timeout(HEALTHY))??
+        }
+    };
+    let masters = masters(&v).ok_or_else(|| GlobalError::Reply(format!("{v:?}")))?;
+    let seed_host = match seed.addr() {
+        ConnectionAddr::Tcp(h, _) => h.clone(),
+        _ => String::new(),
+    };
+    Ok(masters
+        .into_iter()
+        .map(|(ranges, host, port)| {
+            // An empty host means "the node you asked": the seeds are on one host in practice.
+            let host = if host.is_empty() {
+                seed_host.clone()
+            } else {
+                host
+            };
+            (
+                ranges,
+                seed.clone().set_addr(ConnectionAddr::Tcp(host, port)),
+            )
+        })
+        .collect())
 }
 
 /// Slot ranges, inclusive, of one master.
 type Ranges = Vec<(u16, u16)>;
 
 /// Groups `CLUSTER SLOTS`'s ranges by master (`[start, end, [host, port, ...], replicas...]`).
-fn masters(v: &Value) -> Option<Vec<Ranges>> {
+fn masters(v: &Value) -> Option<Vec<(Ranges, String, u16)>> {
     let Value::Array(entries) = v else {
         return None;
     };
-    let mut by_master: Vec<(Vec<u8>, Ranges)> = Vec::new();
+    let mut by_master: Vec<(Ranges, String, u16)> = Vec::new();
     for e in entries {
         let Value::Array(f) = e else { return None };
         let int = |v: Option<&Value>| match v {
@@ -196,23 +247,21 @@ fn masters(v: &Value) -> Option<Vec<Ranges>> {
         let Some(Value::Array(node)) = f.get(2) else {
             return None;
         };
-        // host and port name the master (its id may be absent in old versions).
-        let mut id = Vec::new();
-        for part in node.iter().take(2) {
-            match part {
-                Value::BulkString(b) => id.extend_from_slice(b),
-                Value::SimpleString(s) => id.extend_from_slice(s.as_bytes()),
-                Value::Int(n) => id.extend_from_slice(n.to_string().as_bytes()),
-                _ => {}
-            }
-            id.push(b':');
-        }
-        match by_master.iter_mut().find(|(m, _)| *m == id) {
-            Some((_, ranges)) => ranges.push((lo, hi)),
-            None => by_master.push((id, vec![(lo, hi)])),
+        let host = match node.first() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            _ => return None,
+        };
+        let port = int(node.get(1))?;
+        match by_master
+            .iter_mut()
+            .find(|(_, h, p)| *h == host && *p == port)
+        {
+            Some((ranges, _, _)) => ranges.push((lo, hi)),
+            None => by_master.push((vec![(lo, hi)], host, port)),
         }
     }
-    Some(by_master.into_iter().map(|(_, r)| r).collect())
+    Some(by_master)
 }
 
 #[cfg(test)]
@@ -243,12 +292,13 @@ mod tests {
             entry(10923, 15999, 7002, 7005),
             entry(16000, 16383, 7000, 7003),
         ]);
+        let host = String::from("127.0.0.1");
         assert_eq!(
             masters(&v).unwrap(),
             [
-                vec![(0, 5460), (16000, 16383)],
-                vec![(5461, 10922)],
-                vec![(10923, 15999)]
+                (vec![(0, 5460), (16000, 16383)], host.clone(), 7000),
+                (vec![(5461, 10922)], host.clone(), 7001),
+                (vec![(10923, 15999)], host, 7002)
             ]
         );
         assert!(masters(&Value::Nil).is_none());
