@@ -108,11 +108,17 @@ impl GlobalLimits {
         }
     }
 
-    /// One decision for the key `key_hash` of `limit`.
+    /// One decision for the key `key_hash` of `limit`. `carry` hands over what this sidecar
+    /// admitted locally for the key while its shard was down, one count per window, shortest
+    /// first ([`floodgate_policy::LimitSet::take_local`]); Redis adds it before deciding. It
+    /// is called only once the key's shard is known to be up, so a key that stays local keeps
+    /// its local counts. (Should this very call fail, the handed-over counts are lost: the key
+    /// starts its local share afresh, once, on a shard that failed right after coming back.)
     pub async fn check(
         self: &Arc<Self>,
         limit: &Limit,
         key_hash: u64,
+        carry: impl FnOnce() -> Option<Vec<u64>>,
     ) -> Result<Outcome, GlobalError> {
         // The hash tag is the whole key: one key's windows share a slot, keys spread over slots.
         let key = format!("fg:{{{}:{key_hash:016x}}}", limit.name);
@@ -126,16 +132,24 @@ impl GlobalLimits {
                 .chain(limit.extra_windows.iter().map(|(m, w)| (m.get(), *w)))
                 .collect();
         windows.sort_by_key(|w| w.1);
-        let kind = match limit.strategy {
-            Strategy::FixedWindow => "f",
-            Strategy::SlidingWindow => "s",
-            Strategy::TokenBucket => "t",
+        let carry = carry().filter(|c| c.len() == windows.len());
+        let kind = match (limit.strategy, carry.is_some()) {
+            (Strategy::FixedWindow, false) => "f",
+            (Strategy::FixedWindow, true) => "f+",
+            (Strategy::SlidingWindow, false) => "s",
+            (Strategy::SlidingWindow, true) => "s+",
+            (Strategy::TokenBucket, _) => "t",
         };
         let mut inv = self.script.key(key);
         inv.arg(kind);
         for (max, w) in &windows {
             inv.arg(*max)
                 .arg(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+        }
+        if kind.len() > 1 {
+            for c in carry.unwrap_or_default() {
+                inv.arg(c);
+            }
         }
         let start = Instant::now();
         let reply = self.run(conn, &inv).await;
