@@ -95,6 +95,11 @@ pub struct Metrics {
     pub redis_latency: Histogram,
     /// `floodgate_redis_errors_total{kind}`: timeouts, refusals, I/O and other failures.
     pub redis_errors: IntCounterVec,
+    /// `floodgate_redis_transitions_total{to,shard}`: each time a shard (the whole server when
+    /// standalone) goes `up` or `down`, so flapping shows between scrapes.
+    pub redis_transitions: IntCounterVec,
+    /// `floodgate_redis_up{shard}`: 1 while a shard's keys are decided in Redis.
+    pub redis_up: IntGaugeVec,
 }
 
 /// Label values of the `status` label for 0..=599, made once so recording a request formats nothing.
@@ -298,6 +303,22 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        // `shard` is the shard's lowest slot range ("0-16383" for a standalone server): one
+        // series per shard, as few as the cluster has masters, and stable across a failover.
+        let redis_transitions = IntCounterVec::new(
+            Opts::new(
+                "floodgate_redis_transitions_total",
+                "Redis health transitions (to = up | down), by shard (its lowest slot range).",
+            ),
+            &["to", "shard"],
+        )?;
+        let redis_up = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_redis_up",
+                "1 while a Redis shard (its lowest slot range) decides global limits.",
+            ),
+            &["shard"],
+        )?;
         let info = IntGaugeVec::new(
             Opts::new("floodgate_build_info", "Version of the running sidecar."),
             &["version"],
@@ -397,6 +418,8 @@ impl Metrics {
         registry.register(Box::new(rl_backend.clone()))?;
         registry.register(Box::new(redis_latency.clone()))?;
         registry.register(Box::new(redis_errors.clone()))?;
+        registry.register(Box::new(redis_transitions.clone()))?;
+        registry.register(Box::new(redis_up.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -451,6 +474,8 @@ impl Metrics {
             rl_backend,
             redis_latency,
             redis_errors,
+            redis_transitions,
+            redis_up,
         })
     }
 

@@ -212,7 +212,8 @@ impl Floodgate {
             };
             snap.limit_decisions[i][slot].inc();
         };
-        let global = self.rt.global.as_ref().filter(|g| g.is_healthy());
+        // Keys of a shard that is down are answered `Down` by `check` with no round trip.
+        let global = self.rt.global.as_ref().filter(|g| g.any_healthy());
         let remote: Vec<usize> = match global {
             Some(_) => snap
                 .limits
@@ -226,9 +227,14 @@ impl Floodgate {
         let mut fell_back: Vec<usize> = Vec::new();
         let mut best: Option<Verdict> = None;
         if let Some(g) = global.filter(|_| !remote.is_empty()) {
-            let calls = remote
-                .iter()
-                .map(|&i| g.check(&defs[i], stable_key_hash(&defs[i].key, &parts)));
+            // A key decided locally while its shard was down hands those counts to Redis in
+            // its first decision back (`take_local` is one atomic load while there are none).
+            let parts = &parts;
+            let calls = remote.iter().map(|&i| {
+                g.check(&defs[i], stable_key_hash(&defs[i].key, parts), move || {
+                    snap.limits.take_local(i, parts)
+                })
+            });
             for (&i, answer) in remote.iter().zip(join_all(calls).await) {
                 match answer {
                     Ok(o) => {

@@ -252,12 +252,12 @@ impl Runtime {
         metrics: Metrics,
         clock: Clock,
     ) -> Arc<Self> {
-        let global = first.config.redis.as_ref().map(|r| {
-            crate::global::GlobalLimits::new(
-                r,
-                metrics.redis_latency.clone(),
-                metrics.redis_errors.clone(),
-            )
+        // A URL that does not parse fails validation first; should one get here anyway, the
+        // sidecar runs as without Redis (global limits at their local share) and says why.
+        let global = first.config.redis.as_ref().and_then(|r| {
+            crate::global::GlobalLimits::new(r, &metrics)
+                .map_err(|e| tracing::error!("redis: {e}; global limits decide locally"))
+                .ok()
         });
         metrics.config_version.set(first.version as i64);
         let admission = Admission::new(u32::MAX, 0, clock.clone());

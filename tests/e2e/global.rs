@@ -183,9 +183,11 @@ async fn redis_outage_falls_back_to_the_local_share_then_recovers() {
     let (status, h, _) = http_get(fg.port, "/").await.unwrap();
     assert_eq!(status, 200);
     let current = h["ratelimit"].to_str().unwrap().to_string();
+    // The 10 admitted locally in this window are handed to Redis with this decision (it used
+    // to answer r=39, admitting the local share on top of the limit).
     assert!(
-        current.starts_with("\"g\";r=39;"),
-        "{current}: a fresh Redis decides again"
+        current.starts_with("\"g\";r=29;"),
+        "{current}: a fresh Redis decides again, counting the fallback's 10"
     );
 }
 
@@ -249,14 +251,56 @@ async fn cluster_spreads_keys_and_decides_each_exactly() {
         );
     }
     // 20 keys over 3 masters: each master holds some (all on one would be 3^-19 likely).
-    // Only the limits' keys count: the fleet sync keeps its own `{floodgate}:*` keys too.
+    // Only the limits' keys (`fg:{name:hash}`) count: the fleet sync keeps its own
+    // `{floodgate}:*` keys too, and the prober its `fg:probe:{tag}` ones.
     let mut sizes = Vec::new();
     for n in &cluster.nodes {
-        let r = command(n.port, &["EVAL", "return #redis.call('keys', 'fg:*')", "0"])
-            .await
-            .unwrap();
+        let r = command(
+            n.port,
+            &["EVAL", "return #redis.call('keys', 'fg:{*')", "0"],
+        )
+        .await
+        .unwrap();
         sizes.push(r.trim().trim_start_matches(':').parse::<u64>().unwrap());
     }
     assert_eq!(sizes.iter().sum::<u64>(), 20, "{sizes:?}");
     assert!(sizes.iter().filter(|s| **s > 0).count() >= 2, "{sizes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_the_fallback_admits_no_more_than_the_limit() {
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    // 40 per hour fleet-wide; 4 expected replicas: 10 locally while Redis is away.
+    let cfg = global_yaml(
+        &format!("  url: {}\n", redis.url()),
+        "g",
+        40,
+        3600,
+        "[]",
+        "",
+    );
+    let fg = Sidecar::start(up.port, &cfg).await;
+    on_redis(&fg, "g").await;
+    assert_eq!(drive(fg.port, 5, 1).await, (5, 0), "5 decided in Redis");
+    // A server that hangs keeps its counts: the fallback's admissions come on top of them.
+    redis.signal(nix::sys::signal::Signal::SIGSTOP);
+    assert_eq!(drive(fg.port, 15, 1).await, (10, 5), "the local share");
+    fg.wait_metric("floodgate_redis_up{shard=\"0-16383\"}", 0.0)
+        .await;
+    redis.signal(nix::sys::signal::Signal::SIGCONT);
+    eventually(Duration::from_secs(10), "back on Redis", || async {
+        fg.metric("floodgate_redis_up{shard=\"0-16383\"}").await == Some(1.0)
+    })
+    .await;
+    // Redis holds 5; the first decision back adds the 10 admitted locally: 25 are left. The
+    // decision that timed out against the stopped server ran when it resumed and counts
+    // there too (it was also admitted locally): 24 then. Never more than the limit.
+    let (admitted, rejected) = drive(fg.port, 40, 1).await;
+    assert_eq!(admitted + rejected, 40);
+    assert!(
+        (24..=25).contains(&admitted),
+        "{admitted} admitted back on Redis: 5 + 10 + {admitted} in a window of 40"
+    );
+    assert!(up.stats.requests.load(Ordering::Relaxed) <= 40);
 }

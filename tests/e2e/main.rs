@@ -10,6 +10,7 @@ mod connections;
 mod degrade;
 mod deploy;
 mod global;
+mod global_faults;
 mod grpc;
 mod inject;
 mod lifecycle;

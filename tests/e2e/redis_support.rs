@@ -1,5 +1,6 @@
-//! Real `redis-server` processes for tests: a standalone server, or a 3-master cluster made
-//! with `redis-cli --cluster create`, each on free loopback ports, each test its own.
+//! Real `redis-server` processes for tests: a standalone server, or a cluster of 3 masters
+//! (and optionally a replica each) made with `redis-cli --cluster create`, each on free
+//! loopback ports, each test its own.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -38,6 +39,9 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     cluster: bool,
+    /// `cluster-node-timeout` in ms, and then `cluster-require-full-coverage no` (cluster
+    /// nodes only; Redis's defaults when `None`).
+    node_timeout: Option<u64>,
 }
 
 impl RedisServer {
@@ -46,11 +50,16 @@ impl RedisServer {
     }
 
     async fn start_on(port: u16, cluster: bool) -> Self {
+        Self::start_node(port, cluster, None).await
+    }
+
+    async fn start_node(port: u16, cluster: bool, node_timeout: Option<u64>) -> Self {
         let mut s = Self {
             port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
             cluster,
+            node_timeout,
         };
         s.spawn().await;
         s
@@ -79,6 +88,12 @@ impl RedisServer {
                 "--cluster-config-file",
                 "nodes.conf",
             ]);
+            if let Some(t) = self.node_timeout {
+                // Failover tests: with full coverage required (Redis's default) every master
+                // answers CLUSTERDOWN while one is failed, so no shard could stay in Redis.
+                cmd.args(["--cluster-node-timeout", &t.to_string()])
+                    .args(["--cluster-require-full-coverage", "no"]);
+            }
         }
         self.child = Some(
             cmd.spawn()
@@ -110,6 +125,14 @@ impl RedisServer {
         }
     }
 
+    /// Sends `sig` to the server (SIGSTOP / SIGCONT: a server that hangs, then resumes).
+    #[allow(dead_code)]
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("server not running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
     /// Starts it again on the same port, empty.
     pub async fn restart(&mut self) {
         self.kill();
@@ -135,16 +158,24 @@ impl Drop for RedisServer {
     }
 }
 
-/// Three masters, no replicas, slots spread by `redis-cli --cluster create`.
+/// Three masters, no replicas or one each, slots spread by `redis-cli --cluster create`.
 pub struct RedisCluster {
+    /// The masters first (as created), then the replicas.
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Three masters, no replicas.
     pub async fn start() -> Self {
+        Self::start_with(0, None).await
+    }
+
+    /// Three masters with `replicas` replicas each, and `cluster-node-timeout` (ms), which
+    /// also turns off `cluster-require-full-coverage`.
+    pub async fn start_with(replicas: usize, node_timeout: Option<u64>) -> Self {
         let mut nodes = Vec::new();
-        for _ in 0..3 {
-            nodes.push(RedisServer::start_on(free_port_with_bus(), true).await);
+        for _ in 0..3 * (1 + replicas) {
+            nodes.push(RedisServer::start_node(free_port_with_bus(), true, node_timeout).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -154,7 +185,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli not found: run scripts/test.sh, which installs it");
         assert!(
@@ -172,10 +203,54 @@ impl RedisCluster {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        // `--cluster create` makes the first three masters; the replicas attach meanwhile.
+        // Wait until every replica is one, so a failover has someone to promote.
+        if replicas > 0 {
+            for n in &nodes[3..] {
+                while !command(n.port, &["INFO", "replication"])
+                    .await
+                    .is_ok_and(|r| r.contains("role:slave") && r.contains("master_link_status:up"))
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "replicas not in sync within 15 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
         Self { nodes }
     }
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The master (an index into `nodes`) that serves `slot` now, as node `via` sees it.
+    #[allow(dead_code)]
+    pub async fn master_of(&self, via: usize, slot: u16) -> Option<usize> {
+        let slots = command(self.nodes[via].port, &["CLUSTER", "SLOTS"])
+            .await
+            .ok()?;
+        let lines: Vec<&str> = slots.lines().collect();
+        // RESP2 text; each entry: *N, :start, :end, *M (the master), $len, host, :port, ...
+        let mut i = 0;
+        while i + 6 < lines.len() {
+            if let (Some(a), Some(b)) = (
+                lines[i]
+                    .strip_prefix(':')
+                    .and_then(|v| v.parse::<u16>().ok()),
+                lines[i + 1]
+                    .strip_prefix(':')
+                    .and_then(|v| v.parse::<u16>().ok()),
+            ) {
+                if lines[i + 2].starts_with('*') && (a..=b).contains(&slot) {
+                    let port: u16 = lines[i + 5].strip_prefix(':')?.parse().ok()?;
+                    return self.nodes.iter().position(|n| n.port == port);
+                }
+            }
+            i += 1;
+        }
+        None
     }
 }

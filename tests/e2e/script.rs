@@ -202,3 +202,38 @@ async fn several_windows_decide_together_and_the_tightest_answers() {
         "expiry follows the longest window: {ttl}"
     );
 }
+
+#[tokio::test]
+async fn counts_handed_over_from_the_fallback_fill_the_window_first() {
+    let r = RedisServer::start().await;
+    // Two windows; the sidecar admitted 6 (short window) and 8 (long window) locally.
+    let mut args: Vec<String> = ["EVAL", SCRIPT, "1", "fg:{h:1}", "f+"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for v in ["10", "60000", "20", "3600000", "6", "8"] {
+        args.push(v.into());
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let raw = command(r.port, &argv).await.unwrap();
+    assert!(raw.contains("1 1 3 "), "admitted, 10 - 6 - 1 left: {raw:?}");
+    assert_eq!(
+        int(&r, &["HGET", "fg:{h:1}", "c2"]).await,
+        9,
+        "8 + this one"
+    );
+    // The hand-over is charged once: the next decisions go on from there.
+    for left in (0..3).rev() {
+        let d = decide(&r, "fg:{h:1}", "f", &[(10, 60_000), (20, 3_600_000)]).await;
+        assert!(d.allowed);
+        assert_eq!((d.window, d.remaining), (1, left));
+    }
+    let d = decide(&r, "fg:{h:1}", "f", &[(10, 60_000), (20, 3_600_000)]).await;
+    assert!(
+        !d.allowed,
+        "10 in the window, 6 of them admitted in the fallback"
+    );
+    // Expiry follows the longest window (the counts are not mistaken for one).
+    let ttl = int(&r, &["PTTL", "fg:{h:1}"]).await;
+    assert!(ttl > 3_600_000, "{ttl}");
+}

@@ -156,6 +156,28 @@ impl Limiter {
             .fold(0.0, f64::max)
     }
 
+    /// Hands `key`'s local counts over (see [`WindowTable::take`]): one count per window,
+    /// shortest first, as Redis's script takes them; `None` when there is nothing to hand
+    /// over, cheaply while no key has counts. `token_bucket` hands nothing over (governor's
+    /// state cannot be read back), so its first window back in Redis may admit up to the local
+    /// share on top of the limit.
+    pub fn take(&self, key: impl FnOnce() -> u64) -> Option<Vec<u64>> {
+        let may = |w: &Window| matches!(&w.state, State::Window(t) if t.may_have_counts());
+        if !self.windows.iter().any(may) {
+            return None;
+        }
+        let (key, now) = (key(), self.clock.elapsed());
+        let counts: Vec<u64> = self
+            .windows
+            .iter()
+            .map(|w| match &w.state {
+                State::Window(t) => t.take(key, now),
+                State::Gcra(_) => 0,
+            })
+            .collect();
+        counts.iter().any(|&c| c > 0).then_some(counts)
+    }
+
     /// Keys with state now (in the main window).
     pub fn keys(&self) -> usize {
         self.windows

@@ -126,6 +126,13 @@ impl LimitSet {
         self.check_where(route, parts, |_| true, record)
     }
 
+    /// Hands over what limit `i` counted locally for the request's key (see
+    /// [`Limiter::take`]): a global limit decided in Redis again after the local fallback.
+    pub fn take_local(&self, i: usize, parts: &RequestParts<'_>) -> Option<Vec<u64>> {
+        let l = self.limiters.get(i)?;
+        l.take(|| key_hash(&self.hasher, &l.def.key, parts))
+    }
+
     /// Like [`LimitSet::check`], for the limits `include` accepts (the others are decided
     /// elsewhere, e.g. in Redis, and merged with [`merge`]).
     pub fn check_where(

@@ -9,6 +9,7 @@
 //! requests wrongly decided on real traffic.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ pub struct WindowTable {
     window: Duration,
     sliding: bool,
     shards: Vec<Mutex<HashMap<u64, Counts>>>,
+    /// Some key may have counts: lets [`WindowTable::take`]'s callers skip the lookup (and the
+    /// key hash) on every request while the table is empty, as a global limit's is while Redis
+    /// decides it.
+    nonempty: AtomicBool,
 }
 
 impl WindowTable {
@@ -56,6 +61,7 @@ impl WindowTable {
             window,
             sliding,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            nonempty: AtomicBool::new(false),
         }
     }
 
@@ -79,6 +85,9 @@ impl WindowTable {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if !self.nonempty.load(Ordering::Relaxed) {
+            self.nonempty.store(true, Ordering::Relaxed);
+        }
         let c = map.entry(key).or_default();
         if c.window != idx {
             c.previous = if c.window + 1 == idx { c.current } else { 0 };
@@ -127,6 +136,9 @@ impl WindowTable {
         let w = self.window.as_nanos().max(1);
         let idx = u64::try_from(now.as_nanos() / w).unwrap_or(u64::MAX);
         let mut busiest = 0u64;
+        // Cleared first: a key counted during the scan sets it again by itself.
+        self.nonempty.store(false, Ordering::Relaxed);
+        let mut any = false;
         for shard in &self.shards {
             let mut map = match shard.lock() {
                 Ok(m) => m,
@@ -139,6 +151,7 @@ impl WindowTable {
                 idx
             };
             map.retain(|_, c| c.window >= keep_from);
+            any |= !map.is_empty();
             busiest = map
                 .values()
                 .filter(|c| c.window == idx)
@@ -148,7 +161,34 @@ impl WindowTable {
                 map.shrink_to_fit();
             }
         }
+        if any {
+            self.nonempty.store(true, Ordering::Relaxed);
+        }
         busiest as f64 / max.max(1) as f64
+    }
+
+    /// Whether some key may have counts (cheap: one atomic load).
+    pub fn may_have_counts(&self) -> bool {
+        self.nonempty.load(Ordering::Relaxed)
+    }
+
+    /// Forgets `key` and returns what it admitted at `now` in the current window and the one
+    /// before (all of both, unweighted): what a global limit decided locally while Redis was
+    /// away hands over to Redis when it is back. Any window of Redis's that `now` is in
+    /// overlaps only these two of this table's windows (both are as long), so nothing admitted
+    /// in it is missed; what came before it is charged too, which errs on the strict side.
+    pub fn take(&self, key: u64, now: Duration) -> u64 {
+        let w = self.window.as_nanos().max(1);
+        let idx = u64::try_from(now.as_nanos() / w).unwrap_or(u64::MAX);
+        let mut map = match self.shard(key).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match map.remove(&key) {
+            Some(c) if c.window == idx => c.current + c.previous,
+            Some(c) if c.window + 1 == idx => c.current,
+            _ => 0,
+        }
     }
 
     /// Keys remembered now.
@@ -192,6 +232,27 @@ mod tests {
 
     fn table(max: u64, window: Duration, sliding: bool) -> Sized {
         Sized(WindowTable::new(window, sliding), max)
+    }
+
+    #[test]
+    fn take_hands_over_this_and_the_last_window_once() {
+        let t = table(10, S, false);
+        assert!(!t.0.may_have_counts());
+        for _ in 0..3 {
+            t.check(7, ms(900));
+        }
+        for _ in 0..2 {
+            t.check(7, ms(1100));
+        }
+        assert!(t.0.may_have_counts());
+        assert_eq!(t.0.take(7, ms(1200)), 5, "both windows");
+        assert_eq!(t.0.take(7, ms(1200)), 0, "once");
+        t.check(8, ms(1100));
+        assert_eq!(t.0.take(8, ms(2500)), 1, "the window before");
+        t.check(9, ms(1100));
+        assert_eq!(t.0.take(9, ms(3500)), 0, "too old to matter");
+        t.sweep(ms(5000));
+        assert!(!t.0.may_have_counts(), "empty after the sweep");
     }
 
     #[test]

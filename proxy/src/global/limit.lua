@@ -1,7 +1,11 @@
 -- Floodgate global rate limit: one atomic decision for one key of one limit.
 -- KEYS[1]  the key's hash, hash-tagged so every window of it lives in one slot
--- ARGV[1]  'f' fixed window | 's' sliding window | 't' token bucket (GCRA)
--- ARGV[2..] pairs of (max_requests, window_ms), shortest window first
+-- ARGV[1]  'f' fixed window | 's' sliding window | 't' token bucket (GCRA); 'f+' / 's+' when
+--          counts to hand over follow the pairs (see below)
+-- ARGV[2..] pairs of (max_requests, window_ms), shortest window first; then, after 'f+' / 's+',
+--          one count per window: requests the sidecar admitted locally for this key while
+--          Redis was away, added to the current windows before deciding (once per key and
+--          outage, so the window it returns in holds every request it admitted in it)
 -- Returns "allowed window remaining reset_ms retry_after_ms" as one string (one RESP value:
 -- the client's reply parser costs per value, and this is every request's reply) for the
 -- rejecting window, or else the window with the least share left. Time is the server's (TIME), so sidecars with
@@ -24,8 +28,28 @@ local renew = kind == 't'
 -- formatted here is integral.
 local function int(x) return string.format('%d', x) end
 local function done(r)
-  if renew then redis.call('PEXPIRE', key, int(2 * tonumber(ARGV[#ARGV]))) end
+  if renew then redis.call('PEXPIRE', key, int(2 * tonumber(ARGV[2 * n + 1]))) end
   return string.format('%d %d %d %d %d', r[1], r[2], r[3], r[4], r[5])
+end
+if #kind > 1 then
+  kind = string.sub(kind, 1, 1)
+  n = (#ARGV - 1) / 3
+  renew = true
+  for i = 1, n do
+    local k = tonumber(ARGV[1 + 2 * n + i])
+    if kind ~= 't' and k > 0 then
+      local si = int(i)
+      local fw, fc, fp = 'w' .. si, 'c' .. si, 'p' .. si
+      local idx = math.floor(now / tonumber(ARGV[2 * i + 1]))
+      local v = redis.call('HMGET', key, fw, fc, fp)
+      local wi, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+      if wi ~= idx then
+        if wi == idx - 1 then p = c else p = 0 end
+        c = 0
+      end
+      redis.call('HSET', key, fw, int(idx), fc, int(c + k), fp, int(p))
+    end
+  end
 end
 local best, best_share = nil, 2
 for i = 1, n do

@@ -1,12 +1,18 @@
 //! Fleet-wide limits in Redis. Each decision is one `EVALSHA` of `limit.lua` (reloaded on
-//! `NOSCRIPT` by redis-rs) on one multiplexed connection, so concurrent decisions are
-//! pipelined and no request waits on more than one round trip. Decisions have a connection of
-//! their own, opened from the runtime that serves requests so that its I/O is driven there;
-//! the prober and the fleet sync share another. Every call has the
-//! `redis.timeout_ms` budget; past it, or on any error, the backend is marked down, requests
-//! decide locally at the Redis-outage share, and a prober brings it back by itself.
+//! `NOSCRIPT` by redis-rs) on one multiplexed connection to the key's master ([`link`]), so
+//! concurrent decisions are pipelined and no request waits on more than one round trip.
+//! Decisions have connections of their own, opened from the runtime that serves requests so
+//! that their I/O is driven there; the prober has others. Every call has the
+//! `redis.timeout_ms` budget;
+//! past it, or on any error, the key's shard ([`health`]) is marked down and its keys decide
+//! locally at the Redis-outage share, until the prober ([`probe`]), which runs the very
+//! script decisions run, on every shard, brings it back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+pub mod health;
+mod link;
+mod probe;
+pub mod slot;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +23,10 @@ use floodgate_policy::Outcome;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use prometheus::{Histogram, IntCounterVec};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tracing::{info, warn};
+use redis::aio::ConnectionManager;
+use redis::IntoConnectionInfo;
+
+use health::Health;
 
 const SCRIPT: &str = include_str!("limit.lua");
 
@@ -32,7 +40,7 @@ enum Conn {
 /// Why a global decision could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum GlobalError {
-    /// Marked down; not tried.
+    /// The key's shard is marked down (or there is no connection); not tried.
     #[error("redis is marked unavailable")]
     Down,
     /// Past `redis.timeout_ms`.
@@ -50,22 +58,11 @@ pub enum GlobalError {
 pub struct GlobalLimits {
     target: RedisTarget,
     timeout: Duration,
-    /// The prober's and fleet sync's connection, driven on the prober's runtime.
+    /// The fleet sync's connection (and, in a cluster, where the prober reads the slot map):
+    /// for a standalone server the prober's own, for a cluster redis-rs's cluster connection.
+    /// Decisions and probes go to each shard's master directly ([`link::Link`]).
     conn: ArcSwapOption<Conn>,
-    /// The decisions' connection. A multiplexed connection's I/O task runs on the runtime
-    /// that opened it; opened by the prober it would sit on the prober's own thread, and
-    /// every decision would cross threads twice (an eventfd wake-up each way and no batching
-    /// of concurrent commands into one write). So the first decision that finds none starts
-    /// opening one from the proxy's runtime, in a task of its own (not against any request's
-    /// `redis.timeout_ms`: a budget shorter than a connection handshake must not keep Redis
-    /// away for good), and decisions use the prober's connection until it is ready. Measured:
-    /// 0.55 -> 0.68 of the no-limit throughput on the bench's loopback Redis, 79 -> 68 us of
-    /// proxy CPU per request. Emptied each time Redis comes back, so decisions do not find
-    /// the connection broken by the outage (the prober only proves its own).
-    decisions: ArcSwapOption<Conn>,
-    /// A task is opening the decisions' connection.
-    opening: AtomicBool,
-    healthy: AtomicBool,
+    health: Health,
     script: redis::Script,
     latency: Histogram,
     errors: IntCounterVec,
@@ -73,77 +70,95 @@ pub struct GlobalLimits {
 
 impl GlobalLimits {
     /// A backend for `cfg`; it connects once its prober service runs.
-    pub fn new(cfg: &Redis, latency: Histogram, errors: IntCounterVec) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(cfg: &Redis, metrics: &crate::metrics::Metrics) -> Result<Arc<Self>, GlobalError> {
+        let (transitions, up) = (metrics.redis_transitions.clone(), metrics.redis_up.clone());
+        let health = match &cfg.target {
+            RedisTarget::Standalone(url) => {
+                Health::standalone(url.as_str().into_connection_info()?, transitions, up)
+            }
+            RedisTarget::Cluster(_) => Health::cluster(transitions, up),
+        };
+        Ok(Arc::new(Self {
             target: cfg.target.clone(),
             timeout: cfg.timeout,
             conn: ArcSwapOption::empty(),
-            decisions: ArcSwapOption::empty(),
-            opening: AtomicBool::new(false),
-            healthy: AtomicBool::new(false),
+            health,
             script: redis::Script::new(SCRIPT),
-            latency,
-            errors,
-        })
+            latency: metrics.redis_latency.clone(),
+            errors: metrics.redis_errors.clone(),
+        }))
     }
 
-    /// Whether requests should try Redis now.
+    /// Every shard is up: no global limit decides locally now.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.all_up()
     }
 
-    /// One decision for the key `key_hash` of `limit`.
+    /// Some shard is up: global limits are worth sending to Redis (keys of a down shard are
+    /// answered [`GlobalError::Down`] without a round trip).
+    pub fn any_healthy(&self) -> bool {
+        self.health.any_up()
+    }
+
+    /// The cluster slot of `key` (0 for a standalone server: one shard holds everything).
+    fn slot(&self, key: &str) -> u16 {
+        match self.target {
+            RedisTarget::Standalone(_) => 0,
+            RedisTarget::Cluster(_) => slot::of_key(key.as_bytes()),
+        }
+    }
+
+    /// One decision for the key `key_hash` of `limit`. `carry` hands over what this sidecar
+    /// admitted locally for the key while its shard was down, one count per window, shortest
+    /// first ([`floodgate_policy::LimitSet::take_local`]); Redis adds it before deciding. It
+    /// is called only once the key's shard is known to be up, so a key that stays local keeps
+    /// its local counts. (Should this very call fail, the handed-over counts are lost: the key
+    /// starts its local share afresh, once, on a shard that failed right after coming back.)
     pub async fn check(
         self: &Arc<Self>,
         limit: &Limit,
         key_hash: u64,
+        carry: impl FnOnce() -> Option<Vec<u64>>,
     ) -> Result<Outcome, GlobalError> {
-        if !self.is_healthy() {
-            return Err(GlobalError::Down);
-        }
-        let conn = match self.decisions.load_full() {
-            Some(c) => c,
-            None => {
-                self.open_decisions();
-                self.conn.load_full().ok_or(GlobalError::Down)?
-            }
-        };
+        // The hash tag is the whole key: one key's windows share a slot, keys spread over slots.
+        let key = format!("fg:{{{}:{key_hash:016x}}}", limit.name);
+        let shard = self
+            .health
+            .up_shard(self.slot(&key))
+            .ok_or(GlobalError::Down)?;
+        let conn = shard.link.for_decision().ok_or(GlobalError::Down)?;
         let mut windows: Vec<(u64, Duration)> =
             std::iter::once((limit.max_requests.get(), limit.window))
                 .chain(limit.extra_windows.iter().map(|(m, w)| (m.get(), *w)))
                 .collect();
         windows.sort_by_key(|w| w.1);
-        let kind = match limit.strategy {
-            Strategy::FixedWindow => "f",
-            Strategy::SlidingWindow => "s",
-            Strategy::TokenBucket => "t",
+        let carry = carry().filter(|c| c.len() == windows.len());
+        let kind = match (limit.strategy, carry.is_some()) {
+            (Strategy::FixedWindow, false) => "f",
+            (Strategy::FixedWindow, true) => "f+",
+            (Strategy::SlidingWindow, false) => "s",
+            (Strategy::SlidingWindow, true) => "s+",
+            (Strategy::TokenBucket, _) => "t",
         };
-        // The hash tag is the whole key: one key's windows share a slot, keys spread over slots.
-        let mut inv = self
-            .script
-            .key(format!("fg:{{{}:{key_hash:016x}}}", limit.name));
+        let mut inv = self.script.key(key);
         inv.arg(kind);
         for (max, w) in &windows {
             inv.arg(*max)
                 .arg(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
         }
-        let start = Instant::now();
-        let reply: Result<String, GlobalError> = match tokio::time::timeout(self.timeout, async {
-            match conn.as_ref().clone() {
-                Conn::Single(mut c) => inv.invoke_async(&mut c).await,
-                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+        if kind.len() > 1 {
+            for c in carry.unwrap_or_default() {
+                inv.arg(c);
             }
-        })
-        .await
-        {
-            Ok(r) => r.map_err(GlobalError::from),
-            Err(_) => Err(GlobalError::Timeout(self.timeout)),
-        };
+        }
+        let start = Instant::now();
+        let reply = self.run(conn, &inv).await;
         self.latency.observe(start.elapsed().as_secs_f64());
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
-                self.mark_down(&e);
+                self.count_error(&e);
+                self.health.decision_failed(&shard, &e);
                 return Err(e);
             }
         };
@@ -176,6 +191,18 @@ impl GlobalLimits {
         })
     }
 
+    /// Runs the limit script `inv` on `conn` within `redis.timeout_ms`.
+    async fn run(
+        &self,
+        mut conn: ConnectionManager,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<String, GlobalError> {
+        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+            Ok(r) => r.map_err(GlobalError::from),
+            Err(_) => Err(GlobalError::Timeout(self.timeout)),
+        }
+    }
+
     /// Runs `pipe` on the backend's connection (the fleet sync shares it), within 1 s.
     pub async fn query<T: redis::FromRedisValue>(
         &self,
@@ -205,134 +232,38 @@ impl GlobalLimits {
         }
     }
 
-    /// Starts opening the decisions' connection on the current (the proxy's) runtime, unless
-    /// a task is at it already.
-    fn open_decisions(self: &Arc<Self>) {
-        if self.opening.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            match this.connect().await {
-                Ok(c) => this.decisions.store(Some(Arc::new(c))),
-                Err(e) => {
-                    this.errors.with_label_values(&["connect"]).inc();
-                    tracing::debug!("redis connect for decisions failed: {e}");
-                    // Redis may refuse new connections while the prober's still works (say,
-                    // at maxclients): decisions go on over that one, and the next attempt
-                    // waits instead of following every failure at once.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-            this.opening.store(false, Ordering::Release);
-        });
-    }
-
-    fn mark_down(&self, e: &GlobalError) {
+    fn count_error(&self, e: &GlobalError) {
         let kind = match e {
+            // Not a call: nothing failed.
+            GlobalError::Down => return,
             GlobalError::Timeout(_) => "timeout",
             GlobalError::Redis(r) if r.is_connection_refusal() => "refused",
             GlobalError::Redis(r) if r.is_io_error() || r.is_connection_dropped() => "io",
             _ => "other",
         };
         self.errors.with_label_values(&[kind]).inc();
-        // Only the transition is logged: an outage must not flood the log.
-        if self.healthy.swap(false, Ordering::Relaxed) {
-            warn!(error = %e, "redis unavailable: global limits now decide locally at max_requests / expected_replicas");
-        }
     }
 
-    async fn connect(&self) -> Result<Conn, redis::RedisError> {
-        match &self.target {
-            RedisTarget::Standalone(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(1)))
-                    .set_response_timeout(Some(Duration::from_secs(1)))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                Ok(Conn::Single(
-                    ConnectionManager::new_with_config(client, config).await?,
-                ))
-            }
-            RedisTarget::Cluster(nodes) => {
-                let client =
-                    redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
-                        .connection_timeout(Duration::from_secs(1))
-                        .response_timeout(Duration::from_secs(1))
-                        .retries(1)
-                        .build()?;
-                Ok(Conn::Cluster(client.get_async_connection().await?))
-            }
-        }
-    }
-
-    async fn ping(&self, conn: &Conn) -> bool {
-        let cmd = redis::cmd("PING");
-        let fut = async {
-            match conn.clone() {
-                Conn::Single(mut c) => cmd.query_async::<String>(&mut c).await,
-                Conn::Cluster(mut c) => cmd.query_async::<String>(&mut c).await,
-            }
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), fut).await,
-            Ok(Ok(_))
-        )
-    }
-
-    /// Connects, and while marked down probes with backoff (100 ms doubling to 1 s), until
-    /// shutdown. Marks the backend up once a probe succeeds.
-    pub async fn run_prober(&self, mut shutdown: ShutdownWatch) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            if !self.is_healthy() {
-                let conn = match self.conn.load_full() {
-                    Some(c) => Some(c),
-                    None => match self.connect().await {
-                        Ok(c) => {
-                            let c = Arc::new(c);
-                            self.conn.store(Some(c.clone()));
-                            Some(c)
-                        }
-                        Err(e) => {
-                            self.errors.with_label_values(&["connect"]).inc();
-                            tracing::debug!("redis connect failed: {e}");
-                            None
-                        }
-                    },
-                };
-                if let Some(c) = conn {
-                    if self.ping(&c).await {
-                        self.decisions.store(None);
-                        self.healthy.store(true, Ordering::Relaxed);
-                        info!("redis reachable: global limits are decided in redis");
-                        backoff = Duration::from_millis(100);
-                    }
-                }
-            }
-            let wait = if self.is_healthy() {
-                Duration::from_millis(250)
-            } else {
-                backoff
-            };
-            if !self.is_healthy() {
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+    /// redis-rs's cluster connection (fleet sync, slot map), for a cluster of `nodes`.
+    async fn connect_cluster(
+        nodes: &[String],
+    ) -> Result<redis::cluster_async::ClusterConnection, redis::RedisError> {
+        redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(1))
+            .retries(1)
+            .build()?
+            .get_async_connection()
+            .await
     }
 }
 
-/// Runs [`GlobalLimits::run_prober`] as a pingora background service.
+/// Runs the prober ([`probe::run`]) as a pingora background service, until shutdown.
 pub struct Prober(pub Arc<GlobalLimits>);
 
 #[async_trait]
 impl BackgroundService for Prober {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.run_prober(shutdown).await;
+        probe::run(&self.0, shutdown).await;
     }
 }
