@@ -383,10 +383,14 @@ pub struct RawLoadIndicators {
     /// Span the rate, latency and error indicators are computed over, in seconds (default 60).
     #[serde(default)]
     pub window_seconds: Option<u64>,
+    /// Answers from the app within the span before error rate and latency are judged
+    /// (default 20); with fewer they stay `ok` and automatic degradation ignores them.
+    #[serde(default)]
+    pub min_requests: Option<u32>,
     /// Requests per second answered (default: no thresholds).
     #[serde(default)]
     pub request_rate: Option<RawThresholds>,
-    /// Median latency in milliseconds (default: no thresholds).
+    /// Median latency of the app's answers in milliseconds (default: no thresholds).
     #[serde(default)]
     pub latency_p50_ms: Option<RawThresholds>,
     /// 95th percentile latency in milliseconds (default warning 1000, critical 2000).
@@ -395,7 +399,9 @@ pub struct RawLoadIndicators {
     /// 99th percentile latency in milliseconds (default: no thresholds).
     #[serde(default)]
     pub latency_p99_ms: Option<RawThresholds>,
-    /// Share of responses with a 5xx status, 0..1 (default warning 0.01, critical 0.05).
+    /// Share of the app's answers that failed (5xx from the app, connect/read failures,
+    /// timeouts), 0..1; the sidecar's own answers are not counted (default warning 0.01,
+    /// critical 0.05).
     #[serde(default)]
     pub error_rate: Option<RawThresholds>,
     /// Requests waiting in the admission queue (default warning 100, critical 500).

@@ -784,6 +784,14 @@ fn check_indicators(cx: &mut Ctx, raw: RawLoadIndicators) -> LoadIndicators {
         );
     }
     out.window = Duration::from_secs(secs);
+    match raw.min_requests {
+        Some(0) => cx.err(
+            "load_indicators.min_requests",
+            "must be at least 1 (1 judges error rate and latency from the first answer)",
+        ),
+        Some(n) => out.min_requests = n,
+        None => {}
+    }
     let given = [
         raw.request_rate,
         raw.latency_p50_ms,
