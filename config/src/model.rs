@@ -73,6 +73,8 @@ pub struct Admin {
     pub audit_log: Option<String>,
     /// TLS of the admin port.
     pub tls: Option<AdminTls>,
+    /// A non-loopback `listen` without TLS was allowed on purpose.
+    pub allow_insecure: bool,
 }
 
 /// TLS of the admin port.

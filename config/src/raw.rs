@@ -116,10 +116,14 @@ pub struct RawAdmin {
     /// are always kept in memory for `floodgatectl audit`).
     #[serde(default)]
     pub audit_log: Option<String>,
-    /// TLS for the admin port; with `client_ca_file`, mutual TLS. Absent = plaintext (keep
-    /// the port on loopback then).
+    /// TLS for the admin port; with `client_ca_file`, mutual TLS. Absent = plaintext, which
+    /// is only allowed on loopback (see `allow_insecure`).
     #[serde(default)]
     pub tls: Option<RawAdminTls>,
+    /// Allow a non-loopback `listen` without `tls`, bearer tokens in clear text on the
+    /// network (default false: such a file is invalid). For a network you trust on purpose.
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 /// TLS of the admin port, PEM files read at start.
