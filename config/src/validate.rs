@@ -1092,7 +1092,8 @@ fn check_schedules(cx: &mut Ctx, raw: Vec<Option<RawSchedule>>, has_queue: bool)
         out.push(Schedule {
             name: s.name,
             cron: s.cron,
-            duration: Duration::from_secs(s.duration_minutes * 60),
+            // Saturating: an out-of-range value is reported above, and must not overflow here.
+            duration: Duration::from_secs(s.duration_minutes.saturating_mul(60)),
             limits_multiplier: s.limits_multiplier,
             level: s.level,
             queue_max_concurrency: q.max_concurrency,
