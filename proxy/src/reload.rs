@@ -6,8 +6,11 @@
 //! Only changes of the config file (or of the `..data` symlink it resolves through) count as
 //! events, never opens or reads: the reload's own read must not schedule another. A reload
 //! waits until events have stopped for [`DEBOUNCE`], or at most [`MAX_WAIT`] while they keep
-//! coming. A file that does not load is tried once more after a quiet debounce before the
-//! failure is counted: an in-place write seen half-done is not an invalid config.
+//! coming; while a writer has the file open (written to, not yet closed) it also waits for
+//! the close, up to [`WRITER_GRACE`], and an empty file (truncated, the bytes still to come)
+//! gets that grace too. A file that does not load is tried once more after a
+//! quiet debounce before the failure is counted: an in-place write seen half-done is not an
+//! invalid config.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -30,6 +33,9 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Longest a reload waits for events to stop, so a file rewritten without pause still
 /// reloads about once a second.
 const MAX_WAIT: Duration = Duration::from_secs(1);
+/// Longest a reload waits, after the last event, for a writer that has the file open to
+/// close it (a stalled or crashed writer must not stop reloads for good).
+const WRITER_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -130,18 +136,36 @@ fn watched_names(path: &Path) -> Vec<OsString> {
     names
 }
 
-/// True for an event that may have changed the config: a write, create, remove, rename or
-/// attribute change of a watched name. Opens and reads (the reload's own among them) are not.
-fn is_change(ev: &notify::Event, names: &[OsString]) -> bool {
-    let kind = match ev.kind {
-        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+/// An event that may have changed the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Bytes written to (or truncated off) the file in place: a writer has it open.
+    Written,
+    /// A writer closed the file: what it wrote is complete.
+    Closed,
+    /// Created, removed or renamed: the file as a whole changed.
+    Replaced,
+    /// Attributes (a truncating open reports one with its write): says nothing of a writer.
+    Touched,
+}
+
+/// What `ev` means for the config, if anything: a write, close-after-write, create, remove,
+/// rename or attribute change of a watched name. Opens and reads (the reload's own among them)
+/// are nothing.
+fn classify(ev: &notify::Event, names: &[OsString]) -> Option<Change> {
+    let change = match ev.kind {
+        EventKind::Modify(ModifyKind::Data(_)) => Change::Written,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Change::Closed,
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => {
+            Change::Replaced
+        }
+        EventKind::Modify(_) => Change::Touched,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => return None,
     };
-    kind && ev
-        .paths
+    ev.paths
         .iter()
         .any(|p| p.file_name().is_some_and(|n| names.iter().any(|w| w == n)))
+        .then_some(change)
 }
 
 /// When the watcher should next try a reload.
@@ -153,17 +177,33 @@ struct Debounce {
     first: Option<Instant>,
     /// The previous try did not load: the next one after a quiet debounce is the last.
     retry: bool,
+    /// Written in place and not closed since: a writer is (probably) mid-file.
+    writing: bool,
+    /// The file was found empty once already: the next time it is judged as it is.
+    empty_seen: bool,
 }
 
 impl Debounce {
-    fn changed(&mut self, now: Instant) {
+    fn changed(&mut self, now: Instant, change: Change) {
         self.last = Some(now);
         self.first.get_or_insert(now);
+        match change {
+            Change::Written => self.writing = true,
+            Change::Closed | Change::Replaced => self.writing = false,
+            Change::Touched => {}
+        }
     }
 
-    /// When to try: a debounce after the last change, or `MAX_WAIT` after the first.
+    /// When to try: a debounce after the last change, or `MAX_WAIT` after the first; while a
+    /// writer has the file open, not before it closes it (or `WRITER_GRACE` passes).
     fn due(&self) -> Option<Instant> {
-        Some((self.last? + DEBOUNCE).min(self.first? + MAX_WAIT))
+        let (last, first) = (self.last?, self.first?);
+        let due = (last + DEBOUNCE).min(first + MAX_WAIT);
+        Some(if self.writing {
+            due.max(last + WRITER_GRACE)
+        } else {
+            due
+        })
     }
 
     /// Events stopped for a whole debounce before `now`.
@@ -191,7 +231,7 @@ impl ReloadService {
 #[async_trait]
 impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
         let path = self.rt.config_path.clone();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -200,8 +240,8 @@ impl BackgroundService for ReloadService {
         let names = watched_names(&path);
         let mut watcher =
             match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-                if ev.is_ok_and(|ev| is_change(&ev, &names)) {
-                    let _ = tx.send(());
+                if let Some(change) = ev.ok().and_then(|ev| classify(&ev, &names)) {
+                    let _ = tx.send(change);
                 }
             }) {
                 Ok(w) => Some(w),
@@ -229,12 +269,41 @@ impl BackgroundService for ReloadService {
         // `touch`, a rename of identical content) causes no reload.
         let mut last_seen = std::fs::read(&path).ok();
         let mut wait = Debounce::default();
+        // A change written after the start-up load but before the watch was in place sent no
+        // event (and is in `last_seen` already): compare what the file says now with what was
+        // loaded, once, now that every later change will be seen.
+        let missed = match self.rt.wiring.load(&path) {
+            Ok(now) => {
+                let loaded = self
+                    .rt
+                    .file_config
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                format!("{now:?}") != format!("{:?}", *loaded)
+            }
+            Err(_) => true,
+        };
+        if missed {
+            info!(
+                "{} changed while the sidecar started; reloading",
+                path.display()
+            );
+            last_seen = None;
+            wait.changed(Instant::now(), Change::Replaced);
+        }
         loop {
             let due = wait.due();
             tokio::select! {
-                Some(()) = rx.recv() => wait.changed(Instant::now()),
+                Some(change) = rx.recv() => wait.changed(Instant::now(), change),
                 () = sleep_until(due) => {
+                    // Events already sent may put the reload off (a writer just reopened it).
+                    while let Ok(change) = rx.try_recv() {
+                        wait.changed(Instant::now(), change);
+                    }
                     let now = Instant::now();
+                    if wait.due().is_some_and(|d| d > now) {
+                        continue;
+                    }
                     // A second failure after a quiet debounce is a real one; while the file
                     // is still being written, a failure only means "not finished yet".
                     let last_try = wait.retry && wait.quiet(now);
@@ -243,13 +312,20 @@ impl BackgroundService for ReloadService {
                         wait.clear();
                         continue; // deleted mid-swap (a later event follows) or unchanged
                     }
+                    if content.as_ref().is_some_and(Vec::is_empty) && !wait.empty_seen {
+                        // Truncated by an in-place write whose bytes (or whose event) are
+                        // still to come: give the writer its grace before judging it.
+                        wait.empty_seen = true;
+                        wait.changed(now, Change::Written);
+                        continue;
+                    }
                     last_seen = content;
                     let rt = self.rt.clone();
                     let done = tokio::task::spawn_blocking(move || attempt(&rt, !last_try)).await;
                     wait.clear();
                     if let Ok(Attempt::Retry(_)) = done {
                         wait.retry = true;
-                        wait.changed(Instant::now());
+                        wait.changed(Instant::now(), Change::Replaced);
                     }
                 }
                 Some(()) = recv_hup(&mut hup) => {
@@ -283,7 +359,7 @@ async fn recv_hup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, DataChange, ModifyKind, RenameMode};
+    use notify::event::{CreateKind, DataChange, MetadataKind, RenameMode};
 
     fn ev(kind: EventKind, name: &str) -> notify::Event {
         notify::Event::new(kind).add_path(Path::new("/etc/floodgate").join(name))
@@ -293,35 +369,35 @@ mod tests {
     fn only_changes_of_the_config_or_its_data_link_are_events() {
         let names = watched_names(Path::new("/etc/floodgate/floodgate.yaml"));
         let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
-        assert!(is_change(&ev(write, "floodgate.yaml"), &names));
-        assert!(is_change(
-            &ev(EventKind::Create(CreateKind::File), "floodgate.yaml"),
-            &names
-        ));
-        assert!(is_change(
-            &ev(
+        let is = |kind, name| classify(&ev(kind, name), &names);
+        assert_eq!(is(write, "floodgate.yaml"), Some(Change::Written));
+        assert_eq!(
+            is(
                 EventKind::Access(AccessKind::Close(AccessMode::Write)),
                 "floodgate.yaml"
             ),
-            &names
-        ));
+            Some(Change::Closed)
+        );
+        assert_eq!(
+            is(EventKind::Create(CreateKind::File), "floodgate.yaml"),
+            Some(Change::Replaced)
+        );
+        let attrib = EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any));
+        assert_eq!(is(attrib, "floodgate.yaml"), Some(Change::Touched));
         // kubelet's swap: `..data_tmp` renamed over `..data`.
         let rename = EventKind::Modify(ModifyKind::Name(RenameMode::To));
-        assert!(is_change(&ev(rename, "..data"), &names));
+        assert_eq!(is(rename, "..data"), Some(Change::Replaced));
         // The reload's own read opens the file: that must not schedule another reload.
         for read in [
-            AccessKind::Open(AccessMode::Read),
+            AccessKind::Open(AccessMode::Any),
             AccessKind::Read,
             AccessKind::Close(AccessMode::Read),
         ] {
-            assert!(!is_change(
-                &ev(EventKind::Access(read), "floodgate.yaml"),
-                &names
-            ));
+            assert_eq!(is(EventKind::Access(read), "floodgate.yaml"), None);
         }
         // Other files in the directory (an editor's swap file, the log) are not the config.
-        assert!(!is_change(&ev(write, ".floodgate.yaml.swp"), &names));
-        assert!(!is_change(&ev(write, "floodgate.log"), &names));
+        assert_eq!(is(write, ".floodgate.yaml.swp"), None);
+        assert_eq!(is(write, "floodgate.log"), None);
     }
 
     #[test]
@@ -337,18 +413,19 @@ mod tests {
     #[test]
     fn a_reload_waits_for_quiet_or_at_most_max_wait() {
         let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
         let mut d = Debounce::default();
         assert_eq!(d.due(), None, "nothing waiting");
-        d.changed(t0);
+        d.changed(t0, Change::Replaced);
         assert_eq!(d.due(), Some(t0 + DEBOUNCE));
         // Each change restarts the debounce ...
-        d.changed(t0 + Duration::from_millis(50));
-        assert_eq!(d.due(), Some(t0 + Duration::from_millis(150)));
-        assert!(!d.quiet(t0 + Duration::from_millis(120)));
-        assert!(d.quiet(t0 + Duration::from_millis(150)));
+        d.changed(ms(50), Change::Replaced);
+        assert_eq!(d.due(), Some(ms(150)));
+        assert!(!d.quiet(ms(120)));
+        assert!(d.quiet(ms(150)));
         // ... but a file rewritten every 20 ms still reloads after MAX_WAIT.
-        for ms in (0..3000).step_by(20) {
-            d.changed(t0 + Duration::from_millis(ms));
+        for n in (0..3000).step_by(20) {
+            d.changed(ms(n), Change::Closed);
         }
         assert_eq!(d.due(), Some(t0 + MAX_WAIT));
         assert!(
@@ -357,5 +434,21 @@ mod tests {
         );
         d.clear();
         assert_eq!(d.due(), None);
+    }
+
+    #[test]
+    fn an_open_writer_is_waited_for_until_it_closes_the_file() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut d = Debounce::default();
+        // A truncating open (write + attributes), then the writer stalls mid-file.
+        d.changed(t0, Change::Written);
+        d.changed(t0, Change::Touched);
+        assert_eq!(d.due(), Some(t0 + WRITER_GRACE), "not while it is open");
+        d.changed(ms(300), Change::Written);
+        assert_eq!(d.due(), Some(ms(300) + WRITER_GRACE));
+        // Closed: complete, and past MAX_WAIT nothing more is waited for.
+        d.changed(ms(1200), Change::Closed);
+        assert_eq!(d.due(), Some(t0 + MAX_WAIT));
     }
 }

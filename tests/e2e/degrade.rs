@@ -487,7 +487,11 @@ load_indicators:
     assert_eq!(upstream_saw(&up, "/analytics"), 0);
     fg.wait_metric("floodgate_local_responses_total{reason=\"degraded\"}", 50.0)
         .await;
-    assert_eq!(indicator(&fg, "error_rate").await, (0.0, true));
+    // Answers are counted just after they are sent: wait for the app's 25 to be in.
+    eventually(Duration::from_secs(5), "app answers counted", || async {
+        indicator(&fg, "error_rate").await == (0.0, true)
+    })
+    .await;
     // The rule needs its cause for 1 s, judged once a second: keep refusing for 3 s and the
     // level must stay `full` throughout.
     let until = Instant::now() + Duration::from_secs(3);
@@ -499,8 +503,15 @@ load_indicators:
     // The app failing is what the rule is for: 25 of its 50 answers are 500s.
     up.stats.fail_with.store(500, Ordering::SeqCst);
     load("/other", 25, 500).await;
-    let (rate, judged) = indicator(&fg, "error_rate").await;
-    assert!(judged && (rate - 0.5).abs() < 1e-9, "{rate} {judged}");
+    eventually(
+        Duration::from_secs(5),
+        "25 of 50 app answers failed",
+        || async {
+            let (rate, judged) = indicator(&fg, "error_rate").await;
+            judged && (rate - 0.5).abs() < 1e-9
+        },
+    )
+    .await;
     eventually(
         Duration::from_secs(10),
         "degraded by the app's errors",

@@ -335,3 +335,24 @@ async fn a_storm_of_rewrites_gives_few_reloads_and_ends_on_the_last_file() {
         "{reloads} reloads for {WRITES} rewrites"
     );
 }
+
+/// An empty file is waited on (an in-place write truncates first), but not forever: left
+/// empty, it is reported as a failure once the writer's grace has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_left_empty_is_still_reported() {
+    let a = Upstream::start("A").await;
+    let fg = Sidecar::start(a.port, "").await;
+    std::fs::write(&fg.config, "").unwrap();
+    let took = eventually(Duration::from_secs(5), "empty file counted", || async {
+        fg.metric("floodgate_config_reloads_total{result=\"failure\"}")
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(
+        took >= Duration::from_secs(2),
+        "judged before the grace: {took:?}"
+    );
+    assert!(fg.log().contains("the file is empty"), "{}", fg.log());
+    assert_eq!(body_of(fg.port).await, "hello from A\n");
+}
