@@ -74,6 +74,8 @@ pub struct Admin {
     pub audit_log: Option<String>,
     /// TLS of the admin port.
     pub tls: Option<AdminTls>,
+    /// A non-loopback `listen` without TLS was allowed on purpose.
+    pub allow_insecure: bool,
 }
 
 /// TLS of the admin port.
@@ -229,7 +231,7 @@ pub enum Indicator {
     LatencyP95Ms,
     /// 99th percentile latency, ms.
     LatencyP99Ms,
-    /// Share of 5xx responses.
+    /// Share of the app's answers that failed (the sidecar's own refusals excluded).
     ErrorRate,
     /// Requests waiting in the queue.
     QueueDepth,
@@ -277,6 +279,8 @@ pub struct Thresholds {
 pub struct LoadIndicators {
     /// Span of the rate, latency and error indicators.
     pub window: Duration,
+    /// App answers within the span before error rate and latency may leave `ok` (>= 1).
+    pub min_requests: u32,
     /// Thresholds, indexed like [`Indicator::ALL`].
     pub thresholds: [Thresholds; 7],
 }
@@ -289,7 +293,8 @@ impl LoadIndicators {
 }
 
 impl Default for LoadIndicators {
-    /// The runbook's: queue depth 100/500, p95 1000/2000 ms, error rate 1%/5%, over 60 s.
+    /// The runbook's: queue depth 100/500, p95 1000/2000 ms, error rate 1%/5%, over 60 s,
+    /// judged once 20 answers from the app are in the span.
     fn default() -> Self {
         let t = |w, c| Thresholds {
             warning: Some(w),
@@ -298,6 +303,7 @@ impl Default for LoadIndicators {
         let none = Thresholds::default();
         Self {
             window: Duration::from_secs(60),
+            min_requests: 20,
             thresholds: [
                 none,
                 none,

@@ -116,10 +116,14 @@ pub struct RawAdmin {
     /// are always kept in memory for `floodgatectl audit`).
     #[serde(default)]
     pub audit_log: Option<String>,
-    /// TLS for the admin port; with `client_ca_file`, mutual TLS. Absent = plaintext (keep
-    /// the port on loopback then).
+    /// TLS for the admin port; with `client_ca_file`, mutual TLS. Absent = plaintext, which
+    /// is only allowed on loopback (see `allow_insecure`).
     #[serde(default)]
     pub tls: Option<RawAdminTls>,
+    /// Allow a non-loopback `listen` without `tls`, bearer tokens in clear text on the
+    /// network (default false: such a file is invalid). For a network you trust on purpose.
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 /// TLS of the admin port, PEM files read at start.
@@ -383,10 +387,14 @@ pub struct RawLoadIndicators {
     /// Span the rate, latency and error indicators are computed over, in seconds (default 60).
     #[serde(default)]
     pub window_seconds: Option<u64>,
+    /// Answers from the app within the span before error rate and latency are judged
+    /// (default 20); with fewer they stay `ok` and automatic degradation ignores them.
+    #[serde(default)]
+    pub min_requests: Option<u32>,
     /// Requests per second answered (default: no thresholds).
     #[serde(default)]
     pub request_rate: Option<RawThresholds>,
-    /// Median latency in milliseconds (default: no thresholds).
+    /// Median latency of the app's answers in milliseconds (default: no thresholds).
     #[serde(default)]
     pub latency_p50_ms: Option<RawThresholds>,
     /// 95th percentile latency in milliseconds (default warning 1000, critical 2000).
@@ -395,7 +403,9 @@ pub struct RawLoadIndicators {
     /// 99th percentile latency in milliseconds (default: no thresholds).
     #[serde(default)]
     pub latency_p99_ms: Option<RawThresholds>,
-    /// Share of responses with a 5xx status, 0..1 (default warning 0.01, critical 0.05).
+    /// Share of the app's answers that failed (5xx from the app, connect/read failures,
+    /// timeouts), 0..1; the sidecar's own answers are not counted (default warning 0.01,
+    /// critical 0.05).
     #[serde(default)]
     pub error_rate: Option<RawThresholds>,
     /// Requests waiting in the admission queue (default warning 100, critical 500).

@@ -237,7 +237,7 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
             }
             tokens.push((t.file, t.role));
         }
-        Some(Admin {
+        let admin = Admin {
             listen,
             tokens,
             audit_log: a.audit_log.filter(|f| !f.trim().is_empty()),
@@ -246,7 +246,12 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
                 key_file: t.key_file,
                 client_ca_file: t.client_ca_file,
             }),
-        })
+            allow_insecure: a.allow_insecure,
+        };
+        if let Some(problem) = admin_in_clear(&admin, &format!("`{listen}`")) {
+            cx.err("admin.listen", problem);
+        }
+        Some(admin)
     });
     for (path, addr, other) in listener_clashes([
         ("listen", listen),
@@ -387,6 +392,23 @@ fn ms(cx: &mut Ctx, path: &str, v: Option<u64>, default: u64, max: u64) -> Durat
         );
     }
     Duration::from_millis(v)
+}
+
+/// Why `admin` would put bearer tokens on the network in clear text, if it would: a
+/// non-loopback `listen` without `tls`, not allowed by `allow_insecure`. `shown` is how the
+/// address was given (the file's value, or the command-line flag).
+pub(crate) fn admin_in_clear(admin: &Admin, shown: &str) -> Option<String> {
+    // `::ffff:127.0.0.1` is loopback too.
+    if admin.tls.is_some() || admin.allow_insecure || admin.listen.ip().to_canonical().is_loopback()
+    {
+        return None;
+    }
+    Some(format!(
+        "{shown} is not a loopback address and `admin.tls` is not set, so bearer tokens would \
+         cross the network in clear text; set `admin.tls`, bind `127.0.0.1:{port}`, or set \
+         `admin.allow_insecure: true` if that network is trusted on purpose",
+        port = admin.listen.port()
+    ))
 }
 
 /// Listeners that reuse an earlier one's address: `(path, address, the earlier path)`.
@@ -784,6 +806,14 @@ fn check_indicators(cx: &mut Ctx, raw: RawLoadIndicators) -> LoadIndicators {
         );
     }
     out.window = Duration::from_secs(secs);
+    match raw.min_requests {
+        Some(0) => cx.err(
+            "load_indicators.min_requests",
+            "must be at least 1 (1 judges error rate and latency from the first answer)",
+        ),
+        Some(n) => out.min_requests = n,
+        None => {}
+    }
     let given = [
         raw.request_rate,
         raw.latency_p50_ms,
@@ -1073,7 +1103,8 @@ fn check_schedules(cx: &mut Ctx, raw: Vec<Option<RawSchedule>>, has_queue: bool)
         out.push(Schedule {
             name: s.name,
             cron: s.cron,
-            duration: Duration::from_secs(s.duration_minutes * 60),
+            // Saturating: an out-of-range value is reported above, and must not overflow here.
+            duration: Duration::from_secs(s.duration_minutes.saturating_mul(60)),
             limits_multiplier: s.limits_multiplier,
             level: s.level,
             queue_max_concurrency: q.max_concurrency,

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::validate::{is_host_port, listener_clashes};
+use crate::validate::{admin_in_clear, is_host_port, listener_clashes};
 use crate::{Config, ConfigErrors, FieldError, LoadError};
 
 /// Addresses given on the command line; `None` keeps the file's.
@@ -52,7 +52,13 @@ impl Wiring {
         }
         if let Some(a) = self.admin_listen {
             match config.admin.as_mut() {
-                Some(admin) => admin.listen = a,
+                Some(admin) => {
+                    admin.listen = a;
+                    // The file was checked with its own address; the one in effect is this.
+                    if let Some(problem) = admin_in_clear(admin, &format!("`--admin-listen {a}`")) {
+                        err("admin.listen", problem);
+                    }
+                }
                 None => err(
                     "admin",
                     format!(
@@ -124,6 +130,46 @@ mod tests {
             c.metrics_listen.map(|a| a.to_string()).as_deref(),
             Some("0.0.0.0:15090")
         );
+    }
+
+    #[test]
+    fn admin_listen_off_loopback_needs_tls_or_allow_insecure() {
+        let with_admin = |extra: &str| {
+            let file = format!(
+                "{FILE}admin:\n  listen: 127.0.0.1:9901\n  tokens: [{{ file: /t, role: viewer }}]\n{extra}"
+            );
+            crate::parse(&file, Path::new("f.yaml")).expect("valid")
+        };
+        let w = Wiring {
+            admin_listen: Some("0.0.0.0:15901".parse().expect("addr")),
+            ..Wiring::default()
+        };
+        let mut c = with_admin("");
+        let e = w
+            .apply(&mut c, Path::new("f.yaml"))
+            .expect_err("clear text on the pod network")
+            .to_string();
+        assert!(
+            e.contains(
+                "admin.listen: `--admin-listen 0.0.0.0:15901` is not a loopback address and \
+                 `admin.tls` is not set, so bearer tokens would cross the network in clear text; \
+                 set `admin.tls`, bind `127.0.0.1:15901`, or set `admin.allow_insecure: true`"
+            ),
+            "{e}"
+        );
+        let mut c = with_admin("  allow_insecure: true\n");
+        w.apply(&mut c, Path::new("f.yaml"))
+            .expect("allowed on purpose");
+        let mut c = with_admin("  tls: { cert_file: /c, key_file: /k }\n");
+        w.apply(&mut c, Path::new("f.yaml")).expect("TLS");
+        let mut c = with_admin("");
+        let loopback = Wiring {
+            admin_listen: Some("[::1]:15901".parse().expect("addr")),
+            ..Wiring::default()
+        };
+        loopback
+            .apply(&mut c, Path::new("f.yaml"))
+            .expect("loopback");
     }
 
     #[test]

@@ -65,3 +65,30 @@ fn all_errors_are_reported_together_with_file_and_line() {
         "{shown}"
     );
 }
+
+/// The other side of `admin_in_clear.yaml`: off loopback is fine with TLS, or when allowed on
+/// purpose; loopback (IPv4, IPv6, IPv4-mapped) needs neither.
+#[test]
+fn admin_off_loopback_is_valid_with_tls_or_allow_insecure() {
+    let file = |admin: &str| {
+        format!("listen: 127.0.0.1:8080\nupstream: {{ address: 127.0.0.1:3000 }}\nadmin:\n{admin}")
+    };
+    for admin in [
+        "  listen: 0.0.0.0:9901\n  tls: { cert_file: /c.pem, key_file: /k.pem }\n",
+        "  listen: 10.0.0.7:9901\n  allow_insecure: true\n",
+        "  listen: 127.0.0.1:9901\n",
+        "  listen: \"[::1]:9901\"\n",
+        "  listen: \"[::ffff:127.0.0.1]:9901\"\n",
+    ] {
+        if let Err(e) = floodgate_config::parse(&file(admin), Path::new("f.yaml")) {
+            panic!("{admin}: {e}");
+        }
+    }
+    let e = floodgate_config::parse(&file("  listen: \"[::]:9901\"\n"), Path::new("f.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("admin.listen: `[::]:9901` is not a loopback address"),
+        "{e}"
+    );
+}

@@ -189,10 +189,11 @@ fn start(
                     t.client_ca_file.as_deref(),
                 )?),
                 None => {
-                    if !a.listen.ip().is_loopback() {
+                    // Validation refuses this unless `admin.allow_insecure` says it is meant.
+                    if !a.listen.ip().to_canonical().is_loopback() {
                         tracing::warn!(
                             listen = %a.listen,
-                            "admin.listen is not on loopback and has no admin.tls: tokens cross the network in the clear"
+                            "admin.allow_insecure: admin.listen is not on loopback and has no admin.tls: tokens cross the network in the clear"
                         );
                     }
                     None

@@ -928,8 +928,15 @@ impl ProxyHttp for Floodgate {
         if let Some(h) = ctx.snap.route_duration.get(ctx.route) {
             h.observe(elapsed.as_secs_f64());
         }
-        if !ctx.abandoned {
-            ctx.snap.load.record(elapsed, status >= 500);
+        // Only the app's outcomes feed error rate and latency: the sidecar's own answers
+        // are instant and would let shedding raise the error rate that triggers shedding.
+        match ctx.reason {
+            Some(Reason::UpstreamUnavailable | Reason::UpstreamTimeout | Reason::UpstreamError) => {
+                ctx.snap.load.record_app(elapsed, true);
+            }
+            Some(_) => ctx.snap.load.record_own(),
+            None if !ctx.abandoned => ctx.snap.load.record_app(elapsed, status >= 500),
+            None => {}
         }
         if let Some(r) = ctx.reason {
             rt.metrics

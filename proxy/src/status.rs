@@ -156,6 +156,7 @@ impl Status {
                     level: r.level.as_str(),
                     warning: r.thresholds.warning,
                     critical: r.thresholds.critical,
+                    judged: r.judged,
                 })
                 .collect(),
         }
@@ -241,4 +242,7 @@ pub struct IndicatorReport {
     pub warning: Option<f64>,
     /// Critical threshold.
     pub critical: Option<f64>,
+    /// False while fewer than `load_indicators.min_requests` app answers are in the window:
+    /// the level stays `ok` and automatic degradation ignores the value.
+    pub judged: bool,
 }

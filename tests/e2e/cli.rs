@@ -106,3 +106,37 @@ async fn health_subcommand_probes_readyz_and_healthz() {
         "{err}"
     );
 }
+
+/// Bearer tokens never go on the network in clear text by accident: neither the file's
+/// `admin.listen` nor `--admin-listen` may leave loopback without `admin.tls`.
+#[test]
+fn admin_off_loopback_without_tls_is_refused_by_validate_and_at_start() {
+    let f = repo("config/tests/fixtures/invalid/admin_in_clear.yaml");
+    let (code, _, err) = floodgate(&["validate", &f]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}:7: admin.listen: `0.0.0.0:9901` is not a loopback address"
+        )),
+        "{err}"
+    );
+    // A loopback file made non-loopback by the flag is refused before anything binds.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("floodgate.yaml");
+    let (port, admin) = (crate::support::free_port(), crate::support::free_port());
+    std::fs::write(
+        &cfg,
+        format!("listen: 127.0.0.1:{port}\nupstream: {{ address: 127.0.0.1:3000 }}\nadmin:\n  listen: 127.0.0.1:{admin}\n"),
+    )
+    .unwrap();
+    let flag = format!("--admin-listen=0.0.0.0:{admin}");
+    let (code, _, err) = floodgate(&["--config", cfg.to_str().unwrap(), &flag]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "admin.listen: `--admin-listen 0.0.0.0:{admin}` is not a loopback address and `admin.tls` is not set"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("`admin.allow_insecure: true`"), "{err}");
+}

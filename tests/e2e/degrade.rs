@@ -427,3 +427,95 @@ load_indicators:
     );
     assert!(fg.log().contains("latency_p95_ms"), "{}", fg.log());
 }
+
+/// The value and `judged` flag of one indicator in `GET /status`.
+async fn indicator(fg: &Sidecar, name: &str) -> (f64, bool) {
+    let (_, _, body) = http_get(fg.metrics_port, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let i = status["indicators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap()
+        .clone();
+    (i["value"].as_f64().unwrap(), i["judged"].as_bool().unwrap())
+}
+
+/// A feature answered by its 503 fallback is the sidecar refusing, not the app failing: under
+/// load it leaves `error_rate` at 0 and the error-rate rule of automatic degradation never
+/// fires on it, where before every such 503 counted and shedding fed on itself. The same rule
+/// does fire once the app itself fails.
+#[tokio::test]
+async fn the_sidecars_own_503s_never_feed_error_rate_or_auto_degradation() {
+    let up = Upstream::start("app").await;
+    let fg = Sidecar::start(
+        up.port,
+        &degradation(
+            "full",
+            "  features: { analytics: false }
+  auto:
+    enabled: true
+    rules:
+      - { indicator: error_rate, above: 0.05, for_seconds: 1, level: degraded }
+load_indicators:
+  window_seconds: 10
+",
+        ),
+    )
+    .await;
+    let load = |path: &'static str, n: usize, want: u16| {
+        let port = fg.port;
+        async move {
+            let calls: Vec<_> = (0..5)
+                .map(|_| {
+                    tokio::spawn(async move {
+                        for _ in 0..n / 5 {
+                            assert_eq!(http_get(port, path).await.unwrap().0, want, "{path}");
+                        }
+                    })
+                })
+                .collect();
+            for c in calls {
+                c.await.unwrap();
+            }
+        }
+    };
+    // 50 refusals by the sidecar, and 25 good answers from the app (over min_requests, 20).
+    load("/analytics/x", 50, 503).await;
+    load("/other", 25, 200).await;
+    assert_eq!(upstream_saw(&up, "/analytics"), 0);
+    fg.wait_metric("floodgate_local_responses_total{reason=\"degraded\"}", 50.0)
+        .await;
+    // Answers are counted just after they are sent: wait for the app's 25 to be in.
+    eventually(Duration::from_secs(5), "app answers counted", || async {
+        indicator(&fg, "error_rate").await == (0.0, true)
+    })
+    .await;
+    // The rule needs its cause for 1 s, judged once a second: keep refusing for 3 s and the
+    // level must stay `full` throughout.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        load("/analytics/x", 10, 503).await;
+        assert_eq!(fg.metric("floodgate_degradation_level").await, Some(0.0));
+        assert_eq!(indicator(&fg, "error_rate").await.0, 0.0);
+    }
+    // The app failing is what the rule is for: 25 of its 50 answers are 500s.
+    up.stats.fail_with.store(500, Ordering::SeqCst);
+    load("/other", 25, 500).await;
+    eventually(
+        Duration::from_secs(5),
+        "25 of 50 app answers failed",
+        || async {
+            let (rate, judged) = indicator(&fg, "error_rate").await;
+            judged && (rate - 0.5).abs() < 1e-9
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "degraded by the app's errors",
+        || async { fg.metric("floodgate_degradation_level").await == Some(1.0) },
+    )
+    .await;
+}

@@ -231,3 +231,128 @@ async fn command_line_addresses_win_over_the_file_across_reloads() {
     fg.wait_metric("floodgate_config_version", 2.0).await;
     assert_eq!(body_of(fg.port).await, "hello from A\n", "{}", fg.log());
 }
+
+/// Config `i` of a rewrite storm: the feature `v` is off and its fallback answers `i`, so which
+/// file is in force shows in behaviour (`GET /v`), without reaching the app.
+fn storm_config(port: u16, metrics_port: u16, upstream_port: u16, i: usize) -> String {
+    config_yaml(
+        port,
+        metrics_port,
+        upstream_port,
+        &format!(
+            "routes:\n  - {{ name: v, match: {{ path_prefix: /v }}, feature: v }}\ndegradation:\n  features: {{ v: false }}\n  fallbacks:\n    v: {{ status: 200, body: \"config {i}\" }}\n"
+        ),
+    )
+}
+
+/// The issue's storm: 1,000 in-place rewrites in 20 s (every tenth half-written, then
+/// completed 5 ms later) while clients send requests. Before, every read the reload made was
+/// itself an event that restarted the debounce (~150 reloads) and half-written files were
+/// counted as failures. Now: no failed request, no failed reload, the last file in force
+/// within 1 s of the last write, and at most one reload per second of writing (the longest a
+/// reload waits for events to stop) plus the final one — asserted as <= 50, twice that, for a
+/// loaded CI machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_rewrites_gives_few_reloads_and_ends_on_the_last_file() {
+    const WRITES: usize = 1000;
+    const EVERY: Duration = Duration::from_millis(20);
+    let up = Upstream::start("A").await;
+    let upstream_port = up.port;
+    let fg = Sidecar::start_custom(|p, m| storm_config(p, m, upstream_port, 0)).await;
+    let (port, mport, path) = (fg.port, fg.metrics_port, fg.config.clone());
+    let load = Load::start(port);
+    eventually(Duration::from_secs(5), "load running", || async {
+        load.ok.load(Ordering::Relaxed) > 20
+    })
+    .await;
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let start = std::time::Instant::now();
+        for i in 1..=WRITES {
+            let text = storm_config(port, mport, upstream_port, i);
+            // In place, as `echo > file` and many tools do: truncate, then write.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            if i % 10 == 0 {
+                let (a, b) = text.as_bytes().split_at(text.len() / 2);
+                f.write_all(a).unwrap();
+                std::thread::sleep(Duration::from_millis(5)); // a slow writer, mid-file
+                f.write_all(b).unwrap();
+            } else {
+                f.write_all(text.as_bytes()).unwrap();
+            }
+            drop(f);
+            // Paced on the start, so a slow write does not stretch the storm.
+            if let Some(rest) = (start + EVERY * u32::try_from(i).unwrap())
+                .checked_duration_since(std::time::Instant::now())
+            {
+                std::thread::sleep(rest);
+            }
+        }
+        std::time::Instant::now()
+    });
+    let last_write = writer.await.unwrap();
+    let want = format!("config {WRITES}");
+    eventually(Duration::from_secs(2), "the last file in force", || async {
+        http_get(port, "/v").await.map(|r| r.2).unwrap_or_default() == want
+    })
+    .await;
+    let took = last_write.elapsed();
+    let (ok, failed) = load.finish().await;
+    let reloads = fg
+        .metric("floodgate_config_reloads_total{result=\"success\"}")
+        .await
+        .unwrap_or(0.0);
+    let failures = fg
+        .metric("floodgate_config_reloads_total{result=\"failure\"}")
+        .await
+        .unwrap_or(0.0);
+    let retried = fg
+        .log()
+        .matches("config did not load, trying again")
+        .count();
+    eprintln!(
+        "{WRITES} rewrites: {reloads} reloads, {failures} failed reloads ({retried} tries \
+         retried), {ok} requests ok, {failed} failed, last file in force {took:?} after the \
+         last write"
+    );
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    assert!(
+        took < Duration::from_secs(1),
+        "last file in force after {took:?}"
+    );
+    assert_eq!(
+        failures,
+        0.0,
+        "half-written files counted as failures:\n{}",
+        fg.log()
+    );
+    assert!(
+        (1.0..=50.0).contains(&reloads),
+        "{reloads} reloads for {WRITES} rewrites"
+    );
+}
+
+/// An empty file is waited on (an in-place write truncates first), but not forever: left
+/// empty, it is reported as a failure once the writer's grace has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_left_empty_is_still_reported() {
+    let a = Upstream::start("A").await;
+    let fg = Sidecar::start(a.port, "").await;
+    std::fs::write(&fg.config, "").unwrap();
+    let took = eventually(Duration::from_secs(5), "empty file counted", || async {
+        fg.metric("floodgate_config_reloads_total{result=\"failure\"}")
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(
+        took >= Duration::from_secs(2),
+        "judged before the grace: {took:?}"
+    );
+    assert!(fg.log().contains("the file is empty"), "{}", fg.log());
+    assert_eq!(body_of(fg.port).await, "hello from A\n");
+}

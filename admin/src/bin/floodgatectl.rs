@@ -214,8 +214,9 @@ struct InjectArgs {
     /// Floodgate's metrics, /healthz and /readyz port.
     #[arg(long, value_name = "N", default_value_t = 15090)]
     metrics_port: u16,
-    /// Serve the admin plane on this port of the pod IP (default: the config's admin.listen,
-    /// reachable with `kubectl port-forward`).
+    /// Serve the admin plane on this port of the pod IP; the config must then set admin.tls
+    /// (or admin.allow_insecure: true). Default: the config's admin.listen, on loopback,
+    /// reachable with `kubectl port-forward`.
     #[arg(long, value_name = "N")]
     admin_port: Option<u16>,
     /// Sidecar CPU request.

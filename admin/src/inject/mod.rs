@@ -172,6 +172,17 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
         }
     }
 
+    if let (Some(port), false) = (opts.admin_port, wired.is_empty()) {
+        // The sidecar refuses a non-loopback admin address without TLS (tokens are bearer
+        // secrets); say so here rather than in a crash-looping pod's log.
+        notes.push(format!(
+            "--admin-port {port} puts the admin plane on the pod IP: the config must set \
+             admin.tls (or admin.allow_insecure: true), or floodgate refuses to start; without \
+             --admin-port it stays on the config's admin.listen (loopback, reach it with \
+             kubectl port-forward)"
+        ));
+    }
+
     let mut output = String::with_capacity(input.len() + 2048);
     for ((chunk, doc), changed) in chunks.iter().zip(&docs).zip(&changed) {
         match (doc, changed) {
@@ -261,10 +272,19 @@ mod tests {
             admin_secret: None,
             ..Options::default()
         };
-        let out = inject(DEPLOY, &opts).expect("ok").output;
+        let done = inject(DEPLOY, &opts).expect("ok");
+        let out = done.output;
         assert!(
             out.contains("- \"--admin-listen=0.0.0.0:15901\"\n"),
             "{out}"
+        );
+        // On the pod IP the sidecar needs admin.tls: the operator is told before the pod is.
+        assert!(
+            done.notes
+                .iter()
+                .any(|n| n.starts_with("--admin-port 15901 puts the admin plane on the pod IP: the config must set admin.tls")),
+            "{:?}",
+            done.notes
         );
         assert!(out.contains("name: fg-admin\n"), "{out}");
         assert!(!out.contains("floodgate-admin-tokens"), "{out}");

@@ -146,11 +146,13 @@ impl AutoController {
                 }
             });
         }
+        // An indicator with too few samples to judge neither triggers a rule nor keeps one
+        // from calming down: there is no evidence of load either way.
         let value = |i: Indicator| {
             readings
                 .iter()
                 .find(|r| r.indicator == i)
-                .map_or(0.0, |r| r.value)
+                .map_or(Some(0.0), |r| r.judged.then_some(r.value))
         };
         let mut wanted = Level::Full;
         let mut why = String::new();
@@ -158,7 +160,10 @@ impl AutoController {
         for (rule, since) in self.cfg.rules.iter().zip(self.held_since.iter_mut()) {
             let (holds, rule_calm, what) = match rule.trigger {
                 Trigger::Above(i, above) => {
-                    let v = value(i);
+                    let Some(v) = value(i) else {
+                        *since = None;
+                        continue;
+                    };
                     // Calm means back at or below the warning line (or the rule's own line,
                     // whichever is lower): hysteresis between entering and leaving.
                     let calm_line = indicators
@@ -245,6 +250,7 @@ mod tests {
             value,
             thresholds: Thresholds::default(),
             level: Alarm::Ok,
+            judged: true,
         }
     }
 
@@ -352,6 +358,32 @@ mod tests {
             (down[0].1.to, down[0].1.cause),
             (Level::Full, Cause::Recovered)
         );
+    }
+
+    #[test]
+    fn an_indicator_too_thin_to_judge_never_triggers_a_rule() {
+        let mut c = controller();
+        let ind = LoadIndicators::default();
+        let thin = Reading {
+            judged: false,
+            ..reading(Indicator::LatencyP95Ms, 5000.0)
+        };
+        for s in 0..60 {
+            assert_eq!(
+                c.evaluate(Duration::from_secs(s), &[thin], false, &ind),
+                None
+            );
+        }
+        // Nor does it hold a degraded level up: without a sample there is no sign of load.
+        run(&mut c, 60, 71, 2500.0, false);
+        assert_eq!(c.level(), Level::Degraded);
+        let down: Vec<u64> = (71..200)
+            .filter_map(|s| {
+                c.evaluate(Duration::from_secs(s), &[thin], false, &ind)
+                    .map(|_| s)
+            })
+            .collect();
+        assert_eq!(down, [101], "the 30 s cool-down, as if calm");
     }
 
     #[test]

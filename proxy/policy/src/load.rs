@@ -4,6 +4,12 @@
 //! warning and critical thresholds into an ok / warning / critical level; the list is the
 //! status structure the admin plane serves and the metrics export.
 //!
+//! Only the app's answers feed error rate and latency: the sidecar's own refusals (429, 503,
+//! fallbacks, cached answers) are instant and caused by the sidecar, so counting them would let
+//! shedding raise the error rate that triggers more shedding. They still count in the request
+//! rate. Error rate and latency are judged (may leave `ok`, may trigger automatic degradation)
+//! only once `min_requests` app answers are in the span: one failure in three is noise.
+//!
 //! Latency buckets have 8 sub-buckets per power of two of microseconds, so a percentile is
 //! reported as its bucket's upper edge: never below the true value, at most 12.5% above it.
 
@@ -67,6 +73,9 @@ pub struct Reading {
     pub thresholds: Thresholds,
     /// Level of the value.
     pub level: Level,
+    /// False while too few app answers are in the span to judge this indicator: its level is
+    /// `ok` whatever the value, and automatic degradation rules ignore it.
+    pub judged: bool,
 }
 
 /// Requests finished over the last span.
@@ -80,7 +89,11 @@ pub struct LoadWindow {
 
 #[derive(Debug, Clone)]
 struct Slot {
+    /// Every answer, the sidecar's own included (the request rate).
     requests: u64,
+    /// Answers from the app, or failures to get one (error rate and latency are over these).
+    app: u64,
+    /// Of `app`, the failures.
     errors: u64,
     latency: [u32; LATENCY_BUCKETS],
 }
@@ -89,6 +102,7 @@ impl Default for Slot {
     fn default() -> Self {
         Self {
             requests: 0,
+            app: 0,
             errors: 0,
             latency: [0; LATENCY_BUCKETS],
         }
@@ -136,39 +150,49 @@ impl LoadWindow {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts one finished request.
-    pub fn record(&self, latency: Duration, error: bool) {
+    /// Counts one request that went to the app: `failed` for a 5xx from it, or no usable
+    /// answer at all (connect or read failure, timeout).
+    pub fn record_app(&self, latency: Duration, failed: bool) {
         let now = self.clock.elapsed();
         let mut ring = self.lock();
         let s = ring.current(now);
         s.requests += 1;
-        s.errors += u64::from(error);
+        s.app += 1;
+        s.errors += u64::from(failed);
         let b = &mut s.latency[bucket_of(latency)];
         *b = b.saturating_add(1);
+    }
+
+    /// Counts one request the sidecar answered itself (a refusal, a fallback, a cached
+    /// answer): in the request rate only.
+    pub fn record_own(&self) {
+        let now = self.clock.elapsed();
+        self.lock().current(now).requests += 1;
     }
 
     /// Readings of every indicator, `queue_depth` and `inflight` given as they are now.
     pub fn readings(&self, cfg: &LoadIndicators, queue_depth: u32, inflight: u32) -> Vec<Reading> {
         let now = self.clock.elapsed();
-        let (requests, errors, hist, covered) = {
+        let (requests, app, errors, hist, covered) = {
             let mut ring = self.lock();
             let mut hist = [0u64; LATENCY_BUCKETS];
-            let (mut requests, mut errors) = (0, 0);
+            let (mut requests, mut app, mut errors) = (0, 0, 0);
             for s in ring.buckets(now) {
                 requests += s.requests;
+                app += s.app;
                 errors += s.errors;
                 for (h, &c) in hist.iter_mut().zip(s.latency.iter()) {
                     *h += u64::from(c);
                 }
             }
             let covered = now.saturating_sub(self.start).min(self.span);
-            (requests, errors, hist, covered)
+            (requests, app, errors, hist, covered)
         };
         let pct = |q: f64| -> f64 {
-            if requests == 0 {
+            if app == 0 {
                 return 0.0;
             }
-            let rank = ((q * requests as f64).ceil() as u64).max(1);
+            let rank = ((q * app as f64).ceil() as u64).max(1);
             let mut seen = 0;
             for (i, &c) in hist.iter().enumerate() {
                 seen += c;
@@ -180,6 +204,7 @@ impl LoadWindow {
         };
         // Until a whole span has passed, the rate is over the time there is (at least 1 s).
         let secs = covered.as_secs_f64().max(1.0);
+        let enough = app >= u64::from(cfg.min_requests);
         Indicator::ALL
             .iter()
             .map(|&indicator| {
@@ -188,21 +213,38 @@ impl LoadWindow {
                     Indicator::LatencyP50Ms => pct(0.50),
                     Indicator::LatencyP95Ms => pct(0.95),
                     Indicator::LatencyP99Ms => pct(0.99),
-                    Indicator::ErrorRate if requests == 0 => 0.0,
-                    Indicator::ErrorRate => errors as f64 / requests as f64,
+                    Indicator::ErrorRate if app == 0 => 0.0,
+                    Indicator::ErrorRate => errors as f64 / app as f64,
                     Indicator::QueueDepth => f64::from(queue_depth),
                     Indicator::Inflight => f64::from(inflight),
                 };
                 let thresholds = cfg.thresholds(indicator);
+                let judged = enough || !from_app_answers(indicator);
                 Reading {
                     indicator,
                     value,
                     thresholds,
-                    level: Level::of(value, thresholds),
+                    level: if judged {
+                        Level::of(value, thresholds)
+                    } else {
+                        Level::Ok
+                    },
+                    judged,
                 }
             })
             .collect()
     }
+}
+
+/// Indicators computed from the app's answers, which need `min_requests` of them.
+fn from_app_answers(i: Indicator) -> bool {
+    matches!(
+        i,
+        Indicator::LatencyP50Ms
+            | Indicator::LatencyP95Ms
+            | Indicator::LatencyP99Ms
+            | Indicator::ErrorRate
+    )
 }
 
 #[cfg(test)]
@@ -253,7 +295,7 @@ mod tests {
                 90..95 => (Duration::from_millis(1500), false),
                 _ => (Duration::from_secs(3), true),
             };
-            w.record(lat, err);
+            w.record_app(lat, err);
             clock.advance(Duration::from_millis(100));
         }
         let cfg = LoadIndicators::default();
@@ -283,15 +325,84 @@ mod tests {
         let clock = Clock::manual();
         let w = LoadWindow::new(Duration::from_secs(60), clock.clone());
         for _ in 0..50 {
-            w.record(Duration::from_secs(5), true);
+            w.record_app(Duration::from_secs(5), true);
         }
         clock.advance(Duration::from_secs(61));
-        w.record(Duration::from_millis(1), false);
+        w.record_app(Duration::from_millis(1), false);
         let rs = w.readings(&LoadIndicators::default(), 0, 0);
         let e = reading(&rs, Indicator::ErrorRate);
         assert_eq!((e.value, e.level), (0.0, Level::Ok));
         assert!(reading(&rs, Indicator::LatencyP99Ms).value <= 1.125);
         assert!((reading(&rs, Indicator::RequestRate).value - 1.0 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_sidecars_own_answers_count_in_the_rate_only() {
+        let clock = Clock::manual();
+        let w = LoadWindow::new(Duration::from_secs(60), clock.clone());
+        // Shedding answers 100 requests at once; the app answers 30 in 10 ms, all fine.
+        for _ in 0..100 {
+            w.record_own();
+        }
+        for _ in 0..30 {
+            w.record_app(Duration::from_millis(10), false);
+        }
+        clock.advance(Duration::from_secs(10));
+        let rs = w.readings(&LoadIndicators::default(), 0, 0);
+        let e = reading(&rs, Indicator::ErrorRate);
+        assert_eq!((e.value, e.level, e.judged), (0.0, Level::Ok, true));
+        // The instant refusals do not pull the percentiles down to zero.
+        let p50 = reading(&rs, Indicator::LatencyP50Ms).value;
+        assert!((10.0..=11.25).contains(&p50), "{p50}");
+        assert!((reading(&rs, Indicator::RequestRate).value - 13.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_window_of_only_own_answers_reads_zero_errors() {
+        // The case: a degraded 503 among three requests must not read as 33% errors.
+        let w = LoadWindow::new(Duration::from_secs(60), Clock::manual());
+        w.record_own();
+        let cfg = LoadIndicators {
+            min_requests: 1,
+            ..LoadIndicators::default()
+        };
+        w.record_app(Duration::from_millis(5), false);
+        w.record_app(Duration::from_millis(5), false);
+        let e = reading(&w.readings(&cfg, 0, 0), Indicator::ErrorRate);
+        assert_eq!((e.value, e.level), (0.0, Level::Ok));
+    }
+
+    #[test]
+    fn error_rate_and_latency_wait_for_min_requests() {
+        let w = LoadWindow::new(Duration::from_secs(60), Clock::manual());
+        let cfg = LoadIndicators::default();
+        assert_eq!(cfg.min_requests, 20);
+        // 19 app answers, 3 failed and all slow: 16% errors, p95 3 s, but too few to judge.
+        for i in 0..19 {
+            w.record_app(Duration::from_secs(3), i < 3);
+        }
+        for _ in 0..100 {
+            w.record_own(); // the sidecar's own answers do not make up the number
+        }
+        let rs = w.readings(&cfg, 600, 0);
+        let e = reading(&rs, Indicator::ErrorRate);
+        assert!(
+            (e.value - 3.0 / 19.0).abs() < 1e-9,
+            "the value is still shown"
+        );
+        assert_eq!((e.level, e.judged), (Level::Ok, false));
+        let p95 = reading(&rs, Indicator::LatencyP95Ms);
+        assert_eq!((p95.level, p95.judged), (Level::Ok, false));
+        // Queue depth is a count now, not a sample: judged at once.
+        let q = reading(&rs, Indicator::QueueDepth);
+        assert_eq!((q.level, q.judged), (Level::Critical, true));
+        // The 20th answer makes the sample: both are judged.
+        w.record_app(Duration::from_secs(3), false);
+        let rs = w.readings(&cfg, 0, 0);
+        let e = reading(&rs, Indicator::ErrorRate);
+        assert_eq!((e.value, e.level, e.judged), (0.15, Level::Critical, true));
+        let p95 = reading(&rs, Indicator::LatencyP95Ms);
+        assert_eq!((p95.level, p95.judged), (Level::Critical, true));
     }
 
     #[test]
