@@ -8,11 +8,15 @@
 //! [`Bounded`] wraps pingora's app: it counts the connection, sniffs the preface itself under
 //! the deadline (deciding at the first byte that differs, so short HTTP/1 heads are not kept
 //! waiting for 24 bytes) and hands pingora a [`Guarded`] stream, which keeps the deadline for
-//! each later HTTP/1 head and, when it passes with part of a head read, answers 408.
+//! each later HTTP/1 head and, when it passes with part of a head read, answers 408. Where a
+//! head ends and the next begins is pingora's to know, not the bytes': the shell tells the
+//! stream ([`Guarded::head_done`] when a head was parsed, [`Guarded::response_done`] when the exchange is over
+//! with the request body read), so a body streamed while the response already flows is
+//! never taken for a slow head.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -55,34 +59,6 @@ pub fn preface(read: &[u8]) -> Preface {
         Preface::H2
     } else {
         Preface::Undecided
-    }
-}
-
-/// Finds the end of an HTTP/1 head in the bytes as they come: an empty line, CRLF or bare LF
-/// (httparse accepts both).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct HeadEnd {
-    /// Line ends in a row, with only CRs between.
-    newlines: u8,
-}
-
-impl HeadEnd {
-    /// Feeds `bytes`; returns the offset just past the head's end, if it is in them.
-    pub fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
-        for (i, &b) in bytes.iter().enumerate() {
-            match b {
-                b'\n' => {
-                    self.newlines += 1;
-                    if self.newlines == 2 {
-                        self.newlines = 0;
-                        return Some(i + 1);
-                    }
-                }
-                b'\r' => {}
-                _ => self.newlines = 0,
-            }
-        }
-        None
     }
 }
 
@@ -192,23 +168,28 @@ enum Sniffed {
     TimedOut,
 }
 
+/// Where a connection is between heads.
+const HEAD: u8 = 0;
+/// A head was parsed: no deadline until the exchange is over.
+const EXCHANGE: u8 = 1;
+/// The exchange is over: the next byte read starts a head.
+const NEXT: u8 = 2;
+/// HTTP/2: nothing to track.
+const H2: u8 = 3;
+
 /// A client stream that keeps the head deadline. Bytes read while sniffing are replayed
-/// first; once the connection is known to be HTTP/2 nothing is tracked (HTTP/2 has no heads
-/// to wait for here, and pingora's HTTP/2 idle handling applies).
+/// first. Its phase is an atomic because the shell sets it through the `&Stream` pingora
+/// lends it.
 pub struct Guarded {
     inner: Stream,
     /// Bytes read by the sniff, not yet handed on.
     prefix: Vec<u8>,
     timeout: Duration,
-    /// Armed while a head is being read: when it must be whole.
-    deadline: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    /// When the head being read must be whole (reset for each head).
+    deadline: Pin<Box<Sleep>>,
+    phase: AtomicU8,
     /// Bytes of the head being read, so far.
     head_bytes: usize,
-    end: HeadEnd,
-    /// A response was written since the last head: the next byte read starts a head.
-    next_head: bool,
-    h2: bool,
     /// `floodgate_header_timeouts_total`.
     timeouts: prometheus::IntCounterVec,
 }
@@ -217,8 +198,7 @@ impl std::fmt::Debug for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guarded")
             .field("inner", &self.inner)
-            .field("armed", &self.armed)
-            .field("h2", &self.h2)
+            .field("phase", &self.phase)
             .finish()
     }
 }
@@ -230,25 +210,21 @@ impl Guarded {
             prefix: Vec::with_capacity(PREFACE.len()),
             timeout,
             // A connection's first head is due `timeout` after accept.
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
-            armed: true,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            phase: AtomicU8::new(HEAD),
             head_bytes: 0,
-            end: HeadEnd::default(),
-            next_head: false,
-            h2: false,
             timeouts,
         }
     }
 
     /// Reads until the first bytes say HTTP/1 or HTTP/2, within the head deadline.
     async fn sniff(&mut self) -> Result<(), Sniffed> {
-        let mut deadline = self.deadline.take().ok_or(Sniffed::TimedOut)?;
         let mut buf = [0u8; PREFACE.len()];
         let verdict = loop {
             let want = PREFACE.len() - self.prefix.len();
             let n = tokio::select! {
                 r = self.inner.read(&mut buf[..want]) => r.map_err(|_| Sniffed::Closed)?,
-                () = deadline.as_mut() => return Err(Sniffed::TimedOut),
+                () = self.deadline.as_mut() => return Err(Sniffed::TimedOut),
             };
             if n == 0 {
                 if self.prefix.is_empty() {
@@ -262,47 +238,34 @@ impl Guarded {
                 v => break v,
             }
         };
-        self.deadline = Some(deadline);
         if verdict == Preface::H2 {
-            self.h2 = true;
-            self.armed = false;
+            self.phase.store(H2, Ordering::Relaxed);
         } else {
-            let prefix = std::mem::take(&mut self.prefix);
-            self.track(&prefix);
-            self.prefix = prefix;
+            self.head_bytes = self.prefix.len();
         }
         Ok(())
     }
 
-    /// Accounts bytes of a head: disarms at its end.
-    fn track(&mut self, bytes: &[u8]) {
-        if self.h2 || bytes.is_empty() {
-            return;
-        }
-        if self.next_head {
-            self.next_head = false;
-            self.arm();
-        }
-        if !self.armed {
-            return;
-        }
-        self.head_bytes += bytes.len();
-        if self.end.feed(bytes).is_some() {
-            self.armed = false;
-            self.head_bytes = 0;
-            self.end = HeadEnd::default();
-        }
+    /// pingora parsed a request head on this connection: no deadline until the exchange is
+    /// over.
+    pub fn head_done(&self) {
+        let _ = self
+            .phase
+            .compare_exchange(HEAD, EXCHANGE, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    fn arm(&mut self) {
-        let at = Instant::now() + self.timeout;
-        match &mut self.deadline {
-            Some(d) => d.as_mut().reset(at),
-            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
-        }
-        self.armed = true;
-        self.head_bytes = 0;
-        self.end = HeadEnd::default();
+    /// The exchange is over and its request body was read: the next byte read starts a
+    /// head, due `header_read_timeout_ms` after it. (Idle time before it is the keep-alive
+    /// timeout's.)
+    pub fn response_done(&self) {
+        let _ = self
+            .phase
+            .compare_exchange(EXCHANGE, NEXT, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The guard under a pingora HTTP/1 session's stream, if it is one of ours.
+    pub fn of(stream: Option<&Stream>) -> Option<&Self> {
+        stream.and_then(|s| (**s).as_any().downcast_ref::<Self>())
     }
 }
 
@@ -320,16 +283,22 @@ impl AsyncRead for Guarded {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
+        let phase = this.phase.load(Ordering::Relaxed);
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                this.track(&buf.filled()[before..]);
+                let n = buf.filled().len() - before;
+                if phase == NEXT && n > 0 {
+                    this.phase.store(HEAD, Ordering::Relaxed);
+                    this.deadline.as_mut().reset(Instant::now() + this.timeout);
+                    this.head_bytes = 0;
+                }
+                if phase == HEAD || phase == NEXT {
+                    this.head_bytes += n;
+                }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if this.armed => {
-                let Some(d) = this.deadline.as_mut() else {
-                    return Poll::Pending;
-                };
-                if d.as_mut().poll(cx).is_pending() {
+            Poll::Pending if phase == HEAD => {
+                if this.deadline.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 let partial = this.head_bytes > 0;
@@ -341,7 +310,7 @@ impl AsyncRead for Guarded {
                         let _ = Pin::new(&mut this.inner).poll_flush(cx);
                     }
                 }
-                this.armed = false;
+                this.phase.store(EXCHANGE, Ordering::Relaxed);
                 Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "request head not whole within server.header_read_timeout_ms",
@@ -358,12 +327,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        // A final response (not 1xx) starts: whatever is read next is the next head.
-        if !this.h2 && !this.armed && data.starts_with(b"HTTP/1.") && data.get(9) != Some(&b'1') {
-            this.next_head = true;
-        }
-        Pin::new(&mut this.inner).poll_write(cx, data)
+        Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -454,24 +418,5 @@ mod tests {
         assert_eq!(preface(b"G"), Preface::H1);
         assert_eq!(preface(b"GET / HTTP/1.0\r\n\r\n"), Preface::H1);
         assert_eq!(preface(b"PRI * HTTP/1.1"), Preface::H1);
-    }
-
-    #[test]
-    fn a_head_ends_at_its_empty_line_however_it_arrives() {
-        let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\nBODY";
-        assert_eq!(HeadEnd::default().feed(head), Some(head.len() - 4));
-        // A byte at a time.
-        let mut e = HeadEnd::default();
-        let at = head.iter().position(|&b| e.feed(&[b]).is_some());
-        assert_eq!(at, Some(head.len() - 5));
-        // Bare LFs, as httparse accepts.
-        assert_eq!(
-            HeadEnd::default().feed(b"GET / HTTP/1.1\nhost: a\n\n"),
-            Some(24)
-        );
-        assert_eq!(
-            HeadEnd::default().feed(b"GET / HTTP/1.1\r\nhost: a\r\n"),
-            None
-        );
     }
 }

@@ -22,6 +22,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::access;
+use crate::conn::Guarded;
 use crate::forwarded;
 use crate::metrics::method_label;
 use crate::respond::{self, Reason};
@@ -695,6 +696,10 @@ impl ProxyHttp for Floodgate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // The head is in: its deadline is met.
+        if let Some(g) = Guarded::of(session.as_downstream().stream()) {
+            g.head_done();
+        }
         self.keepalive(session, ctx);
         if let Err(e) = canonicalize(session, ctx.snap.config.server.path_normalization) {
             ctx.reason = Some(Reason::BadRequest);
@@ -909,6 +914,12 @@ impl ProxyHttp for Floodgate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.permit = None;
+        // The exchange is over; with its body read, the next bytes are the next head.
+        if session.is_body_done() {
+            if let Some(g) = Guarded::of(session.as_downstream().stream()) {
+                g.response_done();
+            }
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.report_outcome(ctx, status);
         let req = session.req_header();

@@ -158,7 +158,7 @@ async fn grpcio_reads_every_sidecar_answer_as_a_grpc_status_and_the_channel_goes
     let server = GrpcServer::start(None);
     let fg = Sidecar::start(
         server.port,
-        &config("queue:\n  max_concurrency: 1\n  max_size: 1\n  timeout_ms: 400\n"),
+        &config("queue:\n  max_concurrency: 1\n  max_size: 1\n  timeout_ms: 1000\n"),
     )
     .await;
     let port = fg.port;
@@ -192,27 +192,35 @@ async fn grpcio_reads_every_sidecar_answer_as_a_grpc_status_and_the_channel_goes
     .await
     .unwrap();
 
-    // The queue: one worker busy for 2 s, one call waiting, the next refused (queue_full);
-    // the waiting one times out after 400 ms (queue_timeout). Both UNAVAILABLE.
-    let busy =
-        tokio::task::spawn_blocking(move || GrpcClient::connect(port).call(SLEEP, "2000", 10.0));
+    // The queue: one worker busy for 1.8 s (inside read_timeout_ms), one call waiting, the
+    // next refused (queue_full);
+    // the waiting one times out after 1 s (queue_timeout). Both UNAVAILABLE. The clients
+    // start (and make a first call) before any of it, so none is late to its part.
+    let (mut busy, mut waiter, mut refused) = tokio::task::spawn_blocking(move || {
+        let warm = || {
+            let mut c = GrpcClient::connect(port);
+            assert_eq!(c.call(SLEEP, "0", 10.0).code, "OK");
+            c
+        };
+        (warm(), warm(), warm())
+    })
+    .await
+    .unwrap();
+    let busy = tokio::task::spawn_blocking(move || busy.call(SLEEP, "1800", 10.0));
     eventually(
         Duration::from_secs(5),
         "the slow call holds the worker",
         || async { fg.metric("floodgate_inflight_requests").await == Some(1.0) },
     )
     .await;
-    let waiting =
-        tokio::task::spawn_blocking(move || GrpcClient::connect(port).call(SLEEP, "0", 10.0));
+    let waiting = tokio::task::spawn_blocking(move || waiter.call(SLEEP, "0", 10.0));
     eventually(Duration::from_secs(5), "one call waits", || async {
         fg.metric("floodgate_queue_depth").await == Some(1.0)
     })
     .await;
-    let full = tokio::task::spawn_blocking(move || {
-        let mut c = GrpcClient::connect(port);
-        (c.call(SLEEP, "0", 10.0), c)
-    });
-    let (r, mut c) = full.await.unwrap();
+    let (r, mut c) = tokio::task::spawn_blocking(move || (refused.call(SLEEP, "0", 10.0), refused))
+        .await
+        .unwrap();
     assert_eq!(r.code, "UNAVAILABLE", "{r:?}");
     assert_eq!(r.reason.as_deref(), Some("queue_full"));
     let r = waiting.await.unwrap();

@@ -390,10 +390,17 @@ async fn park(
 async fn ten_thousand_queued_requests_hold_no_bodies_and_bounded_memory() {
     const HALF: usize = 5_000;
     let up = Upstream::start("app").await;
-    let fg = start(
-        &up,
-        "queue:\n  max_concurrency: 1\n  max_size: 20000\n  timeout_ms: 120000\nlogging:\n  access_log: false\n",
-    )
+    // 10,000 waiting connections are over server.max_connections' default.
+    let upstream = up.port;
+    let fg = Sidecar::start_custom(|p, m| {
+        yaml(
+            p,
+            m,
+            upstream,
+            "queue:\n  max_concurrency: 1\n  max_size: 20000\n  timeout_ms: 120000\nlogging:\n  access_log: false\n",
+        )
+        .replace("server:\n", "server:\n  max_connections: 20000\n")
+    })
     .await;
     // Its answer is lost when the sidecar is stopped at the end: not unwrapped.
     let port = fg.port;
