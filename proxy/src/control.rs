@@ -11,8 +11,8 @@ use floodgate_admin::pb;
 use floodgate_config::Scope;
 use floodgate_policy::degrade::level_str;
 
+use crate::lifecycle::{apply_degradation, apply_fleet, rebuild};
 use crate::overrides::audit::AuditCtx;
-use crate::overrides::lifecycle::{apply_degradation, apply_fleet, rebuild};
 use crate::overrides::model::{in_effect, scaled, unix, AdminState, Kind, Override};
 use crate::overrides::schedule::{next_start, schedule_of};
 use crate::state::Runtime;

@@ -1,9 +1,8 @@
 //! Graceful degradation in the sidecar. The per-route view of the config ([`RouteDegradation`],
 //! part of the config snapshot), the state in force ([`Effective`], swapped in with the
-//! snapshot whenever the level or a flag changes), the runtime part an operator and the
-//! automatic controller change ([`DegradeState`]), and the transitions: logged with their
-//! cause, counted, and published as gauges. The decisions themselves are
-//! `floodgate_policy::degrade`'s.
+//! snapshot whenever the level or a flag changes) and the runtime part an operator and the
+//! automatic controller change ([`DegradeState`]). Transitions are
+//! [`crate::lifecycle`]'s; the decisions themselves are `floodgate_policy::degrade`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,16 +10,11 @@ use std::sync::Arc;
 use floodgate_config::{Config, Fallback, Level, Priority};
 use floodgate_policy::breaker::Breaker;
 use floodgate_policy::cache::ResponseCache;
-use floodgate_policy::degrade::{
-    disabled_features, effective_level, level_gauge, level_str, AutoController, Cause,
-};
-use floodgate_policy::load::Reading;
+use floodgate_policy::degrade::{disabled_features, effective_level, level_str, AutoController};
 use floodgate_policy::Clock;
 use http::{HeaderName, HeaderValue};
-use tracing::{info, warn};
 
 use crate::router::Router;
-use crate::state::{Base, Runtime, Snapshot};
 
 /// Degradation's per-route view of one config.
 pub struct RouteDegradation {
@@ -132,13 +126,12 @@ pub struct Effective {
 }
 
 impl Effective {
-    /// The state of `base`'s config under `state`.
-    pub fn compute(base: &Base, state: &DegradeState) -> Self {
-        let d = &base.config.degradation;
+    /// The state of `config` (whose routes' features `routes` is) under `state`.
+    pub fn compute(config: &Config, routes: &RouteDegradation, state: &DegradeState) -> Self {
+        let d = &config.degradation;
         let level = state.level();
         let disabled = disabled_features(d, level, &state.flags);
-        let route_off = base
-            .routes
+        let route_off = routes
             .feature
             .iter()
             .map(|f| f.as_ref().is_some_and(|f| disabled.contains(f)))
@@ -171,7 +164,7 @@ pub struct DegradeState {
     pub flags: BTreeMap<String, bool>,
     /// An operator's aggressive-caching switch, over the file's.
     pub aggressive: Option<bool>,
-    auto: AutoController,
+    pub(crate) auto: AutoController,
 }
 
 impl DegradeState {
@@ -200,105 +193,5 @@ impl DegradeState {
     /// The automatic controller's level.
     pub fn auto_level(&self) -> Level {
         self.auto.level()
-    }
-}
-
-/// Swaps in `base` (a new config) with the degradation state recomputed for it.
-pub fn install(rt: &Runtime, base: Arc<Base>) {
-    let (effective, from) = {
-        let mut state = rt.degrade.lock().unwrap_or_else(|e| e.into_inner());
-        let from = state.level();
-        state.configure(&base.config);
-        (Effective::compute(&base, &state), from)
-    };
-    swap(
-        rt,
-        base,
-        effective,
-        from,
-        Cause::Config,
-        "config file changed",
-    );
-}
-
-/// Recomputes the degradation state after a change of `cause`.
-pub fn refresh(rt: &Runtime, from: Level, cause: Cause, why: &str) {
-    let base = rt.current.load().base.clone();
-    let effective = {
-        let state = rt.degrade.lock().unwrap_or_else(|e| e.into_inner());
-        Effective::compute(&base, &state)
-    };
-    swap(rt, base, effective, from, cause, why);
-}
-
-fn swap(rt: &Runtime, base: Arc<Base>, effective: Effective, from: Level, cause: Cause, why: &str) {
-    let to = effective.level;
-    let snap = Arc::new(Snapshot {
-        base,
-        degrade: Arc::new(effective),
-    });
-    rt.current.store(snap.clone());
-    if from != to {
-        let (f, t) = (level_str(from), level_str(to));
-        rt.event(
-            "level",
-            format!("degradation {f} -> {t} ({}): {why}", cause.as_str()),
-        );
-        rt.metrics
-            .degradation_transitions
-            .with_label_values(&[f, t, cause.as_str()])
-            .inc();
-        if to > from {
-            warn!(
-                from = f,
-                to = t,
-                cause = cause.as_str(),
-                why,
-                "degradation level raised"
-            );
-        } else {
-            info!(
-                from = f,
-                to = t,
-                cause = cause.as_str(),
-                why,
-                "degradation level lowered"
-            );
-        }
-    }
-    publish(rt, &snap);
-}
-
-/// Sets the level and feature gauges from `snap`.
-pub fn publish(rt: &Runtime, snap: &Snapshot) {
-    let m = &rt.metrics;
-    m.degradation_level.set(level_gauge(snap.degrade.level));
-    for f in &snap.routes.features {
-        m.feature_enabled
-            .with_label_values(&[f.as_str()])
-            .set(i64::from(!snap.degrade.disabled.contains(f)));
-    }
-}
-
-/// The sweeper's once-a-second look: runs the automatic controller over the indicators.
-pub fn tick(rt: &Runtime, readings: &[Reading], breaker_open: bool) {
-    let snap = rt.current.load();
-    let (change, from) = {
-        let mut state = rt.degrade.lock().unwrap_or_else(|e| e.into_inner());
-        let from = state.level();
-        let now = rt.clock.elapsed();
-        let change = state
-            .auto
-            .evaluate(now, readings, breaker_open, &snap.config.load_indicators);
-        (change, from)
-    };
-    if let Some(c) = change {
-        info!(
-            from = level_str(c.from),
-            to = level_str(c.to),
-            why = c.why.as_str(),
-            "automatic degradation changed its level"
-        );
-        refresh(rt, from, c.cause, &c.why);
     }
 }

@@ -37,7 +37,7 @@ fn answer(rt: &Runtime, req: &Request<hyper::body::Incoming>) -> Response<Full<B
     let (status, ctype, body): (StatusCode, &str, Bytes) = match req.uri().path() {
         "/metrics" => {
             Status::read(rt).publish(rt);
-            crate::overrides::lifecycle::publish_expiries(rt);
+            crate::lifecycle::publish_expiries(rt);
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

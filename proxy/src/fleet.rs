@@ -167,7 +167,7 @@ pub async fn fetch(g: &GlobalLimits) -> Result<(u64, BTreeMap<String, Override>)
 pub async fn sync(rt: &Arc<Runtime>, g: &GlobalLimits) -> Result<(), String> {
     let (version, set) = fetch(g).await?;
     let rt = rt.clone();
-    tokio::task::spawn_blocking(move || crate::overrides::lifecycle::apply_fleet(&rt, version, set))
+    tokio::task::spawn_blocking(move || crate::lifecycle::apply_fleet(&rt, version, set))
         .await
         .map_err(|e| format!("applying fleet overrides did not complete: {e}"))
 }

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod fleet;
 pub mod forwarded;
 pub mod global;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod overrides;

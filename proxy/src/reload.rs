@@ -75,7 +75,7 @@ fn attempt(rt: &Runtime, may_retry: bool) -> Attempt {
         .map_err(ReloadError::from)
         .and_then(|cfg| {
             // Admin overrides stay layered on the new file.
-            let base = crate::overrides::lifecycle::build_base(rt, &cfg)?;
+            let base = crate::lifecycle::build_base(rt, &cfg)?;
             // The new file is the baseline only once a snapshot could be built from it.
             *rt.file_config.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
             Ok(base)
@@ -98,7 +98,7 @@ fn attempt(rt: &Runtime, may_retry: bool) -> Attempt {
                     rt.config_path.display()
                 );
             }
-            crate::overrides::lifecycle::install(rt, snap);
+            crate::lifecycle::install(rt, snap);
             rt.metrics.reloads.with_label_values(&["success"]).inc();
             info!(version, path = %rt.config_path.display(), "config reloaded");
             Attempt::Applied(version)

@@ -30,6 +30,19 @@ pub struct Snapshot {
     pub degrade: Arc<Effective>,
 }
 
+impl Snapshot {
+    /// Sets the level and feature gauges from this snapshot.
+    pub fn publish_degradation(&self, m: &Metrics) {
+        m.degradation_level
+            .set(floodgate_policy::degrade::level_gauge(self.degrade.level));
+        for f in &self.routes.features {
+            m.feature_enabled
+                .with_label_values(&[f.as_str()])
+                .set(i64::from(!self.degrade.disabled.contains(f)));
+        }
+    }
+}
+
 impl std::ops::Deref for Snapshot {
     type Target = Base;
 
@@ -279,7 +292,7 @@ impl Runtime {
                 .and_then(|a| a.audit_log.clone()),
             first.config.redis.is_some(),
         ));
-        let effective = Effective::compute(&first, &degrade);
+        let effective = Effective::compute(&first.config, &first.routes, &degrade);
         let rt = Arc::new(Self {
             next_version: AtomicU64::new(first.version + 1),
             current: ArcSwap::from_pointee(Snapshot {
@@ -302,7 +315,7 @@ impl Runtime {
             draining: AtomicBool::new(false),
         });
         rt.apply_policies(&rt.current.load(), None);
-        crate::degrade::publish(&rt, &rt.current.load());
+        rt.current.load().publish_degradation(&rt.metrics);
         rt
     }
 

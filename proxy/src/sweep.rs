@@ -42,11 +42,11 @@ impl BackgroundService for Sweeper {
 
 fn sweep(rt: &Runtime) {
     // Admin overrides whose TTL ran out revert, even with nobody and nothing else reachable.
-    crate::overrides::lifecycle::expire(rt);
-    crate::overrides::schedule::run_schedules(rt);
+    crate::lifecycle::expire(rt);
+    crate::lifecycle::run_schedules(rt);
     // Automatic degradation looks at the indicators once a second.
     let status = crate::status::Status::read(rt);
-    crate::degrade::tick(rt, &status.indicators, status.breaker_open());
+    crate::lifecycle::tick_degradation(rt, &status.indicators, status.breaker_open());
     let snap = rt.current.load_full();
     // Where each global limit is decided right now (local ones never change).
     let redis_up = rt.global.as_ref().is_some_and(|g| g.is_healthy());

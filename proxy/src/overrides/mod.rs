@@ -1,10 +1,9 @@
-//! Operator overrides on top of the config file: the model (what an override changes, the
-//! layers it comes from and the config they make together), the schedules that add
-//! overrides by the clock, the audit trail, and the lifecycle that turns them into the
-//! snapshot requests see.
+//! Operator overrides on top of the config file, as plain data: the model (what an override
+//! changes, the layers it comes from and the config they make together), the schedule layer
+//! computed from the clock, and the audit entries. Nothing here touches the runtime;
+//! [`crate::lifecycle`] turns them into the snapshot requests see.
 
 pub mod audit;
-pub mod lifecycle;
 pub mod model;
 pub mod schedule;
 

@@ -1,18 +1,19 @@
-//! The config's `schedules`: the overrides each asks for at a given time, and the sweep
-//! that brings them in and out.
+//! The config's `schedules` as a layer computed from the clock: the overrides each asks for
+//! at a given time, when each starts next, and what an operator's suspension leaves of them.
+//! [`crate::lifecycle::run_schedules`] brings the layer in and out.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use floodgate_config::Config;
 
-use super::audit::AuditCtx;
-use super::lifecycle::revert;
 use super::model::{scaled, Kind, Override};
-use crate::state::Runtime;
 
 /// The overrides the config's schedules ask for at `now`.
-fn scheduled_at(file: &Config, now: chrono::DateTime<chrono::Utc>) -> BTreeMap<String, Override> {
+pub fn scheduled_at(
+    file: &Config,
+    now: chrono::DateTime<chrono::Utc>,
+) -> BTreeMap<String, Override> {
     let mut out = BTreeMap::new();
     for s in &file.schedules {
         // Validated with the config; a pattern that still fails is skipped.
@@ -102,90 +103,6 @@ pub fn unsuspended(
                 .is_none_or(|(name, _)| Some(name.as_str()) != schedule_of(o))
         })
         .collect()
-}
-
-/// Brings the schedule layer up to date with the clock (the sweeper calls this every
-/// second). The layer is computed, not stored as changes: one audit entry when a schedule
-/// starts holding and one when it stops, and a new snapshot only when what the layer asks
-/// for changed (not when only an end time moved, as a schedule that fires every minute
-/// does). Keys an operator suspended stay out until the schedule's next start.
-pub fn run_schedules(rt: &Runtime) {
-    let now = chrono::Utc::now();
-    let sys = SystemTime::from(now);
-    let wanted = {
-        let file = rt.file_config.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = rt.admin.lock().map_or(true, |a| {
-            a.scheduled.is_empty() && a.active_schedules.is_empty()
-        });
-        if file.schedules.is_empty() && idle {
-            return;
-        }
-        scheduled_at(&file, now)
-    };
-    let changed: Vec<Override> = {
-        let mut admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let active: std::collections::BTreeSet<String> = wanted
-            .values()
-            .filter_map(|o| schedule_of(o).map(str::to_string))
-            .collect();
-        let wanted = unsuspended(wanted, &mut admin.suspended, sys);
-        let started: Vec<String> = active
-            .difference(&admin.active_schedules)
-            .cloned()
-            .collect();
-        let ended: Vec<String> = admin
-            .active_schedules
-            .difference(&active)
-            .cloned()
-            .collect();
-        for name in &started {
-            let knobs: Vec<String> = wanted
-                .values()
-                .filter(|o| schedule_of(o) == Some(name.as_str()))
-                .map(|o| format!("{} {}", o.kind.key(), o.kind.describe()))
-                .collect();
-            let until = wanted
-                .values()
-                .find(|o| schedule_of(o) == Some(name.as_str()))
-                .and_then(|o| o.expires);
-            let ctx = AuditCtx {
-                now: sys,
-                caller: &format!("schedule:{name}"),
-                operation: "schedule.start",
-                reason: "cron",
-                scope: "local",
-                ttl: until.and_then(|e| e.duration_since(sys).ok()),
-                fleet_version: None,
-            };
-            admin.record(ctx.entry(name, "", &knobs.join(", ")));
-        }
-        for name in &ended {
-            let ctx = AuditCtx {
-                now: sys,
-                caller: &format!("schedule:{name}"),
-                operation: "schedule.end",
-                reason: "cron",
-                scope: "local",
-                ttl: None,
-                fleet_version: None,
-            };
-            admin.record(ctx.entry(name, "", "baseline"));
-        }
-        admin.active_schedules = active;
-        let same_effect = wanted.len() == admin.scheduled.len()
-            && wanted
-                .iter()
-                .all(|(k, o)| admin.scheduled.get(k).is_some_and(|p| p.kind == o.kind));
-        let old = std::mem::replace(&mut admin.scheduled, wanted);
-        if same_effect {
-            return;
-        }
-        let mut changed: Vec<Override> = old.into_values().collect();
-        changed.extend(admin.scheduled.values().cloned());
-        changed
-    };
-    rt.event("override", "scheduled overrides changed".into());
-    revert(rt, &changed, "schedule");
 }
 
 #[cfg(test)]
