@@ -18,8 +18,12 @@ use floodgate_admin::pb;
 ///   floodgatectl queue workers 20 && floodgatectl queue resize 5000
 ///   floodgatectl limits restore --all
 ///
-/// Exit codes: 0 done, 2 bad arguments, 3 sidecar unreachable, 4 not authorised,
-/// 5 refused (unknown name, invalid value), 1 anything else.
+/// The token: --token-file FILE, or FLOODGATE_TOKEN=<the token itself> (for CI secrets),
+/// or FLOODGATE_TOKEN_FILE=FILE; a --token-file given on the command line wins over both.
+///
+/// Exit codes: 0 done, 2 bad arguments, 3 sidecar unreachable (or --addr is not an admin
+/// port), 4 not authorised, 5 refused (unknown name, invalid value), 1 anything else.
+/// A closed standard output (`| head`) ends the command quietly with 0.
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 pub(crate) struct Cli {
@@ -31,16 +35,17 @@ pub(crate) struct Cli {
 
 #[derive(Args)]
 pub(crate) struct Global {
-    /// Admin address of the sidecar (its `admin.listen`).
+    /// Admin address of the sidecar (its `admin.listen`; not the proxy port).
     #[arg(
         long,
         global = true,
         env = "FLOODGATE_ADDR",
-        default_value = "127.0.0.1:9901",
+        default_value = DEFAULT_ADDR,
         help_heading = "Sidecar connection"
     )]
     pub(crate) addr: String,
     /// File holding the bearer token (an operator token to change, a viewer token to read).
+    /// FLOODGATE_TOKEN, the token itself, is used when this flag is not on the command line.
     #[arg(
         long,
         global = true,
@@ -48,8 +53,15 @@ pub(crate) struct Global {
         help_heading = "Sidecar connection"
     )]
     pub(crate) token_file: Option<String>,
-    /// How to print: `table` for people, `json` for scripts.
-    #[arg(long, global = true, value_enum, default_value_t = Output::Table, help_heading = "Sidecar connection")]
+    /// How to print: `table` for people; `json` or `yaml` (the same fields) for scripts.
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Output::Table,
+        help_heading = "Output"
+    )]
     pub(crate) output: Output,
     /// Apply a change to every sidecar of the fleet (stored in Redis), not only this one.
     #[arg(long, global = true, help_heading = "Sidecar connection")]
@@ -82,17 +94,44 @@ pub(crate) struct Global {
     pub(crate) key_file: Option<String>,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
+/// The admin plane's default `admin.listen`.
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:9901";
+
+/// How replies print.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
 pub(crate) enum Output {
+    /// Tables and sentences, for people.
     Table,
+    /// Pretty JSON (one object per line for `watch`).
     Json,
+    /// YAML, with the same fields as JSON (one document per event for `watch`).
+    Yaml,
+}
+
+/// The longest --ttl. An override meant to outlive a month belongs in the config file, and
+/// a typo such as `400d` should not quietly hold an incident change for a year.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// Parses --ttl: a humantime duration (`90s`, `30m`, `1h`, `2d`) of whole seconds from 1 s
+/// to [`MAX_TTL`]. Nothing is rounded: `0s` or `500ms` is an error, not one second.
+pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
+    const RANGE: &str = "from 1s to 30d, e.g. 90s, 30m, 1h, 2d";
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (a duration {RANGE})"))?;
+    if d < Duration::from_secs(1) || d > MAX_TTL {
+        return Err(format!("out of range: a TTL is {RANGE}"));
+    }
+    if d.subsec_nanos() != 0 {
+        return Err(format!("not whole seconds: a TTL is {RANGE}"));
+    }
+    Ok(d)
 }
 
 /// Why and for how long; every change takes these.
 #[derive(Args, Clone)]
 pub(crate) struct ChangeArgs {
-    /// Revert by itself after this long (e.g. 30m, 1h, 90s); default: until cleared.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Revert by itself after this long, from 1s to 30d (e.g. 90s, 30m, 1h, 2d); default:
+    /// until cleared.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub(crate) ttl: Option<Duration>,
     /// Why; recorded in the audit log.
     #[arg(long, default_value = "")]
@@ -103,7 +142,8 @@ impl ChangeArgs {
     pub(crate) fn pb(&self, fleet: bool) -> pb::Change {
         pb::Change {
             reason: self.reason.clone(),
-            ttl_seconds: self.ttl.map_or(0, |d| d.as_secs().max(1)),
+            // parse_ttl admits whole seconds from 1 only, so 0 keeps meaning "until cleared".
+            ttl_seconds: self.ttl.map_or(0, |d| d.as_secs()),
             fleet,
         }
     }
@@ -113,6 +153,19 @@ impl ChangeArgs {
 pub(crate) enum Command {
     /// Level, limits, queue, breakers and load indicators of the sidecar.
     Status,
+    /// This floodgatectl's version and the sidecar's (when --addr answers).
+    Version {
+        /// Only this floodgatectl's version; no sidecar is asked.
+        #[arg(long)]
+        client: bool,
+    },
+    /// Print a shell completion script: `source <(floodgatectl completion bash)`, or
+    /// `floodgatectl completion zsh > "${fpath[1]}/_floodgatectl"`,
+    /// `floodgatectl completion fish > ~/.config/fish/completions/floodgatectl.fish`.
+    Completion {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Read and change rate limits.
     #[command(subcommand)]
     Limits(LimitsCmd),
@@ -130,17 +183,19 @@ pub(crate) enum Command {
     Cache(CacheCmd),
     /// Circuit breakers: list, or `reset NAME`.
     Breakers {
+        /// Without one: list the breakers and their states.
         #[command(subcommand)]
         cmd: Option<BreakersCmd>,
     },
     /// Overrides in force: list, or `clear KEY|all`.
     Overrides {
+        /// Without one: list the overrides in force.
         #[command(subcommand)]
         cmd: Option<OverridesCmd>,
     },
-    /// The latest audit log entries (JSON lines).
+    /// The latest audit log entries (JSON lines; an array with -o json or yaml).
     Audit {
-        /// How many.
+        /// How many entries, the most recent ones.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -272,6 +327,7 @@ pub(crate) enum LimitsCmd {
     Set {
         /// Limit name (as in the config's `limits[].name`).
         name: String,
+        /// New max_requests per window (at least 1; to stop a route, degrade it).
         #[arg(long)]
         max_requests: u64,
         /// New window in seconds.
@@ -282,11 +338,13 @@ pub(crate) enum LimitsCmd {
     },
     /// Multiply limits from their config baseline (the runbook's "raise limits x2").
     Scale {
-        /// One limit; or --all.
+        /// One limit (as in the config's `limits[].name`); or --all.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
+        /// Every limit.
         #[arg(long)]
         all: bool,
+        /// Factor applied to the config baseline (2 doubles it, 0.5 halves it); above 0.
         #[arg(long)]
         multiplier: f64,
         #[command(flatten)]
@@ -294,10 +352,13 @@ pub(crate) enum LimitsCmd {
     },
     /// Back to the config baseline (the runbook's `--from-backup`).
     Restore {
+        /// One limit (as in the config's `limits[].name`); or --all.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
+        /// Every limit.
         #[arg(long)]
         all: bool,
+        /// Why; recorded in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -307,6 +368,7 @@ pub(crate) enum LimitsCmd {
 pub(crate) enum DegradeCmd {
     /// full | degraded | minimal.
     Set {
+        /// The level: `full` (everything on), `degraded` or `minimal` (their features off).
         #[arg(value_parser = ["full", "degraded", "minimal"])]
         level: String,
         #[command(flatten)]
@@ -318,12 +380,14 @@ pub(crate) enum DegradeCmd {
 pub(crate) enum FeatureCmd {
     /// Turn a feature off: its routes get their fallback.
     Disable {
+        /// Feature name (as in the config's `routes[].feature`).
         name: String,
         #[command(flatten)]
         change: ChangeArgs,
     },
     /// Turn a feature on, even where the level turns it off.
     Enable {
+        /// Feature name (as in the config's `routes[].feature`).
         name: String,
         #[command(flatten)]
         change: ChangeArgs,
@@ -334,6 +398,7 @@ pub(crate) enum FeatureCmd {
 pub(crate) enum QueueCmd {
     /// Set how many requests may wait (queue.max_size).
     Resize {
+        /// Requests that may wait, at least 1.
         #[arg(value_parser = clap::value_parser!(u32).range(1..))]
         size: u32,
         #[command(flatten)]
@@ -341,6 +406,7 @@ pub(crate) enum QueueCmd {
     },
     /// Set how many requests may be in flight to the app (queue.max_concurrency).
     Workers {
+        /// Requests that may be in flight at once, at least 1.
         #[arg(value_parser = clap::value_parser!(u32).range(1..))]
         count: u32,
         #[command(flatten)]
@@ -355,6 +421,7 @@ pub(crate) enum CacheCmd {
     /// Serve the aggressive_cache routes' GETs from the cache while fresh (the runbook's
     /// `aggressive_mode --ttl=300`): `cache aggressive on --ttl 5m`.
     Aggressive {
+        /// `on` or `off`.
         #[arg(value_parser = ["on", "off"])]
         state: String,
         #[command(flatten)]
@@ -366,7 +433,9 @@ pub(crate) enum CacheCmd {
 pub(crate) enum BreakersCmd {
     /// Close a breaker and clear its counts: `upstream` or `feature:<name>`.
     Reset {
+        /// The breaker: `upstream` or `feature:<name>` (as `floodgatectl breakers` lists them).
         name: String,
+        /// Why; recorded in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -376,7 +445,9 @@ pub(crate) enum BreakersCmd {
 pub(crate) enum OverridesCmd {
     /// Remove one override (`level`, `limit:NAME`, `feature:NAME`, `queue`) or `all`.
     Clear {
+        /// The override's key (as `floodgatectl overrides` lists them), or `all`.
         key: String,
+        /// Why; recorded in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -385,5 +456,54 @@ pub(crate) enum OverridesCmd {
 #[derive(Subcommand)]
 pub(crate) enum ConfigCmd {
     /// Check a config file; every problem is printed with its line.
-    Validate { file: std::path::PathBuf },
+    Validate {
+        /// The config file (YAML).
+        file: std::path::PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every subcommand, flag and argument says what it is for in `--help`.
+    #[test]
+    fn every_argument_and_subcommand_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && a.get_help().is_none() && !a.is_hide_set() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "floodgatectl", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn ttl_is_whole_seconds_from_one_second_to_thirty_days() {
+        assert_eq!(parse_ttl("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl("30d"), Ok(MAX_TTL));
+        for bad in ["0s", "500ms", "31d", "400d", "1s 500ms"] {
+            let e = parse_ttl(bad).unwrap_err();
+            assert!(e.contains("from 1s to 30d"), "{bad}: {e}");
+        }
+        assert!(parse_ttl("soon").unwrap_err().contains("from 1s to 30d"));
+    }
 }

@@ -4,8 +4,9 @@
 use crate::args::InjectArgs;
 use crate::client::Failure;
 
-pub(crate) fn inject(a: &InjectArgs) -> Result<(), Failure> {
-    use std::io::{Read, Write};
+/// The manifests of `a` with the sidecar added (notes go to standard error).
+pub(crate) fn inject(a: &InjectArgs) -> Result<String, Failure> {
+    use std::io::Read;
     let mut input = String::new();
     if a.file == "-" {
         std::io::stdin()
@@ -48,7 +49,5 @@ pub(crate) fn inject(a: &InjectArgs) -> Result<(), Failure> {
     for n in &done.notes {
         eprintln!("floodgatectl inject: {n}");
     }
-    std::io::stdout()
-        .write_all(done.output.as_bytes())
-        .map_err(|e| Failure(1, format!("cannot write standard output: {e}")))
+    Ok(done.output)
 }
