@@ -165,6 +165,7 @@ impl Control for RuntimeControl {
             overrides,
             fleet,
             fleet_version,
+            version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 

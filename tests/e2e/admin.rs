@@ -52,7 +52,7 @@ impl Admin {
         }
     }
 
-    fn token(&self, name: &str) -> PathBuf {
+    pub fn token(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 

@@ -140,3 +140,179 @@ fn admin_off_loopback_without_tls_is_refused_by_validate_and_at_start() {
     );
     assert!(err.contains("`admin.allow_insecure: true`"), "{err}");
 }
+
+// === floodgatectl's conventions ===
+
+use crate::admin::{Admin, LIMITED};
+use crate::support::{floodgatectl, Upstream};
+
+fn ctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(floodgatectl())
+        .args(args)
+        .env_remove("FLOODGATE_TOKEN")
+        .env_remove("FLOODGATE_TOKEN_FILE")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `floodgatectl ... status | READER` through `sh`, as a person types it; returns the
+/// pipeline's stdout and stderr, where `ctl=N` is floodgatectl's own exit code.
+fn piped(a: &Admin, reader: &str) -> (String, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            r#"{{ "$CTL" --addr "$ADDR" --token-file "$TOKEN" status; echo "ctl=$?" >&2; }} | {reader}"#
+        ))
+        .env("CTL", floodgatectl())
+        .env("ADDR", &a.addr)
+        .env("TOKEN", a.token("view.token"))
+        .env_remove("FLOODGATE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn status_into_a_closed_pipe_exits_0_without_a_panic() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    // An override in force makes `status` write, call the sidecar again, and write more:
+    // by then `head -1` has gone.
+    a.op(&["degrade", "set", "degraded", "--ttl", "1h"]);
+    let (out, err) = piped(&a, "head -1");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("config version"), "{out}");
+    assert!(err.contains("ctl=0") && !err.contains("panicked"), "{err}");
+    // A reader that reads nothing: the very first write meets a closed pipe.
+    let (_, err) = piped(&a, "true");
+    assert!(err.contains("ctl=0") && !err.contains("panicked"), "{err}");
+}
+
+#[tokio::test]
+async fn yaml_says_what_json_says() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    a.op(&[
+        "limits",
+        "set",
+        "per_client",
+        "--max-requests",
+        "2000",
+        "--window",
+        "60",
+    ]);
+    a.op(&["feature", "disable", "recommendations", "--ttl", "1h"]);
+    for cmd in [&["overrides"][..], &["status"], &["limits", "show"]] {
+        let json: serde_json::Value =
+            serde_json::from_str(&a.op(&[&["-o", "json"], cmd].concat())).unwrap();
+        let yaml: serde_json::Value =
+            serde_yaml::from_str(&a.op(&[&["-o", "yaml"], cmd].concat())).unwrap();
+        assert_eq!(yaml, json, "floodgatectl {cmd:?}");
+    }
+    // Override values are typed, not only words.
+    let o: serde_json::Value = serde_json::from_str(&a.op(&["-o", "json", "overrides"])).unwrap();
+    let by_key = |k: &str| {
+        o.as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["key"] == k)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_key("limit:per_client")["max_requests"], 2000);
+    assert_eq!(by_key("limit:per_client")["window_seconds"], 60);
+    assert_eq!(by_key("feature:recommendations")["enabled"], false);
+}
+
+#[test]
+fn ttl_outside_one_second_to_thirty_days_is_refused_naming_the_range() {
+    for ttl in ["0s", "31d"] {
+        let (code, _, err) = ctl(&["degrade", "set", "degraded", "--ttl", ttl]);
+        assert_eq!(code, 2, "{ttl}: {err}");
+        assert!(
+            err.contains("--ttl") && err.contains("from 1s to 30d"),
+            "{ttl}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn version_prints_the_client_and_the_sidecar() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    let v = env!("CARGO_PKG_VERSION");
+    let out = a.op(&["version"]);
+    assert!(out.contains(&format!("floodgatectl {v} (client)")), "{out}");
+    assert!(out.contains(&format!("floodgate {v} (sidecar)")), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&a.op(&["-o", "json", "version"])).unwrap();
+    assert_eq!(json, serde_json::json!({ "client": v, "sidecar": v }));
+    let (code, out, _) = ctl(&["version", "--client"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("floodgatectl {v} (client)").as_str())
+    );
+}
+
+#[test]
+fn completion_prints_a_shell_script() {
+    let (code, out, err) = ctl(&["completion", "bash"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("complete") && out.contains("floodgatectl"),
+        "{out}"
+    );
+    for shell in ["zsh", "fish"] {
+        let (code, out, err) = ctl(&["completion", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains("floodgatectl"), "{shell}: {out}");
+    }
+}
+
+#[tokio::test]
+async fn addr_at_the_proxy_port_says_it_is_not_the_admin_plane() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    let proxy = format!("127.0.0.1:{}", a.fg.port);
+    let token = a.token("op.token").display().to_string();
+    let (code, _, err) = ctl(&["--addr", &proxy, "--token-file", &token, "status"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{proxy} answered but is not a Floodgate admin plane"
+        )) && err.contains("admin.listen, default 127.0.0.1:9901"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn tables_have_header_rows_and_human_ttls() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    a.op(&[
+        "degrade", "set", "degraded", "--ttl", "2h", "--reason", "INC-1",
+    ]);
+    let out = a.op(&["overrides"]);
+    let mut lines = out.lines();
+    let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        head,
+        ["key", "value", "expires", "scope", "author", "reason"],
+        "{out}"
+    );
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with("level") && (row.contains(" 1h 59m left ") || row.contains(" 2h left ")),
+        "{out}"
+    );
+    let limits = a.op(&["limits", "show"]);
+    assert!(limits.starts_with("limit "), "{limits}");
+}

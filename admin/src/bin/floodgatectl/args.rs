@@ -1,0 +1,509 @@
+//! The command line itself: every flag, subcommand and argument `floodgatectl` takes, with the
+//! help text people read. Parsing only; the commands run in `main.rs`.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use floodgate_admin::pb;
+
+/// Change a running Floodgate sidecar during an incident: raise limits, switch degradation
+/// levels, turn features off, resize the queue. Every change takes --reason and --ttl and is
+/// written to the sidecar's audit log.
+///
+/// Examples:
+///   floodgatectl status
+///   floodgatectl limits scale --all --multiplier 2 --ttl 30m --reason "launch spike"
+///   floodgatectl degrade set degraded --ttl 1h --reason "INC-4211: p95 over 2 s"
+///   floodgatectl feature disable recommendations --reason "shed load"
+///   floodgatectl queue workers 20 && floodgatectl queue resize 5000
+///   floodgatectl limits restore --all
+///
+/// The token: --token-file FILE, or FLOODGATE_TOKEN=<the token itself> (for CI secrets),
+/// or FLOODGATE_TOKEN_FILE=FILE; a --token-file given on the command line wins over both.
+///
+/// Exit codes: 0 done, 2 bad arguments, 3 sidecar unreachable (or --addr is not an admin
+/// port), 4 not authorised, 5 refused (unknown name, invalid value), 1 anything else.
+/// A closed standard output (`| head`) ends the command quietly with 0.
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Args)]
+pub(crate) struct Global {
+    /// Admin address of the sidecar (its `admin.listen`; not the proxy port).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_ADDR",
+        default_value = DEFAULT_ADDR,
+        help_heading = "Sidecar connection"
+    )]
+    pub(crate) addr: String,
+    /// File holding the bearer token (an operator token to change, a viewer token to read).
+    /// FLOODGATE_TOKEN, the token itself, is used when this flag is not on the command line.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_TOKEN_FILE",
+        help_heading = "Sidecar connection"
+    )]
+    pub(crate) token_file: Option<String>,
+    /// How to print: `table` for people; `json` or `yaml` (the same fields) for scripts.
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Output::Table,
+        help_heading = "Output"
+    )]
+    pub(crate) output: Output,
+    /// Apply a change to every sidecar of the fleet (stored in Redis), not only this one.
+    #[arg(long, global = true, help_heading = "Sidecar connection")]
+    pub(crate) fleet: bool,
+    /// CA certificate (PEM) to verify the sidecar's admin.tls certificate; turns on TLS.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_CA_FILE",
+        help_heading = "Sidecar connection"
+    )]
+    pub(crate) ca_file: Option<String>,
+    /// Client certificate (PEM) for a sidecar that requires mutual TLS (with --key-file).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_CERT_FILE",
+        requires = "key_file",
+        help_heading = "Sidecar connection"
+    )]
+    pub(crate) cert_file: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_KEY_FILE",
+        requires = "cert_file",
+        help_heading = "Sidecar connection"
+    )]
+    pub(crate) key_file: Option<String>,
+}
+
+/// The admin plane's default `admin.listen`.
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:9901";
+
+/// How replies print.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
+pub(crate) enum Output {
+    /// Tables and sentences, for people.
+    Table,
+    /// Pretty JSON (one object per line for `watch`).
+    Json,
+    /// YAML, with the same fields as JSON (one document per event for `watch`).
+    Yaml,
+}
+
+/// The longest --ttl. An override meant to outlive a month belongs in the config file, and
+/// a typo such as `400d` should not quietly hold an incident change for a year.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// Parses --ttl: a humantime duration (`90s`, `30m`, `1h`, `2d`) of whole seconds from 1 s
+/// to [`MAX_TTL`]. Nothing is rounded: `0s` or `500ms` is an error, not one second.
+pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
+    const RANGE: &str = "from 1s to 30d, e.g. 90s, 30m, 1h, 2d";
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (a duration {RANGE})"))?;
+    if d < Duration::from_secs(1) || d > MAX_TTL {
+        return Err(format!("out of range: a TTL is {RANGE}"));
+    }
+    if d.subsec_nanos() != 0 {
+        return Err(format!("not whole seconds: a TTL is {RANGE}"));
+    }
+    Ok(d)
+}
+
+/// Why and for how long; every change takes these.
+#[derive(Args, Clone)]
+pub(crate) struct ChangeArgs {
+    /// Revert by itself after this long, from 1s to 30d (e.g. 90s, 30m, 1h, 2d); default:
+    /// until cleared.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub(crate) ttl: Option<Duration>,
+    /// Why; recorded in the audit log.
+    #[arg(long, default_value = "")]
+    pub(crate) reason: String,
+}
+
+impl ChangeArgs {
+    pub(crate) fn pb(&self, fleet: bool) -> pb::Change {
+        pb::Change {
+            reason: self.reason.clone(),
+            // parse_ttl admits whole seconds from 1 only, so 0 keeps meaning "until cleared".
+            ttl_seconds: self.ttl.map_or(0, |d| d.as_secs()),
+            fleet,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Level, limits, queue, breakers and load indicators of the sidecar.
+    Status,
+    /// This floodgatectl's version and the sidecar's (when --addr answers).
+    Version {
+        /// Only this floodgatectl's version; no sidecar is asked.
+        #[arg(long)]
+        client: bool,
+    },
+    /// Print a shell completion script: `source <(floodgatectl completion bash)`, or
+    /// `floodgatectl completion zsh > "${fpath[1]}/_floodgatectl"`,
+    /// `floodgatectl completion fish > ~/.config/fish/completions/floodgatectl.fish`.
+    Completion {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Read and change rate limits.
+    #[command(subcommand)]
+    Limits(LimitsCmd),
+    /// Set the degradation level by hand (wins over automatic degradation until cleared).
+    #[command(subcommand)]
+    Degrade(DegradeCmd),
+    /// Turn one feature on or off, whatever the level.
+    #[command(subcommand)]
+    Feature(FeatureCmd),
+    /// The admission queue.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// The response cache.
+    #[command(subcommand)]
+    Cache(CacheCmd),
+    /// Circuit breakers: list, or `reset NAME`.
+    Breakers {
+        /// Without one: list the breakers and their states.
+        #[command(subcommand)]
+        cmd: Option<BreakersCmd>,
+    },
+    /// Overrides in force: list, or `clear KEY|all`.
+    Overrides {
+        /// Without one: list the overrides in force.
+        #[command(subcommand)]
+        cmd: Option<OverridesCmd>,
+    },
+    /// The latest audit log entries (JSON lines; an array with -o json or yaml).
+    Audit {
+        /// How many entries, the most recent ones.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Print changes as they happen (overrides, levels, breakers) until interrupted.
+    Watch,
+    /// The fleet, through the sidecar's Redis.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
+    /// Local config file checks (no sidecar needed).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Add the Floodgate sidecar to Kubernetes workloads (offline; no sidecar needed).
+    ///
+    /// Reads Kubernetes YAML (several documents; Deployment, StatefulSet, DaemonSet, ReplicaSet,
+    /// Job, CronJob, Pod, or a List of them) and writes it to standard output with the `floodgate`
+    /// container in front of each workload's app.
+    ///
+    /// Floodgate takes over the name of the app's port (e.g. `http`) on a port of its own
+    /// (--listen-port) and forwards to the app on 127.0.0.1; the app's port is renamed (`app-http`)
+    /// and the app is not changed. Services that target the port by name keep working; Services in
+    /// the same input that target it by number are pointed at the name. Also added: the config from
+    /// a ConfigMap (--config-map, mounted at /etc/floodgate/config), the admin tokens from a Secret
+    /// (--admin-secret, at /etc/floodgate/tokens), /healthz and /readyz probes, resources, a
+    /// non-root read-only securityContext and Prometheus scrape annotations.
+    ///
+    /// Documents it does not change are written back byte for byte; injecting twice changes
+    /// nothing. A workload annotated `floodgate.io/inject: disabled` is skipped. Notes (what was
+    /// done, what to check) go to standard error.
+    ///
+    /// Examples:
+    ///   floodgatectl inject -f deployment.yaml | kubectl apply -f -
+    ///   kubectl get deploy web -o yaml | floodgatectl inject -f - --upstream-port 8080 | kubectl apply -f -
+    ///   floodgatectl inject -f k8s/ --config-map web-floodgate > injected.yaml   (every .yaml/.yml in k8s/)
+    ///
+    /// Exit codes: 0 written, 2 input unreadable, 5 refused (nothing written; the message names
+    /// the document, the workload and the fix).
+    #[command(verbatim_doc_comment)]
+    Inject(InjectArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct InjectArgs {
+    /// File to read, a directory (its .yaml and .yml files, by name, as one stream), or `-` for
+    /// standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub(crate) file: String,
+    /// ConfigMap with the Floodgate config (key: --config-key).
+    #[arg(long, value_name = "NAME", default_value = "floodgate-config")]
+    pub(crate) config_map: String,
+    /// Key of the config file in the ConfigMap.
+    #[arg(long, value_name = "KEY", default_value = "floodgate.yaml")]
+    pub(crate) config_key: String,
+    /// Secret with the admin tokens (files referenced by admin.tokens[].file under
+    /// /etc/floodgate/tokens); an empty name mounts none.
+    #[arg(long, value_name = "NAME", default_value = "floodgate-admin-tokens")]
+    pub(crate) admin_secret: String,
+    /// The app's port Floodgate fronts (needed when the app has several or declares none).
+    #[arg(long, value_name = "N")]
+    pub(crate) upstream_port: Option<u16>,
+    /// The app's container (needed when several containers have ports).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) container: Option<String>,
+    /// Floodgate's image.
+    #[arg(long, value_name = "IMAGE")]
+    pub(crate) image: Option<String>,
+    /// Floodgate's inbound port.
+    #[arg(long, value_name = "N", default_value_t = 15080)]
+    pub(crate) listen_port: u16,
+    /// Floodgate's metrics, /healthz and /readyz port.
+    #[arg(long, value_name = "N", default_value_t = 15090)]
+    pub(crate) metrics_port: u16,
+    /// Serve the admin plane on this port of the pod IP; the config must then set admin.tls
+    /// (or admin.allow_insecure: true). Default: the config's admin.listen, on loopback,
+    /// reachable with `kubectl port-forward`.
+    #[arg(long, value_name = "N")]
+    pub(crate) admin_port: Option<u16>,
+    /// Sidecar CPU request.
+    #[arg(long, default_value = "100m")]
+    pub(crate) cpu_request: String,
+    /// Sidecar memory request.
+    #[arg(long, default_value = "64Mi")]
+    pub(crate) memory_request: String,
+    /// Sidecar CPU limit (the runbook's CPU alerts are a share of it).
+    #[arg(long, default_value = "1")]
+    pub(crate) cpu_limit: String,
+    /// Sidecar memory limit (a queued request costs ~27 KiB: 1000 queued ~ 27 MiB).
+    #[arg(long, default_value = "256Mi")]
+    pub(crate) memory_limit: String,
+    /// Inject a Kubernetes native sidecar (an initContainer with restartPolicy: Always;
+    /// Kubernetes 1.29+): Floodgate starts and is ready before the app and stops after it, so
+    /// no request reaches the app around it and its drain finishes while the app still answers.
+    #[arg(long)]
+    pub(crate) native_sidecar: bool,
+}
+
+impl InjectArgs {
+    pub(crate) fn options(&self) -> floodgate_admin::inject::Options {
+        let defaults = floodgate_admin::inject::Options::default();
+        floodgate_admin::inject::Options {
+            image: self.image.clone().unwrap_or(defaults.image),
+            config_map: self.config_map.clone(),
+            config_key: self.config_key.clone(),
+            admin_secret: (!self.admin_secret.is_empty()).then(|| self.admin_secret.clone()),
+            upstream_port: self.upstream_port,
+            container: self.container.clone(),
+            listen_port: self.listen_port,
+            metrics_port: self.metrics_port,
+            admin_port: self.admin_port,
+            cpu_request: self.cpu_request.clone(),
+            memory_request: self.memory_request.clone(),
+            cpu_limit: self.cpu_limit.clone(),
+            memory_limit: self.memory_limit.clone(),
+            native_sidecar: self.native_sidecar,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum FleetCmd {
+    /// Every live sidecar, whether it applied the latest fleet overrides, and its load.
+    Status,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum LimitsCmd {
+    /// Show every limit with its current and baseline values.
+    Show,
+    /// Set one limit's max_requests (and window).
+    Set {
+        /// Limit name (as in the config's `limits[].name`).
+        name: String,
+        /// New max_requests per window (at least 1; to stop a route, degrade it).
+        #[arg(long)]
+        max_requests: u64,
+        /// New window in seconds.
+        #[arg(long)]
+        window: Option<u64>,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Multiply limits from their config baseline (the runbook's "raise limits x2").
+    Scale {
+        /// One limit (as in the config's `limits[].name`); or --all.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Every limit.
+        #[arg(long)]
+        all: bool,
+        /// Factor applied to the config baseline (2 doubles it, 0.5 halves it); above 0.
+        #[arg(long)]
+        multiplier: f64,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Back to the config baseline (the runbook's `--from-backup`).
+    Restore {
+        /// One limit (as in the config's `limits[].name`); or --all.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Every limit.
+        #[arg(long)]
+        all: bool,
+        /// Why; recorded in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DegradeCmd {
+    /// full | degraded | minimal.
+    Set {
+        /// The level: `full` (everything on), `degraded` or `minimal` (their features off).
+        #[arg(value_parser = ["full", "degraded", "minimal"])]
+        level: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum FeatureCmd {
+    /// Turn a feature off: its routes get their fallback.
+    Disable {
+        /// Feature name (as in the config's `routes[].feature`).
+        name: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Turn a feature on, even where the level turns it off.
+    Enable {
+        /// Feature name (as in the config's `routes[].feature`).
+        name: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum QueueCmd {
+    /// Set how many requests may wait (queue.max_size).
+    Resize {
+        /// Requests that may wait, at least 1.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        size: u32,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Set how many requests may be in flight to the app (queue.max_concurrency).
+    Workers {
+        /// Requests that may be in flight at once, at least 1.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Depth, capacity, in-flight and drain rate.
+    Metrics,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CacheCmd {
+    /// Serve the aggressive_cache routes' GETs from the cache while fresh (the runbook's
+    /// `aggressive_mode --ttl=300`): `cache aggressive on --ttl 5m`.
+    Aggressive {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BreakersCmd {
+    /// Close a breaker and clear its counts: `upstream` or `feature:<name>`.
+    Reset {
+        /// The breaker: `upstream` or `feature:<name>` (as `floodgatectl breakers` lists them).
+        name: String,
+        /// Why; recorded in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum OverridesCmd {
+    /// Remove one override (`level`, `limit:NAME`, `feature:NAME`, `queue`) or `all`.
+    Clear {
+        /// The override's key (as `floodgatectl overrides` lists them), or `all`.
+        key: String,
+        /// Why; recorded in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ConfigCmd {
+    /// Check a config file; every problem is printed with its line.
+    Validate {
+        /// The config file (YAML).
+        file: std::path::PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every subcommand, flag and argument says what it is for in `--help`.
+    #[test]
+    fn every_argument_and_subcommand_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && a.get_help().is_none() && !a.is_hide_set() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "floodgatectl", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn ttl_is_whole_seconds_from_one_second_to_thirty_days() {
+        assert_eq!(parse_ttl("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl("30d"), Ok(MAX_TTL));
+        for bad in ["0s", "500ms", "31d", "400d", "1s 500ms"] {
+            let e = parse_ttl(bad).unwrap_err();
+            assert!(e.contains("from 1s to 30d"), "{bad}: {e}");
+        }
+        assert!(parse_ttl("soon").unwrap_err().contains("from 1s to 30d"));
+    }
+}

@@ -1,0 +1,299 @@
+//! Replies as people read them: sentences and tables, every table with its header row.
+//! Each function returns the text; writing it is `out`'s job. (JSON and YAML are serde's.)
+
+use floodgate_admin::pb;
+
+use crate::table::{Align::Left, Align::Right, Table};
+
+/// A threshold the indicator has, or `-` (the proto sends NaN for none).
+fn threshold(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// `secs` as a person reads a time left: `45s`, `9h 36m`, `2d 3h`, the two largest units.
+pub(crate) fn human_duration(secs: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let Some(i) = UNITS.iter().position(|(n, _)| secs >= *n) else {
+        return "0s".into();
+    };
+    let mut units = UNITS.iter().skip(i);
+    let mut out = String::new();
+    if let Some((n, u)) = units.next() {
+        out = format!("{}{u}", secs / n);
+        if let Some((m, v)) = units.next() {
+            let rest = secs % n / m;
+            if rest > 0 {
+                out.push_str(&format!(" {rest}{v}"));
+            }
+        }
+    }
+    out
+}
+
+/// Unix seconds now, for the time left of overrides.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(crate) fn status(s: &pb::StatusReply) -> String {
+    let d = s.degradation.clone().unwrap_or_default();
+    let mut out = format!(
+        "config version {}   upstream {}   load {}\n",
+        s.config_version,
+        s.upstream,
+        s.level.to_uppercase()
+    );
+    let manual = if d.manual_level.is_empty() {
+        String::new()
+    } else {
+        format!(" (manual {})", d.manual_level)
+    };
+    let off = if d.disabled_features.is_empty() {
+        "none".to_string()
+    } else {
+        d.disabled_features.join(", ")
+    };
+    out += &format!(
+        "degradation {}{manual}, automatic {}; features off: {off}; aggressive cache {}\n",
+        d.level,
+        d.auto_level,
+        if d.aggressive_cache { "on" } else { "off" }
+    );
+    if let Some(q) = &s.queue {
+        if q.configured {
+            out += &format!(
+                "queue {}/{} waiting, {}/{} in flight, draining {:.1}/s\n",
+                q.depth, q.max_size, q.inflight, q.max_concurrency, q.drain_rate_per_second
+            );
+        }
+    }
+    out += &format!(
+        "overrides in force: {}   fleet sync: {} (version {})\n",
+        s.overrides, s.fleet, s.fleet_version
+    );
+    out += "\n";
+    out += &limits(&s.limits);
+    if !s.breakers.is_empty() {
+        out += "\n";
+        out += &breakers(&s.breakers);
+    }
+    out += "\n";
+    let mut t = Table::new(&[
+        ("indicator", Left),
+        ("value", Right),
+        ("warning", Right),
+        ("critical", Right),
+        ("level", Left),
+    ]);
+    for i in &s.indicators {
+        t.row(vec![
+            i.name.clone(),
+            format!("{:.3}", i.value),
+            threshold(i.warning),
+            threshold(i.critical),
+            i.level.clone(),
+        ]);
+    }
+    out + &t.render()
+}
+
+pub(crate) fn limits(limits: &[pb::Limit]) -> String {
+    if limits.is_empty() {
+        return "no rate limits configured\n".into();
+    }
+    let mut t = Table::new(&[
+        ("limit", Left),
+        ("scope", Left),
+        ("max_requests", Right),
+        ("window_s", Right),
+        ("baseline", Right),
+        ("baseline_window_s", Right),
+        ("used", Right),
+    ]);
+    for l in limits {
+        t.row(vec![
+            l.name.clone(),
+            l.scope.clone(),
+            l.max_requests.to_string(),
+            l.window_seconds.to_string(),
+            l.baseline_max_requests.to_string(),
+            l.baseline_window_seconds.to_string(),
+            format!("{:.0}%", l.utilization * 100.0),
+        ]);
+    }
+    t.render()
+}
+
+pub(crate) fn breakers(breakers: &[pb::Breaker]) -> String {
+    if breakers.is_empty() {
+        return "no circuit breakers configured\n".into();
+    }
+    let mut t = Table::new(&[("breaker", Left), ("state", Left)]);
+    for b in breakers {
+        t.row(vec![b.name.clone(), b.state.clone()]);
+    }
+    t.render()
+}
+
+pub(crate) fn queue(q: &pb::Queue) -> String {
+    if q.configured {
+        format!(
+            "Queue size: {}/{}  in flight: {}/{}  drain: {:.1}/s\n",
+            q.depth, q.max_size, q.inflight, q.max_concurrency, q.drain_rate_per_second
+        )
+    } else {
+        format!(
+            "no queue configured (in flight to the app: {})\n",
+            q.inflight
+        )
+    }
+}
+
+pub(crate) fn fleet(f: &pb::FleetStatusReply) -> String {
+    let applied = f
+        .sidecars
+        .iter()
+        .filter(|s| s.applied_version >= f.version)
+        .count();
+    let mut out = format!(
+        "fleet override version {}: applied on {applied}/{}\n",
+        f.version,
+        f.sidecars.len()
+    );
+    let mut t = Table::new(&[
+        ("sidecar", Left),
+        ("pod", Left),
+        ("config", Right),
+        ("applied", Right),
+        ("rps", Right),
+        ("errors", Right),
+        ("p95_ms", Right),
+        ("seen", Right),
+    ]);
+    for s in &f.sidecars {
+        t.row(vec![
+            s.id.clone(),
+            s.pod.clone(),
+            s.config_version.to_string(),
+            s.applied_version.to_string(),
+            format!("{:.1}", s.rps),
+            format!("{:.2}%", s.error_rate * 100.0),
+            format!("{:.1}", s.p95_ms),
+            format!("{}s ago", s.seen_seconds_ago),
+        ]);
+    }
+    out += &t.render();
+    let total: f64 = f.sidecars.iter().map(|s| s.rps).sum();
+    if total > 0.0 && !f.sidecars.is_empty() {
+        let mean = total / f.sidecars.len() as f64;
+        let max = f.sidecars.iter().map(|s| s.rps).fold(0.0, f64::max);
+        out += &format!(
+            "load distribution: {total:.1} rps in all, busiest at {:.0}% of the mean\n",
+            max / mean * 100.0
+        );
+    }
+    out
+}
+
+/// The overrides in force, as of `now` (Unix seconds).
+pub(crate) fn overrides(o: &[pb::Override], now: u64) -> String {
+    if o.is_empty() {
+        return "no overrides: everything is as the config file says\n".into();
+    }
+    let mut t = Table::new(&[
+        ("key", Left),
+        ("value", Left),
+        ("expires", Left),
+        ("scope", Left),
+        ("author", Left),
+        ("reason", Left),
+    ]);
+    for o in o {
+        let expires = if o.expires_at == 0 {
+            "until cleared".to_string()
+        } else if o.expires_at > now {
+            format!("{} left", human_duration(o.expires_at - now))
+        } else {
+            // Expiry runs every second; until then it is still in force.
+            "expiring".to_string()
+        };
+        t.row(vec![
+            o.key.clone(),
+            o.value.clone(),
+            expires,
+            o.scope.clone(),
+            o.author.clone(),
+            o.reason.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// A change's reply: what changed, then the overrides in force after it.
+pub(crate) fn change(reply: &pb::ChangeReply, now: u64) -> String {
+    format!("{}\n{}", reply.summary, overrides(&reply.overrides, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_reads_in_its_two_largest_units() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(45), "45s");
+        assert_eq!(human_duration(60), "1m");
+        assert_eq!(human_duration(90), "1m 30s");
+        assert_eq!(human_duration(9 * 3600 + 36 * 60 + 59), "9h 36m");
+        assert_eq!(human_duration(2 * 86_400 + 3 * 3600 + 59), "2d 3h");
+        assert_eq!(human_duration(86_400 + 59), "1d");
+        assert_eq!(human_duration(34_560_000), "400d");
+    }
+
+    #[test]
+    fn overrides_have_a_header_and_a_human_time_left() {
+        let o = |key: &str, expires_at| pb::Override {
+            key: key.into(),
+            value: "degraded".into(),
+            scope: "local".into(),
+            author: "operator:op.token".into(),
+            reason: "INC-1".into(),
+            expires_at,
+            ..Default::default()
+        };
+        let now = 1_000_000;
+        let text = overrides(
+            &[
+                o("level", now + 9 * 3600 + 36 * 60),
+                o("queue", 0),
+                o("x", now),
+            ],
+            now,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("key    value     expires"), "{text}");
+        assert!(lines[1].contains("9h 36m left"), "{text}");
+        assert!(lines[2].contains("until cleared"), "{text}");
+        assert!(lines[3].contains("expiring"), "{text}");
+    }
+
+    #[test]
+    fn breakers_and_limits_have_a_header() {
+        let b = breakers(&[pb::Breaker {
+            name: "upstream".into(),
+            state: "closed".into(),
+        }]);
+        assert_eq!(b, "breaker   state\nupstream  closed\n");
+        let l = limits(&[pb::Limit {
+            name: "api".into(),
+            ..Default::default()
+        }]);
+        assert!(l.starts_with("limit  scope  max_requests"), "{l}");
+    }
+}
