@@ -117,3 +117,77 @@ async fn a_schedule_holding_writes_one_audit_entry_and_leaves_the_config_version
     assert!(audit.contains("schedule.start"), "{audit}");
     assert_eq!(a.fg.metric("floodgate_config_version").await, Some(1.0));
 }
+
+const FEATURES: &str = "routes:
+  - { name: reco, match: { path_prefix: /reco }, feature: recommendations }
+  - { name: analytics, match: { path_prefix: /analytics }, feature: analytics }
+  - { name: notify, match: { path_prefix: /notify }, feature: notifications }
+degradation:
+  levels: { degraded: [recommendations], minimal: [recommendations, analytics, notifications] }
+  auto:
+    enabled: true
+    cooldown_seconds: 60
+    rules:
+      - { indicator: error_rate, above: 0.5, for_seconds: 1, level: degraded }
+load_indicators:
+  window_seconds: 2
+  min_requests: 5
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degrade_and_three_features_off_then_restore_full_then_automatic_degradation_acts() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, FEATURES).await;
+    a.op(&["degrade", "set", "degraded", "--reason", "INC-2"]);
+    for f in ["recommendations", "analytics", "notifications"] {
+        a.op(&["feature", "disable", f, "--reason", "INC-2"]);
+    }
+    for path in ["/reco/x", "/analytics/x", "/notify/x"] {
+        let (status, h, _) = crate::support::http_get(a.fg.port, path).await.unwrap();
+        assert_eq!(
+            (status, h["floodgate-reason"].to_str().unwrap()),
+            (503, "degraded"),
+            "{path}"
+        );
+    }
+    // The runbook's "Restore FULL".
+    let out = a.op(&["degrade", "clear", "--reason", "INC-2 over"]);
+    assert!(
+        out.contains("level: degraded (local) -> full (baseline)"),
+        "{out}"
+    );
+    for f in ["recommendations", "analytics", "notifications"] {
+        let out = a.op(&["feature", "reset", f, "--reason", "INC-2 over"]);
+        assert!(
+            out.contains(&format!("feature:{f}: disabled (local) ->")),
+            "{out}"
+        );
+    }
+    assert!(
+        a.op(&["overrides"]).contains("no overrides"),
+        "nothing pinned"
+    );
+    let s = json(&a, &["status"]);
+    assert_eq!(s["degradation"]["level"], "full");
+    assert_eq!(s["degradation"]["manual_level"], "");
+    for path in ["/reco/x", "/analytics/x", "/notify/x"] {
+        assert_eq!(
+            crate::support::http_get(a.fg.port, path).await.unwrap().0,
+            200
+        );
+    }
+    // Nothing pins the level any more: the app failing degrades the sidecar by itself.
+    up.stats
+        .fail_with
+        .store(500, std::sync::atomic::Ordering::SeqCst);
+    let port = a.fg.port;
+    crate::support::eventually(Duration::from_secs(10), "automatic degradation", || async {
+        for _ in 0..10 {
+            let _ = crate::support::http_get(port, "/x").await;
+        }
+        a.fg.metric("floodgate_degradation_level").await == Some(1.0)
+    })
+    .await;
+    let s = json(&a, &["status"]);
+    assert_eq!(s["degradation"]["auto_level"], "degraded", "{s}");
+}

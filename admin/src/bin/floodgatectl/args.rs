@@ -366,13 +366,22 @@ pub(crate) enum LimitsCmd {
 
 #[derive(Subcommand)]
 pub(crate) enum DegradeCmd {
-    /// full | degraded | minimal.
+    /// Pin the level: full | degraded | minimal. The pin wins over automatic degradation
+    /// until its --ttl runs out or `degrade clear` removes it.
     Set {
         /// The level: `full` (everything on), `degraded` or `minimal` (their features off).
         #[arg(value_parser = ["full", "degraded", "minimal"])]
         level: String,
         #[command(flatten)]
         change: ChangeArgs,
+    },
+    /// Remove the pinned level (a schedule holding one is suspended until it next starts):
+    /// the config's level and automatic degradation decide again. "Restore FULL" in the
+    /// runbook is this, with `feature reset` for each feature switched by hand.
+    Clear {
+        /// Why; recorded in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -391,6 +400,14 @@ pub(crate) enum FeatureCmd {
         name: String,
         #[command(flatten)]
         change: ChangeArgs,
+    },
+    /// Remove the feature's enable/disable override: the level in force decides again.
+    Reset {
+        /// Feature name (as in the config's `routes[].feature`).
+        name: String,
+        /// Why; recorded in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -443,7 +460,9 @@ pub(crate) enum BreakersCmd {
 
 #[derive(Subcommand)]
 pub(crate) enum OverridesCmd {
-    /// Remove one override (`level`, `limit:NAME`, `feature:NAME`, `queue`) or `all`.
+    /// Remove one override (`level`, `limit:NAME`, `feature:NAME`, `queue.max_size`,
+    /// `queue.max_concurrency`, `aggressive_cache`) or `all`; a schedule holding the key is
+    /// suspended until it next starts.
     Clear {
         /// The override's key (as `floodgatectl overrides` lists them), or `all`.
         key: String,

@@ -196,14 +196,34 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
             };
             change(c.set_level(request(req, &token)?).await?.into_inner())?;
         }
-        Command::Feature(cmd) => {
-            let (name, enabled, a) = match cmd {
-                FeatureCmd::Disable { name, change } => (name, false, change),
-                FeatureCmd::Enable { name, change } => (name, true, change),
+        Command::Degrade(DegradeCmd::Clear { reason }) => {
+            let req = pb::ClearOverrideRequest {
+                key: "level".into(),
+                reason,
+                fleet,
             };
+            change(c.clear_override(request(req, &token)?).await?.into_inner())?;
+        }
+        Command::Feature(FeatureCmd::Reset { name, reason }) => {
+            let req = pb::ClearOverrideRequest {
+                key: format!("feature:{name}"),
+                reason,
+                fleet,
+            };
+            change(c.clear_override(request(req, &token)?).await?.into_inner())?;
+        }
+        Command::Feature(FeatureCmd::Disable { name, change: a }) => {
             let req = pb::SetFeatureRequest {
                 name,
-                enabled,
+                enabled: false,
+                change: Some(a.pb(fleet)),
+            };
+            change(c.set_feature(request(req, &token)?).await?.into_inner())?;
+        }
+        Command::Feature(FeatureCmd::Enable { name, change: a }) => {
+            let req = pb::SetFeatureRequest {
+                name,
+                enabled: true,
                 change: Some(a.pb(fleet)),
             };
             change(c.set_feature(request(req, &token)?).await?.into_inner())?;
