@@ -64,7 +64,7 @@ pub struct Upstream {
 }
 
 /// Admin plane settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     /// gRPC listen address.
     pub listen: SocketAddr,

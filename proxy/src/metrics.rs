@@ -72,6 +72,9 @@ pub struct Metrics {
     pub fleet_version: IntGauge,
     /// `floodgate_draining`: 1 once SIGTERM was received.
     pub draining: IntGauge,
+    /// `floodgate_config_restart_required_total{setting}`: reloads that changed a setting
+    /// read only at start-up.
+    pub restart_required: IntCounterVec,
     /// `floodgate_override_generation`: snapshots rebuilt for override changes (the config
     /// version counts file reloads only).
     pub override_generation: IntGauge,
@@ -247,6 +250,13 @@ impl Metrics {
         let draining = IntGauge::new("floodgate_draining", "1 while shutting down after SIGTERM.")?;
         let connections_open =
             IntGauge::new("floodgate_connections_open", "Client connections open now.")?;
+        let restart_required = IntCounterVec::new(
+            Opts::new(
+                "floodgate_config_restart_required_total",
+                "Reloads that changed a setting read only at start-up (it keeps its start-up value until a restart), by setting.",
+            ),
+            &["setting"],
+        )?;
         let override_generation = IntGauge::new(
             "floodgate_override_generation",
             "Snapshots rebuilt because overrides changed (limits, queue); floodgate_config_version counts file reloads only.",
@@ -409,6 +419,7 @@ impl Metrics {
         registry.register(Box::new(draining.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(override_generation.clone()))?;
+        registry.register(Box::new(restart_required.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(header_timeouts.clone()))?;
         registry.register(Box::new(info))?;
@@ -465,6 +476,7 @@ impl Metrics {
             fleet_version,
             draining,
             override_generation,
+            restart_required,
             connections_open,
             connections_refused,
             header_timeouts,

@@ -48,6 +48,39 @@ pub enum ReloadError {
     Build(#[from] crate::state::BuildError),
 }
 
+/// The settings read only at start-up that `file` has changed from the `running` ones.
+/// Everything else a reload applies at once.
+pub fn restart_only(
+    running: &floodgate_config::Config,
+    file: &floodgate_config::Config,
+) -> Vec<&'static str> {
+    let checks: [(&'static str, bool); 7] = [
+        ("listen", running.listen != file.listen),
+        (
+            "metrics.listen",
+            running.metrics_listen != file.metrics_listen,
+        ),
+        ("admin", running.admin != file.admin),
+        ("redis", running.redis != file.redis),
+        (
+            "server.threads",
+            running.server.threads != file.server.threads,
+        ),
+        (
+            "server.drain_timeout_ms",
+            running.server.drain_timeout != file.server.drain_timeout,
+        ),
+        (
+            "logging.format",
+            running.logging.format != file.logging.format,
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+}
+
 /// Validates the file and swaps it in. Returns the new version.
 pub fn reload(rt: &Runtime) -> Result<u64, ReloadError> {
     match attempt(rt, false) {
@@ -83,19 +116,15 @@ fn attempt(rt: &Runtime, may_retry: bool) -> Attempt {
     match result {
         Ok(snap) => {
             let version = snap.version;
-            let old = rt.current.load();
-            if old.config.listen != snap.config.listen
-                || old.config.metrics_listen != snap.config.metrics_listen
-            {
+            for setting in restart_only(&rt.boot, &snap.config) {
+                rt.metrics
+                    .restart_required
+                    .with_label_values(&[setting])
+                    .inc();
                 warn!(
-                    "listen addresses changed in {}; they take effect only after a restart",
-                    rt.config_path.display()
-                );
-            }
-            if old.config.redis != snap.config.redis {
-                warn!(
-                    "`redis` changed in {}; the Redis connection is kept as it was until a restart",
-                    rt.config_path.display()
+                    setting,
+                    path = %rt.config_path.display(),
+                    "`{setting}` changed, but it is read only at start-up: the running sidecar keeps its start-up value until it is restarted"
                 );
             }
             crate::lifecycle::install(rt, snap);

@@ -244,6 +244,8 @@ pub struct Runtime {
     pub degrade: std::sync::Mutex<DegradeState>,
     /// The config file as last loaded: the baseline overrides are layered on.
     pub file_config: std::sync::Mutex<Config>,
+    /// The config the sidecar started with, for the settings read only at start-up.
+    pub boot: Config,
     /// Admin overrides and the audit trail.
     pub admin: std::sync::Mutex<crate::overrides::AdminState>,
     /// Changes as they happen, for `floodgatectl watch`.
@@ -284,6 +286,7 @@ impl Runtime {
         );
         let degrade = DegradeState::new(&first.config);
         let file_config = std::sync::Mutex::new(first.config.clone());
+        let boot = first.config.clone();
         let admin = std::sync::Mutex::new(crate::overrides::AdminState::new(
             first
                 .config
@@ -295,6 +298,7 @@ impl Runtime {
         let effective = Effective::compute(&first.config, &first.routes, &degrade);
         let rt = Arc::new(Self {
             next_version: AtomicU64::new(first.version + 1),
+            boot,
             current: ArcSwap::from_pointee(Snapshot {
                 base: Arc::new(first),
                 degrade: Arc::new(effective),

@@ -356,3 +356,36 @@ async fn a_file_left_empty_is_still_reported() {
     assert!(fg.log().contains("the file is empty"), "{}", fg.log());
     assert_eq!(body_of(fg.port).await, "hello from A\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_a_start_up_setting_says_so_and_counts_it() {
+    let up = Upstream::start("app").await;
+    let fg = Sidecar::start(up.port, "").await;
+    let token = fg.dir.path().join("op.token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let admin_port = free_port();
+    let yaml = config_yaml(fg.port, fg.metrics_port, up.port, "")
+        + &format!(
+            "admin:\n  listen: 127.0.0.1:{admin_port}\n  tokens:\n    - {{ file: {}, role: operator }}\n",
+            token.display()
+        );
+    let yaml = yaml.replace("drain_timeout_ms: 10000", "drain_timeout_ms: 5000");
+    fg.write_config(&yaml);
+    fg.wait_metric("floodgate_config_version", 2.0).await;
+    for setting in ["admin", "server.drain_timeout_ms"] {
+        fg.wait_metric(
+            &format!("floodgate_config_restart_required_total{{setting=\"{setting}\"}}"),
+            1.0,
+        )
+        .await;
+        assert!(
+            fg.log().contains(&format!(
+                "`{setting}` changed, but it is read only at start-up"
+            )),
+            "{}",
+            fg.log()
+        );
+    }
+    // Nothing listens on the new admin port until a restart.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err());
+}
