@@ -26,3 +26,6 @@ pub mod shutdown;
 pub mod state;
 pub mod status;
 pub mod sweep;
+
+#[cfg(test)]
+mod structure;
