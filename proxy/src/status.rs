@@ -1,7 +1,7 @@
 //! The sidecar's live status: queue, circuit breaker and the runbook's load indicators, read
 //! at one moment. It is what `GET /status` on the metrics port returns as JSON (and what the
-//! admin plane will serve), and it refreshes the gauges that are only read at scrape time, so
-//! the request path never touches them.
+//! admin plane will serve). Reading changes nothing; [`Status::publish`] refreshes the
+//! gauges that are only read at scrape time, so the request path never touches them.
 
 use floodgate_config::Level as DegradeLevel;
 use floodgate_policy::breaker::{Forced, State};
@@ -62,13 +62,12 @@ impl Status {
             queue_configured: snap.config.queue.is_some(),
             queue,
             drain_rate: rt.admission.drain_rate(),
-            breaker: snap.config.circuit_breaker.as_ref().map(|_| {
-                let (state, moved) = rt.breaker.tick();
-                if let Some(t) = moved {
-                    rt.breaker_moved(&snap.config.upstream.address, t);
-                }
-                state
-            }),
+            // A read: it moves no state and emits nothing (the sweeper ticks the breaker).
+            breaker: snap
+                .config
+                .circuit_breaker
+                .as_ref()
+                .map(|_| rt.breaker.state()),
             indicators,
         }
     }

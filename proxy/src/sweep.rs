@@ -44,6 +44,14 @@ fn sweep(rt: &Runtime) {
     // Admin overrides whose TTL ran out revert, even with nobody and nothing else reachable.
     crate::lifecycle::expire(rt);
     crate::lifecycle::run_schedules(rt);
+    // An open period that ran out turns half-open here, logged and counted, even with no
+    // request to notice it (status reads only look).
+    let snap = rt.current.load_full();
+    if snap.config.circuit_breaker.is_some() {
+        if let (_, Some(t)) = rt.breaker.tick() {
+            rt.breaker_moved(&snap.config.upstream.address, t);
+        }
+    }
     // Automatic degradation looks at the indicators once a second.
     let status = crate::status::Status::read(rt);
     crate::lifecycle::tick_degradation(rt, &status.indicators, status.breaker_open());

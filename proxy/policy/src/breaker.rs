@@ -198,9 +198,21 @@ impl Breaker {
         }
     }
 
-    /// The state now and any override.
+    /// The state now and any override, without changing anything: an open period that ran
+    /// out reads as half-open (the next admission or [`Breaker::tick`] makes it so). For
+    /// status reads, which must not move state or emit transitions.
     pub fn state(&self) -> (State, Option<Forced>) {
-        self.tick().0
+        let now = self.clock.elapsed();
+        let inner = self.lock();
+        let state = match inner.forced {
+            Some(Forced::Open) => State::Open,
+            Some(Forced::Closed) => State::Closed,
+            None if inner.state == State::Open && now >= inner.opened_at + inner.cfg.open => {
+                State::HalfOpen
+            }
+            None => inner.state,
+        };
+        (state, inner.forced)
     }
 
     /// Like [`Breaker::state`], also returning the change time made since the last look
@@ -383,6 +395,29 @@ mod tests {
             Admit::Reject { retry_after } => retry_after,
             other => panic!("expected a rejection, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn reading_the_state_moves_nothing_and_tick_still_reports_the_change() {
+        let clock = Clock::manual();
+        let b = Breaker::new(cfg(1, None), clock.clone());
+        pass(&b).failure();
+        assert_eq!(b.state().0, State::Open);
+        clock.advance(Duration::from_secs(10));
+        // Due to half-open: a read says so, and leaves the change to report.
+        assert_eq!(b.state().0, State::HalfOpen);
+        assert_eq!(b.state().0, State::HalfOpen);
+        assert_eq!(
+            b.tick(),
+            (
+                (State::HalfOpen, None),
+                Some(Transition {
+                    from: State::Open,
+                    to: State::HalfOpen
+                })
+            )
+        );
+        assert_eq!(b.tick().1, None, "reported once");
     }
 
     #[test]
