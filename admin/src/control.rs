@@ -130,6 +130,8 @@ pub trait Control: Send + Sync + 'static {
     fn change(&self, req: Request) -> Result<pb::ChangeReply, ControlError>;
     /// Overrides in force.
     fn overrides(&self) -> Vec<pb::Override>;
+    /// Every knob (or the one named) with its value, layer and what it falls back to.
+    fn explain(&self, knob: &str) -> Result<Vec<pb::Knob>, ControlError>;
     /// The latest `limit` audit entries, oldest first.
     fn audit(&self, limit: usize) -> Vec<String>;
     /// Every live sidecar of the fleet (may block briefly on Redis).

@@ -268,6 +268,15 @@ impl<C: Control> Admin for AdminService<C> {
         }))
     }
 
+    async fn explain(
+        &self,
+        req: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainReply>, Status> {
+        self.tokens.authenticate(&req)?;
+        let knobs = self.control.explain(&req.get_ref().knob)?;
+        Ok(Response::new(pb::ExplainReply { knobs }))
+    }
+
     async fn clear_override(
         &self,
         req: Request<pb::ClearOverrideRequest>,

@@ -13,7 +13,9 @@ use floodgate_policy::degrade::level_str;
 
 use crate::lifecycle::{apply_degradation, apply_fleet, rebuild};
 use crate::overrides::audit::AuditCtx;
-use crate::overrides::model::{in_effect, scaled, unix, AdminState, Kind, Override};
+use crate::overrides::model::{
+    baseline, chain, in_effect, knobs, scaled, unix, AdminState, Kind, Override,
+};
 use crate::overrides::schedule::{next_start, schedule_of};
 use crate::state::Runtime;
 
@@ -533,6 +535,65 @@ impl Control for RuntimeControl {
             summary: lines.join("\n"),
             overrides,
         })
+    }
+
+    fn explain(&self, knob: &str) -> Result<Vec<pb::Knob>, ControlError> {
+        let rt = &self.0;
+        let file = rt
+            .file_config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let features = rt.current.load().routes.features.clone();
+        let all = knobs(&file, &features);
+        let wanted: Vec<String> = if knob.is_empty() {
+            all
+        } else if all.iter().any(|k| k == knob) {
+            vec![knob.to_string()]
+        } else {
+            return Err(ControlError::NotFound(format!(
+                "no knob `{knob}`; this sidecar's: {}",
+                all.join(", ")
+            )));
+        };
+        let admin = self.admin();
+        Ok(wanted
+            .into_iter()
+            .map(|key| {
+                let layers = chain(&admin, &key);
+                let below = |i: usize| {
+                    layers.get(i).map_or_else(
+                        || (baseline(&file, &key), "baseline"),
+                        |(o, l)| (o.kind.describe(), *l),
+                    )
+                };
+                let (value, layer) = below(0);
+                let (falls_back_to, falls_back_layer) = if layers.is_empty() {
+                    (String::new(), "")
+                } else {
+                    below(1)
+                };
+                let top = layers.first().map(|(o, _)| *o);
+                let (suspended_schedule, suspended_until) = admin
+                    .suspended
+                    .get(&key)
+                    .map_or((String::new(), 0), |(name, until)| {
+                        (name.clone(), unix(*until))
+                    });
+                pb::Knob {
+                    value,
+                    layer: layer.into(),
+                    author: top.map_or(String::new(), |o| o.author.clone()),
+                    reason: top.map_or(String::new(), |o| o.reason.clone()),
+                    expires_at: top.and_then(|o| o.expires).map_or(0, unix),
+                    falls_back_to,
+                    falls_back_layer: falls_back_layer.into(),
+                    suspended_schedule,
+                    suspended_until,
+                    key,
+                }
+            })
+            .collect())
     }
 
     fn overrides(&self) -> Vec<pb::Override> {

@@ -191,3 +191,53 @@ async fn degrade_and_three_features_off_then_restore_full_then_automatic_degrada
     let s = json(&a, &["status"]);
     assert_eq!(s["degradation"]["auto_level"], "degraded", "{s}");
 }
+
+#[tokio::test]
+async fn explain_says_which_layer_holds_each_knob_and_what_comes_after_it() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, &format!("{LIMITED}{ALWAYS}")).await;
+    crate::support::eventually(Duration::from_secs(5), "schedule holds", || async {
+        max_requests(&a) == 6
+    })
+    .await;
+    a.op(&[
+        "limits",
+        "set",
+        "per_client",
+        "--max-requests",
+        "10",
+        "--ttl",
+        "1h",
+        "--reason",
+        "INC-3",
+    ]);
+    let k = json(&a, &["explain", "limit:per_client"]);
+    let k = &k[0];
+    assert_eq!(k["key"], "limit:per_client");
+    assert_eq!(k["value"], "max_requests 10");
+    assert_eq!(k["layer"], "local");
+    assert_eq!(k["reason"], "INC-3");
+    assert!(k["expires_at"].as_u64().unwrap() > 0);
+    assert_eq!(k["falls_back_to"], "max_requests 6");
+    assert_eq!(k["falls_back_layer"], "schedule");
+    // Every knob, as a table with a header.
+    let table = a.op(&["explain"]);
+    assert!(table.starts_with("knob"), "{table}");
+    for knob in [
+        "limit:per_client",
+        "level",
+        "feature:recommendations",
+        "queue.max_size",
+    ] {
+        assert!(table.contains(knob), "{knob}: {table}");
+    }
+    // After a rollback: the baseline, with the schedule's suspension shown.
+    a.op(&["limits", "restore", "per_client", "--reason", "rollback"]);
+    let k = json(&a, &["explain", "limit:per_client"]);
+    assert_eq!(k[0]["layer"], "baseline");
+    assert_eq!(k[0]["value"], "max_requests 3");
+    assert_eq!(k[0]["suspended_schedule"], "always");
+    let (code, _, err) = a.ctl(Some("op.token"), &["explain", "limit:nope"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("no knob `limit:nope`"), "{err}");
+}

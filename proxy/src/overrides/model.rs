@@ -233,6 +233,37 @@ pub fn baseline(file: &Config, key: &str) -> String {
     }
 }
 
+/// Every knob an operator can change in `file`: each limit, the level, each feature, the
+/// queue's two sizes (with a queue), aggressive caching.
+pub fn knobs(file: &Config, features: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = file
+        .limits
+        .iter()
+        .map(|l| format!("limit:{}", l.name))
+        .collect();
+    out.push("level".into());
+    out.extend(features.iter().map(|f| format!("feature:{f}")));
+    if file.queue.is_some() {
+        out.push("queue.max_size".into());
+        out.push("queue.max_concurrency".into());
+    }
+    out.push("aggressive_cache".into());
+    out
+}
+
+/// `key`'s layers from the top: each override holding it (local, fleet, schedule), then
+/// the baseline. The first is in force; the next is what it falls back to.
+pub fn chain<'a>(admin: &'a AdminState, key: &str) -> Vec<(&'a Override, &'static str)> {
+    [
+        (admin.overrides.get(key), "local"),
+        (admin.fleet.get(key), "fleet"),
+        (admin.scheduled.get(key), "schedule"),
+    ]
+    .into_iter()
+    .filter_map(|(o, layer)| o.map(|o| (o, layer)))
+    .collect()
+}
+
 /// `key`'s value in force and where it comes from, as `value (layer: who)`.
 pub fn in_effect(file: &Config, admin: &AdminState, key: &str) -> (String, &'static str) {
     match admin.holder(key) {

@@ -193,6 +193,14 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: Option<OverridesCmd>,
     },
+    /// Why each knob has the value it has: the layer that set it (local, fleet, schedule,
+    /// or the config file's baseline), who, why, the time left, and what it falls back to
+    /// when that runs out or is cleared.
+    Explain {
+        /// One knob: `limit:NAME`, `level`, `feature:NAME`, `queue.max_size`,
+        /// `queue.max_concurrency` or `aggressive_cache`; every knob when absent.
+        knob: Option<String>,
+    },
     /// The latest audit log entries (JSON lines; an array with -o json or yaml).
     Audit {
         /// How many entries, the most recent ones.

@@ -288,6 +288,15 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
             let req = pb::ClearOverrideRequest { key, reason, fleet };
             change(c.clear_override(request(req, &token)?).await?.into_inner())?;
         }
+        Command::Explain { knob } => {
+            let req = pb::ExplainRequest {
+                knob: knob.unwrap_or_default(),
+            };
+            let reply = c.explain(request(req, &token)?).await?.into_inner();
+            let views: Vec<render::KnobView> =
+                reply.knobs.iter().map(render::KnobView::new).collect();
+            show(out, format, &views, |v| render::knobs(v, unix_now()))?;
+        }
         Command::Audit { limit } => {
             let a = c
                 .audit(request(pb::AuditRequest { limit }, &token)?)

@@ -201,6 +201,93 @@ pub(crate) fn fleet(f: &pb::FleetStatusReply) -> String {
     out
 }
 
+/// One knob of `floodgatectl explain`, for -o json/yaml.
+#[derive(serde::Serialize, PartialEq, Debug)]
+pub(crate) struct KnobView {
+    pub key: String,
+    pub value: String,
+    pub layer: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub author: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Unix seconds; absent without an expiry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub falls_back_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub falls_back_layer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended_schedule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended_until: Option<u64>,
+}
+
+impl KnobView {
+    pub(crate) fn new(k: &pb::Knob) -> Self {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Self {
+            key: k.key.clone(),
+            value: k.value.clone(),
+            layer: k.layer.clone(),
+            author: k.author.clone(),
+            reason: k.reason.clone(),
+            expires_at: (k.expires_at > 0).then_some(k.expires_at),
+            falls_back_to: some(&k.falls_back_to),
+            falls_back_layer: some(&k.falls_back_layer),
+            suspended_schedule: some(&k.suspended_schedule),
+            suspended_until: (k.suspended_until > 0).then_some(k.suspended_until),
+        }
+    }
+}
+
+/// `floodgatectl explain`, as of `now` (Unix seconds).
+pub(crate) fn knobs(k: &[KnobView], now: u64) -> String {
+    let mut t = Table::new(&[
+        ("knob", Left),
+        ("value", Left),
+        ("set by", Left),
+        ("time left", Left),
+        ("then", Left),
+    ]);
+    for k in k {
+        let set_by = match (k.layer.as_str(), k.author.is_empty()) {
+            ("baseline", _) => "config file".to_string(),
+            (layer, false) => format!("{layer}: {} ({})", k.author, k.reason),
+            (layer, true) => layer.to_string(),
+        };
+        let left = match k.expires_at {
+            None if k.layer == "baseline" => String::new(),
+            None => "until cleared".into(),
+            Some(e) if e > now => format!("{} left", human_duration(e - now)),
+            Some(_) => "expiring".into(),
+        };
+        let then = match (&k.falls_back_to, &k.falls_back_layer) {
+            (Some(v), Some(l)) => format!("{v} ({l})"),
+            _ => String::new(),
+        };
+        t.row(vec![k.key.clone(), k.value.clone(), set_by, left, then]);
+        if let (Some(s), Some(until)) = (&k.suspended_schedule, k.suspended_until) {
+            t.row(vec![
+                String::new(),
+                format!(
+                    "schedule `{s}` suspended for {}",
+                    if until > now {
+                        human_duration(until - now)
+                    } else {
+                        "a moment".into()
+                    }
+                ),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+    t.render()
+}
+
 /// The overrides in force, as of `now` (Unix seconds).
 pub(crate) fn overrides(o: &[pb::Override], now: u64) -> String {
     if o.is_empty() {
