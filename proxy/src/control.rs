@@ -281,7 +281,10 @@ impl Control for RuntimeControl {
                 }
             }
             Op::SetLevel { level } => {
-                summary = format!("degradation level set to {} by hand", level_str(*level));
+                summary = format!(
+                    "degradation level set to {} by hand (pinned: automatic degradation cannot change it until the TTL runs out or `floodgatectl degrade clear`)",
+                    level_str(*level)
+                );
                 set.push(made(Kind::Level(*level)));
             }
             Op::SetAggressiveCache { enabled } => {
@@ -297,7 +300,7 @@ impl Control for RuntimeControl {
                     )));
                 }
                 summary = format!(
-                    "feature `{name}` {}",
+                    "feature `{name}` {} at every level until the TTL runs out or `floodgatectl feature reset {name}`",
                     if *enabled { "enabled" } else { "disabled" }
                 );
                 set.push(made(Kind::Feature {
