@@ -87,14 +87,8 @@ impl<C: Control> AdminService<C> {
 }
 
 fn parse_level(s: &str) -> Result<Level, Status> {
-    match s {
-        "full" => Ok(Level::Full),
-        "degraded" => Ok(Level::Degraded),
-        "minimal" => Ok(Level::Minimal),
-        other => Err(Status::invalid_argument(format!(
-            "unknown level `{other}`; use full, degraded or minimal"
-        ))),
-    }
+    s.parse()
+        .map_err(|e: floodgate_config::UnknownLevel| Status::invalid_argument(e.to_string()))
 }
 
 /// A change that has a reason but no TTL (restores, resets, clears).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 pub use crate::raw::{
     FailureMode, Level, LogFormat, PathNormalization, Priority, Role, Scope, Strategy,
-    UpstreamProtocol,
+    UnknownLevel, UpstreamProtocol,
 };
 
 /// A checked Floodgate configuration.

@@ -454,6 +454,42 @@ pub enum Level {
     Minimal,
 }
 
+impl Level {
+    /// Every level, lowest first.
+    pub const ALL: [Level; 3] = [Level::Full, Level::Degraded, Level::Minimal];
+
+    /// The level's name, as the config file, the admin plane and the metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Full => "full",
+            Level::Degraded => "degraded",
+            Level::Minimal => "minimal",
+        }
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown level `{0}`; use full, degraded or minimal")]
+pub struct UnknownLevel(pub String);
+
+impl std::str::FromStr for Level {
+    type Err = UnknownLevel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Level::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| UnknownLevel(s.to_string()))
+    }
+}
+
 /// Graceful degradation.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -9,7 +9,6 @@ use std::time::SystemTime;
 use floodgate_admin::control::{Control, ControlError, Op, Request};
 use floodgate_admin::pb;
 use floodgate_config::Scope;
-use floodgate_policy::degrade::level_str;
 
 use crate::lifecycle::{apply_degradation, apply_fleet, rebuild};
 use crate::overrides::audit::AuditCtx;
@@ -283,7 +282,7 @@ impl Control for RuntimeControl {
             Op::SetLevel { level } => {
                 summary = format!(
                     "degradation level set to {} by hand (pinned: automatic degradation cannot change it until the TTL runs out or `floodgatectl degrade clear`)",
-                    level_str(*level)
+                    level.as_str()
                 );
                 set.push(made(Kind::Level(*level)));
             }

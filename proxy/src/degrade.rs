@@ -10,7 +10,7 @@ use std::sync::Arc;
 use floodgate_config::{Config, Fallback, Level, Priority};
 use floodgate_policy::breaker::Breaker;
 use floodgate_policy::cache::ResponseCache;
-use floodgate_policy::degrade::{disabled_features, effective_level, level_str, AutoController};
+use floodgate_policy::degrade::{disabled_features, effective_level, AutoController};
 use floodgate_policy::Clock;
 use http::{HeaderName, HeaderValue};
 
@@ -145,7 +145,7 @@ impl Effective {
             level,
             route_off,
             aggressive: state.aggressive.unwrap_or(d.aggressive_cache.enabled),
-            level_value: HeaderValue::from_static(level_str(level)),
+            level_value: HeaderValue::from_static(level.as_str()),
             // Feature names come from the validated config; one that is not a valid header
             // value (a control character) is left out of the header rather than failing.
             features_value: HeaderValue::from_str(&list)

@@ -55,7 +55,7 @@ pub fn to_json(o: &Override) -> String {
         } => json!({"kind": "limit", "name": name, "max_requests": max_requests,
                     "window_seconds": window.map_or(0, |w| w.as_secs())}),
         Kind::Level(l) => {
-            json!({"kind": "level", "level": floodgate_policy::degrade::level_str(*l)})
+            json!({"kind": "level", "level": l.as_str()})
         }
         Kind::Aggressive(on) => json!({"kind": "aggressive_cache", "enabled": on}),
         Kind::Feature { name, enabled } => {
@@ -83,12 +83,7 @@ pub fn from_json(text: &str) -> Option<Override> {
                 .filter(|&w| w > 0)
                 .map(Duration::from_secs),
         },
-        "level" => Kind::Level(match s("level")?.as_str() {
-            "full" => floodgate_config::Level::Full,
-            "degraded" => floodgate_config::Level::Degraded,
-            "minimal" => floodgate_config::Level::Minimal,
-            _ => return None,
-        }),
+        "level" => Kind::Level(s("level")?.parse().ok()?),
         "aggressive_cache" => Kind::Aggressive(v.get("enabled")?.as_bool()?),
         "feature" => Kind::Feature {
             name: s("name")?,

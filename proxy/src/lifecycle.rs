@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use floodgate_config::{Config, Level};
-use floodgate_policy::degrade::{level_str, Cause};
+use floodgate_policy::degrade::Cause;
 use floodgate_policy::load::Reading;
 use tracing::{error, info, warn};
 
@@ -339,7 +339,7 @@ fn swap(rt: &Runtime, base: Arc<Base>, effective: Effective, from: Level, cause:
     });
     rt.current.store(snap.clone());
     if from != to {
-        let (f, t) = (level_str(from), level_str(to));
+        let (f, t) = (from.as_str(), to.as_str());
         rt.event(
             "level",
             format!("degradation {f} -> {t} ({}): {why}", cause.as_str()),
@@ -383,8 +383,8 @@ pub fn tick_degradation(rt: &Runtime, readings: &[Reading], breaker_open: bool) 
     };
     if let Some(c) = change {
         info!(
-            from = level_str(c.from),
-            to = level_str(c.to),
+            from = c.from.as_str(),
+            to = c.to.as_str(),
             why = c.why.as_str(),
             "automatic degradation changed its level"
         );

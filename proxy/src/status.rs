@@ -6,7 +6,6 @@
 use floodgate_config::Level as DegradeLevel;
 use floodgate_policy::breaker::{Forced, State};
 use floodgate_policy::cache::CacheStats;
-use floodgate_policy::degrade::level_str;
 use floodgate_policy::load::{Level, Reading};
 use floodgate_policy::queue::QueueStats;
 use serde::Serialize;
@@ -130,9 +129,9 @@ impl Status {
                 drain_rate_per_second: self.drain_rate,
             },
             degradation: DegradationReport {
-                level: level_str(self.degradation.0),
-                auto_level: level_str(self.degradation.1),
-                manual_level: self.degradation.2.map(level_str),
+                level: self.degradation.0.as_str(),
+                auto_level: self.degradation.1.as_str(),
+                manual_level: self.degradation.2.map(DegradeLevel::as_str),
                 disabled_features: self.disabled_features.clone(),
                 aggressive_cache: self.aggressive_cache,
                 cache_bytes: self.cache.bytes,

@@ -37,15 +37,6 @@ impl Cause {
     }
 }
 
-/// Name of a level.
-pub fn level_str(l: Level) -> &'static str {
-    match l {
-        Level::Full => "full",
-        Level::Degraded => "degraded",
-        Level::Minimal => "minimal",
-    }
-}
-
 /// Numeric value of `floodgate_degradation_level`: 0 full, 1 degraded, 2 minimal.
 pub fn level_gauge(l: Level) -> i64 {
     match l {

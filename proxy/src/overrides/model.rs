@@ -7,7 +7,6 @@ use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use floodgate_config::{Config, Level};
-use floodgate_policy::degrade::level_str;
 use tracing::{error, info};
 
 /// Audit entries kept in memory for `floodgatectl audit`.
@@ -74,7 +73,7 @@ impl Kind {
                 Some(w) => format!("max_requests {max_requests} per {} s", w.as_secs()),
                 None => format!("max_requests {max_requests}"),
             },
-            Kind::Level(l) => level_str(*l).to_string(),
+            Kind::Level(l) => l.as_str().to_string(),
             Kind::Aggressive(on) => if *on { "on" } else { "off" }.into(),
             Kind::Feature { enabled, .. } => if *enabled { "enabled" } else { "disabled" }.into(),
             Kind::QueueSize(n) => format!("max_size {n}"),
@@ -220,7 +219,7 @@ pub fn baseline(file: &Config, key: &str) -> String {
         };
     }
     match key {
-        "level" => level_str(file.degradation.level).to_string(),
+        "level" => file.degradation.level.as_str().to_string(),
         "aggressive_cache" => on(file.degradation.aggressive_cache.enabled),
         "queue.max_size" => file
             .queue
