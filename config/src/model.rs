@@ -203,6 +203,10 @@ pub struct Queue {
     pub timeout: Duration,
 }
 
+/// Largest `max_requests`, in the file and by any override: counts must stay exact as Redis's
+/// Lua numbers (doubles, printed with 14 significant digits), and no real limit comes near it.
+pub const MAX_REQUESTS: u64 = 1_000_000_000_000;
+
 /// Circuit breaker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CircuitBreaker {
@@ -218,6 +222,21 @@ pub struct CircuitBreaker {
     pub window: Duration,
     /// Probes let through while half-open.
     pub half_open_probes: NonZeroU32,
+}
+
+impl Default for CircuitBreaker {
+    /// The documented defaults of the optional fields (`min_requests` 20, `window_ms` 10000,
+    /// `half_open_probes` 3), with 5 failures in a row and 10 s open for the required ones.
+    fn default() -> Self {
+        Self {
+            consecutive_failures: NonZeroU32::MIN.saturating_add(4),
+            open: Duration::from_secs(10),
+            error_rate: None,
+            min_requests: NonZeroU32::MIN.saturating_add(19),
+            window: Duration::from_secs(10),
+            half_open_probes: NonZeroU32::MIN.saturating_add(2),
+        }
+    }
 }
 
 /// A load indicator the sidecar computes.

@@ -16,9 +16,7 @@ use crate::locate::LineIndex;
 use crate::model::*;
 use crate::raw::*;
 
-/// Largest `max_requests`: counts must stay exact as Redis's Lua numbers (doubles, printed
-/// with 14 significant digits), and no real limit comes near it.
-const MAX_LIMIT: u64 = 1_000_000_000_000;
+const MAX_LIMIT: u64 = MAX_REQUESTS;
 
 /// Name given to requests that match no route.
 pub const DEFAULT_ROUTE: &str = "default";
@@ -768,7 +766,8 @@ fn check_breaker(cx: &mut Ctx, p: &str, b: RawCircuitBreaker) -> Option<CircuitB
             );
         }
     }
-    let min_requests = NonZeroU32::new(b.min_requests.unwrap_or(20));
+    let defaults = CircuitBreaker::default();
+    let min_requests = NonZeroU32::new(b.min_requests.unwrap_or(defaults.min_requests.get()));
     if min_requests.is_none() {
         cx.err(format!("{p}.min_requests"), "must be at least 1");
     }
@@ -776,10 +775,13 @@ fn check_breaker(cx: &mut Ctx, p: &str, b: RawCircuitBreaker) -> Option<CircuitB
         cx,
         &format!("{p}.window_ms"),
         b.window_ms,
-        10_000,
+        u64::try_from(defaults.window.as_millis()).unwrap_or(10_000),
         3_600_000,
     );
-    let half_open_probes = NonZeroU32::new(b.half_open_probes.unwrap_or(3));
+    let half_open_probes = NonZeroU32::new(
+        b.half_open_probes
+            .unwrap_or(defaults.half_open_probes.get()),
+    );
     if half_open_probes.is_none() {
         cx.err(
             format!("{p}.half_open_probes"),

@@ -206,19 +206,6 @@ fn effective_limits(config: &Config) -> Vec<Limit> {
         .collect()
 }
 
-/// Breaker settings used only to build the breaker before any config asks for one; a
-/// snapshot without `circuit_breaker` never consults it.
-fn default_breaker() -> floodgate_config::CircuitBreaker {
-    floodgate_config::CircuitBreaker {
-        consecutive_failures: std::num::NonZeroU32::MIN.saturating_add(4),
-        open: std::time::Duration::from_secs(10),
-        error_rate: None,
-        min_requests: std::num::NonZeroU32::MIN.saturating_add(19),
-        window: std::time::Duration::from_secs(10),
-        half_open_probes: std::num::NonZeroU32::MIN.saturating_add(2),
-    }
-}
-
 /// Shared by the proxy, the reloader and the metrics endpoint.
 pub struct Runtime {
     /// The config in force.
@@ -277,11 +264,7 @@ impl Runtime {
         metrics.config_version.set(first.version as i64);
         let admission = Admission::new(u32::MAX, 0, clock.clone());
         let breaker = Breaker::new(
-            first
-                .config
-                .circuit_breaker
-                .clone()
-                .unwrap_or_else(default_breaker),
+            first.config.circuit_breaker.clone().unwrap_or_default(),
             clock.clone(),
         );
         let degrade = DegradeState::new(&first.config);

@@ -190,9 +190,10 @@ impl AdminState {
     }
 }
 
-/// `max` × `multiplier`, rounded, at least 1 and at most the config's cap (10^12).
+/// `max` × `multiplier`, rounded, at least 1 and at most the config's cap
+/// ([`floodgate_config::MAX_REQUESTS`]).
 pub(crate) fn scaled(max: u64, multiplier: f64) -> u64 {
-    ((max as f64 * multiplier).round().max(1.0) as u64).min(1_000_000_000_000)
+    ((max as f64 * multiplier).round().max(1.0) as u64).min(floodgate_config::MAX_REQUESTS)
 }
 
 pub(crate) fn unix(t: SystemTime) -> u64 {
