@@ -96,6 +96,9 @@ pub struct Request {
     pub ttl: Option<Duration>,
     /// For every sidecar of the fleet (through Redis), not only this one.
     pub fleet: bool,
+    /// Compute and report the change without making it. Only with `fleet`: the service
+    /// refuses it otherwise, so a [`Control`] may ignore it on local changes.
+    pub dry_run: bool,
 }
 
 /// Why a change was refused.
@@ -134,7 +137,7 @@ pub trait Control: Send + Sync + 'static {
     fn explain(&self, knob: &str) -> Result<Vec<pb::Knob>, ControlError>;
     /// The latest `limit` audit entries, oldest first.
     fn audit(&self, limit: usize) -> Vec<String>;
-    /// Every live sidecar of the fleet (may block briefly on Redis).
+    /// Every expected sidecar of the fleet, stale ones marked (may block briefly on Redis).
     fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError>;
     /// Changes from now on, as they happen.
     fn watch(&self) -> tokio::sync::broadcast::Receiver<pb::Event>;

@@ -70,6 +70,18 @@ impl<C: Control> AdminService<C> {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         require_operator(&caller)?;
         let change = change.unwrap_or_default();
+        // Checked here, for every client, and in floodgatectl before it calls (exit 2 there).
+        if change.fleet && change.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "a fleet change needs a reason (floodgatectl --reason \"...\"): it is written \
+                 to the audit log of every sidecar it reaches",
+            ));
+        }
+        if change.dry_run && !change.fleet {
+            return Err(Status::invalid_argument(
+                "dry_run (floodgatectl --dry-run) is for fleet changes (--fleet)",
+            ));
+        }
         let ttl = (change.ttl_seconds > 0).then(|| Duration::from_secs(change.ttl_seconds));
         let req = control::Request {
             op,
@@ -77,6 +89,7 @@ impl<C: Control> AdminService<C> {
             reason: change.reason,
             ttl,
             fleet: change.fleet,
+            dry_run: change.dry_run,
         };
         let c = self.control.clone();
         let reply = tokio::task::spawn_blocking(move || c.change(req))
@@ -92,11 +105,12 @@ fn parse_level(s: &str) -> Result<Level, Status> {
 }
 
 /// A change that has a reason but no TTL (restores, resets, clears).
-fn untimed(reason: String, fleet: bool) -> Option<pb::Change> {
+fn untimed(reason: String, fleet: bool, dry_run: bool) -> Option<pb::Change> {
     Some(pb::Change {
         reason,
         ttl_seconds: 0,
         fleet,
+        dry_run,
     })
 }
 
@@ -181,7 +195,7 @@ impl<C: Control> Admin for AdminService<C> {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let caller = self.tokens.authenticate(&req)?;
         let r = req.into_inner();
-        let change = untimed(r.reason, r.fleet);
+        let change = untimed(r.reason, r.fleet, r.dry_run);
         let op = Op::RestoreLimits {
             name: name_or_all(r.name),
         };
@@ -247,7 +261,7 @@ impl<C: Control> Admin for AdminService<C> {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let caller = self.tokens.authenticate(&req)?;
         let r = req.into_inner();
-        let change = untimed(r.reason, false);
+        let change = untimed(r.reason, false, false);
         self.apply(caller, Op::ResetBreaker { name: r.name }, change)
             .await
     }
@@ -277,7 +291,7 @@ impl<C: Control> Admin for AdminService<C> {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let caller = self.tokens.authenticate(&req)?;
         let r = req.into_inner();
-        let change = untimed(r.reason, r.fleet);
+        let change = untimed(r.reason, r.fleet, r.dry_run);
         self.apply(caller, Op::ClearOverride { key: r.key }, change)
             .await
     }

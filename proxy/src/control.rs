@@ -39,6 +39,41 @@ fn pb_override(o: &Override, scope: &str) -> pb::Override {
     }
 }
 
+/// How a change's lines say that a layer holds nothing for a key.
+const NONE: &str = "none";
+
+/// Each touched key's fleet-layer value before (as Redis held it) and after the change.
+fn knob_changes(
+    keys: &[String],
+    before: &crate::fleet::Layer,
+    set: &[Override],
+) -> Vec<pb::KnobChange> {
+    keys.iter()
+        .map(|k| pb::KnobChange {
+            key: k.clone(),
+            before: before
+                .get(k)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| NONE.into()),
+            after: set
+                .iter()
+                .find(|o| o.kind.key() == *k)
+                .map_or_else(|| NONE.into(), |o| o.kind.describe()),
+        })
+        .collect()
+}
+
+/// One line of a fleet change's reply: `limit:api (fleet layer): none -> max_requests 6`.
+fn describe_change(c: &pb::KnobChange, tense: &str) -> String {
+    let same = if c.before == c.after {
+        format!(" ({tense} unchanged)")
+    } else {
+        String::new()
+    };
+    format!("{} (fleet layer): {} -> {}{same}", c.key, c.before, c.after)
+}
+
 /// Every override in force, scheduled, fleet and local, for listing.
 fn listed(admin: &AdminState) -> Vec<pb::Override> {
     admin
@@ -381,9 +416,35 @@ impl Control for RuntimeControl {
         }
         if let Some(g) = &fleet {
             let handle = tokio::runtime::Handle::current();
-            let version = handle
+            let keys: Vec<String> = set
+                .iter()
+                .map(|o| o.kind.key())
+                .chain(remove.iter().cloned())
+                .collect();
+            if let Some(t) = req.ttl {
+                summary.push_str(&format!(" for {}", humantime::format_duration(t)));
+            }
+            if req.dry_run {
+                let (version, before) = handle
+                    .block_on(crate::fleet::preview(g, &keys))
+                    .map_err(|e| ControlError::Failed(format!("cannot read redis: {e}")))?;
+                let changes = knob_changes(&keys, &before, &set);
+                let mut lines = vec![format!(
+                    "dry run, nothing changed: {summary} on the fleet (at version {version})"
+                )];
+                lines.extend(changes.iter().map(|c| describe_change(c, "would be")));
+                return Ok(pb::ChangeReply {
+                    summary: lines.join("\n"),
+                    overrides: listed(&self.admin()),
+                    fleet_version: version,
+                    dry_run: true,
+                    changes,
+                });
+            }
+            let (version, before) = handle
                 .block_on(crate::fleet::publish(g, &set, &remove))
                 .map_err(|e| ControlError::Failed(format!("cannot write to redis: {e}")))?;
+            let changes = knob_changes(&keys, &before, &set);
             let fleet_ctx = AuditCtx {
                 now,
                 caller: &req.caller.name,
@@ -394,20 +455,17 @@ impl Control for RuntimeControl {
                 fleet_version: Some(version),
             };
             {
+                // `baseline` for "the layer holds nothing", as the audit has always said.
                 let mut admin = self.admin();
-                for o in &set {
-                    let before = admin
-                        .fleet
-                        .get(&o.kind.key())
-                        .map_or("baseline".to_string(), |p| p.kind.describe());
-                    admin.record(fleet_ctx.entry(&o.kind.key(), &before, &o.kind.describe()));
-                }
-                for k in &remove {
-                    let before = admin
-                        .fleet
-                        .get(k)
-                        .map_or("baseline".to_string(), |p| p.kind.describe());
-                    admin.record(fleet_ctx.entry(k, &before, "baseline"));
+                for c in &changes {
+                    let word = |v: &str| {
+                        if v == NONE {
+                            "baseline".to_string()
+                        } else {
+                            v.to_string()
+                        }
+                    };
+                    admin.record(fleet_ctx.entry(&c.key, &word(&c.before), &word(&c.after)));
                 }
             }
             // Apply here at once (this runs off the async workers already); the others follow
@@ -417,13 +475,15 @@ impl Control for RuntimeControl {
                 .map_err(|e| ControlError::Failed(format!("cannot read back from redis: {e}")))?;
             apply_fleet(rt, current, set);
             summary.push_str(&format!(" on the fleet (version {version})"));
-            if let Some(t) = req.ttl {
-                summary.push_str(&format!(" for {}", humantime::format_duration(t)));
-            }
             rt.event("override", format!("{summary} by {}", req.caller.name));
+            let mut lines = vec![summary];
+            lines.extend(changes.iter().map(|c| describe_change(c, "now")));
             return Ok(pb::ChangeReply {
-                summary,
+                summary: lines.join("\n"),
                 overrides: listed(&self.admin()),
+                fleet_version: version,
+                dry_run: false,
+                changes,
             });
         }
         let ctx = AuditCtx {
@@ -536,6 +596,7 @@ impl Control for RuntimeControl {
         Ok(pb::ChangeReply {
             summary: lines.join("\n"),
             overrides,
+            ..Default::default()
         })
     }
 

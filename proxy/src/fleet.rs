@@ -3,8 +3,12 @@
 //! applies the whole set on the announcement (and checks the version every second in case it
 //! missed one, and at start), so a sidecar that starts later gets the current set. Each
 //! sidecar also heartbeats its id, config and applied versions and load, which is what
-//! `floodgatectl fleet status` lists. A sidecar that cannot reach Redis keeps the overrides
-//! it has (their TTLs still run out locally) and says so in its status.
+//! `floodgatectl fleet status` lists and what a fleet change waits on ("applied on 47/48").
+//! A sidecar heard from in the last [`EXPECTED`] is expected to apply every change: one that
+//! stops heartbeating (killed, hung, cut off) is listed as stale, with its age, rather than
+//! dropped; one that shuts down cleanly takes itself off the list. A sidecar that cannot
+//! reach Redis keeps the overrides it has (their TTLs still run out locally) and says so in
+//! its status.
 //!
 //! All keys share the `{floodgate}` hash tag, so in a Redis Cluster they live in one slot and
 //! the transaction is valid.
@@ -31,8 +35,17 @@ const SIDECARS: &str = "{floodgate}:sidecars";
 const INFO: &str = "{floodgate}:sidecar-info";
 /// Pub/sub channel of version announcements.
 pub const ANNOUNCE: &str = "floodgate:fleet:announce";
-/// A sidecar not heard from for this long is not listed.
-const ALIVE: Duration = Duration::from_secs(5);
+/// A sidecar heard from within this long is expected to apply fleet changes: long enough
+/// that a pod killed mid-incident is still named as missing, short enough that pods replaced
+/// by a rollout (which shut down cleanly and leave at once anyway) do not linger.
+pub const EXPECTED: Duration = Duration::from_secs(300);
+/// A sidecar not heard from for this long is stale. Heartbeats are a second apart, so this
+/// is several missed in a row, not one slow round trip.
+pub const STALE: Duration = Duration::from_secs(5);
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -103,11 +116,45 @@ pub fn from_json(text: &str) -> Option<Override> {
     })
 }
 
+/// The fleet layer's value of each key a change touches, as it was read, in words; `None`
+/// where the layer holds nothing (or only an expired override) for the key.
+pub type Layer = BTreeMap<String, Option<String>>;
+
+/// `keys` paired with their stored overrides (`HMGET`'s answer), described.
+fn layer(keys: &[String], stored: Vec<Option<String>>) -> Layer {
+    let now = SystemTime::now();
+    keys.iter()
+        .cloned()
+        .zip(stored.into_iter().chain(std::iter::repeat(None)))
+        .map(|(k, v)| {
+            let value = v.map(|text| match from_json(&text) {
+                Some(o) if o.expires.is_none_or(|e| e > now) => Some(o.kind.describe()),
+                Some(_) => None,
+                None => Some("(not understood by this version)".to_string()),
+            });
+            (k, value.flatten())
+        })
+        .collect()
+}
+
 /// Writes `set` and removes `remove` (keys) in one transaction, bumps the version and
-/// announces it. Returns the new version.
-pub async fn publish(g: &GlobalLimits, set: &[Override], remove: &[String]) -> Result<u64, String> {
+/// announces it. Returns the new version and what the layer held for those keys just
+/// before, read in the same transaction so no other change can slip in between.
+pub async fn publish(
+    g: &GlobalLimits,
+    set: &[Override],
+    remove: &[String],
+) -> Result<(u64, Layer), String> {
+    let keys: Vec<String> = set
+        .iter()
+        .map(|o| o.kind.key())
+        .chain(remove.iter().cloned())
+        .collect();
     let mut pipe = redis::pipe();
     pipe.atomic();
+    if !keys.is_empty() {
+        pipe.cmd("HMGET").arg(OVERRIDES).arg(&keys);
+    }
     for o in set {
         pipe.hset(OVERRIDES, o.kind.key(), to_json(o)).ignore();
     }
@@ -115,12 +162,34 @@ pub async fn publish(g: &GlobalLimits, set: &[Override], remove: &[String]) -> R
         pipe.hdel(OVERRIDES, k).ignore();
     }
     pipe.incr(VERSION, 1);
-    let (version,): (u64,) = g.query(&pipe).await.map_err(|e| e.to_string())?;
+    let (stored, version) = if keys.is_empty() {
+        let (version,): (u64,) = g.query(&pipe).await.map_err(|e| e.to_string())?;
+        (Vec::new(), version)
+    } else {
+        g.query::<(Vec<Option<String>>, u64)>(&pipe)
+            .await
+            .map_err(|e| e.to_string())?
+    };
     let mut announce = redis::pipe();
     announce.publish(ANNOUNCE, version).ignore();
     // The version is what matters; a lost announcement is caught by the next poll.
     let _: Result<(), _> = g.query(&announce).await;
-    Ok(version)
+    Ok((version, layer(&keys, stored)))
+}
+
+/// What [`publish`] would return, writing nothing: the current version and the layer's
+/// values of `keys` (a dry run).
+pub async fn preview(g: &GlobalLimits, keys: &[String]) -> Result<(u64, Layer), String> {
+    let mut pipe = redis::pipe();
+    pipe.get(VERSION);
+    if keys.is_empty() {
+        let (version,): (Option<u64>,) = g.query(&pipe).await.map_err(|e| e.to_string())?;
+        return Ok((version.unwrap_or(0), Layer::new()));
+    }
+    pipe.cmd("HMGET").arg(OVERRIDES).arg(keys);
+    let (version, stored): (Option<u64>, Vec<Option<String>>) =
+        g.query(&pipe).await.map_err(|e| e.to_string())?;
+    Ok((version.unwrap_or(0), layer(keys, stored)))
 }
 
 /// The fleet's keys of the overrides whose key starts with `prefix`.
@@ -177,6 +246,10 @@ pub fn identity(rt: &Runtime) -> (String, String) {
 }
 
 async fn heartbeat(rt: &Runtime, g: &GlobalLimits) -> Result<(), String> {
+    // A draining sidecar has left the list (see `leave`) and must not join it again.
+    if rt.is_draining() {
+        return Ok(());
+    }
     let (id, pod) = identity(rt);
     let st = crate::status::Status::read(rt);
     let value = |i: floodgate_config::Indicator| {
@@ -196,21 +269,54 @@ async fn heartbeat(rt: &Runtime, g: &GlobalLimits) -> Result<(), String> {
         "p95_ms": value(floodgate_config::Indicator::LatencyP95Ms),
     });
     let now = unix_ms(SystemTime::now());
+    // Sidecars silent for longer than EXPECTED are no longer expected: forget them, their
+    // info too. Rarely any, so the second round trip is rare.
+    let gone_before = now.saturating_sub(ms(EXPECTED));
     let mut pipe = redis::pipe();
     pipe.zadd(SIDECARS, &id, now)
         .ignore()
         .hset(INFO, &id, info.to_string())
         .ignore()
-        // Forget sidecars gone for a minute.
-        .zrembyscore(SIDECARS, 0, now.saturating_sub(60_000))
+        .cmd("ZRANGEBYSCORE")
+        .arg(SIDECARS)
+        .arg(0)
+        .arg(gone_before);
+    let (gone,): (Vec<String>,) = g.query(&pipe).await.map_err(|e| e.to_string())?;
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    pipe.zrem(SIDECARS, &gone)
+        .ignore()
+        .hdel(INFO, &gone)
         .ignore();
     g.query::<()>(&pipe).await.map_err(|e| e.to_string())
 }
 
-/// Every sidecar heard from in the last few seconds.
+/// Takes this sidecar off the fleet's list as it shuts down cleanly (SIGTERM, once it has
+/// stopped heartbeating): fleet changes from now on are not expected to reach it, so a
+/// rollout does not leave "missing" pods behind. Best effort and brief, as it holds up the
+/// drain: a sidecar that cannot say goodbye is listed as stale until [`EXPECTED`] passes,
+/// which is the truth as far as anyone can tell.
+pub async fn leave(rt: &Runtime) {
+    let Some(g) = rt.global.as_ref() else {
+        return;
+    };
+    let (id, _) = identity(rt);
+    let mut pipe = redis::pipe();
+    pipe.zrem(SIDECARS, &id).ignore().hdel(INFO, &id).ignore();
+    match tokio::time::timeout(Duration::from_millis(500), g.query::<()>(&pipe)).await {
+        Ok(Ok(())) => info!("left the fleet's list of sidecars"),
+        Ok(Err(e)) => warn!(error = %e, "could not leave the fleet's list of sidecars"),
+        Err(_) => warn!("could not leave the fleet's list of sidecars within 500 ms"),
+    }
+}
+
+/// Every expected sidecar (heard from within [`EXPECTED`]), those silent for [`STALE`]
+/// marked stale, by id.
 pub async fn list(g: &GlobalLimits) -> Result<pb::FleetStatusReply, String> {
     let now = unix_ms(SystemTime::now());
-    let since = now.saturating_sub(u64::try_from(ALIVE.as_millis()).unwrap_or(0));
+    let since = now.saturating_sub(ms(EXPECTED));
     let mut pipe = redis::pipe();
     pipe.get(VERSION)
         .cmd("ZRANGEBYSCORE")
@@ -233,6 +339,7 @@ pub async fn list(g: &GlobalLimits) -> Result<pb::FleetStatusReply, String> {
                 .unwrap_or(Value::Null);
             let f = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
             let u = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+            let silent = now.saturating_sub(*seen);
             sidecars.push(pb::Sidecar {
                 id: id.clone(),
                 pod: v.get("pod").and_then(Value::as_str).unwrap_or("").into(),
@@ -241,13 +348,17 @@ pub async fn list(g: &GlobalLimits) -> Result<pb::FleetStatusReply, String> {
                 rps: f("rps"),
                 error_rate: f("error_rate"),
                 p95_ms: f("p95_ms"),
-                seen_seconds_ago: now.saturating_sub(*seen) / 1000,
+                seen_seconds_ago: silent / 1000,
+                stale: silent >= ms(STALE),
             });
         }
     }
+    sidecars.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(pb::FleetStatusReply {
         version: version.unwrap_or(0),
         sidecars,
+        expected_seconds: EXPECTED.as_secs(),
+        stale_seconds: STALE.as_secs(),
     })
 }
 

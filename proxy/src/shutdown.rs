@@ -40,6 +40,8 @@ impl ShutdownSignalWatch for Signals {
             _ = term.recv() => {
                 info!(active = self.rt.active(), "SIGTERM: draining in-flight requests");
                 self.rt.start_draining();
+                // Before the exit can come: an idle sidecar exits at once.
+                crate::fleet::leave(&self.rt).await;
                 let rt = self.rt.clone();
                 let limit = self.drain_timeout;
                 std::thread::spawn(move || exit_when_drained(&rt, limit));

@@ -572,6 +572,8 @@ async fn a_fleet_change_reaches_every_sidecar_within_a_second_and_reverts_everyw
         "per_client",
         "--max-requests",
         "10",
+        "--reason",
+        "more",
     ]);
     for a in &fleet {
         eventually(Duration::from_secs(1), "set", || async {
@@ -587,7 +589,7 @@ async fn a_fleet_change_reaches_every_sidecar_within_a_second_and_reverts_everyw
         .await;
     }
     // Redis gone: every sidecar keeps serving with what it has, and says so.
-    fleet[0].op(&["--fleet", "degrade", "set", "degraded"]);
+    fleet[0].op(&["--fleet", "degrade", "set", "degraded", "--reason", "shed"]);
     // Applied everywhere first (else killing Redis could beat the announcement to a sidecar).
     for a in &fleet {
         eventually(Duration::from_secs(5), "degraded everywhere", || async {
@@ -616,4 +618,152 @@ async fn a_fleet_change_reaches_every_sidecar_within_a_second_and_reverts_everyw
     }
     let audit = fleet[0].op(&["audit"]);
     assert!(audit.contains("\"scope\":\"fleet\""), "{audit}");
+}
+
+/// `fleet status -o json` as sidecar `a` reports it.
+fn fleet_status(a: &Admin) -> serde_json::Value {
+    serde_json::from_str(&a.op(&["--output", "json", "fleet", "status"])).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_change_waits_for_every_sidecar_and_names_the_missing() {
+    let redis = crate::redis_support::RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    let cfg = fleet_config(&redis.url());
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        let a = Admin::start(&up, &cfg).await;
+        fleet_synced(&a).await;
+        fleet.push(a);
+    }
+    eventually(Duration::from_secs(5), "all three heard from", || async {
+        fleet_status(&fleet[0])["sidecars"]
+            .as_array()
+            .is_some_and(|s| s.len() == 3)
+    })
+    .await;
+    let scale = [
+        "--fleet",
+        "limits",
+        "scale",
+        "--all",
+        "--multiplier",
+        "2",
+        "--reason",
+        "launch",
+    ];
+
+    // Without a reason: refused before anything is sent, naming the flag.
+    let version = fleet_status(&fleet[0])["version"].as_u64().unwrap();
+    let (code, _, err) = fleet[0].ctl(Some("op.token"), &scale[..6]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--reason is required with --fleet"), "{err}");
+
+    // A dry run says what would change and changes nothing, anywhere.
+    let mut dry = scale.to_vec();
+    dry.push("--dry-run");
+    let out = fleet[1].op(&dry);
+    assert!(out.contains("dry run, nothing changed"), "{out}");
+    assert!(
+        out.contains("limit:per_client (fleet layer): none -> max_requests 6"),
+        "{out}"
+    );
+    assert!(!out.contains("applied on"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&fleet[1].op(&[&dry[..], &["-o", "json"]].concat())).unwrap();
+    assert_eq!(v["dry_run"], true, "{v}");
+    assert_eq!(v["fleet_version"], version, "{v}");
+    assert_eq!(v["changes"][0]["after"], "max_requests 6", "{v}");
+    assert_eq!(fleet_status(&fleet[0])["version"], version);
+    for a in &fleet {
+        assert_eq!(max_requests(a), 3);
+    }
+
+    // All up: the command returns once every sidecar applied it.
+    let (code, out, err) = fleet[0].ctl(Some("op.token"), &scale);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("fleet version {}: applied on 3/3\n", version + 1)),
+        "{out}"
+    );
+    assert!(
+        out.contains("limit:per_client (fleet layer): none -> max_requests 6"),
+        "{out}"
+    );
+    for a in &fleet {
+        assert_eq!(max_requests(a), 6);
+    }
+
+    // One killed without a goodbye: still expected, named as missing with its age, exit 6.
+    let killed = fleet_status(&fleet[0])["sidecars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .find(|id| id.ends_with(&format!(":{}", fleet[2].fg.port)))
+        .unwrap();
+    let mut gone = fleet.pop().unwrap();
+    gone.fg.child.kill().unwrap();
+    gone.fg.child.wait().unwrap();
+    let mut set = vec![
+        "--fleet",
+        "limits",
+        "set",
+        "per_client",
+        "--max-requests",
+        "10",
+        "--reason",
+        "more",
+        "--wait",
+        "3s",
+    ];
+    let (code, out, err) = fleet[0].ctl(Some("op.token"), &set);
+    assert_eq!(code, 6, "{out}{err}");
+    assert!(
+        out.contains(&format!("applied on 2/3; missing: {killed} (")),
+        "{out}"
+    );
+    assert!(out.contains("last seen"), "{out}");
+    assert!(
+        err.contains("not applied on every expected sidecar within 3s"),
+        "{err}"
+    );
+    // Changed on the others all the same.
+    for a in &fleet {
+        assert_eq!(max_requests(a), 10);
+    }
+    // `fleet status` keeps listing it, marked stale once its heartbeats are overdue.
+    eventually(Duration::from_secs(10), "killed sidecar stale", || async {
+        let f = fleet_status(&fleet[0]);
+        f["sidecars"].as_array().is_some_and(|s| {
+            s.len() == 3
+                && s.iter()
+                    .any(|s| s["id"] == killed.as_str() && s["stale"] == true)
+        })
+    })
+    .await;
+    let text = fleet[0].op(&["fleet", "status"]);
+    assert!(text.contains("applied on 2/3; missing: "), "{text}");
+    assert!(text.contains("STALE"), "{text}");
+
+    // `--no-wait` returns at once and says so.
+    set.truncate(8);
+    set[5] = "11";
+    set.push("--no-wait");
+    let out = fleet[0].op(&set);
+    assert!(out.contains("not waiting"), "{out}");
+
+    // A sidecar that shuts down cleanly (SIGTERM) leaves the list: not missing.
+    let leaving = fleet.pop().unwrap();
+    leaving.fg.signal(nix::sys::signal::Signal::SIGTERM);
+    eventually(
+        Duration::from_secs(5),
+        "the leaving one is off the list",
+        || async {
+            fleet_status(&fleet[0])["sidecars"]
+                .as_array()
+                .is_some_and(|s| s.len() == 2)
+        },
+    )
+    .await;
 }

@@ -17,12 +17,16 @@ use floodgate_admin::pb;
 ///   floodgatectl feature disable recommendations --reason "shed load"
 ///   floodgatectl queue workers 20 && floodgatectl queue resize 5000
 ///   floodgatectl limits restore --all
+///   floodgatectl --fleet limits scale --all --multiplier 2 --ttl 30m --reason "INC-4211" --dry-run
+///   floodgatectl --fleet degrade set degraded --ttl 1h --reason "INC-4211"   (waits: applied on 48/48)
 ///
 /// The token: --token-file FILE, or FLOODGATE_TOKEN=<the token itself> (for CI secrets),
 /// or FLOODGATE_TOKEN_FILE=FILE; a --token-file given on the command line wins over both.
 ///
-/// Exit codes: 0 done, 2 bad arguments, 3 sidecar unreachable (or --addr is not an admin
-/// port), 4 not authorised, 5 refused (unknown name, invalid value), 1 anything else.
+/// Exit codes: 0 done, 2 bad arguments (a --fleet change without --reason, too), 3 sidecar
+/// unreachable (or --addr is not an admin port), 4 not authorised, 5 refused (unknown name,
+/// invalid value), 6 a --fleet change made but not applied on every expected sidecar
+/// within --wait, 1 anything else.
 /// A closed standard output (`| head`) ends the command quietly with 0.
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
@@ -64,8 +68,36 @@ pub(crate) struct Global {
     )]
     pub(crate) output: Output,
     /// Apply a change to every sidecar of the fleet (stored in Redis), not only this one.
-    #[arg(long, global = true, help_heading = "Sidecar connection")]
+    /// Needs --reason; waits for the sidecars to apply it (see --wait).
+    #[arg(long, global = true, help_heading = "Fleet changes")]
     pub(crate) fleet: bool,
+    /// After a --fleet change, wait up to DURATION (5s if none is given, and by default) for
+    /// every expected sidecar (heard from in the last 5 minutes) to report the change's fleet
+    /// version, then print `applied on N/M` and name the missing with their last-seen age;
+    /// exit 6 if some did not apply it in time. `--wait 0` does not wait. A change without
+    /// --fleet is applied when the command returns, so there it waits for nothing.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        num_args = 0..=1,
+        default_missing_value = "5s",
+        value_parser = parse_wait,
+        help_heading = "Fleet changes"
+    )]
+    pub(crate) wait: Option<Duration>,
+    /// Do not wait for a --fleet change to be applied (as --wait 0).
+    #[arg(
+        long,
+        global = true,
+        conflicts_with = "wait",
+        help_heading = "Fleet changes"
+    )]
+    pub(crate) no_wait: bool,
+    /// Show what a --fleet change would do, each key's fleet-layer value before -> after,
+    /// and change nothing.
+    #[arg(long, global = true, help_heading = "Fleet changes")]
+    pub(crate) dry_run: bool,
     /// CA certificate (PEM) to verify the sidecar's admin.tls certificate; turns on TLS.
     #[arg(
         long,
@@ -126,6 +158,33 @@ pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// How long a --fleet change waits to be applied everywhere when --wait gives no time.
+pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+
+impl Global {
+    /// How long a fleet change waits for the fleet; zero for not at all.
+    pub(crate) fn wait(&self) -> Duration {
+        if self.no_wait {
+            Duration::ZERO
+        } else {
+            self.wait.unwrap_or(DEFAULT_WAIT)
+        }
+    }
+}
+
+/// Parses --wait: a humantime duration (`3s`, `500ms`, `1m`) up to 10 minutes, or `0`.
+pub(crate) fn parse_wait(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (a duration such as 3s, 30s, 1m; 0 for no wait)"))?;
+    if d > Duration::from_secs(600) {
+        return Err("out of range: --wait is at most 10m".into());
+    }
+    Ok(d)
+}
+
 /// Why and for how long; every change takes these.
 #[derive(Args, Clone)]
 pub(crate) struct ChangeArgs {
@@ -133,18 +192,19 @@ pub(crate) struct ChangeArgs {
     /// until cleared.
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub(crate) ttl: Option<Duration>,
-    /// Why; recorded in the audit log.
+    /// Why; recorded in the audit log. Required with --fleet.
     #[arg(long, default_value = "")]
     pub(crate) reason: String,
 }
 
 impl ChangeArgs {
-    pub(crate) fn pb(&self, fleet: bool) -> pb::Change {
+    pub(crate) fn pb(&self, g: &Global) -> pb::Change {
         pb::Change {
             reason: self.reason.clone(),
             // parse_ttl admits whole seconds from 1 only, so 0 keeps meaning "until cleared".
             ttl_seconds: self.ttl.map_or(0, |d| d.as_secs()),
-            fleet,
+            fleet: g.fleet,
+            dry_run: g.dry_run,
         }
     }
 }
@@ -323,7 +383,8 @@ impl InjectArgs {
 
 #[derive(Subcommand)]
 pub(crate) enum FleetCmd {
-    /// Every live sidecar, whether it applied the latest fleet overrides, and its load.
+    /// Every expected sidecar (heard from in the last 5 minutes; stale ones, silent for 5 s,
+    /// marked), its last-seen age, the fleet version it applied, and its load.
     Status,
 }
 
@@ -366,7 +427,7 @@ pub(crate) enum LimitsCmd {
         /// Every limit.
         #[arg(long)]
         all: bool,
-        /// Why; recorded in the audit log.
+        /// Why; recorded in the audit log. Required with --fleet.
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -387,7 +448,7 @@ pub(crate) enum DegradeCmd {
     /// the config's level and automatic degradation decide again. "Restore FULL" in the
     /// runbook is this, with `feature reset` for each feature switched by hand.
     Clear {
-        /// Why; recorded in the audit log.
+        /// Why; recorded in the audit log. Required with --fleet.
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -413,7 +474,7 @@ pub(crate) enum FeatureCmd {
     Reset {
         /// Feature name (as in the config's `routes[].feature`).
         name: String,
-        /// Why; recorded in the audit log.
+        /// Why; recorded in the audit log. Required with --fleet.
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -474,7 +535,7 @@ pub(crate) enum OverridesCmd {
     Clear {
         /// The override's key (as `floodgatectl overrides` lists them), or `all`.
         key: String,
-        /// Why; recorded in the audit log.
+        /// Why; recorded in the audit log. Required with --fleet.
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -532,5 +593,27 @@ mod tests {
             assert!(e.contains("from 1s to 30d"), "{bad}: {e}");
         }
         assert!(parse_ttl("soon").unwrap_err().contains("from 1s to 30d"));
+    }
+
+    #[test]
+    fn wait_defaults_to_five_seconds_for_the_fleet_and_zero_turns_it_off() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["floodgatectl", "--fleet"];
+            all.extend(args);
+            Cli::try_parse_from(all).map(|c| c.global.wait())
+        };
+        let change = ["degrade", "set", "degraded", "--reason", "r"];
+        assert_eq!(parse(&change).unwrap(), DEFAULT_WAIT);
+        let with = |extra: &[&'static str]| {
+            let mut v = change.to_vec();
+            v.extend(extra);
+            parse(&v)
+        };
+        assert_eq!(with(&["--wait"]).unwrap(), DEFAULT_WAIT);
+        assert_eq!(with(&["--wait", "3s"]).unwrap(), Duration::from_secs(3));
+        assert_eq!(with(&["--wait", "0"]).unwrap(), Duration::ZERO);
+        assert_eq!(with(&["--no-wait"]).unwrap(), Duration::ZERO);
+        assert!(with(&["--wait", "1h"]).is_err());
+        assert!(with(&["--wait", "3s", "--no-wait"]).is_err());
     }
 }

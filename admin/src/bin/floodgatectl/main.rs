@@ -1,10 +1,12 @@
 //! `floodgatectl`: the on-call engineer's command line for a Floodgate sidecar's admin plane.
 //! `args` is the command line, `client` the connection and its failures, `render` and
 //! `table` what people read, `override_view` what scripts read, `out` the only writer of
-//! standard output, `inject_cmd` the offline `inject`; this file runs the commands.
+//! standard output, `inject_cmd` the offline `inject`, `fleet_wait` the wait for "applied on
+//! N/N" after a fleet change; this file runs the commands.
 
 mod args;
 mod client;
+mod fleet_wait;
 mod inject_cmd;
 mod out;
 mod override_view;
@@ -21,8 +23,8 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::args::{
-    BreakersCmd, CacheCmd, Cli, Command, ConfigCmd, DegradeCmd, FeatureCmd, FleetCmd, LimitsCmd,
-    Output, OverridesCmd, QueueCmd,
+    BreakersCmd, CacheCmd, Cli, Command, ConfigCmd, DegradeCmd, FeatureCmd, FleetCmd, Global,
+    LimitsCmd, Output, OverridesCmd, QueueCmd,
 };
 use crate::client::{connect, explain, request, stream_request, token, Failure, Stop};
 use crate::out::{encode, encode_one, Out};
@@ -118,6 +120,7 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
     if let Some(done) = offline(&cli.command, format, out) {
         return done;
     }
+    check_change(&cli.command, g)?;
     let token = token(g, token_flag)?;
     let connected = connect(g).await;
     if let Command::Version { .. } = cli.command {
@@ -142,11 +145,12 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
         };
     }
     let mut c = connected?;
-    let fleet = g.fleet;
+    let (fleet, dry_run) = (g.fleet, g.dry_run);
+    // A change's reply is shown after the match, once the fleet has been waited for.
+    let mut changed: Option<pb::ChangeReply> = None;
     let mut change = |reply: pb::ChangeReply| -> Result<(), Stop> {
-        show(out, format, &ChangeView::new(&reply), |_| {
-            render::change(&reply, unix_now())
-        })
+        changed = Some(reply);
+        Ok(())
     };
     match cli.command {
         Command::Status => status(&mut c, &token, format, out).await?,
@@ -164,7 +168,7 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
                 name,
                 max_requests,
                 window_seconds: window.unwrap_or(0),
-                change: Some(a.pb(fleet)),
+                change: Some(a.pb(g)),
             };
             change(c.set_limit(request(req, &token)?).await?.into_inner())?;
         }
@@ -177,7 +181,7 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
             let req = pb::ScaleLimitsRequest {
                 name: name.unwrap_or_default(),
                 multiplier,
-                change: Some(a.pb(fleet)),
+                change: Some(a.pb(g)),
             };
             change(c.scale_limits(request(req, &token)?).await?.into_inner())?;
         }
@@ -186,13 +190,14 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
                 name: name.unwrap_or_default(),
                 reason,
                 fleet,
+                dry_run,
             };
             change(c.restore_limits(request(req, &token)?).await?.into_inner())?;
         }
         Command::Degrade(DegradeCmd::Set { level, change: a }) => {
             let req = pb::SetLevelRequest {
                 level,
-                change: Some(a.pb(fleet)),
+                change: Some(a.pb(g)),
             };
             change(c.set_level(request(req, &token)?).await?.into_inner())?;
         }
@@ -201,6 +206,7 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
                 key: "level".into(),
                 reason,
                 fleet,
+                dry_run,
             };
             change(c.clear_override(request(req, &token)?).await?.into_inner())?;
         }
@@ -209,6 +215,7 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
                 key: format!("feature:{name}"),
                 reason,
                 fleet,
+                dry_run,
             };
             change(c.clear_override(request(req, &token)?).await?.into_inner())?;
         }
@@ -216,7 +223,7 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
             let req = pb::SetFeatureRequest {
                 name,
                 enabled: false,
-                change: Some(a.pb(fleet)),
+                change: Some(a.pb(g)),
             };
             change(c.set_feature(request(req, &token)?).await?.into_inner())?;
         }
@@ -224,7 +231,7 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
             let req = pb::SetFeatureRequest {
                 name,
                 enabled: true,
-                change: Some(a.pb(fleet)),
+                change: Some(a.pb(g)),
             };
             change(c.set_feature(request(req, &token)?).await?.into_inner())?;
         }
@@ -237,7 +244,7 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
             let req = pb::SetQueueRequest {
                 max_size: size,
                 max_concurrency: 0,
-                change: Some(a.pb(fleet)),
+                change: Some(a.pb(g)),
             };
             change(c.set_queue(request(req, &token)?).await?.into_inner())?;
         }
@@ -245,14 +252,14 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
             let req = pb::SetQueueRequest {
                 max_size: 0,
                 max_concurrency: count,
-                change: Some(a.pb(fleet)),
+                change: Some(a.pb(g)),
             };
             change(c.set_queue(request(req, &token)?).await?.into_inner())?;
         }
         Command::Cache(CacheCmd::Aggressive { state, change: a }) => {
             let req = pb::SetAggressiveCacheRequest {
                 enabled: state == "on",
-                change: Some(a.pb(fleet)),
+                change: Some(a.pb(g)),
             };
             change(
                 c.set_aggressive_cache(request(req, &token)?)
@@ -285,7 +292,12 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
         Command::Overrides {
             cmd: Some(OverridesCmd::Clear { key, reason }),
         } => {
-            let req = pb::ClearOverrideRequest { key, reason, fleet };
+            let req = pb::ClearOverrideRequest {
+                key,
+                reason,
+                fleet,
+                dry_run,
+            };
             change(c.clear_override(request(req, &token)?).await?.into_inner())?;
         }
         Command::Explain { knob } => {
@@ -345,7 +357,116 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
         | Command::Config(_)
         | Command::Inject(_) => {}
     }
+    match changed {
+        Some(reply) => confirm(&mut c, &token, g, &reply, out).await,
+        None => Ok(()),
+    }
+}
+
+/// The `--reason` a change takes; `None` for commands that change nothing (and for
+/// `breakers reset`, which is never a fleet change).
+fn reason_of(command: &Command) -> Option<&str> {
+    fn r(a: &args::ChangeArgs) -> &str {
+        &a.reason
+    }
+    Some(match command {
+        Command::Limits(LimitsCmd::Set { change, .. } | LimitsCmd::Scale { change, .. }) => {
+            r(change)
+        }
+        Command::Limits(LimitsCmd::Restore { reason, .. })
+        | Command::Degrade(DegradeCmd::Clear { reason })
+        | Command::Feature(FeatureCmd::Reset { reason, .. })
+        | Command::Overrides {
+            cmd: Some(OverridesCmd::Clear { reason, .. }),
+        } => reason,
+        Command::Degrade(DegradeCmd::Set { change, .. })
+        | Command::Feature(
+            FeatureCmd::Disable { change, .. } | FeatureCmd::Enable { change, .. },
+        )
+        | Command::Queue(QueueCmd::Resize { change, .. } | QueueCmd::Workers { change, .. })
+        | Command::Cache(CacheCmd::Aggressive { change, .. }) => r(change),
+        _ => return None,
+    })
+}
+
+/// Refuses, before any call, a fleet change without a reason and a dry run of anything but
+/// a fleet change (exit 2, as clap does for its own argument errors).
+fn check_change(command: &Command, g: &Global) -> Result<(), Failure> {
+    let reason = reason_of(command);
+    if g.fleet && reason.is_some_and(|r| r.trim().is_empty()) {
+        return Err(Failure(
+            2,
+            "--reason is required with --fleet: the change reaches every sidecar and its \
+             reason goes into each one's audit log (e.g. --reason \"INC-4211: launch spike\")"
+                .into(),
+        ));
+    }
+    if g.dry_run && !(g.fleet && reason.is_some()) {
+        return Err(Failure(
+            2,
+            "--dry-run previews a --fleet change (limits, degrade, feature, queue, cache, \
+             overrides clear); give --fleet and one of those"
+                .into(),
+        ));
+    }
     Ok(())
+}
+
+/// Shows a change's reply and, for a fleet change, waits for every expected sidecar to
+/// apply it: `applied on N/M`, the missing named, exit 6 if not all did within --wait.
+async fn confirm(
+    c: &mut AdminClient<Channel>,
+    token: &Option<String>,
+    g: &Global,
+    reply: &pb::ChangeReply,
+    out: &mut Out,
+) -> Result<(), Stop> {
+    let limit = g.wait();
+    let waits = g.fleet && !reply.dry_run && reply.fleet_version > 0 && !limit.is_zero();
+    let table = g.output == Output::Table;
+    if table {
+        out.put(&render::change(reply, unix_now()))?;
+    }
+    if g.fleet && !reply.dry_run {
+        if reply.fleet_version == 0 {
+            // A sidecar older than the field: nothing to wait for by number.
+            out.put("the sidecar did not say which fleet version the change made; see `floodgatectl fleet status`\n")?;
+        } else if !waits && table {
+            out.put(&format!(
+                "not waiting: `floodgatectl fleet status` shows who applied fleet version {}\n",
+                reply.fleet_version
+            ))?;
+        }
+    }
+    let applied = if waits {
+        Some(fleet_wait::wait(c, token, reply.fleet_version, limit).await?)
+    } else {
+        None
+    };
+    if table {
+        if let Some(a) = &applied {
+            out.put(&format!("fleet version {}: {}\n", a.version, a.line()))?;
+        }
+    } else {
+        let mut view = ChangeView::new(reply);
+        view.applied = applied.as_ref();
+        if let Some(text) = encode(g.output, &view)? {
+            out.put(&text)?;
+        }
+    }
+    match applied {
+        Some(a) if !a.everywhere() => Err(Failure(
+            6,
+            format!(
+                "fleet version {} not applied on every expected sidecar within {}: {}",
+                a.version,
+                humantime::format_duration(limit),
+                a.line()
+            ),
+        )
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// `floodgatectl status`: the sidecar's state and, for people, the overrides behind it.

@@ -24,11 +24,17 @@ impl<'a> OverrideView<'a> {
     }
 }
 
-/// A change's reply with typed overrides.
+/// A change's reply with typed overrides and, after a fleet change was waited for, who
+/// applied it.
 #[derive(Serialize)]
 pub(crate) struct ChangeView<'a> {
     pub(crate) summary: &'a str,
     pub(crate) overrides: Vec<OverrideView<'a>>,
+    pub(crate) fleet_version: u64,
+    pub(crate) dry_run: bool,
+    pub(crate) changes: &'a [pb::KnobChange],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) applied: Option<&'a crate::fleet_wait::Applied>,
 }
 
 impl<'a> ChangeView<'a> {
@@ -36,6 +42,10 @@ impl<'a> ChangeView<'a> {
         Self {
             summary: &reply.summary,
             overrides: reply.overrides.iter().map(OverrideView::new).collect(),
+            fleet_version: reply.fleet_version,
+            dry_run: reply.dry_run,
+            changes: &reply.changes,
+            applied: None,
         }
     }
 }

@@ -155,47 +155,51 @@ pub(crate) fn queue(q: &pb::Queue) -> String {
     }
 }
 
+/// `fleet status`: every expected sidecar, stale ones marked, with what it applied.
 pub(crate) fn fleet(f: &pb::FleetStatusReply) -> String {
-    let applied = f
-        .sidecars
-        .iter()
-        .filter(|s| s.applied_version >= f.version)
-        .count();
-    let mut out = format!(
-        "fleet override version {}: applied on {applied}/{}\n",
-        f.version,
-        f.sidecars.len()
-    );
+    let applied = crate::fleet_wait::Applied::of(f, f.version);
+    let mut out = format!("fleet override version {}: {}\n", f.version, applied.line());
     let mut t = Table::new(&[
         ("sidecar", Left),
         ("pod", Left),
+        ("state", Left),
+        ("seen", Right),
         ("config", Right),
         ("applied", Right),
         ("rps", Right),
         ("errors", Right),
         ("p95_ms", Right),
-        ("seen", Right),
     ]);
     for s in &f.sidecars {
         t.row(vec![
             s.id.clone(),
             s.pod.clone(),
+            if s.stale { "STALE" } else { "live" }.into(),
+            format!("{} ago", human_duration(s.seen_seconds_ago)),
             s.config_version.to_string(),
             s.applied_version.to_string(),
             format!("{:.1}", s.rps),
             format!("{:.2}%", s.error_rate * 100.0),
             format!("{:.1}", s.p95_ms),
-            format!("{}s ago", s.seen_seconds_ago),
         ]);
     }
     out += &t.render();
-    let total: f64 = f.sidecars.iter().map(|s| s.rps).sum();
-    if total > 0.0 && !f.sidecars.is_empty() {
-        let mean = total / f.sidecars.len() as f64;
-        let max = f.sidecars.iter().map(|s| s.rps).fold(0.0, f64::max);
+    // A stale sidecar's load is as old as its last heartbeat: leave it out of the sums.
+    let live: Vec<&pb::Sidecar> = f.sidecars.iter().filter(|s| !s.stale).collect();
+    let total: f64 = live.iter().map(|s| s.rps).sum();
+    if total > 0.0 && !live.is_empty() {
+        let mean = total / live.len() as f64;
+        let max = live.iter().map(|s| s.rps).fold(0.0, f64::max);
         out += &format!(
             "load distribution: {total:.1} rps in all, busiest at {:.0}% of the mean\n",
             max / mean * 100.0
+        );
+    }
+    if f.expected_seconds > 0 {
+        out += &format!(
+            "expected: every sidecar heard from in the last {}; stale: silent for {} or more\n",
+            human_duration(f.expected_seconds),
+            human_duration(f.stale_seconds)
         );
     }
     out
