@@ -316,8 +316,9 @@ impl Control for RuntimeControl {
             }
             Op::SetLevel { level } => {
                 summary = format!(
-                    "degradation level set to {} by hand (pinned: automatic degradation cannot change it until the TTL runs out or `floodgatectl degrade clear`)",
-                    level.as_str()
+                    "degradation level set to {} by hand (pinned: automatic degradation cannot change it until the TTL runs out or `floodgatectl {}degrade clear`)",
+                    level.as_str(),
+                    if req.fleet { "--fleet " } else { "" }
                 );
                 set.push(made(Kind::Level(*level)));
             }
@@ -334,8 +335,9 @@ impl Control for RuntimeControl {
                     )));
                 }
                 summary = format!(
-                    "feature `{name}` {} at every level until the TTL runs out or `floodgatectl feature reset {name}`",
-                    if *enabled { "enabled" } else { "disabled" }
+                    "feature `{name}` {} at every level until the TTL runs out or `floodgatectl {}feature reset {name}`",
+                    if *enabled { "enabled" } else { "disabled" },
+                    if req.fleet { "--fleet " } else { "" }
                 );
                 set.push(made(Kind::Feature {
                     name: name.clone(),

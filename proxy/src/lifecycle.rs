@@ -173,8 +173,8 @@ pub fn apply_fleet(rt: &Runtime, version: u64, set: BTreeMap<String, Override>) 
             || set
                 .iter()
                 .any(|(k, o)| admin.fleet.get(k).is_none_or(|p| !same(p, o)));
-        admin.fleet_version = admin.fleet_version.max(version);
         if !differs {
+            admin.fleet_version = admin.fleet_version.max(version);
             return;
         }
         let old = std::mem::replace(&mut admin.fleet, set);
@@ -188,6 +188,10 @@ pub fn apply_fleet(rt: &Runtime, version: u64, set: BTreeMap<String, Override>) 
         format!("fleet overrides version {version} applied"),
     );
     revert(rt, &changed, "fleet overrides changed");
+    // Reported (heartbeat, status) only once in force: `--wait`'s "applied on N/N" means
+    // applied, not received.
+    let mut admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
+    admin.fleet_version = admin.fleet_version.max(version);
 }
 
 /// Sets `floodgate_override_expiry_timestamp_seconds` from the overrides in force and
