@@ -2,7 +2,8 @@
 //! with a temporary working folder and the binaries this test run built. The commands it prints
 //! are run exactly as printed (bash and curl) and must do what their comments say; Ctrl-C (SIGINT
 //! to its process group, as a terminal sends it) or SIGTERM stops everything it started. And the
-//! demo app's `/slow?ms=` and `/fail`.
+//! demo app's `/slow?ms=` and `/fail`, and shellcheck on every shell script of the repository
+//! (`scripts/test.sh` installs curl and shellcheck).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -351,3 +352,23 @@ async fn demo_app_answers_slow_after_the_delay_and_fail_with_500() {
     assert_eq!((status, body.as_str()), (200, "hello from app\n"));
 }
 
+#[test]
+fn every_shell_script_passes_shellcheck() {
+    let mut scripts = vec![PathBuf::from(".ci/run")];
+    for dir in ["scripts", "bench"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "sh") {
+                scripts.push(path.strip_prefix(repo()).unwrap().to_path_buf());
+            }
+        }
+    }
+    assert!(scripts.len() >= 4, "{scripts:?}");
+    // -x follows `. scripts/lib.sh`, which is relative to the repository root.
+    crate::support::run_ok(
+        Command::new("shellcheck")
+            .arg("-x")
+            .args(&scripts)
+            .current_dir(repo()),
+    );
+}
