@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts: install what a fresh Debian machine lacks, or say exactly what to do.
 # Usage: need COMMAND DEBIAN_PACKAGE
 

@@ -2,8 +2,10 @@
 //! app and the end-to-end tests' upstream. `/` answers with the server's name, `/echo`
 //! streams the request body back and reports what arrived in `echo-*` headers, `/count…`
 //! answers with the number of requests so far (every answer differs),
-//! `/sleep/<ms>` answers after a delay, `/ws` accepts an upgrade and echoes raw bytes, and
-//! any path containing `/hold` waits until [`DemoStats::release`] lets it go. It counts
+//! `/sleep/<ms>` and `/slow?ms=<ms>` answer after a delay (at most [`MAX_SLOW_MS`]), `/fail`
+//! answers 500 (to open the sidecar's circuit breaker by hand), `/ws` accepts an upgrade and
+//! echoes raw bytes, and any path containing `/hold` waits until [`DemoStats::release`] lets it
+//! go. It counts
 //! requests in progress (and the most at once), logs the paths it saw in arrival order, and
 //! answers every request with [`DemoStats::fail_with`]'s status while that is set.
 
@@ -89,6 +91,19 @@ impl Drop for InProgress<'_> {
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// The longest delay `/slow?ms=` and `/sleep/` wait (60 s); larger values are cut to it.
+pub const MAX_SLOW_MS: u64 = 60_000;
+
+/// The `ms` parameter of a query string (`ms=250&x=1`), 0 when absent or not a number.
+fn query_ms(query: Option<&str>) -> u64 {
+    query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into())
         .map_err(|never: Infallible| match never {})
@@ -157,9 +172,17 @@ async fn handle(
     } else if path == "/ws" {
         return Ok(upgrade_echo(req));
     } else if let Some(ms) = path.strip_prefix("/sleep/") {
-        let ms: u64 = ms.parse().unwrap_or(0);
+        let ms = ms.parse().unwrap_or(0_u64).min(MAX_SLOW_MS);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Response::new(full(format!("{name} slept {ms} ms\n")))
+    } else if path == "/slow" {
+        let ms = query_ms(req.uri().query()).min(MAX_SLOW_MS);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Response::new(full(format!("{name} slept {ms} ms\n")))
+    } else if path == "/fail" {
+        let mut r = Response::new(full(format!("{name}: /fail always fails\n")));
+        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
     } else {
         Response::new(full(format!("hello from {name}\n")))
     };

@@ -8,6 +8,7 @@ mod breaker;
 mod cli;
 mod connections;
 mod degrade;
+mod demo;
 mod deploy;
 mod global;
 mod global_faults;

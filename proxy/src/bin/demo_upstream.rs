@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-/// A demo application for trying Floodgate: `/` says hello, `/echo` echoes the request,
-/// `/sleep/<ms>` answers after a delay. Speaks HTTP/1.1 and h2c.
+/// A demo application for trying Floodgate: `/` (and any other path) says hello, `/echo`
+/// echoes the request, `/slow?ms=N` (or `/sleep/N`) answers after N ms, `/fail` answers 500.
+/// Speaks HTTP/1.1 and h2c.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
