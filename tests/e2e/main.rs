@@ -21,6 +21,7 @@ mod proxy;
 mod queue;
 mod redis_support;
 mod reload;
+mod repository;
 mod runbook;
 mod script;
 mod support;
