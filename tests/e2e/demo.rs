@@ -372,3 +372,50 @@ fn every_shell_script_passes_shellcheck() {
             .current_dir(repo()),
     );
 }
+
+/// The README's "Five minutes with the demo" block, run as a reader pastes it (the demo's
+/// default ports and paths swapped for this test's), so the README and the demo cannot drift.
+#[test]
+fn the_readmes_five_minute_walk_does_what_it_says_against_the_demo() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let (_, section) = readme
+        .split_once("## Five minutes with the demo")
+        .expect("the README's demo walk");
+    let (_, block) = section.split_once("```sh\n").unwrap();
+    let (block, _) = block.split_once("```").unwrap();
+    let demo = Demo::start();
+    let bin = Path::new(env!("CARGO_BIN_EXE_floodgate")).parent().unwrap();
+    let work = demo.dir.path().join("work");
+    let script = block
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", demo.port))
+        .replace("$PWD/target/debug", &bin.display().to_string())
+        .replace("$PWD/.demo", &work.display().to_string());
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -e\nexport FLOODGATE_ADDR=127.0.0.1:{}\n{script}",
+            demo.admin_port
+        ))
+        .current_dir(demo.dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the README's walk failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "ratelimit-policy",
+        " 429",
+        "floodgate-reason: degraded",
+        "limit:api_rate_limiter",
+        "max_requests 20",
+        "500 500 500 500 500 503",
+    ] {
+        assert!(
+            text.to_lowercase().contains(&want.to_lowercase()),
+            "{want:?} not in what the README's walk printed:\n{text}"
+        );
+    }
+}
