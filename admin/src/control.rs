@@ -125,20 +125,22 @@ impl From<ControlError> for tonic::Status {
     }
 }
 
-/// The sidecar, as the admin plane sees it.
+/// The sidecar, as the admin plane sees it. Async: changes wait on Redis (fleet scope) and
+/// on a snapshot rebuild, which the implementation runs off the async workers itself.
+#[async_trait::async_trait]
 pub trait Control: Send + Sync + 'static {
     /// Everything `status` shows.
-    fn status(&self) -> pb::StatusReply;
-    /// Applies a change (may block briefly: the caller runs it off the async workers).
-    fn change(&self, req: Request) -> Result<pb::ChangeReply, ControlError>;
+    async fn status(&self) -> pb::StatusReply;
+    /// Applies a change.
+    async fn change(&self, req: Request) -> Result<pb::ChangeReply, ControlError>;
     /// Overrides in force.
-    fn overrides(&self) -> Vec<pb::Override>;
+    async fn overrides(&self) -> Vec<pb::Override>;
     /// Every knob (or the one named) with its value, layer and what it falls back to.
-    fn explain(&self, knob: &str) -> Result<Vec<pb::Knob>, ControlError>;
+    async fn explain(&self, knob: &str) -> Result<Vec<pb::Knob>, ControlError>;
     /// The latest `limit` audit entries, oldest first.
-    fn audit(&self, limit: usize) -> Vec<String>;
-    /// Every expected sidecar of the fleet, stale ones marked (may block briefly on Redis).
-    fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError>;
+    async fn audit(&self, limit: usize) -> Vec<String>;
+    /// Every expected sidecar of the fleet (reads Redis).
+    async fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError>;
     /// Changes from now on, as they happen.
-    fn watch(&self) -> tokio::sync::broadcast::Receiver<pb::Event>;
+    async fn watch(&self) -> tokio::sync::broadcast::Receiver<pb::Event>;
 }

@@ -1,5 +1,5 @@
-//! The gRPC service: authenticates each call, turns requests into [`Op`]s, and runs them on
-//! the [`Control`] off the async workers.
+//! The gRPC service: authenticates each call, turns requests into [`Op`]s, and awaits them
+//! on the [`Control`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,11 +91,7 @@ impl<C: Control> AdminService<C> {
             fleet: change.fleet,
             dry_run: change.dry_run,
         };
-        let c = self.control.clone();
-        let reply = tokio::task::spawn_blocking(move || c.change(req))
-            .await
-            .map_err(|e| Status::internal(format!("change did not complete: {e}")))??;
-        Ok(Response::new(reply))
+        Ok(Response::new(self.control.change(req).await?))
     }
 }
 
@@ -129,7 +125,7 @@ impl<C: Control> Admin for AdminService<C> {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.tokens.authenticate(&req)?;
-        let rx = self.control.watch();
+        let rx = self.control.watch().await;
         // A watcher too slow to keep up is told how many events it missed, not cut off.
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|e| {
             Ok(e.unwrap_or_else(
@@ -148,7 +144,7 @@ impl<C: Control> Admin for AdminService<C> {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         self.tokens.authenticate(&req)?;
-        Ok(Response::new(self.control.status()))
+        Ok(Response::new(self.control.status().await))
     }
 
     async fn set_limit(
@@ -272,7 +268,7 @@ impl<C: Control> Admin for AdminService<C> {
     ) -> Result<Response<pb::OverridesReply>, Status> {
         self.tokens.authenticate(&req)?;
         Ok(Response::new(pb::OverridesReply {
-            overrides: self.control.overrides(),
+            overrides: self.control.overrides().await,
         }))
     }
 
@@ -281,7 +277,7 @@ impl<C: Control> Admin for AdminService<C> {
         req: Request<pb::ExplainRequest>,
     ) -> Result<Response<pb::ExplainReply>, Status> {
         self.tokens.authenticate(&req)?;
-        let knobs = self.control.explain(&req.get_ref().knob)?;
+        let knobs = self.control.explain(&req.get_ref().knob).await?;
         Ok(Response::new(pb::ExplainReply { knobs }))
     }
 
@@ -301,11 +297,7 @@ impl<C: Control> Admin for AdminService<C> {
         req: Request<pb::FleetStatusRequest>,
     ) -> Result<Response<pb::FleetStatusReply>, Status> {
         self.tokens.authenticate(&req)?;
-        let c = self.control.clone();
-        let reply = tokio::task::spawn_blocking(move || c.fleet_status())
-            .await
-            .map_err(|e| Status::internal(format!("fleet status did not complete: {e}")))??;
-        Ok(Response::new(reply))
+        Ok(Response::new(self.control.fleet_status().await?))
     }
 
     async fn audit(
@@ -318,7 +310,7 @@ impl<C: Control> Admin for AdminService<C> {
             n => n as usize,
         };
         Ok(Response::new(pb::AuditReply {
-            entries: self.control.audit(limit),
+            entries: self.control.audit(limit).await,
         }))
     }
 }

@@ -86,6 +86,38 @@ fn listed(admin: &AdminState) -> Vec<pb::Override> {
 }
 
 impl RuntimeControl {
+    /// Override keys in force in a change's scope (the fleet's, from Redis, or this
+    /// sidecar's) that start with `prefix`.
+    async fn existing(
+        &self,
+        fleet: Option<Arc<crate::global::GlobalLimits>>,
+        prefix: &str,
+    ) -> Result<Vec<String>, ControlError> {
+        match fleet {
+            Some(g) => crate::fleet::keys(&g, prefix)
+                .await
+                .map_err(|e| ControlError::Failed(format!("redis: {e}"))),
+            None => Ok(self
+                .admin()
+                .overrides
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect()),
+        }
+    }
+
+    /// Runs blocking snapshot work (a rebuild resolves the upstream) off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Runtime) -> T + Send + 'static,
+    ) -> Result<T, ControlError> {
+        let rt = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&rt))
+            .await
+            .map_err(|e| ControlError::Failed(format!("the change did not complete: {e}")))
+    }
+
     /// Keys the schedule layer holds now that start with `prefix`.
     fn scheduled_keys(&self, prefix: &str) -> Vec<String> {
         self.admin()
@@ -105,8 +137,9 @@ impl RuntimeControl {
     }
 }
 
+#[async_trait::async_trait]
 impl Control for RuntimeControl {
-    fn status(&self) -> pb::StatusReply {
+    async fn status(&self) -> pb::StatusReply {
         let rt = &self.0;
         let st = crate::status::Status::read(rt);
         let snap = rt.current.load();
@@ -205,7 +238,7 @@ impl Control for RuntimeControl {
         }
     }
 
-    fn change(&self, req: Request) -> Result<pb::ChangeReply, ControlError> {
+    async fn change(&self, req: Request) -> Result<pb::ChangeReply, ControlError> {
         let rt = &self.0;
         let now = SystemTime::now();
         let file = rt
@@ -240,21 +273,7 @@ impl Control for RuntimeControl {
             None
         };
         let scope = if fleet.is_some() { "fleet" } else { "local" };
-        // Override keys in force in the change's scope that start with `prefix`.
-        let existing = |prefix: &str| -> Result<Vec<String>, ControlError> {
-            match &fleet {
-                Some(g) => tokio::runtime::Handle::current()
-                    .block_on(crate::fleet::keys(g, prefix))
-                    .map_err(|e| ControlError::Failed(format!("redis: {e}"))),
-                None => Ok(self
-                    .admin()
-                    .overrides
-                    .keys()
-                    .filter(|k| k.starts_with(prefix))
-                    .cloned()
-                    .collect()),
-            }
-        };
+        let existing = |prefix: &'static str| self.existing(fleet.clone(), prefix);
         // What to set and what to remove; applied below under one lock.
         let mut set: Vec<Override> = Vec::new();
         let mut remove: Vec<String> = Vec::new();
@@ -305,7 +324,7 @@ impl Control for RuntimeControl {
                     remove.push(format!("limit:{n}"));
                     summary = format!("limit `{n}` back to its config baseline");
                 } else {
-                    remove.extend(existing("limit:")?);
+                    remove.extend(existing("limit:").await?);
                     if fleet.is_none() {
                         remove.extend(self.scheduled_keys("limit:"));
                     }
@@ -389,7 +408,7 @@ impl Control for RuntimeControl {
                 summary = format!("breaker `{name}` reset: closed, counts cleared");
             }
             Op::ClearOverride { key } => {
-                let mut keys = existing("")?;
+                let mut keys = existing("").await?;
                 if fleet.is_none() {
                     keys.extend(self.scheduled_keys(""));
                     keys.sort();
@@ -417,7 +436,6 @@ impl Control for RuntimeControl {
             }
         }
         if let Some(g) = &fleet {
-            let handle = tokio::runtime::Handle::current();
             let keys: Vec<String> = set
                 .iter()
                 .map(|o| o.kind.key())
@@ -427,8 +445,8 @@ impl Control for RuntimeControl {
                 summary.push_str(&format!(" for {}", humantime::format_duration(t)));
             }
             if req.dry_run {
-                let (version, before) = handle
-                    .block_on(crate::fleet::preview(g, &keys))
+                let (version, before) = crate::fleet::preview(g, &keys)
+                    .await
                     .map_err(|e| ControlError::Failed(format!("cannot read redis: {e}")))?;
                 let changes = knob_changes(&keys, &before, &set);
                 let mut lines = vec![format!(
@@ -443,8 +461,8 @@ impl Control for RuntimeControl {
                     changes,
                 });
             }
-            let (version, before) = handle
-                .block_on(crate::fleet::publish(g, &set, &remove))
+            let (version, before) = crate::fleet::publish(g, &set, &remove)
+                .await
                 .map_err(|e| ControlError::Failed(format!("cannot write to redis: {e}")))?;
             let changes = knob_changes(&keys, &before, &set);
             let fleet_ctx = AuditCtx {
@@ -470,12 +488,12 @@ impl Control for RuntimeControl {
                     admin.record(fleet_ctx.entry(&c.key, &word(&c.before), &word(&c.after)));
                 }
             }
-            // Apply here at once (this runs off the async workers already); the others follow
-            // on the announcement.
-            let (current, set) = handle
-                .block_on(crate::fleet::fetch(g))
+            // Apply here at once; the others follow on the announcement.
+            let (current, set) = crate::fleet::fetch(g)
+                .await
                 .map_err(|e| ControlError::Failed(format!("cannot read back from redis: {e}")))?;
-            apply_fleet(rt, current, set);
+            self.blocking(move |rt| apply_fleet(rt, current, set))
+                .await?;
             summary.push_str(&format!(" on the fleet (version {version})"));
             rt.event("override", format!("{summary} by {}", req.caller.name));
             let mut lines = vec![summary];
@@ -558,7 +576,9 @@ impl Control for RuntimeControl {
             .chain(gone.iter())
             .any(|o| o.kind.is_structural());
         if structural {
-            rebuild(rt).map_err(ControlError::Failed)?;
+            self.blocking(rebuild)
+                .await?
+                .map_err(ControlError::Failed)?;
         }
         if set
             .iter()
@@ -602,7 +622,7 @@ impl Control for RuntimeControl {
         })
     }
 
-    fn explain(&self, knob: &str) -> Result<Vec<pb::Knob>, ControlError> {
+    async fn explain(&self, knob: &str) -> Result<Vec<pb::Knob>, ControlError> {
         let rt = &self.0;
         let file = rt
             .file_config
@@ -661,22 +681,22 @@ impl Control for RuntimeControl {
             .collect())
     }
 
-    fn overrides(&self) -> Vec<pb::Override> {
+    async fn overrides(&self) -> Vec<pb::Override> {
         listed(&self.admin())
     }
 
-    fn watch(&self) -> tokio::sync::broadcast::Receiver<pb::Event> {
+    async fn watch(&self) -> tokio::sync::broadcast::Receiver<pb::Event> {
         self.0.events.subscribe()
     }
 
-    fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError> {
+    async fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError> {
         let g = self.fleet_backend()?;
-        tokio::runtime::Handle::current()
-            .block_on(crate::fleet::list(&g))
+        crate::fleet::list(&g)
+            .await
             .map_err(|e| ControlError::Failed(format!("cannot read the fleet from redis: {e}")))
     }
 
-    fn audit(&self, limit: usize) -> Vec<String> {
+    async fn audit(&self, limit: usize) -> Vec<String> {
         let admin = self.admin();
         let skip = admin.audit.len().saturating_sub(limit);
         admin.audit.iter().skip(skip).cloned().collect()
