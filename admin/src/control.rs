@@ -54,6 +54,13 @@ pub enum Op {
         /// New max_concurrency.
         max_concurrency: Option<u32>,
     },
+    /// `breakers force`: hold a breaker open or closed.
+    ForceBreaker {
+        /// `upstream` or `feature:<name>`.
+        name: String,
+        /// Held open (true) or closed.
+        open: bool,
+    },
     /// `breakers reset`.
     ResetBreaker {
         /// `upstream` or `feature:<name>`.
@@ -77,6 +84,7 @@ impl Op {
             Op::SetFeature { .. } => "feature.set",
             Op::SetAggressiveCache { .. } => "cache.aggressive",
             Op::SetQueue { .. } => "queue.set",
+            Op::ForceBreaker { .. } => "breakers.force",
             Op::ResetBreaker { .. } => "breakers.reset",
             Op::ClearOverride { .. } => "overrides.clear",
         }

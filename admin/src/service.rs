@@ -251,6 +251,19 @@ impl<C: Control> Admin for AdminService<C> {
         self.apply(caller, op, r.change).await
     }
 
+    async fn force_breaker(
+        &self,
+        req: Request<pb::ForceBreakerRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let caller = self.tokens.authenticate(&req)?;
+        let r = req.into_inner();
+        let op = Op::ForceBreaker {
+            name: r.name,
+            open: r.open,
+        };
+        self.apply(caller, op, r.change).await
+    }
+
     async fn reset_breaker(
         &self,
         req: Request<pb::ResetBreakerRequest>,

@@ -385,6 +385,26 @@ impl Control for RuntimeControl {
                 }
                 summary = format!("queue set to {}", parts.join(", "));
             }
+            Op::ForceBreaker { name, open } => {
+                let snap = rt.current.load();
+                let known = (name == "upstream" && snap.config.circuit_breaker.is_some())
+                    || name
+                        .strip_prefix("feature:")
+                        .is_some_and(|f| snap.routes.feature_breakers().any(|(n, _)| n == f));
+                if !known {
+                    return Err(ControlError::NotFound(format!(
+                        "no breaker `{name}`; use `upstream` (with a circuit_breaker section) or `feature:<name>` (see `floodgatectl breakers`)"
+                    )));
+                }
+                summary = format!(
+                    "breaker `{name}` held {} until the TTL runs out or `floodgatectl overrides clear breaker:{name}`",
+                    if *open { "open: every request gets 503 circuit_open" } else { "closed: failures are not counted" }
+                );
+                set.push(made(Kind::Breaker {
+                    name: name.clone(),
+                    open: *open,
+                }));
+            }
             Op::ResetBreaker { name } => {
                 if fleet.is_some() {
                     return Err(ControlError::Invalid(
@@ -404,6 +424,11 @@ impl Control for RuntimeControl {
                     return Err(ControlError::NotFound(format!(
                         "no breaker `{name}`; use `upstream` or `feature:<name>` (see `floodgatectl breakers`)"
                     )));
+                }
+                // A reset also ends this sidecar's force on it.
+                let key = format!("breaker:{name}");
+                if self.admin().overrides.contains_key(&key) {
+                    remove.push(key);
                 }
                 summary = format!("breaker `{name}` reset: closed, counts cleared");
             }

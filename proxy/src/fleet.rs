@@ -76,6 +76,7 @@ pub fn to_json(o: &Override) -> String {
         }
         Kind::QueueSize(n) => json!({"kind": "queue_size", "value": n}),
         Kind::QueueWorkers(n) => json!({"kind": "queue_workers", "value": n}),
+        Kind::Breaker { name, open } => json!({"kind": "breaker", "name": name, "open": open}),
     };
     if let (Value::Object(m), Value::Object(k)) = (&mut v, kind) {
         m.extend(k);
@@ -104,6 +105,10 @@ pub fn from_json(text: &str) -> Option<Override> {
         },
         "queue_size" => Kind::QueueSize(u32::try_from(u("value")?).ok()?),
         "queue_workers" => Kind::QueueWorkers(u32::try_from(u("value")?).ok()?),
+        "breaker" => Kind::Breaker {
+            name: s("name")?,
+            open: v.get("open")?.as_bool()?,
+        },
         _ => return None,
     };
     let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);

@@ -70,6 +70,7 @@ pub fn rebuild(rt: &Runtime) -> Result<u64, String> {
 
 /// Sets the degradation state from the level and feature overrides.
 pub(crate) fn apply_degradation(rt: &Runtime, why: &str) {
+    apply_breakers(rt);
     let from = {
         let admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
         let mut state = rt.degrade.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,6 +91,42 @@ pub(crate) fn apply_degradation(rt: &Runtime, why: &str) {
         from
     };
     refresh(rt, from, Cause::Manual, why);
+}
+
+/// Holds each breaker open or closed as the breaker overrides in force say, and lets go of
+/// one no override holds any more (its counts and state stay as they were).
+fn apply_breakers(rt: &Runtime) {
+    use floodgate_policy::breaker::Forced;
+    let wanted: BTreeMap<String, bool> = {
+        let admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
+        admin
+            .in_force()
+            .filter_map(|o| match &o.kind {
+                Kind::Breaker { name, open } => Some((name.clone(), *open)),
+                _ => None,
+            })
+            .collect()
+    };
+    let snap = rt.current.load_full();
+    let breakers = std::iter::once(("upstream".to_string(), &rt.breaker)).chain(
+        snap.routes
+            .feature_breakers()
+            .map(|(f, b)| (format!("feature:{f}"), b)),
+    );
+    for (name, b) in breakers {
+        let want = wanted
+            .get(&name)
+            .map(|&open| if open { Forced::Open } else { Forced::Closed });
+        if b.state().1 == want {
+            continue;
+        }
+        match want {
+            Some(Forced::Open) => b.force_open(),
+            Some(Forced::Closed) => b.force_close(),
+            None => b.unforce(),
+        }
+        info!(breaker = name.as_str(), forced = ?want, "breaker override applied");
+    }
 }
 
 /// Reverts overrides whose TTL ran out (the sweeper calls this every second).

@@ -241,3 +241,55 @@ async fn explain_says_which_layer_holds_each_knob_and_what_comes_after_it() {
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("no knob `limit:nope`"), "{err}");
 }
+
+#[tokio::test]
+async fn a_breaker_forced_open_with_a_ttl_sheds_then_clears_like_any_knob() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(
+        &up,
+        &format!("{LIMITED}circuit_breaker: {{ consecutive_failures: 3, open_ms: 60000 }}\n"),
+    )
+    .await;
+    let get = |path: &'static str| {
+        let port = a.fg.port;
+        async move { crate::support::http_get(port, path).await.unwrap() }
+    };
+    assert_eq!(get("/reco/x").await.0, 200);
+    let out = a.op(&[
+        "breakers",
+        "force",
+        "upstream",
+        "open",
+        "--ttl",
+        "10m",
+        "--reason",
+        "INC-5 app sick",
+    ]);
+    assert!(
+        out.contains("breaker:upstream: not forced (baseline) -> forced open (local)"),
+        "{out}"
+    );
+    let (status, h, _) = get("/reco/x").await;
+    assert_eq!(
+        (status, h["floodgate-reason"].to_str().unwrap()),
+        (503, "circuit_open")
+    );
+    assert!(
+        a.op(&["breakers"]).contains("open"),
+        "breakers shows it open"
+    );
+    let k = json(&a, &["explain", "breaker:upstream"]);
+    assert_eq!(k[0]["value"], "forced open");
+    assert!(k[0]["expires_at"].as_u64().unwrap() > 0);
+    // Cleared like any other knob: the app is reached again, the breaker as it was (closed).
+    a.op(&[
+        "overrides",
+        "clear",
+        "breaker:upstream",
+        "--reason",
+        "INC-5 over",
+    ]);
+    assert_eq!(get("/reco/x").await.0, 200);
+    let (code, _, err) = a.ctl(Some("op.token"), &["breakers", "force", "nope", "open"]);
+    assert_eq!(code, 5, "{err}");
+}

@@ -243,6 +243,14 @@ impl Breaker {
         inner.generation += 1;
     }
 
+    /// Drops a force (open or closed), keeping the state and counts it had under it.
+    pub fn unforce(&self) {
+        let mut inner = self.lock();
+        if inner.forced.take().is_some() {
+            inner.generation += 1;
+        }
+    }
+
     /// Drops any override and starts closed with clean counts.
     pub fn reset(&self) {
         let now = self.clock.elapsed();

@@ -39,6 +39,13 @@ pub enum Kind {
     QueueWorkers(u32),
     /// The aggressive caching switch (the runbook's aggressive mode).
     Aggressive(bool),
+    /// A breaker held open (`true`) or closed: `upstream` or `feature:<name>`.
+    Breaker {
+        /// The breaker.
+        name: String,
+        /// Held open; else held closed.
+        open: bool,
+    },
 }
 
 impl Kind {
@@ -51,6 +58,7 @@ impl Kind {
             Kind::Feature { name, .. } => format!("feature:{name}"),
             Kind::QueueSize(_) => "queue.max_size".into(),
             Kind::QueueWorkers(_) => "queue.max_concurrency".into(),
+            Kind::Breaker { name, .. } => format!("breaker:{name}"),
         }
     }
 
@@ -78,6 +86,12 @@ impl Kind {
             Kind::Feature { enabled, .. } => if *enabled { "enabled" } else { "disabled" }.into(),
             Kind::QueueSize(n) => format!("max_size {n}"),
             Kind::QueueWorkers(n) => format!("max_concurrency {n}"),
+            Kind::Breaker { open, .. } => if *open {
+                "forced open"
+            } else {
+                "forced closed"
+            }
+            .into(),
         }
     }
 }
@@ -219,6 +233,9 @@ pub fn baseline(file: &Config, key: &str) -> String {
             None => "as the level says".into(),
         };
     }
+    if key.starts_with("breaker:") {
+        return "not forced".into();
+    }
     match key {
         "level" => file.degradation.level.as_str().to_string(),
         "aggressive_cache" => on(file.degradation.aggressive_cache.enabled),
@@ -234,7 +251,7 @@ pub fn baseline(file: &Config, key: &str) -> String {
 }
 
 /// Every knob an operator can change in `file`: each limit, the level, each feature, the
-/// queue's two sizes (with a queue), aggressive caching.
+/// queue's two sizes (with a queue), aggressive caching, each breaker's forced state.
 pub fn knobs(file: &Config, features: &[String]) -> Vec<String> {
     let mut out: Vec<String> = file
         .limits
@@ -248,6 +265,15 @@ pub fn knobs(file: &Config, features: &[String]) -> Vec<String> {
         out.push("queue.max_concurrency".into());
     }
     out.push("aggressive_cache".into());
+    if file.circuit_breaker.is_some() {
+        out.push("breaker:upstream".into());
+    }
+    out.extend(
+        file.degradation
+            .feature_breakers
+            .keys()
+            .map(|f| format!("breaker:feature:{f}")),
+    );
     out
 }
 
@@ -301,7 +327,7 @@ pub fn effective_config(file: &Config, admin: &AdminState) -> Config {
                     q.max_concurrency = c;
                 }
             }
-            Kind::Level(_) | Kind::Feature { .. } | Kind::Aggressive(_) => {}
+            Kind::Level(_) | Kind::Feature { .. } | Kind::Aggressive(_) | Kind::Breaker { .. } => {}
         }
     }
     cfg

@@ -517,6 +517,18 @@ pub(crate) enum CacheCmd {
 
 #[derive(Subcommand)]
 pub(crate) enum BreakersCmd {
+    /// Hold a breaker open (the sidecar answers 503 circuit_open without calling the app) or
+    /// closed (failures are not counted), until --ttl runs out or `overrides clear
+    /// breaker:NAME` / `breakers reset NAME`.
+    Force {
+        /// The breaker: `upstream` or `feature:<name>` (as `floodgatectl breakers` lists them).
+        name: String,
+        /// `open` or `closed`.
+        #[arg(value_parser = ["open", "closed"])]
+        state: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
     /// Close a breaker and clear its counts: `upstream` or `feature:<name>`.
     Reset {
         /// The breaker: `upstream` or `feature:<name>` (as `floodgatectl breakers` lists them).

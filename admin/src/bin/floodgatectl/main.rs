@@ -274,6 +274,21 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
             })?;
         }
         Command::Breakers {
+            cmd:
+                Some(BreakersCmd::Force {
+                    name,
+                    state,
+                    change: a,
+                }),
+        } => {
+            let req = pb::ForceBreakerRequest {
+                name,
+                open: state == "open",
+                change: Some(a.pb(g)),
+            };
+            change(c.force_breaker(request(req, &token)?).await?.into_inner())?;
+        }
+        Command::Breakers {
             cmd: Some(BreakersCmd::Reset { name, reason }),
         } => {
             let req = pb::ResetBreakerRequest { name, reason };
@@ -384,7 +399,10 @@ fn reason_of(command: &Command) -> Option<&str> {
             FeatureCmd::Disable { change, .. } | FeatureCmd::Enable { change, .. },
         )
         | Command::Queue(QueueCmd::Resize { change, .. } | QueueCmd::Workers { change, .. })
-        | Command::Cache(CacheCmd::Aggressive { change, .. }) => r(change),
+        | Command::Cache(CacheCmd::Aggressive { change, .. })
+        | Command::Breakers {
+            cmd: Some(BreakersCmd::Force { change, .. }),
+        } => r(change),
         _ => return None,
     })
 }
