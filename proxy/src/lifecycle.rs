@@ -25,7 +25,7 @@ use crate::state::{Base, Runtime, Snapshot};
 pub fn build_base(rt: &Runtime, file: &Config) -> Result<Base, crate::state::BuildError> {
     let cfg = {
         let admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
-        effective_config(file, &admin)
+        effective_config(file, &admin, SystemTime::now())
     };
     let old = rt.current.load();
     Base::build(
@@ -59,7 +59,7 @@ pub fn rebuild(rt: &Runtime) -> Result<u64, String> {
         .clone();
     let cfg = {
         let admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
-        effective_config(&file, &admin)
+        effective_config(&file, &admin, SystemTime::now())
     };
     let old = rt.current.load_full();
     let base = Base::build(cfg, old.version, &rt.metrics, Some(&old.base), &rt.clock)
@@ -78,7 +78,7 @@ pub(crate) fn apply_degradation(rt: &Runtime, why: &str) {
         state.manual = None;
         state.flags.clear();
         state.aggressive = None;
-        for o in admin.in_force() {
+        for o in admin.in_force(SystemTime::now()) {
             match &o.kind {
                 Kind::Level(l) => state.manual = Some(*l),
                 Kind::Aggressive(on) => state.aggressive = Some(*on),
@@ -100,7 +100,7 @@ fn apply_breakers(rt: &Runtime) {
     let wanted: BTreeMap<String, bool> = {
         let admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
         admin
-            .in_force()
+            .in_force(SystemTime::now())
             .filter_map(|o| match &o.kind {
                 Kind::Breaker { name, open } => Some((name.clone(), *open)),
                 _ => None,

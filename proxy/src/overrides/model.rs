@@ -167,21 +167,26 @@ impl AdminState {
         self.fleet_state = s;
     }
 
-    /// Scheduled overrides first, then the fleet's, then this sidecar's: a later one wins
-    /// on the same key, so a person's change beats the clock's.
-    pub(crate) fn in_force(&self) -> impl Iterator<Item = &Override> {
-        let shadowed = |k: &String| self.overrides.contains_key(k) || self.fleet.contains_key(k);
-        self.scheduled
-            .iter()
-            .filter(move |(k, _)| !shadowed(k))
-            .map(|(_, o)| o)
-            .chain(
-                self.fleet
-                    .iter()
-                    .filter(|(k, _)| !self.overrides.contains_key(*k))
-                    .map(|(_, o)| o),
-            )
-            .chain(self.overrides.values())
+    /// For each knob, the override in force at `now`: the highest layer's (local over fleet
+    /// over schedule) whose TTL has not run out, so a person's change beats the clock's and
+    /// an expired one gives way at once, before the sweeper removes it.
+    pub(crate) fn in_force(&self, now: SystemTime) -> impl Iterator<Item = &Override> {
+        let keys: std::collections::BTreeSet<&String> = self
+            .overrides
+            .keys()
+            .chain(self.fleet.keys())
+            .chain(self.scheduled.keys())
+            .collect();
+        keys.into_iter().filter_map(move |k| {
+            [
+                self.overrides.get(k),
+                self.fleet.get(k),
+                self.scheduled.get(k),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|o| o.expires.is_none_or(|e| e > now))
+        })
     }
 
     pub(crate) fn record(&mut self, entry: serde_json::Value) {
@@ -298,10 +303,11 @@ pub fn in_effect(file: &Config, admin: &AdminState, key: &str) -> (String, &'sta
     }
 }
 
-/// The file's config with the limit and queue overrides applied.
-pub fn effective_config(file: &Config, admin: &AdminState) -> Config {
+/// The file's config with the limit and queue overrides in force at `now` applied: a pure
+/// function of the baseline, the layers and the clock.
+pub fn effective_config(file: &Config, admin: &AdminState, now: SystemTime) -> Config {
     let mut cfg = file.clone();
-    for o in admin.in_force() {
+    for o in admin.in_force(now) {
         match &o.kind {
             Kind::Limit {
                 name,
@@ -344,6 +350,67 @@ mod tests {
         floodgate_config::parse(&src, std::path::Path::new("t.yaml")).unwrap()
     }
 
+    /// Every combination of the three layers holding a limit, with every order of their
+    /// expiries, read at each moment between them: the highest layer whose TTL has not run
+    /// out is in force, else the baseline.
+    #[test]
+    fn effective_is_the_highest_unexpired_layer_for_every_combination_and_expiry_order() {
+        use std::time::Duration;
+        let base = config("");
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        // Values per layer: local 400, fleet 300, schedule 200; baseline 100.
+        let layers = [("local", 400u64), ("fleet", 300), ("schedule", 200)];
+        let orders: [[u64; 3]; 6] = [
+            [10, 20, 30],
+            [10, 30, 20],
+            [20, 10, 30],
+            [20, 30, 10],
+            [30, 10, 20],
+            [30, 20, 10],
+        ];
+        for present in 0u8..8 {
+            for expiries in orders {
+                let mut admin = AdminState::new(None, false);
+                for (i, (layer, max)) in layers.iter().enumerate() {
+                    if present & (1 << i) == 0 {
+                        continue;
+                    }
+                    let o = Override {
+                        kind: Kind::Limit {
+                            name: "api".into(),
+                            max_requests: *max,
+                            window: None,
+                        },
+                        reason: String::new(),
+                        author: (*layer).into(),
+                        created: at(0),
+                        expires: Some(at(expiries[i])),
+                    };
+                    let map = match *layer {
+                        "local" => &mut admin.overrides,
+                        "fleet" => &mut admin.fleet,
+                        _ => &mut admin.scheduled,
+                    };
+                    map.insert("limit:api".into(), o);
+                }
+                for now in [0, 15, 25, 35] {
+                    let want = layers
+                        .iter()
+                        .enumerate()
+                        .find(|(i, _)| present & (1 << i) != 0 && expiries[*i] > now)
+                        .map_or(100, |(_, (_, max))| *max);
+                    let got = effective_config(&base, &admin, at(now)).limits[0]
+                        .max_requests
+                        .get();
+                    assert_eq!(
+                        got, want,
+                        "layers {present:03b}, expiries {expiries:?}, at {now} s"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn people_win_over_the_fleet_and_the_fleet_over_schedules() {
         let mut admin = AdminState::new(None, false);
@@ -363,23 +430,31 @@ mod tests {
             .scheduled
             .insert("limit:api".into(), o(200, "schedule"));
         assert_eq!(
-            effective_config(&base, &admin).limits[0].max_requests.get(),
+            effective_config(&base, &admin, SystemTime::UNIX_EPOCH).limits[0]
+                .max_requests
+                .get(),
             200
         );
         admin.fleet.insert("limit:api".into(), o(300, "fleet"));
         assert_eq!(
-            effective_config(&base, &admin).limits[0].max_requests.get(),
+            effective_config(&base, &admin, SystemTime::UNIX_EPOCH).limits[0]
+                .max_requests
+                .get(),
             300
         );
         admin.overrides.insert("limit:api".into(), o(400, "local"));
         assert_eq!(
-            effective_config(&base, &admin).limits[0].max_requests.get(),
+            effective_config(&base, &admin, SystemTime::UNIX_EPOCH).limits[0]
+                .max_requests
+                .get(),
             400
         );
         admin.overrides.clear();
         admin.fleet.clear();
         assert_eq!(
-            effective_config(&base, &admin).limits[0].max_requests.get(),
+            effective_config(&base, &admin, SystemTime::UNIX_EPOCH).limits[0]
+                .max_requests
+                .get(),
             200
         );
     }
