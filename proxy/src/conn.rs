@@ -249,9 +249,11 @@ impl Guarded {
     /// pingora parsed a request head on this connection: no deadline until the exchange is
     /// over.
     pub fn head_done(&self) {
-        let _ = self
-            .phase
-            .compare_exchange(HEAD, EXCHANGE, Ordering::Relaxed, Ordering::Relaxed);
+        // From NEXT too: a head pingora parsed from bytes it already held (pipelining) was
+        // never read through this stream.
+        if self.phase.load(Ordering::Relaxed) != H2 {
+            self.phase.store(EXCHANGE, Ordering::Relaxed);
+        }
     }
 
     /// The exchange is over and its request body was read: the next byte read starts a

@@ -118,6 +118,16 @@ impl RuntimeControl {
             .map_err(|e| ControlError::Failed(format!("the change did not complete: {e}")))
     }
 
+    /// Keys the fleet layer holds here now that start with `prefix`.
+    fn fleet_keys(&self, prefix: &str) -> Vec<String> {
+        self.admin()
+            .fleet
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     /// Keys the schedule layer holds now that start with `prefix`.
     fn scheduled_keys(&self, prefix: &str) -> Vec<String> {
         self.admin()
@@ -277,6 +287,9 @@ impl Control for RuntimeControl {
         // What to set and what to remove; applied below under one lock.
         let mut set: Vec<Override> = Vec::new();
         let mut remove: Vec<String> = Vec::new();
+        // Knobs a local restore or clear of everything asks to be at the baseline but that
+        // the fleet layer holds: reported (and the command fails naming the fleet), not removed.
+        let mut fleet_held: Vec<String> = Vec::new();
         let mut summary: String;
         match &req.op {
             Op::SetLimit {
@@ -327,6 +340,7 @@ impl Control for RuntimeControl {
                     remove.extend(existing("limit:").await?);
                     if fleet.is_none() {
                         remove.extend(self.scheduled_keys("limit:"));
+                        fleet_held.extend(self.fleet_keys("limit:"));
                     }
                     remove.sort();
                     remove.dedup();
@@ -438,6 +452,9 @@ impl Control for RuntimeControl {
                     keys.extend(self.scheduled_keys(""));
                     keys.sort();
                     keys.dedup();
+                    if key == "all" {
+                        fleet_held.extend(self.fleet_keys(""));
+                    }
                 }
                 if key == "all" {
                     remove.extend(keys);
@@ -540,11 +557,12 @@ impl Control for RuntimeControl {
             ttl: req.ttl,
             fleet_version: None,
         };
-        let touched: Vec<String> = set
+        let mut touched: Vec<String> = set
             .iter()
             .map(|o| o.kind.key())
             .chain(remove.iter().cloned())
             .collect();
+        touched.extend(fleet_held.iter().filter(|k| !remove.contains(k)).cloned());
         let before: Vec<(String, &'static str)> = {
             let admin = self.admin();
             touched
@@ -605,10 +623,12 @@ impl Control for RuntimeControl {
                 .await?
                 .map_err(ControlError::Failed)?;
         }
-        if set
-            .iter()
-            .chain(gone.iter())
-            .any(|o| !o.kind.is_structural())
+        // A reset drops every force on the breaker; a force another layer holds comes back.
+        if matches!(req.op, Op::ResetBreaker { .. })
+            || set
+                .iter()
+                .chain(gone.iter())
+                .any(|o| !o.kind.is_structural())
         {
             apply_degradation(rt, &summary);
         }
@@ -629,7 +649,7 @@ impl Control for RuntimeControl {
         for ((k, (b, bl)), (a, al)) in touched.iter().zip(&before).zip(&after) {
             lines.push(format!("{k}: {b} ({bl}) -> {a} ({al})"));
             // A removal that leaves another layer's value in force changed nothing here.
-            if remove.contains(k) && b == a && *al != "baseline" {
+            if (remove.contains(k) || fleet_held.contains(k)) && b == a && *al != "baseline" {
                 held.push(format!("{k} is still {a}: the {al} layer holds it"));
             }
         }

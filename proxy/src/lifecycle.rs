@@ -21,6 +21,14 @@ use crate::state::{Base, Runtime, Snapshot};
 
 // === the snapshot ===
 
+/// Holds the right to write the snapshot. Every writer reads the layers, builds and stores
+/// under it, so a change that was listed is also the one in force: without it, a writer that
+/// read the overrides before an operator's change (the sweeper's expiry, a reload resolving
+/// the upstream) could store its older snapshot over the new one.
+pub fn writer(rt: &Runtime) -> std::sync::MutexGuard<'_, ()> {
+    rt.writer.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A snapshot of `file` with the admin overrides layered on (blocking: resolves the upstream).
 pub fn build_base(rt: &Runtime, file: &Config) -> Result<Base, crate::state::BuildError> {
     let cfg = {
@@ -37,7 +45,8 @@ pub fn build_base(rt: &Runtime, file: &Config) -> Result<Base, crate::state::Bui
     )
 }
 
-/// Swaps in `base`, bringing the degradation state and the long-lived policies along.
+/// Swaps in `base`, bringing the degradation state and the long-lived policies along. The
+/// caller holds [`writer`] (a reload holds it across building `base` and this).
 pub fn install(rt: &Runtime, base: Base) -> u64 {
     let old = rt.current.load_full();
     let version = base.version;
@@ -52,6 +61,11 @@ pub fn install(rt: &Runtime, base: Base) -> u64 {
 /// config version stays (it counts reloads of the file); `floodgate_override_generation`
 /// counts these rebuilds instead.
 pub fn rebuild(rt: &Runtime) -> Result<u64, String> {
+    let _w = writer(rt);
+    rebuild_locked(rt)
+}
+
+fn rebuild_locked(rt: &Runtime) -> Result<u64, String> {
     let file = rt
         .file_config
         .lock()
@@ -70,6 +84,11 @@ pub fn rebuild(rt: &Runtime) -> Result<u64, String> {
 
 /// Sets the degradation state from the level and feature overrides.
 pub(crate) fn apply_degradation(rt: &Runtime, why: &str) {
+    let _w = writer(rt);
+    apply_degradation_locked(rt, why);
+}
+
+fn apply_degradation_locked(rt: &Runtime, why: &str) {
     apply_breakers(rt);
     let from = {
         let admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,6 +150,7 @@ fn apply_breakers(rt: &Runtime) {
 
 /// Reverts overrides whose TTL ran out (the sweeper calls this every second).
 pub fn expire(rt: &Runtime) {
+    let _w = writer(rt);
     let now = SystemTime::now();
     let expired: Vec<Override> = {
         let mut admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
@@ -192,17 +212,18 @@ pub fn expire(rt: &Runtime) {
 pub(crate) fn revert(rt: &Runtime, gone: &[Override], why: &str) {
     let structural = gone.iter().any(|o| o.kind.is_structural());
     if structural {
-        if let Err(e) = rebuild(rt) {
+        if let Err(e) = rebuild_locked(rt) {
             error!("cannot rebuild the snapshot after removing overrides: {e}");
         }
     }
     if gone.iter().any(|o| !o.kind.is_structural()) {
-        apply_degradation(rt, why);
+        apply_degradation_locked(rt, why);
     }
 }
 
 /// Applies the fleet's overrides read from Redis at `version`, if anything changed.
 pub fn apply_fleet(rt: &Runtime, version: u64, set: BTreeMap<String, Override>) {
+    let _w = writer(rt);
     let changed: Vec<Override> = {
         let mut admin = rt.admin.lock().unwrap_or_else(|e| e.into_inner());
         let same = |a: &Override, b: &Override| a.kind == b.kind && a.expires == b.expires;
@@ -264,6 +285,7 @@ pub fn publish_expiries(rt: &Runtime) {
 /// for changed (not when only an end time moved, as a schedule that fires every minute
 /// does). Keys an operator suspended stay out until the schedule's next start.
 pub fn run_schedules(rt: &Runtime) {
+    let _w = writer(rt);
     let now = chrono::Utc::now();
     let sys = SystemTime::from(now);
     let wanted = {
@@ -412,6 +434,7 @@ fn swap(rt: &Runtime, base: Arc<Base>, effective: Effective, from: Level, cause:
 
 /// The sweeper's once-a-second look: runs the automatic controller over the indicators.
 pub fn tick_degradation(rt: &Runtime, readings: &[Reading], breaker_open: bool) {
+    let _w = writer(rt);
     let snap = rt.current.load();
     let (change, from) = {
         let mut state = rt.degrade.lock().unwrap_or_else(|e| e.into_inner());

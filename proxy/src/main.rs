@@ -233,6 +233,8 @@ fn start(
     let mut app = pingora_proxy::http_proxy(&server.configuration, Floodgate::new(rt.clone()));
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;
+    // An idle h2c connection would otherwise hold one of server.max_connections for ever.
+    opts.h2_idle_timeout = Some(server_cfg.keepalive_timeout);
     app.server_options = Some(opts);
     // The connection cap and head deadline stand in front of pingora's HTTP handling.
     let mut proxy = Service::new(

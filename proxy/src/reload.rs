@@ -99,9 +99,18 @@ enum Attempt {
     Retry(ReloadError),
 }
 
+/// The file's size and modification time, to tell whether it changed between two looks.
+fn stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
 /// One try; with `may_retry`, a file that does not load is left for another try instead of
 /// being counted.
 fn attempt(rt: &Runtime, may_retry: bool) -> Attempt {
+    // From building the snapshot to installing it, no other writer may store one.
+    let _w = crate::lifecycle::writer(rt);
+    let read = stamp(&rt.config_path);
     let result = rt
         .wiring
         .load(&rt.config_path)
@@ -132,7 +141,9 @@ fn attempt(rt: &Runtime, may_retry: bool) -> Attempt {
             info!(version, path = %rt.config_path.display(), "config reloaded");
             Attempt::Applied(version)
         }
-        Err(e @ ReloadError::Load(_)) if may_retry => {
+        // Changed while it was being judged: a newer write is there or on its way (its event
+        // follows), so this content is not the file's final word.
+        Err(e @ ReloadError::Load(_)) if may_retry || stamp(&rt.config_path) != read => {
             info!(
                 path = %rt.config_path.display(),
                 "config did not load, trying again once it has been quiet for {} ms (it may be mid-write): {e}",

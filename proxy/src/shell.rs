@@ -914,11 +914,16 @@ impl ProxyHttp for Floodgate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.permit = None;
-        // The exchange is over; with its body read, the next bytes are the next head.
+        // The exchange is over; with its body read, the next bytes are the next head. With it
+        // unread (answered before the body came), the connection is not reused: pingora
+        // already said `Connection: close` then, and draining a body for a refused request
+        // would hand a slow client a connection with no head deadline.
         if session.is_body_done() {
             if let Some(g) = Guarded::of(session.as_downstream().stream()) {
                 g.response_done();
             }
+        } else {
+            session.set_keepalive(None);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.report_outcome(ctx, status);

@@ -239,6 +239,8 @@ pub struct Runtime {
     pub events: tokio::sync::broadcast::Sender<floodgate_admin::pb::Event>,
     /// Version counter for the next snapshot.
     next_version: AtomicU64,
+    /// Held by whoever writes the snapshot ([`crate::lifecycle::writer`]).
+    pub writer: std::sync::Mutex<()>,
     /// Listeners are up (set once the server runs).
     ready: AtomicBool,
     /// SIGTERM received.
@@ -281,6 +283,7 @@ impl Runtime {
         let effective = Effective::compute(&first.config, &first.routes, &degrade);
         let rt = Arc::new(Self {
             next_version: AtomicU64::new(first.version + 1),
+            writer: std::sync::Mutex::new(()),
             boot,
             current: ArcSwap::from_pointee(Snapshot {
                 base: Arc::new(first),
