@@ -632,6 +632,30 @@ mod tests {
     }
 
     #[test]
+    fn top_polls_every_second_by_default_and_takes_fleet_after_the_subcommand() {
+        let top = |args: &[&str]| {
+            Cli::try_parse_from([&["floodgatectl"][..], args].concat()).map(|c| {
+                let fleet = c.global.fleet;
+                match c.command {
+                    Command::Top { interval, once } => (interval, once, fleet),
+                    _ => panic!("not top"),
+                }
+            })
+        };
+        assert_eq!(
+            top(&["top"]).unwrap(),
+            (Duration::from_secs(1), false, false)
+        );
+        assert_eq!(
+            top(&["top", "--fleet", "--once", "--interval", "500ms"]).unwrap(),
+            (Duration::from_millis(500), true, true)
+        );
+        for bad in ["50ms", "2h", "soon"] {
+            assert!(top(&["top", "--interval", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn wait_defaults_to_five_seconds_for_the_fleet_and_zero_turns_it_off() {
         let parse = |args: &[&str]| {
             let mut all = vec!["floodgatectl", "--fleet"];
