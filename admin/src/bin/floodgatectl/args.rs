@@ -68,7 +68,8 @@ pub(crate) struct Global {
     )]
     pub(crate) output: Output,
     /// Apply a change to every sidecar of the fleet (stored in Redis), not only this one.
-    /// Needs --reason; waits for the sidecars to apply it (see --wait).
+    /// Needs --reason; waits for the sidecars to apply it (see --wait). With `top`: show
+    /// every sidecar of the fleet.
     #[arg(long, global = true, help_heading = "Fleet changes")]
     pub(crate) fleet: bool,
     /// After a --fleet change, wait up to DURATION (5s if none is given, and by default) for
@@ -185,6 +186,17 @@ pub(crate) fn parse_wait(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses `top --interval`: a humantime duration from 100 ms (a sidecar's indicators move
+/// once a second; faster only costs calls) to an hour.
+pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
+    const RANGE: &str = "from 100ms to 1h, e.g. 500ms, 1s, 5s";
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (a duration {RANGE})"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("out of range: --interval is {RANGE}"));
+    }
+    Ok(d)
+}
+
 /// Why and for how long; every change takes these.
 #[derive(Args, Clone)]
 pub(crate) struct ChangeArgs {
@@ -269,6 +281,30 @@ pub(crate) enum Command {
     },
     /// Print changes as they happen (overrides, levels, breakers) until interrupted.
     Watch,
+    /// A live table of the sidecar's load, or with --fleet every sidecar's, like `kubectl top`.
+    ///
+    /// One sidecar: degradation level, load level, rps, error rate, p50/p95/p99, queue
+    /// depth/capacity, in flight/workers and its breakers. With --fleet (through the sidecar's
+    /// Redis): one row per expected sidecar, busiest first, with rps, error rate, p95, the
+    /// config and fleet versions and STALE for one not heard from.
+    ///
+    /// On a terminal it redraws every --interval until `q`, Esc or Ctrl-C. With --once,
+    /// with -o json|yaml, or when standard output is not a terminal, it prints one table
+    /// (header row first) or document and exits.
+    ///
+    /// Examples:
+    ///   floodgatectl top
+    ///   floodgatectl --fleet top --interval 5s
+    ///   floodgatectl top --once -o json | jq .p95_ms
+    #[command(verbatim_doc_comment)]
+    Top {
+        /// Time between refreshes of the live view (e.g. 500ms, 1s, 5s), from 100ms to 1h.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Print one snapshot (a table, or -o json|yaml) and exit, for scripts.
+        #[arg(long)]
+        once: bool,
+    },
     /// The fleet, through the sidecar's Redis.
     #[command(subcommand)]
     Fleet(FleetCmd),
@@ -605,6 +641,30 @@ mod tests {
             assert!(e.contains("from 1s to 30d"), "{bad}: {e}");
         }
         assert!(parse_ttl("soon").unwrap_err().contains("from 1s to 30d"));
+    }
+
+    #[test]
+    fn top_polls_every_second_by_default_and_takes_fleet_after_the_subcommand() {
+        let top = |args: &[&str]| {
+            Cli::try_parse_from([&["floodgatectl"][..], args].concat()).map(|c| {
+                let fleet = c.global.fleet;
+                match c.command {
+                    Command::Top { interval, once } => (interval, once, fleet),
+                    _ => panic!("not top"),
+                }
+            })
+        };
+        assert_eq!(
+            top(&["top"]).unwrap(),
+            (Duration::from_secs(1), false, false)
+        );
+        assert_eq!(
+            top(&["top", "--fleet", "--once", "--interval", "500ms"]).unwrap(),
+            (Duration::from_millis(500), true, true)
+        );
+        for bad in ["50ms", "2h", "soon"] {
+            assert!(top(&["top", "--interval", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

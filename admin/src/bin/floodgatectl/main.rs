@@ -2,7 +2,7 @@
 //! `args` is the command line, `client` the connection and its failures, `render` and
 //! `table` what people read, `override_view` what scripts read, `out` the only writer of
 //! standard output, `inject_cmd` the offline `inject`, `fleet_wait` the wait for "applied on
-//! N/N" after a fleet change; this file runs the commands.
+//! N/N" after a fleet change, `top` the live load table; this file runs the commands.
 
 mod args;
 mod client;
@@ -12,6 +12,7 @@ mod out;
 mod override_view;
 mod render;
 mod table;
+mod top;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -345,6 +346,16 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
                 .await?
                 .into_inner();
             show(out, format, &f, render::fleet)?;
+        }
+        Command::Top { interval, once } => {
+            let o = top::Options {
+                addr: g.addr.clone(),
+                fleet,
+                interval,
+                once,
+                format,
+            };
+            top::top(&mut c, &token, &o, out).await?;
         }
         Command::Watch => {
             let mut stream = c

@@ -26,6 +26,12 @@ impl Out {
         self.put_bytes(text.as_bytes())
     }
 
+    /// The stream itself, for `top`'s live view, which writes terminal commands through
+    /// crossterm and flushes each frame itself.
+    pub(crate) fn writer(&mut self) -> &mut impl Write {
+        &mut self.0
+    }
+
     /// Writes `bytes` as they are.
     pub(crate) fn put_bytes(&mut self, bytes: &[u8]) -> Result<(), Stop> {
         match self.0.write_all(bytes).and_then(|()| self.0.flush()) {
