@@ -208,7 +208,11 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         take(&mut map, "metrics").and_then(|v| cx.decode("metrics", v));
     let admin: Option<RawAdmin> = take(&mut map, "admin").and_then(|v| cx.decode("admin", v));
     let redis: Option<RawRedis> = take(&mut map, "redis").and_then(|v| cx.decode("redis", v));
+    let before_routes = cx.errors.len();
     let routes: Vec<Option<RawRoute>> = decode_list(cx, "routes", take(&mut map, "routes"));
+    // A limit's routes can be checked once every route decoded: an unknown name is then a
+    // real mistake, not a route that failed to decode (reported already).
+    let routes_decoded = cx.errors.len() == before_routes;
     let limits: Vec<Option<RawLimit>> = decode_list(cx, "limits", take(&mut map, "limits"));
     let rl_headers: Option<RawRateLimitHeaders> =
         take(&mut map, "rate_limit_headers").and_then(|v| cx.decode("rate_limit_headers", v));
@@ -224,7 +228,6 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
     let logging: Option<RawLogging> =
         take(&mut map, "logging").and_then(|v| cx.decode("logging", v));
     let server: Option<RawServer> = take(&mut map, "server").and_then(|v| cx.decode("server", v));
-    let decoded_all = cx.errors.is_empty();
 
     // === addresses ===
     let listen = listen.and_then(|l| socket_addr(cx, "listen", &l));
@@ -315,7 +318,7 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
                 ),
             );
         }
-        if let Some(limit) = check_limit(cx, &p, l, &route_names, decoded_all) {
+        if let Some(limit) = check_limit(cx, &p, l, &route_names, routes_decoded) {
             checked_limits.push(limit);
         }
     }
