@@ -4,12 +4,14 @@
 
 #![forbid(unsafe_code)]
 
+mod decode;
 pub mod error;
 mod locate;
 pub mod model;
 pub mod raw;
 mod validate;
 mod wiring;
+mod words;
 
 use std::path::Path;
 

@@ -1,6 +1,7 @@
 //! The config file's shape, one serde type per YAML mapping. These mirror the file exactly
 //! (unknown keys rejected); [`crate::validate`] turns them into the checked [`crate::Config`].
-//! Doc comments here become the descriptions of the generated JSON Schema.
+//! Doc comments here become the descriptions of the generated JSON Schema; its names drop the
+//! `Raw` prefix (`schemars(rename)`, which leaves the file's shape alone): editors show them.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// A Floodgate sidecar configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "Floodgate sidecar configuration", rename = "FloodgateConfig")]
 pub struct RawConfig {
     /// Address the sidecar accepts the app's inbound traffic on (the pod's service port), `ip:port`.
     pub listen: String,
@@ -61,6 +63,7 @@ pub struct RawConfig {
 /// The upstream application.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Upstream")]
 pub struct RawUpstream {
     /// `host:port` of the app, usually `127.0.0.1:<port>` in the same pod.
     pub address: String,
@@ -98,6 +101,7 @@ pub enum UpstreamProtocol {
 /// The metrics and health endpoint.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Metrics")]
 pub struct RawMetrics {
     /// `ip:port` serving `GET /metrics`, `/healthz`, `/readyz`.
     pub listen: String,
@@ -106,6 +110,7 @@ pub struct RawMetrics {
 /// The admin plane.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Admin")]
 pub struct RawAdmin {
     /// `ip:port` of the gRPC admin plane.
     pub listen: String,
@@ -129,6 +134,7 @@ pub struct RawAdmin {
 /// TLS of the admin port, PEM files read at start.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "AdminTls")]
 pub struct RawAdminTls {
     /// Server certificate chain.
     pub cert_file: String,
@@ -143,6 +149,7 @@ pub struct RawAdminTls {
 /// One admin bearer token.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Token")]
 pub struct RawToken {
     /// File holding the token.
     pub file: String,
@@ -163,6 +170,7 @@ pub enum Role {
 /// Redis connection.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Redis")]
 pub struct RawRedis {
     /// A standalone server, `redis://host:port` (or `rediss://`). Exactly one of `url`, `cluster`.
     #[serde(default)]
@@ -182,6 +190,7 @@ pub struct RawRedis {
 /// One route.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Route")]
 pub struct RawRoute {
     /// Unique name, used in metrics and limits.
     pub name: String,
@@ -199,6 +208,7 @@ pub struct RawRoute {
 /// Request matcher of a route; all given conditions must hold.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Match")]
 pub struct RawMatch {
     /// Path starts with this (segment-aware is not implied: `/api` also matches `/apix`).
     #[serde(default)]
@@ -249,6 +259,7 @@ pub enum Priority {
 /// One rate limit.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Limit")]
 pub struct RawLimit {
     /// Unique name, used in metrics, headers and the admin plane.
     pub name: String,
@@ -297,6 +308,7 @@ pub enum FailureMode {
 /// An additional window of a limit.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Window")]
 pub struct RawWindow {
     /// Requests allowed per this window.
     pub max_requests: u64,
@@ -331,6 +343,7 @@ pub enum Scope {
 /// Rate-limit response fields.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RateLimitHeaders")]
 pub struct RawRateLimitHeaders {
     /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11); default true.
     #[serde(default)]
@@ -347,6 +360,7 @@ pub struct RawRateLimitHeaders {
 /// Admission queue.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Queue")]
 pub struct RawQueue {
     /// Requests in flight to the upstream ("workers"); changes apply live.
     pub max_concurrency: u32,
@@ -359,6 +373,7 @@ pub struct RawQueue {
 /// Circuit breaker.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "CircuitBreaker")]
 pub struct RawCircuitBreaker {
     /// 5xx or connect errors in a row that open it.
     pub consecutive_failures: u32,
@@ -383,6 +398,7 @@ pub struct RawCircuitBreaker {
 /// exceeded when the value is strictly above it, as in the runbook ("> 100 requests queued").
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "LoadIndicators")]
 pub struct RawLoadIndicators {
     /// Span the rate, latency and error indicators are computed over, in seconds (default 60).
     #[serde(default)]
@@ -419,6 +435,7 @@ pub struct RawLoadIndicators {
 /// Warning and critical levels of one indicator; either may be left out.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Thresholds")]
 pub struct RawThresholds {
     /// Above this the indicator is `warning`.
     #[serde(default)]
@@ -493,6 +510,7 @@ impl std::str::FromStr for Level {
 /// Graceful degradation.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Degradation")]
 pub struct RawDegradation {
     /// Current level (default `full`).
     #[serde(default)]
@@ -527,6 +545,7 @@ pub struct RawDegradation {
 /// Names of the headers added to every request forwarded to the app; `""` sends none.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DegradationHeaders")]
 pub struct RawDegradationHeaders {
     /// Carries `full`, `degraded` or `minimal` (default `floodgate-degradation-level`).
     #[serde(default)]
@@ -539,6 +558,7 @@ pub struct RawDegradationHeaders {
 /// Response cache limits.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Cache")]
 pub struct RawCache {
     /// Total bytes of cached responses, least recently used evicted first (default 64 MiB).
     #[serde(default)]
@@ -551,6 +571,7 @@ pub struct RawCache {
 /// The aggressive caching switch.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "AggressiveCache")]
 pub struct RawAggressiveCache {
     /// On: GET answers of `routes` come from the cache while fresh (default false).
     #[serde(default)]
@@ -566,6 +587,7 @@ pub struct RawAggressiveCache {
 /// Automatic degradation.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Auto")]
 pub struct RawAuto {
     /// Off by default.
     #[serde(default)]
@@ -582,6 +604,7 @@ pub struct RawAuto {
 /// "`indicator` above `above` for `for_seconds` -> `level`".
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "AutoRule")]
 pub struct RawAutoRule {
     /// A load indicator (`latency_p95_ms`, `error_rate`, `queue_depth`, ...) or `breaker_open`.
     pub indicator: String,
@@ -597,6 +620,7 @@ pub struct RawAutoRule {
 /// Features turned off per level.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Levels")]
 pub struct RawLevels {
     /// Features off at `degraded`.
     #[serde(default)]
@@ -609,6 +633,7 @@ pub struct RawLevels {
 /// What a disabled feature's routes answer: a static answer, and/or the last good answer.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Fallback")]
 pub struct RawFallback {
     /// Serve the last good upstream answer to the same GET/HEAD request, remembered while
     /// the feature was on; the static answer (or 503) when there is none.
@@ -641,6 +666,7 @@ pub struct RawFallback {
 /// Logging.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Logging")]
 pub struct RawLogging {
     /// `text` (default) | `json`. Read at start-up only.
     #[serde(default)]
@@ -664,6 +690,7 @@ pub enum LogFormat {
 /// Process settings (read at start-up only; a reload does not change them).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Server")]
 pub struct RawServer {
     /// Proxy worker threads (default 1: a sidecar shares the pod's CPU with its app).
     #[serde(default)]
@@ -711,6 +738,7 @@ pub enum PathNormalization {
 /// A scheduled override set: from each time `cron` fires, for `duration_minutes`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Schedule")]
 pub struct RawSchedule {
     /// Unique name, shown in status and the audit log.
     pub name: String,
@@ -733,6 +761,7 @@ pub struct RawSchedule {
 /// Queue sizes a schedule sets.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ScheduleQueue")]
 pub struct RawScheduleQueue {
     /// Workers.
     #[serde(default)]

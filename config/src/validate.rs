@@ -55,15 +55,18 @@ impl Ctx {
         });
     }
 
-    /// Decodes one piece of the document, recording a located error if it does not fit.
+    /// Decodes one piece of the document, recording a located error for every field of it
+    /// that does not fit (not only the first: see [`crate::decode`]).
     fn decode<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
+        match crate::decode::decode_all::<T>(value) {
             Ok(v) => Some(v),
-            Err(e) => {
-                // The error path already ends at the offending key, unknown keys included.
-                let inner = e.path().to_string();
-                let full = join(path, if inner == "." { "" } else { &inner });
-                self.err(full, friendly(&e.into_inner().to_string()));
+            Err(errors) => {
+                for e in errors {
+                    // The error path already ends at the offending key, unknown keys included.
+                    let full = join(path, if e.path == "." { "" } else { &e.path });
+                    let message = friendly(&full, &e.message);
+                    self.err(full, message);
+                }
                 None
             }
         }
@@ -80,7 +83,10 @@ fn join(a: &str, b: &str) -> String {
 }
 
 /// serde's messages, made to read as advice.
-fn friendly(msg: &str) -> String {
+fn friendly(path: &str, msg: &str) -> String {
+    if let Some(said) = crate::words::type_error(path, msg) {
+        return said;
+    }
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let field = rest.split('`').next().unwrap_or("");
         let expected = rest.split_once(", expected ").map(|x| x.1).unwrap_or("");
@@ -202,7 +208,11 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         take(&mut map, "metrics").and_then(|v| cx.decode("metrics", v));
     let admin: Option<RawAdmin> = take(&mut map, "admin").and_then(|v| cx.decode("admin", v));
     let redis: Option<RawRedis> = take(&mut map, "redis").and_then(|v| cx.decode("redis", v));
+    let before_routes = cx.errors.len();
     let routes: Vec<Option<RawRoute>> = decode_list(cx, "routes", take(&mut map, "routes"));
+    // A limit's routes can be checked once every route decoded: an unknown name is then a
+    // real mistake, not a route that failed to decode (reported already).
+    let routes_decoded = cx.errors.len() == before_routes;
     let limits: Vec<Option<RawLimit>> = decode_list(cx, "limits", take(&mut map, "limits"));
     let rl_headers: Option<RawRateLimitHeaders> =
         take(&mut map, "rate_limit_headers").and_then(|v| cx.decode("rate_limit_headers", v));
@@ -218,7 +228,6 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
     let logging: Option<RawLogging> =
         take(&mut map, "logging").and_then(|v| cx.decode("logging", v));
     let server: Option<RawServer> = take(&mut map, "server").and_then(|v| cx.decode("server", v));
-    let decoded_all = cx.errors.is_empty();
 
     // === addresses ===
     let listen = listen.and_then(|l| socket_addr(cx, "listen", &l));
@@ -309,7 +318,7 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
                 ),
             );
         }
-        if let Some(limit) = check_limit(cx, &p, l, &route_names, decoded_all) {
+        if let Some(limit) = check_limit(cx, &p, l, &route_names, routes_decoded) {
             checked_limits.push(limit);
         }
     }
@@ -865,25 +874,69 @@ fn check_degradation(
     route_features: &BTreeSet<String>,
     route_names: &HashSet<String>,
 ) -> Degradation {
-    let mut known: BTreeSet<&str> = route_features.iter().map(String::as_str).collect();
-    known.extend(d.levels.degraded.iter().map(String::as_str));
-    known.extend(d.levels.minimal.iter().map(String::as_str));
-    let list: Vec<&str> = known.iter().copied().collect();
-    let unknown = |cx: &mut Ctx, p: &str, feature: &str| {
+    // A feature no route has is allowed in `levels` (and so in `features` and `fallbacks`):
+    // the app learns it is off from the disabled-features header and degrades by itself
+    // (config/examples/shape.yaml relies on that). One spelt almost like a route's feature is
+    // a typo, though: it would silently be a second, unused feature.
+    let typo = |cx: &mut Ctx, p: &str, feature: &str| -> bool {
+        if route_features.contains(feature) {
+            return false;
+        }
+        let Some(meant) = crate::words::closest(feature, route_features.iter().map(String::as_str))
+        else {
+            return false;
+        };
         cx.err(
             p,
-            format!(
-                "unknown feature `{feature}`: no route or level names it; known features: {}",
-                list.join(", ")
-            ),
+            format!("unknown feature `{feature}`: no route has it; did you mean `{meant}`?"),
         );
+        true
     };
+    let near_route = |feature: &str| {
+        !route_features.contains(feature)
+            && crate::words::closest(feature, route_features.iter().map(String::as_str)).is_some()
+    };
+    // Known: the routes' features and the levels' others (a typo is reported, not offered).
+    let mut known: BTreeSet<&str> = route_features.iter().map(String::as_str).collect();
+    known.extend(
+        d.levels
+            .degraded
+            .iter()
+            .chain(&d.levels.minimal)
+            .map(String::as_str)
+            .filter(|f| !near_route(f)),
+    );
+    let list: Vec<&str> = known.iter().copied().collect();
+    let unknown = |cx: &mut Ctx, p: &str, feature: &str| {
+        if typo(cx, p, feature) || known.contains(feature) {
+            return;
+        }
+        match crate::words::closest(feature, list.iter().copied()) {
+            Some(meant) => cx.err(
+                p,
+                format!("unknown feature `{feature}`: no route or level names it; did you mean `{meant}`?"),
+            ),
+            None => cx.err(
+                p,
+                format!(
+                    "unknown feature `{feature}`: no route or level names it; known features: {}",
+                    list.join(", ")
+                ),
+            ),
+        }
+    };
+    for (level, names) in [
+        ("degraded", &d.levels.degraded),
+        ("minimal", &d.levels.minimal),
+    ] {
+        for (i, feature) in names.iter().enumerate() {
+            typo(cx, &format!("degradation.levels.{level}[{i}]"), feature);
+        }
+    }
     let mut fallbacks = BTreeMap::new();
     for (feature, f) in &d.fallbacks {
         let p = format!("degradation.fallbacks.{feature}");
-        if !known.contains(feature.as_str()) {
-            unknown(cx, &p, feature);
-        }
+        unknown(cx, &p, feature);
         let status = f.status.unwrap_or(503);
         if !(200..=599).contains(&status) {
             cx.err(
@@ -945,9 +998,7 @@ fn check_degradation(
         );
     }
     for feature in d.features.keys() {
-        if !known.contains(feature.as_str()) {
-            unknown(cx, &format!("degradation.features.{feature}"), feature);
-        }
+        unknown(cx, &format!("degradation.features.{feature}"), feature);
     }
     let mut feature_breakers = BTreeMap::new();
     for (feature, b) in d.feature_breakers {
@@ -1067,7 +1118,9 @@ fn check_schedules(cx: &mut Ctx, raw: Vec<Option<RawSchedule>>, has_queue: bool)
                 ),
             );
         } else if let Err(e) = s.cron.parse::<croner::Cron>() {
-            cx.err(format!("{p}.cron"), format!("`{}`: {e}", s.cron));
+            let why =
+                crate::words::cron_problem(&s.cron).unwrap_or_else(|| format!("`{}`: {e}", s.cron));
+            cx.err(format!("{p}.cron"), why);
         }
         if s.duration_minutes == 0 || s.duration_minutes > 7 * 24 * 60 {
             cx.err(

@@ -10,6 +10,7 @@ mod connections;
 mod degrade;
 mod demo;
 mod deploy;
+mod examples;
 mod global;
 mod global_faults;
 mod grpc;
