@@ -205,6 +205,19 @@ impl Control for RuntimeControl {
                 state: b.state().0.as_str().into(),
             });
         }
+        let shed = [
+            "rate_limited",
+            "queue_full",
+            "queue_timeout",
+            "circuit_open",
+            "degraded",
+        ]
+        .into_iter()
+        .map(|reason| pb::Shed {
+            reason: reason.into(),
+            total: rt.metrics.shed.with_label_values(&[reason]).get(),
+        })
+        .collect();
         pb::StatusReply {
             config_version: st.version,
             upstream: st.upstream.clone(),
@@ -245,6 +258,7 @@ impl Control for RuntimeControl {
             fleet,
             fleet_version,
             version: env!("CARGO_PKG_VERSION").into(),
+            shed,
         }
     }
 

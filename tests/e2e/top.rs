@@ -10,7 +10,7 @@ use crate::admin::{admitted, fleet_config, fleet_synced, Admin, LIMITED};
 use crate::support::{eventually, floodgatectl, Upstream};
 
 /// The one-sidecar table's header, as `top --once` prints it.
-const HEAD: [&str; 11] = [
+const HEAD: [&str; 12] = [
     "sidecar",
     "level",
     "load",
@@ -22,6 +22,7 @@ const HEAD: [&str; 11] = [
     "queue",
     "in_flight",
     "breaker",
+    "shed",
 ];
 
 fn cells(line: &str) -> Vec<&str> {
@@ -61,7 +62,11 @@ async fn top_once_prints_a_header_and_the_sidecars_row_and_json_for_scripts() {
     let row = cells(lines[1]);
     assert_eq!(row.len(), HEAD.len(), "{out}");
     assert_eq!(row[0], a.addr, "{out}");
-    assert_eq!(&row[8..], ["0/100", "0/8", "-"], "{out}");
+    // Shed by reason: a first reading has no rate yet, so the total since start.
+    assert_eq!(&row[8..], ["0/100", "0/8", "-", "rate_limited=2"], "{out}");
+    let shed = v["shed"].as_array().unwrap();
+    let limited = shed.iter().find(|x| x["reason"] == "rate_limited").unwrap();
+    assert_eq!(limited["total"], 2, "{v}");
 
     // Not a terminal (the output is a pipe here) and no --once: the same one table, and
     // the command ends rather than redrawing into a pipe.

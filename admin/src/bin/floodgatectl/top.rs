@@ -58,6 +58,18 @@ pub(crate) struct SidecarTop {
     pub(crate) breakers: Vec<pb::Breaker>,
     /// Overrides in force.
     pub(crate) overrides: u32,
+    /// Requests refused by policy, by reason: the total since the sidecar started, and the
+    /// rate since the previous reading (absent for a first reading).
+    pub(crate) shed: Vec<ShedTop>,
+}
+
+/// Refusals of one reason.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct ShedTop {
+    pub(crate) reason: String,
+    pub(crate) total: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) per_second: Option<f64>,
 }
 
 impl SidecarTop {
@@ -90,6 +102,47 @@ impl SidecarTop {
             workers: q.configured.then_some(q.max_concurrency),
             breakers: s.breakers.clone(),
             overrides: s.overrides,
+            shed: s
+                .shed
+                .iter()
+                .map(|x| ShedTop {
+                    reason: x.reason.clone(),
+                    total: x.total,
+                    per_second: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Fills the shed rates from the `previous` reading, `secs` seconds earlier.
+    pub(crate) fn rates_since(&mut self, previous: &SidecarTop, secs: f64) {
+        if secs <= 0.0 {
+            return;
+        }
+        for x in &mut self.shed {
+            if let Some(p) = previous.shed.iter().find(|p| p.reason == x.reason) {
+                x.per_second = Some(x.total.saturating_sub(p.total) as f64 / secs);
+            }
+        }
+    }
+
+    /// `rate_limited=3.0/s,queue_full=1.0/s`, the reasons refusing now (as the breaker cell
+    /// names tripped breakers); totals when there is no rate yet; `-` when none.
+    fn shed_cell(&self) -> String {
+        let parts: Vec<String> = self
+            .shed
+            .iter()
+            .filter_map(|x| match x.per_second {
+                Some(r) if r > 0.0 => Some(format!("{}={r:.1}/s", x.reason)),
+                Some(_) => None,
+                None if x.total > 0 => Some(format!("{}={}", x.reason, x.total)),
+                None => None,
+            })
+            .collect();
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(",")
         }
     }
 }
@@ -184,6 +237,7 @@ fn one_table(s: &SidecarTop) -> String {
         ("queue", Right),
         ("in_flight", Right),
         ("breaker", Left),
+        ("shed", Left),
     ]);
     t.row(vec![
         s.sidecar.clone(),
@@ -198,6 +252,7 @@ fn one_table(s: &SidecarTop) -> String {
             .map_or_else(|| "-".into(), |c| format!("{}/{c}", s.queue_depth)),
         of(s.inflight, s.workers),
         breaker_cell(&s.breakers),
+        s.shed_cell(),
     ]);
     t.render()
 }
@@ -321,7 +376,11 @@ async fn live(
             }, if in_flight => {
                 pending = None;
                 match got {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        let secs = view.updated.elapsed().map_or(0.0, |d| d.as_secs_f64());
+                        if let (Snapshot::One(new), Snapshot::One(old)) = (&mut s, &view.snapshot) {
+                            new.rates_since(old, secs);
+                        }
                         view.snapshot = s;
                         view.updated = std::time::SystemTime::now();
                         view.error = None;
@@ -549,7 +608,8 @@ mod tests {
                     "p99_ms",
                     "queue",
                     "in_flight",
-                    "breaker"
+                    "breaker",
+                    "shed"
                 ],
                 vec![
                     "127.0.0.1:9901",
@@ -562,7 +622,8 @@ mod tests {
                     "20.0",
                     "3/100",
                     "2/8",
-                    "closed"
+                    "closed",
+                    "-"
                 ],
             ],
             "{text}"
@@ -590,8 +651,36 @@ mod tests {
         assert_eq!((one.queue_capacity, one.workers), (None, None));
         let row = Snapshot::One(one).table();
         let cells: Vec<&str> = row.lines().nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(&cells[8..], ["-", "4", "upstream=open"], "{row}");
+        assert_eq!(&cells[8..], ["-", "4", "upstream=open", "-"], "{row}");
         assert_eq!(breaker_cell(&[]), "-");
+    }
+
+    #[test]
+    fn shed_is_totals_at_first_then_rates_between_two_readings() {
+        let mut st = status();
+        let shed = |limited, full| {
+            vec![
+                pb::Shed {
+                    reason: "rate_limited".into(),
+                    total: limited,
+                },
+                pb::Shed {
+                    reason: "queue_full".into(),
+                    total: full,
+                },
+            ]
+        };
+        st.shed = shed(10, 0);
+        let first = SidecarTop::new("a", &st);
+        assert_eq!(first.shed_cell(), "rate_limited=10");
+        st.shed = shed(40, 5);
+        let mut second = SidecarTop::new("a", &st);
+        second.rates_since(&first, 2.0);
+        assert_eq!(second.shed_cell(), "rate_limited=15.0/s,queue_full=2.5/s");
+        // Nothing refused between the two: no reason listed.
+        let mut third = SidecarTop::new("a", &st);
+        third.rates_since(&second, 1.0);
+        assert_eq!(third.shed_cell(), "-");
     }
 
     #[test]
