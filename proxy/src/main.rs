@@ -295,7 +295,8 @@ fn start(
     Ok(())
 }
 
-/// Marks the sidecar ready once its data port accepts connections.
+/// Marks the sidecar ready once its data port accepts connections and the reloader is
+/// watching (so a config change or SIGHUP right after ready is not missed or fatal).
 struct Readiness {
     rt: Arc<Runtime>,
     listen: std::net::SocketAddr,
@@ -305,7 +306,11 @@ struct Readiness {
 impl pingora_core::services::background::BackgroundService for Readiness {
     async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
         loop {
-            if tokio::net::TcpStream::connect(self.listen).await.is_ok() {
+            let armed = self
+                .rt
+                .reloads_armed
+                .load(std::sync::atomic::Ordering::Acquire);
+            if armed && tokio::net::TcpStream::connect(self.listen).await.is_ok() {
                 self.rt.set_ready();
                 info!(listen = %self.listen, "ready");
                 return;

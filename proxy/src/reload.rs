@@ -305,6 +305,9 @@ impl BackgroundService for ReloadService {
                 None
             }
         };
+        self.rt
+            .reloads_armed
+            .store(true, std::sync::atomic::Ordering::Release);
         // The last file content tried, so a change that leaves the bytes as they were (a
         // `touch`, a rename of identical content) causes no reload.
         let mut last_seen = std::fs::read(&path).ok();

@@ -241,6 +241,9 @@ pub struct Runtime {
     next_version: AtomicU64,
     /// Held by whoever writes the snapshot ([`crate::lifecycle::writer`]).
     pub writer: std::sync::Mutex<()>,
+    /// The reloader watches the file and handles SIGHUP (readiness waits for it: a SIGHUP
+    /// before the handler is in place would end the process).
+    pub reloads_armed: AtomicBool,
     /// Listeners are up (set once the server runs).
     ready: AtomicBool,
     /// SIGTERM received.
@@ -284,6 +287,7 @@ impl Runtime {
         let rt = Arc::new(Self {
             next_version: AtomicU64::new(first.version + 1),
             writer: std::sync::Mutex::new(()),
+            reloads_armed: AtomicBool::new(false),
             boot,
             current: ArcSwap::from_pointee(Snapshot {
                 base: Arc::new(first),
