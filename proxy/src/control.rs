@@ -585,6 +585,14 @@ impl Control for RuntimeControl {
                 .collect()
         };
         let mut suspended: Vec<String> = Vec::new();
+        // What the local layer held before, to put back if the new snapshot cannot be built.
+        let prior: Vec<(String, Option<Override>)> = {
+            let admin = self.admin();
+            touched
+                .iter()
+                .map(|k| (k.clone(), admin.overrides.get(k).cloned()))
+                .collect()
+        };
         let (gone, overrides) = {
             let mut admin = self.admin();
             let mut gone = Vec::new();
@@ -633,9 +641,20 @@ impl Control for RuntimeControl {
             .chain(gone.iter())
             .any(|o| o.kind.is_structural());
         if structural {
-            self.blocking(rebuild)
-                .await?
-                .map_err(ControlError::Failed)?;
+            if let Err(e) = self.blocking(rebuild).await? {
+                // Not in force, so not listed either: the local layer goes back to what it
+                // was (a suspended schedule resumes at its next start as planned).
+                let mut admin = self.admin();
+                for (k, o) in prior {
+                    match o {
+                        Some(o) => admin.overrides.insert(k, o),
+                        None => admin.overrides.remove(&k),
+                    };
+                }
+                return Err(ControlError::Failed(format!(
+                    "not applied: the new snapshot could not be built ({e}); the local overrides are as they were"
+                )));
+            }
         }
         // A reset drops every force on the breaker; a force another layer holds comes back.
         if matches!(req.op, Op::ResetBreaker { .. })
