@@ -363,8 +363,9 @@ impl Control for RuntimeControl {
             }
             Op::SetLevel { level } => {
                 summary = format!(
-                    "degradation level set to {} by hand (pinned: automatic degradation cannot change it until the TTL runs out or `floodgatectl {}degrade clear`)",
+                    "degradation level set to {} by hand (pinned: automatic degradation cannot change it until {}`floodgatectl {}degrade clear`)",
                     level.as_str(),
+                    if req.ttl.is_some() { "the TTL runs out or " } else { "" },
                     if req.fleet { "--fleet " } else { "" }
                 );
                 set.push(made(Kind::Level(*level)));
@@ -382,8 +383,9 @@ impl Control for RuntimeControl {
                     )));
                 }
                 summary = format!(
-                    "feature `{name}` {} at every level until the TTL runs out or `floodgatectl {}feature reset {name}`",
+                    "feature `{name}` {} at every level until {}`floodgatectl {}feature reset {name}`",
                     if *enabled { "enabled" } else { "disabled" },
+                    if req.ttl.is_some() { "the TTL runs out or " } else { "" },
                     if req.fleet { "--fleet " } else { "" }
                 );
                 set.push(made(Kind::Feature {
@@ -425,8 +427,9 @@ impl Control for RuntimeControl {
                     )));
                 }
                 summary = format!(
-                    "breaker `{name}` held {} until the TTL runs out or `floodgatectl overrides clear breaker:{name}`",
-                    if *open { "open: every request gets 503 circuit_open" } else { "closed: failures are not counted" }
+                    "breaker `{name}` held {} until {}`floodgatectl overrides clear breaker:{name}`",
+                    if *open { "open: every request gets 503 circuit_open" } else { "closed: failures are not counted" },
+                    if req.ttl.is_some() { "the TTL runs out or " } else { "" }
                 );
                 set.push(made(Kind::Breaker {
                     name: name.clone(),
