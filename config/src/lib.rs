@@ -17,7 +17,7 @@ use std::path::Path;
 
 pub use error::{ConfigErrors, FieldError, LoadError};
 pub use model::*;
-pub use validate::{parse, DEFAULT_ROUTE};
+pub use validate::{parse, DEFAULT_ROUTE, TOP_LEVEL};
 pub use wiring::Wiring;
 
 /// Reads and validates the config file at `path`.

@@ -21,7 +21,8 @@ const MAX_LIMIT: u64 = MAX_REQUESTS;
 /// Name given to requests that match no route.
 pub const DEFAULT_ROUTE: &str = "default";
 
-const TOP_LEVEL: &[&str] = &[
+/// The config file's top-level keys.
+pub const TOP_LEVEL: &[&str] = &[
     "listen",
     "upstream",
     "metrics",

@@ -146,24 +146,12 @@ fn value(keys: Vec<String>) -> impl Strategy<Value = Value> {
 /// A document whose top level is a mapping of the schema's top-level keys (plus a stray one
 /// now and then), each with any value.
 fn document(keys: Vec<String>) -> impl Strategy<Value = Value> {
-    let top: Vec<&str> = vec![
-        "listen",
-        "upstream",
-        "metrics",
-        "admin",
-        "redis",
-        "routes",
-        "limits",
-        "rate_limit_headers",
-        "queue",
-        "circuit_breaker",
-        "load_indicators",
-        "degradation",
-        "schedules",
-        "logging",
-        "server",
-        "listeners",
-    ];
+    // The schema's own keys, and one it does not have.
+    let top: Vec<&str> = floodgate_config::TOP_LEVEL
+        .iter()
+        .copied()
+        .chain(["listeners"])
+        .collect();
     prop::collection::vec((prop::sample::select(top), value(keys)), 0..10).prop_map(|kv| {
         Value::Mapping(
             kv.into_iter()
