@@ -8,8 +8,9 @@ use std::time::SystemTime;
 
 use floodgate_admin::control::{Control, ControlError, Op, Request};
 use floodgate_admin::pb;
-use floodgate_config::Scope;
+use floodgate_config::{Config, Scope};
 
+use crate::global::GlobalLimits;
 use crate::lifecycle::{apply_degradation, apply_fleet, rebuild};
 use crate::overrides::audit::AuditCtx;
 use crate::overrides::model::{
@@ -39,13 +40,37 @@ fn pb_override(o: &Override, scope: &str) -> pb::Override {
     }
 }
 
+/// What a change does, worked out from the request before anything is written.
+struct Plan {
+    /// Overrides to set (one per knob).
+    set: Vec<Override>,
+    /// Keys to remove from the change's layer.
+    remove: Vec<String>,
+    /// Knobs a local restore or clear of everything asks to be at the baseline but that
+    /// the fleet layer holds: reported (and the command fails naming the fleet), not removed.
+    fleet_held: Vec<String>,
+    /// What the change does, in words.
+    summary: String,
+}
+
+impl Plan {
+    /// Every key the change sets or removes, in that order.
+    fn keys(&self) -> Vec<String> {
+        self.set
+            .iter()
+            .map(|o| o.kind.key())
+            .chain(self.remove.iter().cloned())
+            .collect()
+    }
+}
+
 /// How a change's lines say that a layer holds nothing for a key.
 const NONE: &str = "none";
 
 /// Each touched key's fleet-layer value before (as Redis held it) and after the change.
 fn knob_changes(
     keys: &[String],
-    before: &crate::fleet::Layer,
+    before: &crate::overrides::fleet_store::Layer,
     set: &[Override],
 ) -> Vec<pb::KnobChange> {
     keys.iter()
@@ -94,7 +119,7 @@ impl RuntimeControl {
         prefix: &str,
     ) -> Result<Vec<String>, ControlError> {
         match fleet {
-            Some(g) => crate::fleet::keys(&g, prefix)
+            Some(g) => crate::overrides::fleet_store::keys(&g, prefix)
                 .await
                 .map_err(|e| ControlError::Failed(format!("redis: {e}"))),
             None => Ok(self
@@ -145,132 +170,17 @@ impl RuntimeControl {
             )
         })
     }
-}
 
-#[async_trait::async_trait]
-impl Control for RuntimeControl {
-    async fn status(&self) -> pb::StatusReply {
+    /// What `req` does, worked out before anything is written: the overrides to set, the
+    /// keys to remove, and the knobs another layer holds.
+    async fn plan(
+        &self,
+        req: &Request,
+        file: &Config,
+        fleet: Option<&Arc<GlobalLimits>>,
+        now: SystemTime,
+    ) -> Result<Plan, ControlError> {
         let rt = &self.0;
-        let st = crate::status::Status::read(rt);
-        let snap = rt.current.load();
-        let file = rt
-            .file_config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let limits = snap
-            .config
-            .limits
-            .iter()
-            .map(|l| {
-                let base = file.limits.iter().find(|b| b.name == l.name).unwrap_or(l);
-                pb::Limit {
-                    name: l.name.clone(),
-                    scope: match l.scope {
-                        Scope::Global => "global".into(),
-                        Scope::Local => "local".into(),
-                    },
-                    max_requests: l.max_requests.get(),
-                    window_seconds: l.window.as_secs(),
-                    baseline_max_requests: base.max_requests.get(),
-                    baseline_window_seconds: base.window.as_secs(),
-                    utilization: rt
-                        .metrics
-                        .rl_utilization
-                        .with_label_values(&[l.name.as_str()])
-                        .get(),
-                }
-            })
-            .collect();
-        let report = st.report();
-        let q = &st.queue;
-        let (overrides, fleet, fleet_version) = {
-            let admin = self.admin();
-            (
-                (admin.overrides.len() + admin.fleet.len() + admin.scheduled.len()) as u32,
-                admin.fleet_state().to_string(),
-                admin.fleet_version(),
-            )
-        };
-        let mut breakers = Vec::new();
-        if let Some((state, _)) = st.breaker {
-            breakers.push(pb::Breaker {
-                name: "upstream".into(),
-                state: state.as_str().into(),
-            });
-        }
-        for (feature, b) in snap.routes.feature_breakers() {
-            breakers.push(pb::Breaker {
-                name: format!("feature:{feature}"),
-                state: b.state().0.as_str().into(),
-            });
-        }
-        let shed = [
-            "rate_limited",
-            "queue_full",
-            "queue_timeout",
-            "circuit_open",
-            "degraded",
-        ]
-        .into_iter()
-        .map(|reason| pb::Shed {
-            reason: reason.into(),
-            total: rt.metrics.shed.with_label_values(&[reason]).get(),
-        })
-        .collect();
-        pb::StatusReply {
-            config_version: st.version,
-            upstream: st.upstream.clone(),
-            level: report.level.into(),
-            degradation: Some(pb::Degradation {
-                level: report.degradation.level.into(),
-                auto_level: report.degradation.auto_level.into(),
-                manual_level: report.degradation.manual_level.unwrap_or("").into(),
-                disabled_features: report.degradation.disabled_features.clone(),
-                aggressive_cache: report.degradation.aggressive_cache,
-            }),
-            limits,
-            queue: Some(pb::Queue {
-                configured: st.queue_configured,
-                depth: q.depth,
-                max_size: if st.queue_configured { q.max_size } else { 0 },
-                inflight: q.inflight,
-                max_concurrency: if st.queue_configured {
-                    q.max_concurrency
-                } else {
-                    0
-                },
-                drain_rate_per_second: st.drain_rate,
-            }),
-            breakers,
-            indicators: st
-                .indicators
-                .iter()
-                .map(|r| pb::Indicator {
-                    name: r.indicator.as_str().into(),
-                    value: r.value,
-                    level: r.level.as_str().into(),
-                    warning: r.thresholds.warning.unwrap_or(f64::NAN),
-                    critical: r.thresholds.critical.unwrap_or(f64::NAN),
-                })
-                .collect(),
-            overrides,
-            fleet,
-            fleet_version,
-            version: env!("CARGO_PKG_VERSION").into(),
-            shed,
-        }
-    }
-
-    async fn change(&self, req: Request) -> Result<pb::ChangeReply, ControlError> {
-        let rt = &self.0;
-        let now = SystemTime::now();
-        let file = rt
-            .file_config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let reason = req.reason.clone();
         let made = |kind: Kind| Override {
             kind,
             reason: req.reason.clone(),
@@ -291,20 +201,15 @@ impl Control for RuntimeControl {
                 ))
             })
         };
-        let fleet = if req.fleet {
-            Some(self.fleet_backend()?)
-        } else {
-            None
-        };
         let scope = if fleet.is_some() { "fleet" } else { "local" };
-        let existing = |prefix: &'static str| self.existing(fleet.clone(), prefix);
+        let existing = |prefix: &'static str| self.existing(fleet.cloned(), prefix);
         // What to set and what to remove; applied below under one lock.
         let mut set: Vec<Override> = Vec::new();
         let mut remove: Vec<String> = Vec::new();
         // Knobs a local restore or clear of everything asks to be at the baseline but that
         // the fleet layer holds: reported (and the command fails naming the fleet), not removed.
         let mut fleet_held: Vec<String> = Vec::new();
-        let mut summary: String;
+        let summary: String;
         match &req.op {
             Op::SetLimit {
                 name,
@@ -494,98 +399,128 @@ impl Control for RuntimeControl {
                 };
             }
         }
-        if let Some(g) = &fleet {
-            let keys: Vec<String> = set
-                .iter()
-                .map(|o| o.kind.key())
-                .chain(remove.iter().cloned())
-                .collect();
-            if let Some(t) = req.ttl {
-                summary.push_str(&format!(" for {}", humantime::format_duration(t)));
-            }
-            if req.dry_run {
-                let (version, before) = crate::fleet::preview(g, &keys)
-                    .await
-                    .map_err(|e| ControlError::Failed(format!("cannot read redis: {e}")))?;
-                let changes = knob_changes(&keys, &before, &set);
-                let mut lines = vec![format!(
-                    "dry run, nothing changed: {summary} on the fleet (at version {version})"
-                )];
-                lines.extend(changes.iter().map(|c| describe_change(c, "would be")));
-                return Ok(pb::ChangeReply {
-                    summary: lines.join("\n"),
-                    overrides: listed(&self.admin()),
-                    fleet_version: version,
-                    dry_run: true,
-                    changes,
-                });
-            }
-            let (version, before) = crate::fleet::publish(g, &set, &remove)
+        Ok(Plan {
+            set,
+            remove,
+            fleet_held,
+            summary,
+        })
+    }
+
+    /// Writes `plan` to the fleet layer in Redis (or, on a dry run, only says what it would
+    /// change), then applies the fleet's new set here at once.
+    async fn change_fleet(
+        &self,
+        req: &Request,
+        g: &GlobalLimits,
+        plan: Plan,
+        now: SystemTime,
+    ) -> Result<pb::ChangeReply, ControlError> {
+        let rt = &self.0;
+        let keys = plan.keys();
+        let Plan {
+            set,
+            remove,
+            mut summary,
+            ..
+        } = plan;
+        if let Some(t) = req.ttl {
+            summary.push_str(&format!(" for {}", humantime::format_duration(t)));
+        }
+        if req.dry_run {
+            let (version, before) = crate::overrides::fleet_store::preview(g, &keys)
                 .await
-                .map_err(|e| ControlError::Failed(format!("cannot write to redis: {e}")))?;
+                .map_err(|e| ControlError::Failed(format!("cannot read redis: {e}")))?;
             let changes = knob_changes(&keys, &before, &set);
-            let fleet_ctx = AuditCtx {
-                now,
-                caller: &req.caller.name,
-                operation: req.op.name(),
-                reason: &reason,
-                scope: "fleet",
-                ttl: req.ttl,
-                fleet_version: Some(version),
-            };
-            {
-                // `baseline` for "the layer holds nothing", as the audit has always said.
-                let mut admin = self.admin();
-                for c in &changes {
-                    let word = |v: &str| {
-                        if v == NONE {
-                            "baseline".to_string()
-                        } else {
-                            v.to_string()
-                        }
-                    };
-                    admin.record(fleet_ctx.entry(&c.key, &word(&c.before), &word(&c.after)));
-                }
-            }
-            // Apply here at once; the others follow on the announcement.
-            let (current, set) = crate::fleet::fetch(g)
-                .await
-                .map_err(|e| ControlError::Failed(format!("cannot read back from redis: {e}")))?;
-            self.blocking(move |rt| apply_fleet(rt, current, set))
-                .await?;
-            summary.push_str(&format!(" on the fleet (version {version})"));
-            rt.event("override", format!("{summary} by {}", req.caller.name));
-            let mut lines = vec![summary];
-            lines.extend(changes.iter().map(|c| describe_change(c, "now")));
+            let mut lines = vec![format!(
+                "dry run, nothing changed: {summary} on the fleet (at version {version})"
+            )];
+            lines.extend(changes.iter().map(|c| describe_change(c, "would be")));
             return Ok(pb::ChangeReply {
                 summary: lines.join("\n"),
                 overrides: listed(&self.admin()),
                 fleet_version: version,
-                dry_run: false,
+                dry_run: true,
                 changes,
             });
         }
+        let (version, before) = crate::overrides::fleet_store::publish(g, &set, &remove)
+            .await
+            .map_err(|e| ControlError::Failed(format!("cannot write to redis: {e}")))?;
+        let changes = knob_changes(&keys, &before, &set);
+        let fleet_ctx = AuditCtx {
+            now,
+            caller: &req.caller.name,
+            operation: req.op.name(),
+            reason: &req.reason,
+            scope: "fleet",
+            ttl: req.ttl,
+            fleet_version: Some(version),
+        };
+        {
+            // `baseline` for "the layer holds nothing", as the audit has always said.
+            let mut admin = self.admin();
+            for c in &changes {
+                let word = |v: &str| {
+                    if v == NONE {
+                        "baseline".to_string()
+                    } else {
+                        v.to_string()
+                    }
+                };
+                admin.record(fleet_ctx.entry(&c.key, &word(&c.before), &word(&c.after)));
+            }
+        }
+        // Apply here at once; the others follow on the announcement.
+        let (current, set) = crate::overrides::fleet_store::fetch(g)
+            .await
+            .map_err(|e| ControlError::Failed(format!("cannot read back from redis: {e}")))?;
+        self.blocking(move |rt| apply_fleet(rt, current, set))
+            .await?;
+        summary.push_str(&format!(" on the fleet (version {version})"));
+        rt.event("override", format!("{summary} by {}", req.caller.name));
+        let mut lines = vec![summary];
+        lines.extend(changes.iter().map(|c| describe_change(c, "now")));
+        return Ok(pb::ChangeReply {
+            summary: lines.join("\n"),
+            overrides: listed(&self.admin()),
+            fleet_version: version,
+            dry_run: false,
+            changes,
+        });
+    }
+
+    /// Applies `plan` to this sidecar's own layer, reporting each touched knob before ->
+    /// after, and fails naming the layer that still holds a knob the operator cleared.
+    async fn change_local(
+        &self,
+        req: &Request,
+        file: &Config,
+        plan: Plan,
+        now: SystemTime,
+    ) -> Result<pb::ChangeReply, ControlError> {
+        let rt = &self.0;
+        let keys = plan.keys();
+        let Plan {
+            set,
+            remove,
+            fleet_held,
+            mut summary,
+        } = plan;
         let ctx = AuditCtx {
             now,
             caller: &req.caller.name,
             operation: req.op.name(),
-            reason: &reason,
+            reason: &req.reason,
             scope: "local",
             ttl: req.ttl,
             fleet_version: None,
         };
-        let mut touched: Vec<String> = set
-            .iter()
-            .map(|o| o.kind.key())
-            .chain(remove.iter().cloned())
-            .collect();
+        let mut touched = keys;
         touched.extend(fleet_held.iter().filter(|k| !remove.contains(k)).cloned());
         let before: Vec<(String, &'static str)> = {
             let admin = self.admin();
-            touched
-                .iter()
-                .map(|k| in_effect(&file, &admin, k))
-                .collect()
+            touched.iter().map(|k| in_effect(file, &admin, k)).collect()
         };
         let mut suspended: Vec<String> = Vec::new();
         // What the local layer held before, to put back if the new snapshot cannot be built.
@@ -609,7 +544,7 @@ impl Control for RuntimeControl {
                 if let Some(o) = admin.scheduled.remove(k) {
                     if let Some(name) = schedule_of(&o).map(str::to_string) {
                         // A schedule that never fires again stays out until its hold ends.
-                        let until = next_start(&file, &name, chrono::Utc::now())
+                        let until = next_start(file, &name, chrono::Utc::now())
                             .or(o.expires)
                             .unwrap_or(now);
                         suspended.push(format!(
@@ -674,10 +609,7 @@ impl Control for RuntimeControl {
         rt.event("override", format!("{summary} by {}", req.caller.name));
         let after: Vec<(String, &'static str)> = {
             let admin = self.admin();
-            touched
-                .iter()
-                .map(|k| in_effect(&file, &admin, k))
-                .collect()
+            touched.iter().map(|k| in_effect(file, &admin, k)).collect()
         };
         let mut lines = vec![summary];
         lines.extend(suspended);
@@ -701,6 +633,142 @@ impl Control for RuntimeControl {
             overrides,
             ..Default::default()
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Control for RuntimeControl {
+    async fn status(&self) -> pb::StatusReply {
+        let rt = &self.0;
+        let st = crate::status::Status::read(rt);
+        let snap = rt.current.load();
+        let file = rt
+            .file_config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let limits = snap
+            .config
+            .limits
+            .iter()
+            .map(|l| {
+                let base = file.limits.iter().find(|b| b.name == l.name).unwrap_or(l);
+                pb::Limit {
+                    name: l.name.clone(),
+                    scope: match l.scope {
+                        Scope::Global => "global".into(),
+                        Scope::Local => "local".into(),
+                    },
+                    max_requests: l.max_requests.get(),
+                    window_seconds: l.window.as_secs(),
+                    baseline_max_requests: base.max_requests.get(),
+                    baseline_window_seconds: base.window.as_secs(),
+                    utilization: rt
+                        .metrics
+                        .rl_utilization
+                        .with_label_values(&[l.name.as_str()])
+                        .get(),
+                }
+            })
+            .collect();
+        let report = st.report();
+        let q = &st.queue;
+        let (overrides, fleet, fleet_version) = {
+            let admin = self.admin();
+            (
+                (admin.overrides.len() + admin.fleet.len() + admin.scheduled.len()) as u32,
+                admin.fleet_state().to_string(),
+                admin.fleet_version(),
+            )
+        };
+        let mut breakers = Vec::new();
+        if let Some((state, _)) = st.breaker {
+            breakers.push(pb::Breaker {
+                name: "upstream".into(),
+                state: state.as_str().into(),
+            });
+        }
+        for (feature, b) in snap.routes.feature_breakers() {
+            breakers.push(pb::Breaker {
+                name: format!("feature:{feature}"),
+                state: b.state().0.as_str().into(),
+            });
+        }
+        let shed = [
+            "rate_limited",
+            "queue_full",
+            "queue_timeout",
+            "circuit_open",
+            "degraded",
+        ]
+        .into_iter()
+        .map(|reason| pb::Shed {
+            reason: reason.into(),
+            total: rt.metrics.shed.with_label_values(&[reason]).get(),
+        })
+        .collect();
+        pb::StatusReply {
+            config_version: st.version,
+            upstream: st.upstream.clone(),
+            level: report.level.into(),
+            degradation: Some(pb::Degradation {
+                level: report.degradation.level.into(),
+                auto_level: report.degradation.auto_level.into(),
+                manual_level: report.degradation.manual_level.unwrap_or("").into(),
+                disabled_features: report.degradation.disabled_features.clone(),
+                aggressive_cache: report.degradation.aggressive_cache,
+            }),
+            limits,
+            queue: Some(pb::Queue {
+                configured: st.queue_configured,
+                depth: q.depth,
+                max_size: if st.queue_configured { q.max_size } else { 0 },
+                inflight: q.inflight,
+                max_concurrency: if st.queue_configured {
+                    q.max_concurrency
+                } else {
+                    0
+                },
+                drain_rate_per_second: st.drain_rate,
+            }),
+            breakers,
+            indicators: st
+                .indicators
+                .iter()
+                .map(|r| pb::Indicator {
+                    name: r.indicator.as_str().into(),
+                    value: r.value,
+                    level: r.level.as_str().into(),
+                    warning: r.thresholds.warning.unwrap_or(f64::NAN),
+                    critical: r.thresholds.critical.unwrap_or(f64::NAN),
+                })
+                .collect(),
+            overrides,
+            fleet,
+            fleet_version,
+            version: env!("CARGO_PKG_VERSION").into(),
+            shed,
+        }
+    }
+
+    async fn change(&self, req: Request) -> Result<pb::ChangeReply, ControlError> {
+        let now = SystemTime::now();
+        let file = self
+            .0
+            .file_config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let fleet = if req.fleet {
+            Some(self.fleet_backend()?)
+        } else {
+            None
+        };
+        let plan = self.plan(&req, &file, fleet.as_ref(), now).await?;
+        match &fleet {
+            Some(g) => self.change_fleet(&req, g, plan, now).await,
+            None => self.change_local(&req, &file, plan, now).await,
+        }
     }
 
     async fn explain(&self, knob: &str) -> Result<Vec<pb::Knob>, ControlError> {
@@ -772,7 +840,7 @@ impl Control for RuntimeControl {
 
     async fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError> {
         let g = self.fleet_backend()?;
-        crate::fleet::list(&g)
+        crate::overrides::fleet_store::list(&g)
             .await
             .map_err(|e| ControlError::Failed(format!("cannot read the fleet from redis: {e}")))
     }
