@@ -217,13 +217,20 @@ impl RuntimeControl {
                 window,
             } => {
                 limit_named(name)?;
-                let kind = Kind::Limit {
+                // Two knobs: the count, and the window only when one is given, so each
+                // keeps its own TTL and reason.
+                set.push(made(Kind::Limit {
                     name: name.clone(),
                     max_requests: *max_requests,
-                    window: *window,
-                };
-                summary = format!("limit `{name}` set to {}", kind.describe());
-                set.push(made(kind));
+                }));
+                if let Some(w) = window {
+                    set.push(made(Kind::Window {
+                        name: name.clone(),
+                        window: *w,
+                    }));
+                }
+                let words: Vec<String> = set.iter().map(|o| o.kind.describe()).collect();
+                summary = format!("limit `{name}` set to {}", words.join(", "));
             }
             Op::ScaleLimits { name, multiplier } => {
                 let targets: Vec<&floodgate_config::Limit> = match name {
@@ -242,7 +249,6 @@ impl RuntimeControl {
                     set.push(made(Kind::Limit {
                         name: l.name.clone(),
                         max_requests: max,
-                        window: None,
                     }));
                 }
                 summary = format!(
@@ -254,12 +260,21 @@ impl RuntimeControl {
                 if let Some(n) = name {
                     limit_named(n)?;
                     remove.push(format!("limit:{n}"));
+                    // The window too, when any layer changed it.
+                    let window = format!("window:{n}");
+                    let held = existing("window:").await?.contains(&window)
+                        || (fleet.is_none() && self.admin().holder(&window).is_some());
+                    if held {
+                        remove.push(window);
+                    }
                     summary = format!("limit `{n}` back to its config baseline");
                 } else {
-                    remove.extend(existing("limit:").await?);
-                    if fleet.is_none() {
-                        remove.extend(self.scheduled_keys("limit:"));
-                        fleet_held.extend(self.fleet_keys("limit:"));
+                    for prefix in ["limit:", "window:"] {
+                        remove.extend(existing(prefix).await?);
+                        if fleet.is_none() {
+                            remove.extend(self.scheduled_keys(prefix));
+                            fleet_held.extend(self.fleet_keys(prefix));
+                        }
                     }
                     remove.sort();
                     remove.dedup();

@@ -74,6 +74,60 @@ async fn workers_with_a_ttl_then_a_resize_keeps_the_ttl_and_its_reason() {
     assert_eq!(a.fg.metric("floodgate_concurrency_limit").await, Some(20.0));
 }
 
+#[tokio::test]
+async fn a_window_set_with_a_ttl_outlives_a_later_raise_of_the_count_and_restore_clears_both() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, LIMITED).await;
+    let window = |a: &Admin| json(a, &["limits", "show"])[0]["window_seconds"].as_u64();
+    a.op(&[
+        "limits",
+        "set",
+        "per_client",
+        "--max-requests",
+        "10",
+        "--window",
+        "30",
+        "--ttl",
+        "10m",
+        "--reason",
+        "INC-2 short window",
+    ]);
+    assert_eq!((max_requests(&a), window(&a)), (10, Some(30)));
+    // Raising the count again, without a window, leaves the window's override as it was.
+    let out = a.op(&[
+        "limits",
+        "set",
+        "per_client",
+        "--max-requests",
+        "20",
+        "--reason",
+        "more",
+    ]);
+    assert!(
+        out.contains("limit:per_client: max_requests 10 (local) -> max_requests 20 (local)"),
+        "{out}"
+    );
+    assert_eq!((max_requests(&a), window(&a)), (20, Some(30)));
+    let list = json(&a, &["overrides"]);
+    let w = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["key"] == "window:per_client")
+        .cloned()
+        .unwrap_or_else(|| panic!("no window override in {list}"));
+    assert_eq!(w["reason"], "INC-2 short window");
+    assert!(w["expires_at"].as_u64().unwrap() > 0, "{w}");
+    // One restore puts both knobs back.
+    let out = a.op(&["limits", "restore", "per_client", "--reason", "over"]);
+    assert!(
+        out.contains("window:per_client: window 30 s (local) -> window 3600 s (baseline)"),
+        "{out}"
+    );
+    assert_eq!((max_requests(&a), window(&a)), (3, Some(3600)));
+    assert!(a.op(&["overrides"]).contains("no overrides"));
+}
+
 const ALWAYS: &str =
     "schedules:\n  - { name: always, cron: \"* * * * *\", duration_minutes: 60, limits_multiplier: 2 }\n";
 

@@ -49,12 +49,12 @@ pub fn to_json(o: &Override) -> String {
         "expires_ms": o.expires.map_or(0, unix_ms),
     });
     let kind = match &o.kind {
-        Kind::Limit {
-            name,
-            max_requests,
-            window,
-        } => json!({"kind": "limit", "name": name, "max_requests": max_requests,
-                    "window_seconds": window.map_or(0, |w| w.as_secs())}),
+        Kind::Limit { name, max_requests } => {
+            json!({"kind": "limit", "name": name, "max_requests": max_requests})
+        }
+        Kind::Window { name, window } => {
+            json!({"kind": "window", "name": name, "window_seconds": window.as_secs()})
+        }
         Kind::Level(l) => {
             json!({"kind": "level", "level": l.as_str()})
         }
@@ -78,12 +78,16 @@ pub fn from_json(text: &str) -> Option<Override> {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let u = |k: &str| v.get(k).and_then(Value::as_u64);
     let kind = match v.get("kind")?.as_str()? {
+        // A sidecar older than the window knob also wrote `window_seconds` here; its
+        // count is read, its window not (that version's fleet window changes are lost on
+        // an upgrade: set them again).
         "limit" => Kind::Limit {
             name: s("name")?,
             max_requests: u("max_requests")?,
-            window: u("window_seconds")
-                .filter(|&w| w > 0)
-                .map(Duration::from_secs),
+        },
+        "window" => Kind::Window {
+            name: s("name")?,
+            window: Duration::from_secs(u("window_seconds").filter(|&w| w > 0)?),
         },
         "level" => Kind::Level(s("level")?.parse().ok()?),
         "aggressive_cache" => Kind::Aggressive(v.get("enabled")?.as_bool()?),
@@ -301,4 +305,62 @@ pub async fn list(g: &GlobalLimits) -> Result<pb::FleetStatusReply, String> {
         expected_seconds: EXPECTED.as_secs(),
         stale_seconds: STALE.as_secs(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_override_reads_back_as_it_was_written() {
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let kinds = [
+            Kind::Limit {
+                name: "api".into(),
+                max_requests: 2000,
+            },
+            Kind::Window {
+                name: "api".into(),
+                window: Duration::from_secs(30),
+            },
+            Kind::Level(floodgate_config::Level::Degraded),
+            Kind::Feature {
+                name: "reco".into(),
+                enabled: false,
+            },
+            Kind::QueueSize(5000),
+            Kind::QueueWorkers(20),
+            Kind::Aggressive(true),
+            Kind::Breaker {
+                name: "upstream".into(),
+                open: true,
+            },
+        ];
+        for kind in kinds {
+            let o = Override {
+                kind: kind.clone(),
+                reason: "INC".into(),
+                author: "sre".into(),
+                created: at(100),
+                expires: Some(at(700)),
+            };
+            let back = from_json(&to_json(&o)).unwrap_or_else(|| panic!("{kind:?}"));
+            assert_eq!(back.kind, kind);
+            assert_eq!((back.created, back.expires), (at(100), Some(at(700))));
+            assert_eq!((back.reason.as_str(), back.author.as_str()), ("INC", "sre"));
+        }
+    }
+
+    #[test]
+    fn an_older_sidecars_limit_with_a_window_reads_as_its_count() {
+        let old = r#"{"kind":"limit","name":"api","max_requests":50,"window_seconds":30,"reason":"","author":"","created_ms":0,"expires_ms":0}"#;
+        assert_eq!(
+            from_json(old).map(|o| o.kind),
+            Some(Kind::Limit {
+                name: "api".into(),
+                max_requests: 50
+            })
+        );
+        assert!(from_json(r#"{"kind":"something_new"}"#).is_none());
+    }
 }

@@ -15,14 +15,20 @@ const AUDIT_KEPT: usize = 1000;
 /// What an override changes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
-    /// A limit's size.
+    /// A limit's `max_requests` per window.
     Limit {
         /// Limit name.
         name: String,
         /// max_requests in force.
         max_requests: u64,
-        /// Window in force, when changed.
-        window: Option<Duration>,
+    },
+    /// A limit's window: a knob of its own, so raising the count for an hour does not also
+    /// pin a window somebody changed for another reason.
+    Window {
+        /// Limit name.
+        name: String,
+        /// Window in force.
+        window: Duration,
     },
     /// The degradation level.
     Level(Level),
@@ -53,6 +59,8 @@ impl Kind {
     pub fn key(&self) -> String {
         match self {
             Kind::Limit { name, .. } => format!("limit:{name}"),
+            // Not `limit:NAME.window`: a limit's name may hold a dot.
+            Kind::Window { name, .. } => format!("window:{name}"),
             Kind::Level(_) => "level".into(),
             Kind::Aggressive(_) => "aggressive_cache".into(),
             Kind::Feature { name, .. } => format!("feature:{name}"),
@@ -67,20 +75,14 @@ impl Kind {
     pub(crate) fn is_structural(&self) -> bool {
         matches!(
             self,
-            Kind::Limit { .. } | Kind::QueueSize(_) | Kind::QueueWorkers(_)
+            Kind::Limit { .. } | Kind::Window { .. } | Kind::QueueSize(_) | Kind::QueueWorkers(_)
         )
     }
 
     pub(crate) fn describe(&self) -> String {
         match self {
-            Kind::Limit {
-                max_requests,
-                window,
-                ..
-            } => match window {
-                Some(w) => format!("max_requests {max_requests} per {} s", w.as_secs()),
-                None => format!("max_requests {max_requests}"),
-            },
+            Kind::Limit { max_requests, .. } => format!("max_requests {max_requests}"),
+            Kind::Window { window, .. } => format!("window {} s", window.as_secs()),
             Kind::Level(l) => l.as_str().to_string(),
             Kind::Aggressive(on) => if *on { "on" } else { "off" }.into(),
             Kind::Feature { enabled, .. } => if *enabled { "enabled" } else { "disabled" }.into(),
@@ -232,6 +234,15 @@ pub fn baseline(file: &Config, key: &str) -> String {
                 format!("max_requests {}", l.max_requests)
             });
     }
+    if let Some(name) = key.strip_prefix("window:") {
+        return file
+            .limits
+            .iter()
+            .find(|l| l.name == name)
+            .map_or("none".into(), |l| {
+                format!("window {} s", l.window.as_secs())
+            });
+    }
     if let Some(name) = key.strip_prefix("feature:") {
         return match file.degradation.features.get(name) {
             Some(&b) => if b { "enabled" } else { "disabled" }.into(),
@@ -255,13 +266,13 @@ pub fn baseline(file: &Config, key: &str) -> String {
     }
 }
 
-/// Every knob an operator can change in `file`: each limit, the level, each feature, the
+/// Every knob an operator can change in `file`: each limit's size and window, the level, each feature, the
 /// queue's two sizes (with a queue), aggressive caching, each breaker's forced state.
 pub fn knobs(file: &Config, features: &[String]) -> Vec<String> {
     let mut out: Vec<String> = file
         .limits
         .iter()
-        .map(|l| format!("limit:{}", l.name))
+        .flat_map(|l| [format!("limit:{}", l.name), format!("window:{}", l.name)])
         .collect();
     out.push("level".into());
     out.extend(features.iter().map(|f| format!("feature:{f}")));
@@ -309,18 +320,17 @@ pub fn effective_config(file: &Config, admin: &AdminState, now: SystemTime) -> C
     let mut cfg = file.clone();
     for o in admin.in_force(now) {
         match &o.kind {
-            Kind::Limit {
-                name,
-                max_requests,
-                window,
-            } => {
+            Kind::Limit { name, max_requests } => {
+                if let (Some(l), Some(n)) = (
+                    cfg.limits.iter_mut().find(|l| &l.name == name),
+                    std::num::NonZeroU64::new(*max_requests),
+                ) {
+                    l.max_requests = n;
+                }
+            }
+            Kind::Window { name, window } => {
                 if let Some(l) = cfg.limits.iter_mut().find(|l| &l.name == name) {
-                    if let Some(n) = std::num::NonZeroU64::new(*max_requests) {
-                        l.max_requests = n;
-                    }
-                    if let Some(w) = window {
-                        l.window = *w;
-                    }
+                    l.window = *window;
                 }
             }
             Kind::QueueSize(n) => {
@@ -379,7 +389,6 @@ mod tests {
                         kind: Kind::Limit {
                             name: "api".into(),
                             max_requests: *max,
-                            window: None,
                         },
                         reason: String::new(),
                         author: (*layer).into(),
@@ -412,13 +421,61 @@ mod tests {
     }
 
     #[test]
+    fn a_limits_count_and_window_are_two_knobs_each_with_its_own_expiry() {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let base = config("");
+        let mut admin = AdminState::new(None, false);
+        let made = |kind: Kind, expires: u64| Override {
+            kind,
+            reason: String::new(),
+            author: "sre".into(),
+            created: at(0),
+            expires: Some(at(expires)),
+        };
+        for o in [
+            made(
+                Kind::Limit {
+                    name: "api".into(),
+                    max_requests: 2000,
+                },
+                10,
+            ),
+            made(
+                Kind::Window {
+                    name: "api".into(),
+                    window: Duration::from_secs(30),
+                },
+                20,
+            ),
+        ] {
+            admin.overrides.insert(o.kind.key(), o);
+        }
+        assert_eq!(
+            admin.overrides.keys().collect::<Vec<_>>(),
+            ["limit:api", "window:api"]
+        );
+        let limit = |now| {
+            let l = effective_config(&base, &admin, at(now)).limits[0].clone();
+            (l.max_requests.get(), l.window.as_secs())
+        };
+        assert_eq!(limit(5), (2000, 30));
+        assert_eq!(
+            limit(15),
+            (100, 30),
+            "the count ran out, the window did not"
+        );
+        assert_eq!(limit(25), (100, 60));
+        assert_eq!(baseline(&base, "window:api"), "window 60 s");
+        assert!(knobs(&base, &[]).contains(&"window:api".to_string()));
+    }
+
+    #[test]
     fn people_win_over_the_fleet_and_the_fleet_over_schedules() {
         let mut admin = AdminState::new(None, false);
         let o = |max, author: &str| Override {
             kind: Kind::Limit {
                 name: "api".into(),
                 max_requests: max,
-                window: None,
             },
             reason: String::new(),
             author: author.into(),

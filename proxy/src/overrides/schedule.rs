@@ -47,7 +47,6 @@ pub fn scheduled_at(
                 let o = made(Kind::Limit {
                     name: l.name.clone(),
                     max_requests: scaled(l.max_requests.get(), m),
-                    window: None,
                 });
                 out.insert(o.kind.key(), o);
             }
@@ -130,8 +129,7 @@ mod tests {
             on["limit:api"].kind,
             Kind::Limit {
                 name: "api".into(),
-                max_requests: 200,
-                window: None
+                max_requests: 200
             }
         );
         assert_eq!(on["level"].kind, Kind::Level(Level::Degraded));

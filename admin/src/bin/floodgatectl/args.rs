@@ -428,14 +428,16 @@ pub(crate) enum FleetCmd {
 pub(crate) enum LimitsCmd {
     /// Show every limit with its current and baseline values.
     Show,
-    /// Set one limit's max_requests (and window).
+    /// Set one limit's max_requests (and window). Each is a knob of its own (`limit:NAME`,
+    /// `window:NAME`) with its own TTL and reason: a later `set` without --window leaves a
+    /// window override alone; `limits restore NAME` clears both.
     Set {
         /// Limit name (as in the config's `limits[].name`).
         name: String,
         /// New max_requests per window (at least 1; to stop a route, degrade it).
         #[arg(long)]
         max_requests: u64,
-        /// New window in seconds.
+        /// New window in seconds (`window:NAME`); left as it is when not given.
         #[arg(long)]
         window: Option<u64>,
         #[command(flatten)]

@@ -77,6 +77,8 @@ impl Typed {
             let words: Vec<&str> = part.split_whitespace().collect();
             match words.as_slice() {
                 ["max_requests", n] => t.max_requests = n.parse().ok(),
+                ["window", w, "s"] => t.window_seconds = w.parse().ok(),
+                // Sidecars older than the window knob said both in one override.
                 ["max_requests", n, "per", w, "s"] => {
                     t.max_requests = n.parse().ok();
                     t.window_seconds = w.parse().ok();
@@ -105,6 +107,7 @@ mod tests {
             (Some(2000), Some(60))
         );
         assert_eq!(Typed::parse("max_requests 6").max_requests, Some(6));
+        assert_eq!(Typed::parse("window 30 s").window_seconds, Some(30));
         assert_eq!(Typed::parse("degraded").level.as_deref(), Some("degraded"));
         assert_eq!(Typed::parse("disabled").enabled, Some(false));
         assert_eq!(Typed::parse("on").enabled, Some(true));
