@@ -11,9 +11,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("admin_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure()
+    let mut config = tonic_prost_build::configure()
         // Replies print as JSON in `floodgatectl --output json`.
-        .type_attribute(".floodgate.admin.v1", "#[derive(serde::Serialize)]")
-        .compile_fds(fds)?;
+        .type_attribute(".floodgate.admin.v1", "#[derive(serde::Serialize)]");
+    // An override's typed value: only the field its knob has appears in JSON.
+    for field in [
+        "max_requests",
+        "window_seconds",
+        "level",
+        "enabled",
+        "max_size",
+        "max_concurrency",
+        "open",
+    ] {
+        config = config.field_attribute(
+            format!(".floodgate.admin.v1.Override.{field}"),
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        );
+    }
+    config.compile_fds(fds)?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::auth::Caller;
-use crate::pb;
+use crate::reply::{Event, FleetStatus, Knob, Outcome, Override, Status};
 
 /// One change an operator asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,22 +133,23 @@ impl From<ControlError> for tonic::Status {
     }
 }
 
-/// The sidecar, as the admin plane sees it. Async: changes wait on Redis (fleet scope) and
-/// on a snapshot rebuild, which the implementation runs off the async workers itself.
+/// The sidecar, as the admin plane sees it, in plain types ([`crate::reply`]). Async:
+/// changes wait on Redis (fleet scope) and on a snapshot rebuild, which the implementation
+/// runs off the async workers itself.
 #[async_trait::async_trait]
 pub trait Control: Send + Sync + 'static {
     /// Everything `status` shows.
-    async fn status(&self) -> pb::StatusReply;
+    async fn status(&self) -> Status;
     /// Applies a change.
-    async fn change(&self, req: Request) -> Result<pb::ChangeReply, ControlError>;
-    /// Overrides in force.
-    async fn overrides(&self) -> Vec<pb::Override>;
+    async fn change(&self, req: Request) -> Result<Outcome, ControlError>;
+    /// Overrides in force, every layer.
+    async fn overrides(&self) -> Vec<Override>;
     /// Every knob (or the one named) with its value, layer and what it falls back to.
-    async fn explain(&self, knob: &str) -> Result<Vec<pb::Knob>, ControlError>;
+    async fn explain(&self, knob: &str) -> Result<Vec<Knob>, ControlError>;
     /// The latest `limit` audit entries, oldest first.
     async fn audit(&self, limit: usize) -> Vec<String>;
     /// Every expected sidecar of the fleet (reads Redis).
-    async fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError>;
+    async fn fleet_status(&self) -> Result<FleetStatus, ControlError>;
     /// Changes from now on, as they happen.
-    async fn watch(&self) -> tokio::sync::broadcast::Receiver<pb::Event>;
+    async fn watch(&self) -> tokio::sync::broadcast::Receiver<Event>;
 }

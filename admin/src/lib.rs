@@ -1,6 +1,7 @@
 //! Floodgate's admin plane. The gRPC service ([`service::AdminService`]) is written against
-//! the small [`control::Control`] trait, which the sidecar implements over its runtime state,
-//! so this crate knows nothing of pingora. Calls are authenticated by bearer tokens
+//! the small [`control::Control`] trait, which the sidecar implements over its runtime state
+//! in plain Rust types ([`reply`]); the service alone speaks protobuf. So this crate knows
+//! nothing of pingora, and the sidecar nothing of the wire. Calls are authenticated by bearer tokens
 //! ([`auth`]); `floodgatectl` is the CLI over the same proto. [`inject`] is `floodgatectl
 //! inject`, which adds the sidecar to Kubernetes workloads (offline, no sidecar needed).
 
@@ -8,7 +9,9 @@
 
 pub mod auth;
 pub mod control;
+mod convert;
 pub mod inject;
+pub mod reply;
 pub mod service;
 
 /// The admin proto's encoded `FileDescriptorSet`, for gRPC server reflection.

@@ -91,7 +91,7 @@ impl<C: Control> AdminService<C> {
             fleet: change.fleet,
             dry_run: change.dry_run,
         };
-        Ok(Response::new(self.control.change(req).await?))
+        Ok(Response::new(self.control.change(req).await?.into()))
     }
 }
 
@@ -128,12 +128,13 @@ impl<C: Control> Admin for AdminService<C> {
         let rx = self.control.watch().await;
         // A watcher too slow to keep up is told how many events it missed, not cut off.
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|e| {
-            Ok(e.unwrap_or_else(
+            Ok(e.map_or_else(
                 |tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)| pb::Event {
                     time_ms: 0,
                     kind: "lagged".into(),
                     summary: format!("{n} events were missed by this watcher"),
                 },
+                pb::Event::from,
             ))
         });
         Ok(Response::new(Box::pin(stream)))
@@ -144,7 +145,7 @@ impl<C: Control> Admin for AdminService<C> {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         self.tokens.authenticate(&req)?;
-        Ok(Response::new(self.control.status().await))
+        Ok(Response::new(self.control.status().await.into()))
     }
 
     async fn set_limit(
@@ -281,7 +282,13 @@ impl<C: Control> Admin for AdminService<C> {
     ) -> Result<Response<pb::OverridesReply>, Status> {
         self.tokens.authenticate(&req)?;
         Ok(Response::new(pb::OverridesReply {
-            overrides: self.control.overrides().await,
+            overrides: self
+                .control
+                .overrides()
+                .await
+                .into_iter()
+                .map(Into::into)
+                .collect(),
         }))
     }
 
@@ -291,7 +298,9 @@ impl<C: Control> Admin for AdminService<C> {
     ) -> Result<Response<pb::ExplainReply>, Status> {
         self.tokens.authenticate(&req)?;
         let knobs = self.control.explain(&req.get_ref().knob).await?;
-        Ok(Response::new(pb::ExplainReply { knobs }))
+        Ok(Response::new(pb::ExplainReply {
+            knobs: knobs.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn clear_override(
@@ -310,7 +319,7 @@ impl<C: Control> Admin for AdminService<C> {
         req: Request<pb::FleetStatusRequest>,
     ) -> Result<Response<pb::FleetStatusReply>, Status> {
         self.tokens.authenticate(&req)?;
-        Ok(Response::new(self.control.fleet_status().await?))
+        Ok(Response::new(self.control.fleet_status().await?.into()))
     }
 
     async fn audit(

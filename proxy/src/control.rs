@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use floodgate_admin::control::{Control, ControlError, Op, Request};
-use floodgate_admin::pb;
-use floodgate_config::{Config, Scope};
+use floodgate_admin::reply::{
+    self, BreakerStatus, Degradation, Event, FleetStatus, IndicatorStatus, Knob, KnobChange, Layer,
+    LimitStatus, Outcome, QueueStatus, Status,
+};
+use floodgate_config::Config;
 
 use crate::global::GlobalLimits;
 use crate::lifecycle::{apply_degradation, apply_fleet, rebuild};
 use crate::overrides::audit::AuditCtx;
 use crate::overrides::model::{
-    baseline, chain, in_effect, knobs, scaled, unix, AdminState, Kind, Override,
+    baseline, chain, in_effect, knobs, scaled, AdminState, Kind, Override,
 };
 use crate::overrides::schedule::{next_start, schedule_of};
 use crate::state::Runtime;
@@ -28,15 +31,15 @@ impl RuntimeControl {
     }
 }
 
-fn pb_override(o: &Override, scope: &str) -> pb::Override {
-    pb::Override {
-        scope: scope.into(),
+fn reply_override(o: &Override, layer: Layer) -> reply::Override {
+    reply::Override {
         key: o.kind.key(),
-        value: o.kind.describe(),
+        value: o.kind.value(),
         reason: o.reason.clone(),
         author: o.author.clone(),
-        expires_at: o.expires.map_or(0, unix),
-        created_at: unix(o.created),
+        created: o.created,
+        expires: o.expires,
+        layer,
     }
 }
 
@@ -72,9 +75,9 @@ fn knob_changes(
     keys: &[String],
     before: &crate::overrides::fleet_store::Layer,
     set: &[Override],
-) -> Vec<pb::KnobChange> {
+) -> Vec<KnobChange> {
     keys.iter()
-        .map(|k| pb::KnobChange {
+        .map(|k| KnobChange {
             key: k.clone(),
             before: before
                 .get(k)
@@ -90,7 +93,7 @@ fn knob_changes(
 }
 
 /// One line of a fleet change's reply: `limit:api (fleet layer): none -> max_requests 6`.
-fn describe_change(c: &pb::KnobChange, tense: &str) -> String {
+fn describe_change(c: &KnobChange, tense: &str) -> String {
     let same = if c.before == c.after {
         format!(" ({tense} unchanged)")
     } else {
@@ -100,13 +103,23 @@ fn describe_change(c: &pb::KnobChange, tense: &str) -> String {
 }
 
 /// Every override in force, scheduled, fleet and local, for listing.
-fn listed(admin: &AdminState) -> Vec<pb::Override> {
+fn listed(admin: &AdminState) -> Vec<reply::Override> {
     admin
         .scheduled
         .values()
-        .map(|o| pb_override(o, "schedule"))
-        .chain(admin.fleet.values().map(|o| pb_override(o, "fleet")))
-        .chain(admin.overrides.values().map(|o| pb_override(o, "local")))
+        .map(|o| reply_override(o, Layer::Schedule))
+        .chain(
+            admin
+                .fleet
+                .values()
+                .map(|o| reply_override(o, Layer::Fleet)),
+        )
+        .chain(
+            admin
+                .overrides
+                .values()
+                .map(|o| reply_override(o, Layer::Local)),
+        )
         .collect()
 }
 
@@ -430,7 +443,7 @@ impl RuntimeControl {
         g: &GlobalLimits,
         plan: Plan,
         now: SystemTime,
-    ) -> Result<pb::ChangeReply, ControlError> {
+    ) -> Result<Outcome, ControlError> {
         let rt = &self.0;
         let keys = plan.keys();
         let Plan {
@@ -451,7 +464,7 @@ impl RuntimeControl {
                 "dry run, nothing changed: {summary} on the fleet (at version {version})"
             )];
             lines.extend(changes.iter().map(|c| describe_change(c, "would be")));
-            return Ok(pb::ChangeReply {
+            return Ok(Outcome {
                 summary: lines.join("\n"),
                 overrides: listed(&self.admin()),
                 fleet_version: version,
@@ -496,7 +509,7 @@ impl RuntimeControl {
         rt.event("override", format!("{summary} by {}", req.caller.name));
         let mut lines = vec![summary];
         lines.extend(changes.iter().map(|c| describe_change(c, "now")));
-        return Ok(pb::ChangeReply {
+        return Ok(Outcome {
             summary: lines.join("\n"),
             overrides: listed(&self.admin()),
             fleet_version: version,
@@ -513,7 +526,7 @@ impl RuntimeControl {
         file: &Config,
         plan: Plan,
         now: SystemTime,
-    ) -> Result<pb::ChangeReply, ControlError> {
+    ) -> Result<Outcome, ControlError> {
         let rt = &self.0;
         let keys = plan.keys();
         let Plan {
@@ -533,7 +546,7 @@ impl RuntimeControl {
         };
         let mut touched = keys;
         touched.extend(fleet_held.iter().filter(|k| !remove.contains(k)).cloned());
-        let before: Vec<(String, &'static str)> = {
+        let before: Vec<(String, Layer)> = {
             let admin = self.admin();
             touched.iter().map(|k| in_effect(file, &admin, k)).collect()
         };
@@ -622,7 +635,7 @@ impl RuntimeControl {
             summary.push_str(&format!(" for {}", humantime::format_duration(t)));
         }
         rt.event("override", format!("{summary} by {}", req.caller.name));
-        let after: Vec<(String, &'static str)> = {
+        let after: Vec<(String, Layer)> = {
             let admin = self.admin();
             touched.iter().map(|k| in_effect(file, &admin, k)).collect()
         };
@@ -632,7 +645,7 @@ impl RuntimeControl {
         for ((k, (b, bl)), (a, al)) in touched.iter().zip(&before).zip(&after) {
             lines.push(format!("{k}: {b} ({bl}) -> {a} ({al})"));
             // A removal that leaves another layer's value in force changed nothing here.
-            if (remove.contains(k) || fleet_held.contains(k)) && b == a && *al != "baseline" {
+            if (remove.contains(k) || fleet_held.contains(k)) && b == a && *al != Layer::Baseline {
                 held.push(format!("{k} is still {a}: the {al} layer holds it"));
             }
         }
@@ -643,7 +656,7 @@ impl RuntimeControl {
                 held.join("; ")
             )));
         }
-        Ok(pb::ChangeReply {
+        Ok(Outcome {
             summary: lines.join("\n"),
             overrides,
             ..Default::default()
@@ -653,7 +666,7 @@ impl RuntimeControl {
 
 #[async_trait::async_trait]
 impl Control for RuntimeControl {
-    async fn status(&self) -> pb::StatusReply {
+    async fn status(&self) -> Status {
         let rt = &self.0;
         let st = crate::status::Status::read(rt);
         let snap = rt.current.load();
@@ -668,16 +681,13 @@ impl Control for RuntimeControl {
             .iter()
             .map(|l| {
                 let base = file.limits.iter().find(|b| b.name == l.name).unwrap_or(l);
-                pb::Limit {
+                LimitStatus {
                     name: l.name.clone(),
-                    scope: match l.scope {
-                        Scope::Global => "global".into(),
-                        Scope::Local => "local".into(),
-                    },
+                    scope: l.scope,
                     max_requests: l.max_requests.get(),
-                    window_seconds: l.window.as_secs(),
+                    window: l.window,
                     baseline_max_requests: base.max_requests.get(),
-                    baseline_window_seconds: base.window.as_secs(),
+                    baseline_window: base.window,
                     utilization: rt
                         .metrics
                         .rl_utilization
@@ -698,13 +708,13 @@ impl Control for RuntimeControl {
         };
         let mut breakers = Vec::new();
         if let Some((state, _)) = st.breaker {
-            breakers.push(pb::Breaker {
+            breakers.push(BreakerStatus {
                 name: "upstream".into(),
                 state: state.as_str().into(),
             });
         }
         for (feature, b) in snap.routes.feature_breakers() {
-            breakers.push(pb::Breaker {
+            breakers.push(BreakerStatus {
                 name: format!("feature:{feature}"),
                 state: b.state().0.as_str().into(),
             });
@@ -717,45 +727,43 @@ impl Control for RuntimeControl {
             "degraded",
         ]
         .into_iter()
-        .map(|reason| pb::Shed {
-            reason: reason.into(),
-            total: rt.metrics.shed.with_label_values(&[reason]).get(),
+        .map(|reason| {
+            (
+                reason.to_string(),
+                rt.metrics.shed.with_label_values(&[reason]).get(),
+            )
         })
         .collect();
-        pb::StatusReply {
+        let (level, auto_level, manual_level) = st.degradation;
+        Status {
             config_version: st.version,
             upstream: st.upstream.clone(),
-            level: report.level.into(),
-            degradation: Some(pb::Degradation {
-                level: report.degradation.level.into(),
-                auto_level: report.degradation.auto_level.into(),
-                manual_level: report.degradation.manual_level.unwrap_or("").into(),
+            load_level: report.level.into(),
+            degradation: Degradation {
+                level,
+                auto_level,
+                manual_level,
                 disabled_features: report.degradation.disabled_features.clone(),
                 aggressive_cache: report.degradation.aggressive_cache,
-            }),
+            },
             limits,
-            queue: Some(pb::Queue {
-                configured: st.queue_configured,
+            queue: st.queue_configured.then_some(QueueStatus {
                 depth: q.depth,
-                max_size: if st.queue_configured { q.max_size } else { 0 },
+                max_size: q.max_size,
                 inflight: q.inflight,
-                max_concurrency: if st.queue_configured {
-                    q.max_concurrency
-                } else {
-                    0
-                },
+                max_concurrency: q.max_concurrency,
                 drain_rate_per_second: st.drain_rate,
             }),
             breakers,
             indicators: st
                 .indicators
                 .iter()
-                .map(|r| pb::Indicator {
+                .map(|r| IndicatorStatus {
                     name: r.indicator.as_str().into(),
                     value: r.value,
                     level: r.level.as_str().into(),
-                    warning: r.thresholds.warning.unwrap_or(f64::NAN),
-                    critical: r.thresholds.critical.unwrap_or(f64::NAN),
+                    warning: r.thresholds.warning,
+                    critical: r.thresholds.critical,
                 })
                 .collect(),
             overrides,
@@ -766,7 +774,7 @@ impl Control for RuntimeControl {
         }
     }
 
-    async fn change(&self, req: Request) -> Result<pb::ChangeReply, ControlError> {
+    async fn change(&self, req: Request) -> Result<Outcome, ControlError> {
         let now = SystemTime::now();
         let file = self
             .0
@@ -786,7 +794,7 @@ impl Control for RuntimeControl {
         }
     }
 
-    async fn explain(&self, knob: &str) -> Result<Vec<pb::Knob>, ControlError> {
+    async fn explain(&self, knob: &str) -> Result<Vec<Knob>, ControlError> {
         let rt = &self.0;
         let file = rt
             .file_config
@@ -812,48 +820,36 @@ impl Control for RuntimeControl {
                 let layers = chain(&admin, &key);
                 let below = |i: usize| {
                     layers.get(i).map_or_else(
-                        || (baseline(&file, &key), "baseline"),
+                        || (baseline(&file, &key), Layer::Baseline),
                         |(o, l)| (o.kind.describe(), *l),
                     )
                 };
                 let (value, layer) = below(0);
-                let (falls_back_to, falls_back_layer) = if layers.is_empty() {
-                    (String::new(), "")
-                } else {
-                    below(1)
-                };
+                let falls_back = (!layers.is_empty()).then(|| below(1));
                 let top = layers.first().map(|(o, _)| *o);
-                let (suspended_schedule, suspended_until) = admin
-                    .suspended
-                    .get(&key)
-                    .map_or((String::new(), 0), |(name, until)| {
-                        (name.clone(), unix(*until))
-                    });
-                pb::Knob {
+                Knob {
                     value,
-                    layer: layer.into(),
+                    layer,
                     author: top.map_or(String::new(), |o| o.author.clone()),
                     reason: top.map_or(String::new(), |o| o.reason.clone()),
-                    expires_at: top.and_then(|o| o.expires).map_or(0, unix),
-                    falls_back_to,
-                    falls_back_layer: falls_back_layer.into(),
-                    suspended_schedule,
-                    suspended_until,
+                    expires: top.and_then(|o| o.expires),
+                    falls_back,
+                    suspended: admin.suspended.get(&key).cloned(),
                     key,
                 }
             })
             .collect())
     }
 
-    async fn overrides(&self) -> Vec<pb::Override> {
+    async fn overrides(&self) -> Vec<reply::Override> {
         listed(&self.admin())
     }
 
-    async fn watch(&self) -> tokio::sync::broadcast::Receiver<pb::Event> {
+    async fn watch(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.0.events.subscribe()
     }
 
-    async fn fleet_status(&self) -> Result<pb::FleetStatusReply, ControlError> {
+    async fn fleet_status(&self) -> Result<FleetStatus, ControlError> {
         let g = self.fleet_backend()?;
         crate::overrides::fleet_store::list(&g)
             .await

@@ -236,7 +236,7 @@ pub struct Runtime {
     /// Admin overrides and the audit trail.
     pub admin: std::sync::Mutex<crate::overrides::AdminState>,
     /// Changes as they happen, for `floodgatectl watch`.
-    pub events: tokio::sync::broadcast::Sender<floodgate_admin::pb::Event>,
+    pub events: tokio::sync::broadcast::Sender<floodgate_admin::reply::Event>,
     /// Version counter for the next snapshot.
     next_version: AtomicU64,
     /// Held by whoever writes the snapshot ([`crate::lifecycle::writer`]).
@@ -346,11 +346,8 @@ impl Runtime {
 
     /// Tells watchers (`floodgatectl watch`) that something changed; nobody watching is fine.
     pub fn event(&self, kind: &str, summary: String) {
-        let time_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let _ = self.events.send(floodgate_admin::pb::Event {
-            time_ms,
+        let _ = self.events.send(floodgate_admin::reply::Event {
+            time: std::time::SystemTime::now(),
             kind: kind.into(),
             summary,
         });

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use floodgate_admin::pb;
+use floodgate_admin::reply::{FleetStatus, Sidecar};
 use serde_json::{json, Value};
 use tracing::warn;
 
@@ -259,7 +259,7 @@ pub async fn leave(g: &GlobalLimits, id: &str) -> Result<(), String> {
 
 /// Every expected sidecar (heard from within [`EXPECTED`]), those silent for [`STALE`]
 /// marked stale, by id.
-pub async fn list(g: &GlobalLimits) -> Result<pb::FleetStatusReply, String> {
+pub async fn list(g: &GlobalLimits) -> Result<FleetStatus, String> {
     let now = unix_ms(SystemTime::now());
     let since = now.saturating_sub(ms(EXPECTED));
     let mut pipe = redis::pipe();
@@ -285,7 +285,7 @@ pub async fn list(g: &GlobalLimits) -> Result<pb::FleetStatusReply, String> {
             let f = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
             let u = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
             let silent = now.saturating_sub(*seen);
-            sidecars.push(pb::Sidecar {
+            sidecars.push(Sidecar {
                 id: id.clone(),
                 pod: v.get("pod").and_then(Value::as_str).unwrap_or("").into(),
                 config_version: u("config_version"),
@@ -293,17 +293,17 @@ pub async fn list(g: &GlobalLimits) -> Result<pb::FleetStatusReply, String> {
                 rps: f("rps"),
                 error_rate: f("error_rate"),
                 p95_ms: f("p95_ms"),
-                seen_seconds_ago: silent / 1000,
+                silent_for: Duration::from_millis(silent),
                 stale: silent >= ms(STALE),
             });
         }
     }
     sidecars.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(pb::FleetStatusReply {
+    Ok(FleetStatus {
         version: version.unwrap_or(0),
         sidecars,
-        expected_seconds: EXPECTED.as_secs(),
-        stale_seconds: STALE.as_secs(),
+        expected: EXPECTED,
+        stale: STALE,
     })
 }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
+use floodgate_admin::reply::{Layer, Value};
 use floodgate_config::{Config, Level};
 use tracing::{error, info};
 
@@ -79,22 +80,23 @@ impl Kind {
         )
     }
 
-    pub(crate) fn describe(&self) -> String {
+    /// The value it sets, typed (what the admin plane reports).
+    pub fn value(&self) -> Value {
         match self {
-            Kind::Limit { max_requests, .. } => format!("max_requests {max_requests}"),
-            Kind::Window { window, .. } => format!("window {} s", window.as_secs()),
-            Kind::Level(l) => l.as_str().to_string(),
-            Kind::Aggressive(on) => if *on { "on" } else { "off" }.into(),
-            Kind::Feature { enabled, .. } => if *enabled { "enabled" } else { "disabled" }.into(),
-            Kind::QueueSize(n) => format!("max_size {n}"),
-            Kind::QueueWorkers(n) => format!("max_concurrency {n}"),
-            Kind::Breaker { open, .. } => if *open {
-                "forced open"
-            } else {
-                "forced closed"
-            }
-            .into(),
+            Kind::Limit { max_requests, .. } => Value::MaxRequests(*max_requests),
+            Kind::Window { window, .. } => Value::Window(*window),
+            Kind::Level(l) => Value::Level(*l),
+            Kind::Aggressive(on) => Value::Aggressive(*on),
+            Kind::Feature { enabled, .. } => Value::Feature(*enabled),
+            Kind::QueueSize(n) => Value::QueueSize(*n),
+            Kind::QueueWorkers(n) => Value::QueueWorkers(*n),
+            Kind::Breaker { open, .. } => Value::Breaker(*open),
         }
+    }
+
+    /// The value in words, as listings, reports and the audit log say it.
+    pub(crate) fn describe(&self) -> String {
+        self.value().to_string()
     }
 }
 
@@ -146,12 +148,12 @@ impl AdminState {
 
     /// The override in force for `key` and its layer, the highest of local, fleet and
     /// schedule (`None`: the config's baseline).
-    pub fn holder(&self, key: &str) -> Option<(&Override, &'static str)> {
+    pub fn holder(&self, key: &str) -> Option<(&Override, Layer)> {
         self.overrides
             .get(key)
-            .map(|o| (o, "local"))
-            .or_else(|| self.fleet.get(key).map(|o| (o, "fleet")))
-            .or_else(|| self.scheduled.get(key).map(|o| (o, "schedule")))
+            .map(|o| (o, Layer::Local))
+            .or_else(|| self.fleet.get(key).map(|o| (o, Layer::Fleet)))
+            .or_else(|| self.scheduled.get(key).map(|o| (o, Layer::Schedule)))
     }
 
     /// The fleet override version applied here.
@@ -215,11 +217,6 @@ impl AdminState {
 /// ([`floodgate_config::MAX_REQUESTS`]).
 pub(crate) fn scaled(max: u64, multiplier: f64) -> u64 {
     ((max as f64 * multiplier).round().max(1.0) as u64).min(floodgate_config::MAX_REQUESTS)
-}
-
-pub(crate) fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What the config file alone gives `key`, for "before -> after" reports.
@@ -295,11 +292,11 @@ pub fn knobs(file: &Config, features: &[String]) -> Vec<String> {
 
 /// `key`'s layers from the top: each override holding it (local, fleet, schedule), then
 /// the baseline. The first is in force; the next is what it falls back to.
-pub fn chain<'a>(admin: &'a AdminState, key: &str) -> Vec<(&'a Override, &'static str)> {
+pub fn chain<'a>(admin: &'a AdminState, key: &str) -> Vec<(&'a Override, Layer)> {
     [
-        (admin.overrides.get(key), "local"),
-        (admin.fleet.get(key), "fleet"),
-        (admin.scheduled.get(key), "schedule"),
+        (admin.overrides.get(key), Layer::Local),
+        (admin.fleet.get(key), Layer::Fleet),
+        (admin.scheduled.get(key), Layer::Schedule),
     ]
     .into_iter()
     .filter_map(|(o, layer)| o.map(|o| (o, layer)))
@@ -307,10 +304,10 @@ pub fn chain<'a>(admin: &'a AdminState, key: &str) -> Vec<(&'a Override, &'stati
 }
 
 /// `key`'s value in force and where it comes from, as `value (layer: who)`.
-pub fn in_effect(file: &Config, admin: &AdminState, key: &str) -> (String, &'static str) {
+pub fn in_effect(file: &Config, admin: &AdminState, key: &str) -> (String, Layer) {
     match admin.holder(key) {
         Some((o, layer)) => (o.kind.describe(), layer),
-        None => (baseline(file, key), "baseline"),
+        None => (baseline(file, key), Layer::Baseline),
     }
 }
 

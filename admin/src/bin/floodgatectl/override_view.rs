@@ -1,25 +1,33 @@
-//! Overrides as scripts read them. The proto carries an override's value in words
-//! (`max_requests 2000 per 60 s`); until it carries typed fields, they are parsed here from
-//! those words, under the names the proto would give them, so JSON and YAML readers get
-//! `"max_requests": 2000` now and the same shape later.
+//! Overrides as scripts read them: the proto's fields, the value typed among them
+//! (`"max_requests": 2000`). A sidecar older than the typed fields sends the value only in
+//! words (`max_requests 2000 per 60 s`); for it the same fields are parsed from the words,
+//! so a script reads one shape from every version.
 
 use floodgate_admin::pb;
 use serde::Serialize;
 
-/// One override: the proto's fields, then the typed ones its value holds.
+/// One override: the proto's fields (the typed value among them), or for an older sidecar
+/// the typed fields parsed from its words.
 #[derive(Serialize)]
 pub(crate) struct OverrideView<'a> {
     #[serde(flatten)]
     pub(crate) raw: &'a pb::Override,
-    #[serde(flatten)]
-    pub(crate) typed: Typed,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub(crate) parsed: Option<Typed>,
 }
 
 impl<'a> OverrideView<'a> {
     pub(crate) fn new(raw: &'a pb::Override) -> Self {
+        let typed = raw.max_requests.is_some()
+            || raw.window_seconds.is_some()
+            || raw.level.is_some()
+            || raw.enabled.is_some()
+            || raw.max_size.is_some()
+            || raw.max_concurrency.is_some()
+            || raw.open.is_some();
         Self {
             raw,
-            typed: Typed::parse(&raw.value),
+            parsed: (!typed).then(|| Typed::parse(&raw.value)),
         }
     }
 }
@@ -50,7 +58,8 @@ impl<'a> ChangeView<'a> {
     }
 }
 
-/// The typed fields of an override's value; those it does not hold are left out.
+/// The typed fields of an older sidecar's override value, parsed from its words; those it
+/// does not hold are left out.
 #[derive(Serialize, Default, Debug, PartialEq)]
 pub(crate) struct Typed {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,6 +74,8 @@ pub(crate) struct Typed {
     pub(crate) max_size: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) open: Option<bool>,
 }
 
 impl Typed {
@@ -88,6 +99,8 @@ impl Typed {
                 [level @ ("full" | "degraded" | "minimal")] => t.level = Some((*level).into()),
                 ["enabled" | "on"] => t.enabled = Some(true),
                 ["disabled" | "off"] => t.enabled = Some(false),
+                ["forced", "open"] => t.open = Some(true),
+                ["forced", "closed"] => t.open = Some(false),
                 _ => {}
             }
         }
@@ -111,6 +124,7 @@ mod tests {
         assert_eq!(Typed::parse("degraded").level.as_deref(), Some("degraded"));
         assert_eq!(Typed::parse("disabled").enabled, Some(false));
         assert_eq!(Typed::parse("on").enabled, Some(true));
+        assert_eq!(Typed::parse("forced closed").open, Some(false));
         let q = Typed::parse("max_size 5000, max_concurrency 20");
         assert_eq!((q.max_size, q.max_concurrency), (Some(5000), Some(20)));
         assert_eq!(Typed::parse("something new"), Typed::default());
@@ -121,6 +135,7 @@ mod tests {
         let o = pb::Override {
             key: "limit:api".into(),
             value: "max_requests 2000".into(),
+            max_requests: Some(2000),
             ..Default::default()
         };
         let v = serde_json::to_value(OverrideView::new(&o)).unwrap();
@@ -128,5 +143,23 @@ mod tests {
         assert_eq!(v["value"], "max_requests 2000");
         assert_eq!(v["max_requests"], 2000);
         assert!(v.get("window_seconds").is_none(), "{v}");
+        assert!(v.get("open").is_none(), "{v}");
+    }
+
+    #[test]
+    fn an_older_sidecars_words_give_the_same_json() {
+        let old = pb::Override {
+            key: "limit:api".into(),
+            value: "max_requests 2000".into(),
+            ..Default::default()
+        };
+        let new = pb::Override {
+            max_requests: Some(2000),
+            ..old.clone()
+        };
+        assert_eq!(
+            serde_json::to_value(OverrideView::new(&old)).unwrap(),
+            serde_json::to_value(OverrideView::new(&new)).unwrap()
+        );
     }
 }
