@@ -158,6 +158,15 @@ impl From<Status> for pb::StatusReply {
                 .into_iter()
                 .map(|(reason, total)| pb::Shed { reason, total })
                 .collect(),
+            schedules: s
+                .schedules
+                .into_iter()
+                .map(|c| pb::Schedule {
+                    name: c.name,
+                    active_until: c.active_until.map_or(0, unix_s),
+                    next_start: c.next_start.map_or(0, unix_s),
+                })
+                .collect(),
         }
     }
 }
@@ -274,6 +283,11 @@ mod tests {
             fleet_version: 0,
             version: "0".into(),
             shed: vec![("rate_limited".into(), 3)],
+            schedules: vec![crate::reply::ScheduleStatus {
+                name: "peak".into(),
+                active_until: None,
+                next_start: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(60)),
+            }],
         };
         let p = pb::StatusReply::from(s);
         let q = p.queue.unwrap();

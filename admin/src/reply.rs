@@ -252,6 +252,19 @@ pub struct Status {
     pub version: String,
     /// Requests refused by policy since start, by reason.
     pub shed: Vec<(String, u64)>,
+    /// The config's schedules: which hold now and when each starts next.
+    pub schedules: Vec<ScheduleStatus>,
+}
+
+/// One of the config's `schedules`, seen from now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleStatus {
+    /// Name.
+    pub name: String,
+    /// When the activation holding now ends; `None`: not active.
+    pub active_until: Option<SystemTime>,
+    /// When it next starts; `None`: never again.
+    pub next_start: Option<SystemTime>,
 }
 
 /// One sidecar of the fleet, as its last heartbeat said.

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use floodgate_admin::control::{Control, ControlError, Op, Request};
 use floodgate_admin::reply::{
     self, BreakerStatus, Degradation, Event, FleetStatus, IndicatorStatus, Knob, KnobChange, Layer,
-    LimitStatus, Outcome, QueueStatus, Status,
+    LimitStatus, Outcome, QueueStatus, ScheduleStatus, Status,
 };
 use floodgate_config::Config;
 
@@ -19,7 +19,7 @@ use crate::overrides::audit::AuditCtx;
 use crate::overrides::model::{
     baseline, chain, in_effect, knobs, scaled, AdminState, Kind, Override,
 };
-use crate::overrides::schedule::{next_start, schedule_of};
+use crate::overrides::schedule::{next_start, schedule_of, timeline};
 use crate::state::Runtime;
 
 /// The admin plane's handle on the runtime.
@@ -771,6 +771,14 @@ impl Control for RuntimeControl {
             fleet_version,
             version: env!("CARGO_PKG_VERSION").into(),
             shed,
+            schedules: timeline(&file, chrono::Utc::now())
+                .into_iter()
+                .map(|(name, active_until, next_start)| ScheduleStatus {
+                    name,
+                    active_until,
+                    next_start,
+                })
+                .collect(),
         }
     }
 

@@ -139,6 +139,23 @@ async fn a_schedule_active_then_a_rollback_puts_the_baseline_in_effect_and_says_
         max_requests(&a) == 6
     })
     .await;
+    // `status` shows the schedule holding and when it starts next (every minute).
+    let st = a.op(&["status"]);
+    assert!(
+        st.contains("schedule always: active, ends in ") && st.contains("; next start in "),
+        "{st}"
+    );
+    let js = json(&a, &["status"]);
+    let sch = &js["schedules"][0];
+    assert_eq!(sch["name"], "always");
+    let (until, next) = (
+        sch["active_until"].as_u64().unwrap(),
+        sch["next_start"].as_u64().unwrap(),
+    );
+    assert!(
+        until > next && next > 0,
+        "ends an hour after it started; {sch}"
+    );
     let out = a.op(&["limits", "restore", "--all", "--reason", "rollback"]);
     assert!(
         out.contains("every limit back to its config baseline"),

@@ -5,9 +5,21 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use floodgate_config::Config;
+use floodgate_config::{Config, Schedule};
 
 use super::model::{scaled, Kind, Override};
+
+/// The activation of `s` holding at `now`: when it started and when it ends. A pattern
+/// that fails to parse (the config was validated, so it should not) holds never.
+fn activation(
+    s: &Schedule,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    let cron = s.cron.parse::<croner::Cron>().ok()?;
+    let start = cron.find_previous_occurrence(&now, true).ok()?;
+    let end = start + chrono::Duration::from_std(s.duration).ok()?;
+    (now < end).then_some((start, end))
+}
 
 /// The overrides the config's schedules ask for at `now`.
 pub fn scheduled_at(
@@ -16,20 +28,9 @@ pub fn scheduled_at(
 ) -> BTreeMap<String, Override> {
     let mut out = BTreeMap::new();
     for s in &file.schedules {
-        // Validated with the config; a pattern that still fails is skipped.
-        let Ok(cron) = s.cron.parse::<croner::Cron>() else {
+        let Some((start, end)) = activation(s, now) else {
             continue;
         };
-        let Ok(start) = cron.find_previous_occurrence(&now, true) else {
-            continue;
-        };
-        let Ok(duration) = chrono::Duration::from_std(s.duration) else {
-            continue;
-        };
-        let end = start + duration;
-        if now >= end {
-            continue;
-        }
         let made = |kind: Kind| Override {
             kind,
             reason: format!(
@@ -78,6 +79,21 @@ pub fn next_start(
     cron.find_next_occurrence(&now, false)
         .ok()
         .map(SystemTime::from)
+}
+
+/// Each of the config's schedules at `now`: its name, when the activation holding now ends
+/// (`None`: not active), and when it next starts (`None`: never again).
+pub fn timeline(
+    file: &Config,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, Option<SystemTime>, Option<SystemTime>)> {
+    file.schedules
+        .iter()
+        .map(|s| {
+            let ends = activation(s, now).map(|(_, end)| SystemTime::from(end));
+            (s.name.clone(), ends, next_start(file, &s.name, now))
+        })
+        .collect()
 }
 
 /// The schedule an override of the schedule layer comes from (its author is
@@ -139,6 +155,20 @@ mod tests {
             "ends 720 minutes after 08:00"
         );
         assert_eq!(on["level"].author, "schedule:weekday_peak");
+        let t = |d, h, m| timeline(&cfg, at(d, h, m));
+        assert_eq!(
+            t(30, 9, 30),
+            [(
+                "weekday_peak".to_string(),
+                Some(SystemTime::from(at(30, 20, 0))),
+                Some(SystemTime::from(
+                    chrono::Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap()
+                ))
+            )],
+            "active until 20:00, next on Tuesday at 08:00"
+        );
+        assert_eq!(t(29, 9, 0)[0].1, None, "not active on a Sunday");
+        assert_eq!(t(29, 9, 0)[0].2, Some(SystemTime::from(at(30, 8, 0))));
         assert!(
             scheduled_at(&cfg, at(30, 7, 59)).is_empty(),
             "before it fires"

@@ -77,6 +77,7 @@ pub(crate) fn status(s: &pb::StatusReply) -> String {
         "overrides in force: {}   fleet sync: {} (version {})\n",
         s.overrides, s.fleet, s.fleet_version
     );
+    out += &schedules(&s.schedules, unix_now());
     out += "\n";
     out += &limits(&s.limits);
     if !s.breakers.is_empty() {
@@ -101,6 +102,37 @@ pub(crate) fn status(s: &pb::StatusReply) -> String {
         ]);
     }
     out + &t.render()
+}
+
+/// One line per schedule: `schedule weekday_peak: active, ends in 3h 2m (...); next start
+/// in 2d 20h (...)`. Times in UTC, as the config's cron patterns are.
+fn schedules(schedules: &[pb::Schedule], now: u64) -> String {
+    let at = |unix: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    schedules
+        .iter()
+        .map(|c| {
+            let held = match c.active_until {
+                0 => "not active".to_string(),
+                end => format!(
+                    "active, ends in {} ({})",
+                    human_duration(end.saturating_sub(now)),
+                    at(end)
+                ),
+            };
+            let next = match c.next_start {
+                0 => "never starts again".to_string(),
+                start => format!(
+                    "next start in {} ({})",
+                    human_duration(start.saturating_sub(now)),
+                    at(start)
+                ),
+            };
+            format!("schedule {}: {held}; {next}\n", c.name)
+        })
+        .collect()
 }
 
 pub(crate) fn limits(limits: &[pb::Limit]) -> String {
@@ -334,6 +366,24 @@ pub(crate) fn change(reply: &pb::ChangeReply, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_says_whether_it_holds_and_when_it_starts_next() {
+        let c = |active_until, next_start| pb::Schedule {
+            name: "weekday_peak".into(),
+            active_until,
+            next_start,
+        };
+        let now = 1_764_576_000; // 2025-12-01T08:00:00Z
+        assert_eq!(
+            schedules(&[c(now + 3 * 3600, now + 86_400)], now),
+            "schedule weekday_peak: active, ends in 3h (2025-12-01T11:00:00Z); next start in 1d (2025-12-02T08:00:00Z)\n"
+        );
+        assert_eq!(
+            schedules(&[c(0, 0)], now),
+            "schedule weekday_peak: not active; never starts again\n"
+        );
+    }
 
     #[test]
     fn time_left_reads_in_its_two_largest_units() {
