@@ -937,15 +937,9 @@ impl ProxyHttp for Floodgate {
             .map_or("default", |r| r.name.as_str());
         let elapsed = ctx.start.elapsed();
         let rt = &self.rt;
-        rt.metrics
-            .requests
-            .with_label_values(&[route, method, rt.status_labels.get(status)])
-            .inc();
-        if let Some(h) = ctx.snap.route_duration.get(ctx.route) {
-            h.observe(elapsed.as_secs_f64());
-        }
         // Only the app's outcomes feed error rate and latency: the sidecar's own answers
         // are instant and would let shedding raise the error rate that triggers shedding.
+        // Before the request counter: one who sees a request counted sees it in the load.
         match ctx.reason {
             Some(Reason::UpstreamUnavailable | Reason::UpstreamTimeout | Reason::UpstreamError) => {
                 ctx.snap.load.record_app(elapsed, true);
@@ -953,6 +947,13 @@ impl ProxyHttp for Floodgate {
             Some(_) => ctx.snap.load.record_own(),
             None if !ctx.abandoned => ctx.snap.load.record_app(elapsed, status >= 500),
             None => {}
+        }
+        rt.metrics
+            .requests
+            .with_label_values(&[route, method, rt.status_labels.get(status)])
+            .inc();
+        if let Some(h) = ctx.snap.route_duration.get(ctx.route) {
+            h.observe(elapsed.as_secs_f64());
         }
         if let Some(r) = ctx.reason {
             rt.metrics

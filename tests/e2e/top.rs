@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::admin::{admitted, fleet_config, fleet_synced, Admin, LIMITED};
-use crate::support::{eventually, floodgatectl, Upstream};
+use crate::support::{eventually, floodgatectl, http_get, Upstream};
 
 /// The one-sidecar table's header, as `top --once` prints it.
 const HEAD: [&str; 12] = [
@@ -76,6 +76,70 @@ async fn top_once_prints_a_header_and_the_sidecars_row_and_json_for_scripts() {
     let yaml: serde_json::Value =
         serde_yaml::from_str(&a.op(&["top", "--once", "-o", "yaml"])).unwrap();
     assert_eq!(yaml["sidecar"], a.addr.as_str());
+}
+
+/// The indicators `top` shows, as `GET /status` reports them now, by name.
+async fn status_indicators(port: u16) -> std::collections::BTreeMap<String, f64> {
+    let (_, _, body) = http_get(port, "/status").await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["indicators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["value"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// After a load, `top --once` shows the numbers `/status` reports at the same moment. With
+/// no new requests the latency percentiles and the error rate hold still and must be equal;
+/// the request rate is the span's count over the time covered so far, so it only falls while
+/// the span fills: `top`'s lies between the `/status` readings taken just before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_once_after_a_load_shows_what_status_reports_at_the_same_moment() {
+    let up = Upstream::start("app").await;
+    let a = Admin::start(&up, "").await;
+    for _ in 0..200 {
+        http_get(a.fg.port, "/").await.unwrap();
+    }
+    // Logged (and so in the load indicators) a moment after the client has its answer.
+    a.fg.wait_metric(
+        "http_requests_total{method=\"GET\",route=\"default\",status=\"200\"}",
+        200.0,
+    )
+    .await;
+    let before = status_indicators(a.fg.metrics_port).await;
+    let top: serde_json::Value =
+        serde_json::from_str(&a.op(&["top", "--once", "-o", "json"])).unwrap();
+    let after = status_indicators(a.fg.metrics_port).await;
+    for (field, indicator) in [
+        ("error_rate", "error_rate"),
+        ("p50_ms", "latency_p50_ms"),
+        ("p95_ms", "latency_p95_ms"),
+        ("p99_ms", "latency_p99_ms"),
+    ] {
+        assert_eq!(
+            before[indicator], after[indicator],
+            "{indicator} held still"
+        );
+        assert_eq!(
+            top[field].as_f64(),
+            Some(before[indicator]),
+            "{field} vs /status {indicator}: {top} / {before:?}"
+        );
+    }
+    assert!(before["latency_p50_ms"] > 0.0, "{before:?}");
+    let rps = top["rps"].as_f64().unwrap();
+    assert!(
+        after["request_rate"] <= rps && rps <= before["request_rate"] && rps > 0.0,
+        "rps {rps} between /status's {} and {}",
+        before["request_rate"],
+        after["request_rate"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
