@@ -8,6 +8,7 @@ mod decode;
 pub mod error;
 mod locate;
 pub mod model;
+mod notes;
 pub mod raw;
 mod validate;
 mod wiring;
@@ -17,6 +18,7 @@ use std::path::Path;
 
 pub use error::{ConfigErrors, FieldError, LoadError};
 pub use model::*;
+pub use notes::notes;
 pub use validate::{parse, DEFAULT_ROUTE, TOP_LEVEL};
 pub use wiring::Wiring;
 

@@ -122,7 +122,12 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     let mut bad = false;
     for f in files {
         match floodgate_config::load(f) {
-            Ok(_) => println!("{}: ok", f.display()),
+            Ok(cfg) => {
+                println!("{}: ok", f.display());
+                for n in floodgate_config::notes(&cfg) {
+                    eprintln!("{}: note: {n}", f.display());
+                }
+            }
             Err(e) => {
                 bad = true;
                 eprint!("{e}");
@@ -165,6 +170,9 @@ fn start(
     config: floodgate_config::Config,
 ) -> Result<(), String> {
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+    for n in floodgate_config::notes(&config) {
+        tracing::info!("config note: {n}");
+    }
     let listen = config.listen;
     let metrics_listen = config.metrics_listen;
     let server_cfg = config.server.clone();

@@ -30,6 +30,30 @@ fn validate_accepts_the_shipped_examples() {
 }
 
 #[test]
+fn validate_notes_a_level_feature_no_route_has_and_still_says_ok() {
+    // The reference (like the product's example) names `analytics` in its levels with no
+    // route of that feature: allowed, the app reads it from the disabled-features header.
+    let f = repo("config/reference.yaml");
+    let (code, out, err) = floodgate(&["validate", &f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "{f}: note: degradation.levels.degraded[1]: feature `analytics` is on no route"
+        )),
+        "{err}"
+    );
+    // floodgatectl says the same, also on stderr, so `ok` stays the only line on stdout.
+    let ctl = Command::new(crate::support::floodgatectl())
+        .args(["config", "validate", &f])
+        .output()
+        .unwrap();
+    assert!(ctl.status.success());
+    assert_eq!(String::from_utf8_lossy(&ctl.stdout), format!("{f}: ok\n"));
+    assert!(String::from_utf8_lossy(&ctl.stderr).contains("feature `analytics` is on no route"));
+}
+
+#[test]
 fn validate_prints_every_error_with_file_line_and_path_and_exits_1() {
     let f = repo("config/tests/fixtures/invalid/references.yaml");
     let (code, _, err) = floodgate(&["validate", &f]);

@@ -84,7 +84,12 @@ fn offline(command: &Command, format: Output, out: &mut Out) -> Option<Result<()
             .map_err(Stop::from)
             .and_then(|text| out.put(&text)),
         Command::Config(ConfigCmd::Validate { file }) => match floodgate_config::load(file) {
-            Ok(_) => out.put(&format!("{}: ok\n", file.display())),
+            Ok(cfg) => {
+                for n in floodgate_config::notes(&cfg) {
+                    eprintln!("{}: note: {n}", file.display());
+                }
+                out.put(&format!("{}: ok\n", file.display()))
+            }
             Err(e) => Err(Failure(5, e.to_string()).into()),
         },
         Command::Completion { shell } => {
