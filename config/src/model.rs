@@ -182,14 +182,40 @@ pub struct Limit {
 }
 
 /// Rate-limit response fields to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitHeaders {
     /// `RateLimit-Policy` / `RateLimit`.
     pub ietf: bool,
     /// `X-RateLimit-*`.
     pub legacy: bool,
-    /// Admitted responses carry them too (rejections always do).
-    pub on_admitted: bool,
+    /// Which admitted responses carry them (rejections always do).
+    pub on_admitted: OnAdmitted,
+    /// With [`OnAdmitted::NearLimit`]: the share of the quota left below which they do.
+    pub near_limit_ratio: f64,
+}
+
+/// Which admitted responses carry the rate-limit fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAdmitted {
+    /// Once the quota left is below `near_limit_ratio` of the limit, as Envoy's ratelimit
+    /// service reports "near limit": a client learns it is close, and the fields cost nothing
+    /// while it is not.
+    NearLimit,
+    /// Every admitted response.
+    Always,
+    /// None: only rejections (429).
+    Never,
+}
+
+impl OnAdmitted {
+    /// The name the config spells it with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnAdmitted::NearLimit => "near_limit",
+            OnAdmitted::Always => "always",
+            OnAdmitted::Never => "never",
+        }
+    }
 }
 
 /// Admission queue.

@@ -351,10 +351,46 @@ pub struct RawRateLimitHeaders {
     /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`; default true.
     #[serde(default)]
     pub legacy: Option<bool>,
-    /// Admitted responses carry the fields too; default true. `false`: only rejections
-    /// (429) carry them, which makes an admitted request's limit check several times cheaper.
+    /// Which admitted responses carry the fields (rejections always do): `near_limit`
+    /// (default: once a limit's remaining quota is below `near_limit_ratio` of it), `always`,
+    /// or `never`; `true` and `false` are read as `always` and `never`.
     #[serde(default)]
-    pub on_admitted: Option<bool>,
+    pub on_admitted: Option<RawOnAdmitted>,
+    /// With `on_admitted: near_limit`, the share of the quota left below which admitted
+    /// responses carry the fields; above 0, at most 1 (default 0.2).
+    #[serde(default)]
+    pub near_limit_ratio: Option<f64>,
+}
+
+/// `on_admitted`: a mode's name, or the older true/false.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(rename = "OnAdmitted")]
+pub enum RawOnAdmitted {
+    /// `true` = `always`, `false` = `never`.
+    Flag(bool),
+    /// `near_limit`, `always` or `never`.
+    Mode(String),
+}
+
+// By hand rather than `untagged`, whose error ("did not match any variant") names no choice.
+impl<'de> Deserialize<'de> for RawOnAdmitted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawOnAdmitted;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("near_limit, always or never")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RawOnAdmitted::Flag(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawOnAdmitted::Mode(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Admission queue.

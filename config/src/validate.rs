@@ -345,14 +345,7 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         redis,
         routes: checked_routes,
         limits: checked_limits,
-        rate_limit_headers: {
-            let h = rl_headers.unwrap_or_default();
-            RateLimitHeaders {
-                ietf: h.ietf.unwrap_or(true),
-                legacy: h.legacy.unwrap_or(true),
-                on_admitted: h.on_admitted.unwrap_or(true),
-            }
-        },
+        rate_limit_headers: check_rate_limit_headers(cx, rl_headers.unwrap_or_default()),
         queue,
         circuit_breaker,
         load_indicators,
@@ -867,6 +860,39 @@ fn check_indicators(cx: &mut Ctx, raw: RawLoadIndicators) -> LoadIndicators {
         };
     }
     out
+}
+
+fn check_rate_limit_headers(cx: &mut Ctx, h: RawRateLimitHeaders) -> RateLimitHeaders {
+    let on_admitted = match h.on_admitted {
+        None => OnAdmitted::NearLimit,
+        Some(RawOnAdmitted::Flag(true)) => OnAdmitted::Always,
+        Some(RawOnAdmitted::Flag(false)) => OnAdmitted::Never,
+        Some(RawOnAdmitted::Mode(m)) => match m.as_str() {
+            "near_limit" => OnAdmitted::NearLimit,
+            "always" => OnAdmitted::Always,
+            "never" => OnAdmitted::Never,
+            _ => {
+                cx.err(
+                    "rate_limit_headers.on_admitted",
+                    format!("expected near_limit, always or never, got \"{m}\""),
+                );
+                OnAdmitted::NearLimit
+            }
+        },
+    };
+    let near_limit_ratio = h.near_limit_ratio.unwrap_or(0.2);
+    if !(near_limit_ratio > 0.0 && near_limit_ratio <= 1.0) {
+        cx.err(
+            "rate_limit_headers.near_limit_ratio",
+            format!("must be above 0 and at most 1 (a share of the quota), got {near_limit_ratio}"),
+        );
+    }
+    RateLimitHeaders {
+        ietf: h.ietf.unwrap_or(true),
+        legacy: h.legacy.unwrap_or(true),
+        on_admitted,
+        near_limit_ratio,
+    }
 }
 
 fn check_degradation(

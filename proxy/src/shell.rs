@@ -755,10 +755,11 @@ impl ProxyHttp for Floodgate {
             session.set_keepalive(None);
         }
         // Rejections are answered before this and always carry the fields.
+        let which = ctx.snap.config.rate_limit_headers;
         if let Some(v) = ctx
             .limit
             .as_ref()
-            .filter(|_| ctx.snap.config.rate_limit_headers.on_admitted)
+            .filter(|v| headers::on_admitted(which.on_admitted, which.near_limit_ratio, &v.outcome))
         {
             rate_limit_headers(upstream_response, &ctx.snap, v)?;
         }

@@ -111,7 +111,8 @@ async fn redis_outage_falls_back_to_the_local_share_then_recovers() {
         40,
         3600,
         "[]",
-        "",
+        // Every admitted answer says where it was decided (its policy's quota).
+        "rate_limit_headers: { on_admitted: always }\n",
     );
     let fg = Sidecar::start(up.port, &cfg).await;
     on_redis(&fg, "g").await;

@@ -253,7 +253,7 @@ async fn global_cluster_master_killed_sends_only_its_keys_local() {
     let up = Upstream::start("app").await;
     let redis = format!("  cluster: [{}]\n", cluster.urls().join(", "));
     let cfg = format!(
-        "redis:\n{redis}  timeout_ms: 1000\n  expected_replicas: 2\nlimits:\n  - name: per_user\n    key: [\"header:x-user\"]\n    max_requests: 1000\n    window_seconds: 3600\n    strategy: fixed_window\n    scope: global\n"
+        "redis:\n{redis}  timeout_ms: 1000\n  expected_replicas: 2\nlimits:\n  - name: per_user\n    key: [\"header:x-user\"]\n    max_requests: 1000\n    window_seconds: 3600\n    strategy: fixed_window\n    scope: global\nrate_limit_headers: {{ on_admitted: always }}\n"
     );
     let fleet = [
         Sidecar::start(up.port, &cfg).await,

@@ -8,6 +8,9 @@ use bytes::Bytes;
 
 use crate::support::*;
 
+/// Admitted answers carry the fields too (the default sends them near the limit only).
+const ALWAYS: &str = "rate_limit_headers: { on_admitted: always }\n";
+
 fn limit_yaml(name: &str, max: u64, extra: &str) -> String {
     format!(
         "limits:\n  - name: {name}\n    key: [client_ip]\n    max_requests: {max}\n    window_seconds: 60\n    strategy: fixed_window\n{extra}"
@@ -17,7 +20,8 @@ fn limit_yaml(name: &str, max: u64, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_window_admits_exactly_n_of_3n_with_headers_on_both_answers() {
     let up = Upstream::start("app").await;
-    let fg = Sidecar::start(up.port, &limit_yaml("per_client", 5, "")).await;
+    // Fields on every admitted answer, to check each one (the default is near_limit).
+    let fg = Sidecar::start(up.port, &limit_yaml("per_client", 5, ALWAYS)).await;
     let mut statuses = Vec::new();
     for i in 0..15u64 {
         let (status, h, body) = http_get(fg.port, "/x").await.unwrap();
@@ -136,10 +140,37 @@ async fn header_keys_make_separate_buckets_and_a_missing_header_is_one_bucket() 
     assert_eq!(get(None).await.unwrap().status(), 429);
 }
 
+/// By default an admitted answer carries the fields only once less than a fifth of the
+/// quota is left; a rejection always does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_the_fields_come_near_the_limit_and_on_every_rejection() {
+    let up = Upstream::start("app").await;
+    let fg = Sidecar::start(up.port, &limit_yaml("per_client", 10, "")).await;
+    let mut carried = Vec::new();
+    for _ in 0..11 {
+        let (status, h, _) = http_get(fg.port, "/x").await.unwrap();
+        carried.push((
+            status,
+            h.get("x-ratelimit-remaining")
+                .map(|v| v.to_str().unwrap().to_string()),
+            h.contains_key("ratelimit-policy"),
+        ));
+    }
+    let want: Vec<(u16, Option<String>, bool)> = (0..11u64)
+        .map(|i| match i {
+            // 9 .. 2 left of 10: not below 0.2 of it.
+            0..=7 => (200, None, false),
+            8 | 9 => (200, Some((9 - i).to_string()), true),
+            _ => (429, Some("0".to_string()), true),
+        })
+        .collect();
+    assert_eq!(carried, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_counts_of_unchanged_and_resized_limits_and_resets_redefined_ones() {
     let up = Upstream::start("app").await;
-    let fg = Sidecar::start(up.port, &limit_yaml("steady", 2, "")).await;
+    let fg = Sidecar::start(up.port, &limit_yaml("steady", 2, ALWAYS)).await;
     for _ in 0..2 {
         assert_eq!(http_get(fg.port, "/x").await.unwrap().0, 200);
     }
@@ -154,7 +185,7 @@ async fn reload_keeps_counts_of_unchanged_and_resized_limits_and_resets_redefine
             &format!("{routes}{limit}"),
         )
     };
-    fg.write_config(&config(limit_yaml("steady", 2, "")));
+    fg.write_config(&config(limit_yaml("steady", 2, ALWAYS)));
     fg.wait_metric("floodgate_config_version", 2.0).await;
     assert_eq!(
         http_get(fg.port, "/x").await.unwrap().0,
@@ -162,7 +193,7 @@ async fn reload_keeps_counts_of_unchanged_and_resized_limits_and_resets_redefine
         "still limited after the reload"
     );
     // Only its size changes (2 -> 3): the 2 counted still count, one more passes.
-    fg.write_config(&config(limit_yaml("steady", 3, "")));
+    fg.write_config(&config(limit_yaml("steady", 3, ALWAYS)));
     fg.wait_metric("floodgate_config_version", 3.0).await;
     let (status, h, _) = http_get(fg.port, "/x").await.unwrap();
     assert_eq!(status, 200);
@@ -171,7 +202,7 @@ async fn reload_keeps_counts_of_unchanged_and_resized_limits_and_resets_redefine
     assert_eq!(http_get(fg.port, "/x").await.unwrap().0, 429);
     // Redefined (another window length): it starts afresh.
     fg.write_config(&config(
-        limit_yaml("steady", 3, "").replace("window_seconds: 60", "window_seconds: 30"),
+        limit_yaml("steady", 3, ALWAYS).replace("window_seconds: 60", "window_seconds: 30"),
     ));
     fg.wait_metric("floodgate_config_version", 4.0).await;
     let (status, h, _) = http_get(fg.port, "/x").await.unwrap();
@@ -185,7 +216,7 @@ async fn legacy_headers_can_be_switched_off() {
     let fg = Sidecar::start(
         up.port,
         &format!(
-            "rate_limit_headers: {{ legacy: false }}\n{}",
+            "rate_limit_headers: {{ legacy: false, on_admitted: always }}\n{}",
             limit_yaml("l", 5, "")
         ),
     )
@@ -221,7 +252,7 @@ async fn fields_can_be_kept_for_rejections_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_with_several_windows_is_decided_by_the_tightest() {
     let up = Upstream::start("app").await;
-    let extra = "limits:\n  - name: two\n    max_requests: 5\n    window_seconds: 60\n    strategy: fixed_window\n    windows:\n      - { max_requests: 2, window_seconds: 3600 }\n";
+    let extra = "rate_limit_headers: { on_admitted: always }\nlimits:\n  - name: two\n    max_requests: 5\n    window_seconds: 60\n    strategy: fixed_window\n    windows:\n      - { max_requests: 2, window_seconds: 3600 }\n";
     let fg = Sidecar::start(up.port, extra).await;
     let (_, h, _) = http_get(fg.port, "/").await.unwrap();
     assert_eq!(

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use floodgate_config::Limit;
+use floodgate_config::{Limit, OnAdmitted};
 use http::HeaderValue;
 
 use crate::limiter::Outcome;
@@ -174,6 +174,17 @@ pub fn lookup<'a>(prepared: &'a [Prepared], name: &str, o: &Outcome) -> Cow<'a, 
     }
 }
 
+/// Whether an admitted response carries the rate-limit fields: always, never, or once the
+/// quota left is below `near_limit_ratio` of the limit (a client close to it learns so; one
+/// far from it is not sent five fields per response it has no use for).
+pub fn on_admitted(mode: OnAdmitted, near_limit_ratio: f64, o: &Outcome) -> bool {
+    match mode {
+        OnAdmitted::Always => true,
+        OnAdmitted::Never => false,
+        OnAdmitted::NearLimit => (o.remaining as f64) < near_limit_ratio * o.limit as f64,
+    }
+}
+
 /// Whole seconds, rounded up: a client that waits this long will not be early.
 pub fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -197,6 +208,27 @@ fn sf_escape(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn near_limit_sends_the_fields_once_less_than_the_ratio_of_the_quota_is_left() {
+        let o = |remaining| Outcome {
+            allowed: true,
+            limit: 100,
+            remaining,
+            reset: Duration::from_secs(60),
+            retry_after: Duration::ZERO,
+            window: Duration::from_secs(60),
+        };
+        let near = |r| on_admitted(OnAdmitted::NearLimit, 0.2, &o(r));
+        assert!(!near(99) && !near(20), "20 of 100 left is not below 0.2");
+        assert!(near(19) && near(0));
+        assert!(on_admitted(OnAdmitted::Always, 0.2, &o(99)));
+        assert!(!on_admitted(OnAdmitted::Never, 0.2, &o(0)));
+        assert!(
+            on_admitted(OnAdmitted::NearLimit, 1.0, &o(99)),
+            "1.0: all but a full quota"
+        );
+    }
 
     /// The fields for an outcome no prepared value describes, made per response.
     fn policy_value(name: &str, o: &Outcome) -> Option<HeaderValue> {
