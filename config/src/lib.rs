@@ -18,7 +18,7 @@ use std::path::Path;
 pub use error::{ConfigErrors, FieldError, LoadError};
 pub use model::*;
 pub use validate::{parse, DEFAULT_ROUTE, TOP_LEVEL};
-pub use wiring::Wiring;
+pub use wiring::{BadListener, ListenerWiring, Wiring};
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {

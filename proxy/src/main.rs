@@ -93,6 +93,7 @@ fn main() -> ExitCode {
         upstream: cli.upstream,
         metrics_listen: cli.metrics_listen,
         admin_listen: cli.admin_listen,
+        listeners: Vec::new(),
     };
     match (cli.command, cli.config) {
         (Some(Command::Validate { files }), _) => validate(&files),
@@ -164,8 +165,11 @@ fn start(
     wiring: floodgate_config::Wiring,
     config: floodgate_config::Config,
 ) -> Result<(), String> {
+    if config.listeners.len() > 1 {
+        return Err("several listeners are not served yet; give one".into());
+    }
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
-    let listen = config.listen;
+    let listen = config.listeners[0].listen;
     let metrics_listen = config.metrics_listen;
     let server_cfg = config.server.clone();
     let clock = floodgate_policy::Clock::monotonic();

@@ -55,7 +55,10 @@ pub fn restart_only(
     file: &floodgate_config::Config,
 ) -> Vec<&'static str> {
     let checks: [(&'static str, bool); 7] = [
-        ("listen", running.listen != file.listen),
+        (
+            "listen",
+            running.listeners[0].listen != file.listeners[0].listen,
+        ),
         (
             "metrics.listen",
             running.metrics_listen != file.metrics_listen,

@@ -34,6 +34,7 @@ impl Router {
                 methods: None,
                 host: None,
                 headers: Vec::new(),
+                listener: None,
                 feature: None,
                 priority: Priority::Normal,
             },

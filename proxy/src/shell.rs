@@ -352,7 +352,7 @@ impl Floodgate {
     fn breaker_moved(&self, snap: &Snapshot, t: Option<Transition>) {
         if let Some(t) = t {
             self.rt
-                .breaker_moved(snap.config.upstream.address.as_str(), t);
+                .breaker_moved(snap.config.listeners[0].upstream.address.as_str(), t);
         }
     }
 
@@ -766,7 +766,7 @@ impl ProxyHttp for Floodgate {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let up = &ctx.snap.config.upstream;
+        let up = &ctx.snap.config.listeners[0].upstream;
         let mut peer = HttpPeer::new(ctx.snap.upstream, false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);

@@ -104,7 +104,7 @@ impl Base {
         clock: &Clock,
     ) -> Result<Self, BuildError> {
         use std::net::ToSocketAddrs;
-        let address = &config.upstream.address;
+        let address = &config.listeners[0].upstream.address;
         let upstream = address
             .to_socket_addrs()
             .map_err(|e| BuildError::Resolve {
@@ -408,13 +408,14 @@ impl Runtime {
         if let Some(cb) = &snap.config.circuit_breaker {
             self.breaker.configure(cb.clone());
         }
-        let address = &snap.config.upstream.address;
-        if let Some(prev) = previous.filter(|p| &p.config.upstream.address != address) {
+        let address = &snap.config.listeners[0].upstream.address;
+        if let Some(prev) = previous.filter(|p| &p.config.listeners[0].upstream.address != address)
+        {
             // Another app: what the breaker learned about the old one does not apply.
             self.breaker.reset();
             let _ = m
                 .breaker_state
-                .remove_label_values(&[prev.config.upstream.address.as_str()]);
+                .remove_label_values(&[prev.config.listeners[0].upstream.address.as_str()]);
         }
         let state = if snap.config.circuit_breaker.is_some() {
             self.breaker.state().0.gauge()

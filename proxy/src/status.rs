@@ -57,7 +57,7 @@ impl Status {
             aggressive_cache: snap.degrade.aggressive,
             cache: snap.routes.cache.stats(),
             version: snap.version,
-            upstream: snap.config.upstream.address.clone(),
+            upstream: snap.config.listeners[0].upstream.address.clone(),
             queue_configured: snap.config.queue.is_some(),
             queue,
             drain_rate: rt.admission.drain_rate(),

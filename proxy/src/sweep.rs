@@ -49,7 +49,7 @@ fn sweep(rt: &Runtime) {
     let snap = rt.current.load_full();
     if snap.config.circuit_breaker.is_some() {
         if let (_, Some(t)) = rt.breaker.tick() {
-            rt.breaker_moved(&snap.config.upstream.address, t);
+            rt.breaker_moved(&snap.config.listeners[0].upstream.address, t);
         }
     }
     // Automatic degradation looks at the indicators once a second.
