@@ -95,12 +95,22 @@ impl Status {
         let counted = m.cache_evictions.get();
         m.cache_evictions
             .inc_by(self.cache.evictions.saturating_sub(counted));
-        m.queue_depth.set(i64::from(self.queue.depth));
-        m.inflight.set(i64::from(self.queue.inflight));
-        if let Some((state, _)) = self.breaker {
-            m.breaker_state
-                .with_label_values(&[self.upstream.as_str()])
-                .set(state.gauge());
+        let snap = rt.current.load();
+        for (i, lane) in rt.lanes.iter().enumerate() {
+            let name = [lane.name.as_str()];
+            let q = lane.admission.stats();
+            m.queue_depth
+                .with_label_values(m.by_listener(&name))
+                .set(i64::from(q.depth));
+            m.inflight
+                .with_label_values(m.by_listener(&name))
+                .set(i64::from(q.inflight));
+            if let (Some(_), Some(upstream)) = (&snap.config.circuit_breaker, snap.lane_upstream(i))
+            {
+                m.breaker_state
+                    .with_label_values(m.by_listener(&[lane.name.as_str(), upstream]))
+                    .set(lane.breaker.state().0.gauge());
+            }
         }
         for r in &self.indicators {
             let name = r.indicator.as_str();
