@@ -15,6 +15,7 @@ const TASK_EXAMPLES: &[&str] = &[
     "examples/cached-fallback.yaml",
     "examples/slow-app-queue.yaml",
     "examples/scheduled-event.yaml",
+    "examples/http-and-grpc.yaml",
 ];
 
 #[test]
