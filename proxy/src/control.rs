@@ -729,12 +729,7 @@ impl Control for RuntimeControl {
             "degraded",
         ]
         .into_iter()
-        .map(|reason| {
-            (
-                reason.to_string(),
-                rt.metrics.shed_total(reason),
-            )
-        })
+        .map(|reason| (reason.to_string(), rt.metrics.shed_total(reason)))
         .collect();
         let (level, auto_level, manual_level) = st.degradation;
         Status {

@@ -149,6 +149,18 @@ async fn the_http_listeners_breaker_opening_leaves_the_grpc_listener_alone() {
     );
     assert_eq!(fg.metric(&grpc_breaker).await, Some(0.0));
     assert_eq!(fg.metric(&http_breaker).await, Some(2.0));
+    // `/status` shows each listener with its upstream and its breaker.
+    let (_, _, body) = http_get(fg.metrics_port, "/status").await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listeners = v["listeners"].as_array().unwrap();
+    let (http, grpc) = (&listeners[0], &listeners[1]);
+    assert_eq!(http["name"], "http", "{body}");
+    assert_eq!(http["upstream"], format!("127.0.0.1:{}", app.port));
+    assert_eq!(http["circuit_breaker"]["state"], "open", "{body}");
+    assert_eq!(grpc["name"], "grpc");
+    assert_eq!(grpc["upstream"], format!("127.0.0.1:{}", server.port));
+    assert_eq!(grpc["listen"], format!("127.0.0.1:{grpc_port}"));
+    assert_eq!(grpc["circuit_breaker"]["state"], "closed", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
