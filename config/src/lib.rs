@@ -20,7 +20,7 @@ pub use error::{ConfigErrors, FieldError, LoadError};
 pub use model::*;
 pub use notes::notes;
 pub use validate::{parse, DEFAULT_ROUTE, TOP_LEVEL};
-pub use wiring::Wiring;
+pub use wiring::{BadListener, ListenerWiring, Wiring};
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {

@@ -14,10 +14,12 @@ pub use crate::raw::{
 /// A checked Floodgate configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Inbound listen address.
-    pub listen: SocketAddr,
-    /// The app.
-    pub upstream: Upstream,
+    /// The ports the sidecar accepts traffic on, each with its own upstream; never empty.
+    /// The one-listener form (top-level `listen` + `upstream`) is one named `default`.
+    pub listeners: Vec<Listener>,
+    /// The file used `listeners:` (or the command line `--listener`) rather than the
+    /// one-listener form; metrics then carry a `listener` label.
+    pub named_listeners: bool,
     /// Metrics/health listen address, if any.
     pub metrics_listen: Option<SocketAddr>,
     /// Admin plane.
@@ -46,6 +48,37 @@ pub struct Config {
     pub server: Server,
 }
 
+/// Name of the one listener of the one-listener form (top-level `listen` + `upstream`).
+pub const DEFAULT_LISTENER: &str = "default";
+
+/// One port the sidecar accepts traffic on, and the app port it forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Unique name (`default` in the one-listener form); routes may match on it.
+    pub name: String,
+    /// Inbound listen address.
+    pub listen: SocketAddr,
+    /// The app port behind it.
+    pub upstream: Upstream,
+}
+
+impl Config {
+    /// The listener named `name`, if any.
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// The config key of `listener`'s `listen` as the file spells it: `listen` in the
+    /// one-listener form, `listeners.NAME.listen` otherwise.
+    pub fn listen_key(&self, listener: &str) -> String {
+        if self.named_listeners {
+            format!("listeners.{listener}.listen")
+        } else {
+            "listen".to_string()
+        }
+    }
+}
+
 /// The app behind the sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
@@ -61,6 +94,21 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Protocol to the app.
     pub protocol: UpstreamProtocol,
+}
+
+impl Upstream {
+    /// An upstream at `address` with the documented defaults: connect 1 s, read and write
+    /// 30 s, idle 60 s, protocol `auto`.
+    pub fn with_address(address: String) -> Self {
+        Self {
+            address,
+            connect_timeout: Duration::from_millis(1000),
+            read_timeout: Duration::from_millis(30_000),
+            write_timeout: Duration::from_millis(30_000),
+            idle_timeout: Duration::from_millis(60_000),
+            protocol: UpstreamProtocol::Auto,
+        }
+    }
 }
 
 /// Admin plane settings.
@@ -122,6 +170,8 @@ pub struct Route {
     pub host: Option<String>,
     /// Header conditions (lower-case names).
     pub headers: Vec<(String, String)>,
+    /// The listener the request came in on, when the route is for one only.
+    pub listener: Option<String>,
     /// Degradation feature.
     pub feature: Option<String>,
     /// Priority.

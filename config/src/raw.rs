@@ -13,10 +13,19 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 #[schemars(title = "Floodgate sidecar configuration", rename = "FloodgateConfig")]
 pub struct RawConfig {
-    /// Address the sidecar accepts the app's inbound traffic on (the pod's service port), `ip:port`.
-    pub listen: String,
-    /// The app the sidecar forwards to.
-    pub upstream: RawUpstream,
+    /// Address the sidecar accepts the app's inbound traffic on (the pod's service port),
+    /// `ip:port`. With `upstream`, the one-listener form (a listener named `default`);
+    /// required unless `listeners` is given, and not allowed with it.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The app the sidecar forwards to (the one-listener form, with `listen`).
+    #[serde(default)]
+    pub upstream: Option<RawUpstream>,
+    /// Several ports, each with its own upstream, queue and circuit breaker (an app with an
+    /// HTTP and a gRPC port): instead of `listen` + `upstream`. Read at start-up for the
+    /// ports; a reload changes upstreams live.
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
     /// Prometheus `/metrics`, `/healthz` and `/readyz`.
     #[serde(default)]
     pub metrics: Option<RawMetrics>,
@@ -58,6 +67,20 @@ pub struct RawConfig {
     /// Process-level settings of the proxy.
     #[serde(default)]
     pub server: Option<RawServer>,
+}
+
+/// One port of the sidecar and the app port behind it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Listener")]
+pub struct RawListener {
+    /// Unique name (letters, digits, `-`, `_`): the `listener` label of metrics and access
+    /// lines, and what a route's `match.listener` names.
+    pub name: String,
+    /// `ip:port` this listener accepts traffic on (read at start-up: a change needs a restart).
+    pub listen: String,
+    /// The app port it forwards to; its queue and circuit breaker are this listener's own.
+    pub upstream: RawUpstream,
 }
 
 /// The upstream application.
@@ -228,6 +251,10 @@ pub struct RawMatch {
     /// Each named header is present with exactly this value.
     #[serde(default)]
     pub headers: Option<BTreeMap<String, String>>,
+    /// The request came in on this listener (a name under `listeners`; `default` in the
+    /// one-listener form).
+    #[serde(default)]
+    pub listener: Option<String>,
 }
 
 /// Route priority.

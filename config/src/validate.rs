@@ -25,6 +25,7 @@ pub const DEFAULT_ROUTE: &str = "default";
 pub const TOP_LEVEL: &[&str] = &[
     "listen",
     "upstream",
+    "listeners",
     "metrics",
     "admin",
     "redis",
@@ -185,18 +186,36 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         }
     }
 
-    let listen: Option<String> = match take(&mut map, "listen") {
+    let (raw_listen, raw_upstream) = (take(&mut map, "listen"), take(&mut map, "upstream"));
+    let raw_listeners = take(&mut map, "listeners");
+    let named_listeners = raw_listeners.is_some();
+    if named_listeners {
+        if let Some(key) = [("listen", &raw_listen), ("upstream", &raw_upstream)]
+            .into_iter()
+            .find_map(|(k, v)| v.is_some().then_some(k))
+        {
+            cx.err(
+                key,
+                "give either `listeners` (one or more named ports) or the top-level `listen` and \
+                 `upstream` (one listener, named `default`), not both; move `listen` and \
+                 `upstream` into an item of `listeners`",
+            );
+        }
+    }
+    let listen: Option<String> = match raw_listen {
         Some(v) => cx.decode("listen", v),
+        None if named_listeners => None,
         None => {
             cx.err(
                 "listen",
-                "missing required key `listen` (e.g. `listen: 0.0.0.0:8080`)",
+                "missing required key `listen` (e.g. `listen: 0.0.0.0:8080`), or `listeners:` for several ports",
             );
             None
         }
     };
-    let upstream: Option<RawUpstream> = match take(&mut map, "upstream") {
+    let upstream: Option<RawUpstream> = match raw_upstream {
         Some(v) => cx.decode("upstream", v),
+        None if named_listeners => None,
         None => {
             cx.err(
                 "upstream",
@@ -205,6 +224,16 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
             None
         }
     };
+    let before_listeners = cx.errors.len();
+    let listeners: Vec<Option<RawListener>> = decode_list(cx, "listeners", raw_listeners);
+    if named_listeners && listeners.is_empty() && cx.errors.len() == before_listeners {
+        cx.err(
+            "listeners",
+            "lists no listeners; give at least one `{ name, listen, upstream }`",
+        );
+    }
+    // A route's listener can be checked once every listener decoded (as for limits' routes).
+    let listeners_decoded = cx.errors.len() == before_listeners;
     let metrics: Option<RawMetrics> =
         take(&mut map, "metrics").and_then(|v| cx.decode("metrics", v));
     let admin: Option<RawAdmin> = take(&mut map, "admin").and_then(|v| cx.decode("admin", v));
@@ -231,7 +260,33 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
     let server: Option<RawServer> = take(&mut map, "server").and_then(|v| cx.decode("server", v));
 
     // === addresses ===
-    let listen = listen.and_then(|l| socket_addr(cx, "listen", &l));
+    // The names a route may match on, whether or not each listener's addresses are good.
+    let mut listener_names: Vec<String> = if named_listeners {
+        listeners
+            .iter()
+            .flatten()
+            .filter(|l| valid_listener_name(&l.name))
+            .map(|l| l.name.clone())
+            .collect()
+    } else {
+        vec![DEFAULT_LISTENER.to_string()]
+    };
+    listener_names.sort_unstable();
+    listener_names.dedup();
+    let checked_listeners = if named_listeners {
+        check_listeners(cx, listeners)
+    } else {
+        let listen = listen.and_then(|l| socket_addr(cx, "listen", &l));
+        let upstream = upstream.and_then(|u| check_upstream(cx, "upstream", u));
+        match (listen, upstream) {
+            (Some(listen), Some(upstream)) => Some(vec![Listener {
+                name: DEFAULT_LISTENER.to_string(),
+                listen,
+                upstream,
+            }]),
+            _ => None,
+        }
+    };
     let metrics_listen = metrics.and_then(|m| socket_addr(cx, "metrics.listen", &m.listen));
     let admin = admin.and_then(|a| {
         let listen = socket_addr(cx, "admin.listen", &a.listen)?;
@@ -261,18 +316,27 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         }
         Some(admin)
     });
-    for (path, addr, other) in listener_clashes([
-        ("listen", listen),
-        ("metrics.listen", metrics_listen),
-        ("admin.listen", admin.as_ref().map(|a| a.listen)),
-    ]) {
+    let mut ports: Vec<(String, Option<SocketAddr>)> = match &checked_listeners {
+        Some(ls) if named_listeners => ls
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("listeners[{i}].listen"), Some(l.listen)))
+            .collect(),
+        Some(ls) => ls
+            .iter()
+            .map(|l| ("listen".to_string(), Some(l.listen)))
+            .collect(),
+        None => Vec::new(),
+    };
+    ports.push(("metrics.listen".into(), metrics_listen));
+    ports.push(("admin.listen".into(), admin.as_ref().map(|a| a.listen)));
+    for (path, addr, other) in listener_clashes(&ports) {
         cx.err(
             path,
             format!("{addr} is already used by `{other}`; each listener needs its own port"),
         );
     }
 
-    let upstream = upstream.and_then(|u| check_upstream(cx, u));
     let redis = redis.and_then(|r| check_redis(cx, r));
 
     // === routes ===
@@ -283,6 +347,14 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
         let Some(r) = r else { continue };
         let p = format!("routes[{i}]");
         if let Some(route) = check_route(cx, &p, r) {
+            if let Some(problem) = route
+                .listener
+                .as_deref()
+                .filter(|_| listeners_decoded)
+                .and_then(|l| unknown_listener(l, &listener_names))
+            {
+                cx.err(format!("{p}.match.listener"), problem);
+            }
             if route.name == DEFAULT_ROUTE {
                 cx.err(
                     format!("{p}.name"),
@@ -338,8 +410,8 @@ fn check(cx: &mut Ctx, mut map: Mapping) -> Option<Config> {
     let server = check_server(cx, server.unwrap_or_default());
 
     Some(Config {
-        listen: listen?,
-        upstream: upstream?,
+        listeners: checked_listeners?,
+        named_listeners,
         metrics_listen,
         admin,
         redis,
@@ -413,17 +485,84 @@ pub(crate) fn admin_in_clear(admin: &Admin, shown: &str) -> Option<String> {
 }
 
 /// Listeners that reuse an earlier one's address: `(path, address, the earlier path)`.
-pub(crate) fn listener_clashes<const N: usize>(
-    listeners: [(&'static str, Option<SocketAddr>); N],
-) -> Vec<(&'static str, SocketAddr, &'static str)> {
+pub(crate) fn listener_clashes(
+    listeners: &[(String, Option<SocketAddr>)],
+) -> Vec<(&str, SocketAddr, &str)> {
     let mut clashes = Vec::new();
     for (i, (path, addr)) in listeners.iter().enumerate() {
         let Some(addr) = addr else { continue };
         if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| *a == Some(*addr)) {
-            clashes.push((*path, *addr, *other));
+            clashes.push((path.as_str(), *addr, other.as_str()));
         }
     }
     clashes
+}
+
+/// A listener name as metrics labels, flags (`--listener NAME=...`) and breaker names
+/// (`upstream:NAME`) can carry it.
+pub(crate) fn valid_listener_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// What is wrong with a route's `listener: name`, unless it is one of `known`.
+pub(crate) fn unknown_listener(name: &str, known: &[String]) -> Option<String> {
+    if known.iter().any(|k| k == name) {
+        return None;
+    }
+    Some(
+        match crate::words::closest(name, known.iter().map(String::as_str)) {
+            Some(meant) => format!("unknown listener `{name}`; did you mean `{meant}`?"),
+            None => format!(
+                "unknown listener `{name}`; defined listeners: {}",
+                known.join(", ")
+            ),
+        },
+    )
+}
+
+/// The items of `listeners:`: names unique and usable as labels, addresses checked.
+fn check_listeners(cx: &mut Ctx, raw: Vec<Option<RawListener>>) -> Option<Vec<Listener>> {
+    let mut names: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
+    let mut complete = true;
+    for (i, l) in raw.into_iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        let Some(l) = l else {
+            complete = false;
+            continue;
+        };
+        if !valid_listener_name(&l.name) {
+            cx.err(
+                format!("{p}.name"),
+                format!(
+                    "`{}` is not a listener name: use letters, digits, `-` and `_` (e.g. `http`, `grpc`)",
+                    l.name
+                ),
+            );
+        } else if !names.insert(l.name.clone()) {
+            cx.err(
+                format!("{p}.name"),
+                format!(
+                    "duplicate listener name `{}`; listener names must be unique",
+                    l.name
+                ),
+            );
+        }
+        let listen = socket_addr(cx, &format!("{p}.listen"), &l.listen);
+        let upstream = check_upstream(cx, &format!("{p}.upstream"), l.upstream);
+        match (listen, upstream) {
+            (Some(listen), Some(upstream)) => out.push(Listener {
+                name: l.name,
+                listen,
+                upstream,
+            }),
+            _ => complete = false,
+        }
+    }
+    (complete && !out.is_empty()).then_some(out)
 }
 
 /// `host:port` with a non-zero port, as `upstream.address` must be.
@@ -433,11 +572,11 @@ pub(crate) fn is_host_port(address: &str) -> bool {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
 }
 
-fn check_upstream(cx: &mut Ctx, u: RawUpstream) -> Option<Upstream> {
+fn check_upstream(cx: &mut Ctx, p: &str, u: RawUpstream) -> Option<Upstream> {
     let ok = is_host_port(&u.address);
     if !ok {
         cx.err(
-            "upstream.address",
+            format!("{p}.address"),
             format!(
                 "`{}` is not `host:port` with a non-zero port (e.g. `127.0.0.1:3000`)",
                 u.address
@@ -447,28 +586,28 @@ fn check_upstream(cx: &mut Ctx, u: RawUpstream) -> Option<Upstream> {
     let up = Upstream {
         connect_timeout: ms(
             cx,
-            "upstream.connect_timeout_ms",
+            &format!("{p}.connect_timeout_ms"),
             u.connect_timeout_ms,
             1000,
             60_000,
         ),
         read_timeout: ms(
             cx,
-            "upstream.read_timeout_ms",
+            &format!("{p}.read_timeout_ms"),
             u.read_timeout_ms,
             30_000,
             3_600_000,
         ),
         write_timeout: ms(
             cx,
-            "upstream.write_timeout_ms",
+            &format!("{p}.write_timeout_ms"),
             u.write_timeout_ms,
             30_000,
             3_600_000,
         ),
         idle_timeout: ms(
             cx,
-            "upstream.idle_timeout_ms",
+            &format!("{p}.idle_timeout_ms"),
             u.idle_timeout_ms,
             60_000,
             3_600_000,
@@ -617,6 +756,7 @@ fn check_route(cx: &mut Ctx, p: &str, r: RawRoute) -> Option<Route> {
         methods: m.methods,
         host: m.host.map(|h| h.to_ascii_lowercase()),
         headers,
+        listener: m.listener,
         feature: r.feature,
         priority: r.priority,
     })

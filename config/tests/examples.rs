@@ -15,6 +15,7 @@ const TASK_EXAMPLES: &[&str] = &[
     "examples/cached-fallback.yaml",
     "examples/slow-app-queue.yaml",
     "examples/scheduled-event.yaml",
+    "examples/http-and-grpc.yaml",
 ];
 
 #[test]
@@ -62,9 +63,9 @@ fn every_example_is_checked_and_says_when_to_use_it() {
 #[test]
 fn shape_file_keeps_every_key_meaning() {
     let c = floodgate_config::load(&manifest("examples/shape.yaml")).unwrap();
-    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.upstream.address, "127.0.0.1:3000");
-    assert_eq!(c.upstream.read_timeout.as_millis(), 30000);
+    assert_eq!(c.listeners[0].listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.listeners[0].upstream.address, "127.0.0.1:3000");
+    assert_eq!(c.listeners[0].upstream.read_timeout.as_millis(), 30000);
     assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9090");
     assert_eq!(c.admin.as_ref().unwrap().tokens.len(), 2);
     assert_eq!(c.redis.as_ref().unwrap().expected_replicas.get(), 3);

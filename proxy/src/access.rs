@@ -31,6 +31,8 @@ pub fn init(writer: NonBlocking, format: LogFormat) {
 pub struct Entry<'a> {
     /// Client address.
     pub client: Option<IpAddr>,
+    /// The listener it came in on; `None` in the one-listener form (no field).
+    pub listener: Option<&'a str>,
     /// Method.
     pub method: &'a str,
     /// Path (no query).
@@ -73,6 +75,10 @@ fn text(buf: &mut String, e: &Entry<'_>) {
     if let Some(ip) = e.client {
         let _ = write!(buf, "{ip}");
     }
+    if let Some(l) = e.listener {
+        buf.push_str(" listener=");
+        quoted(buf, l);
+    }
     buf.push_str(" method=");
     quoted(buf, e.method);
     buf.push_str(" path=");
@@ -102,7 +108,12 @@ fn json(buf: &mut String, e: &Entry<'_>) {
     if let Some(ip) = e.client {
         let _ = write!(buf, "{ip}");
     }
-    buf.push_str("\",\"method\":");
+    buf.push('"');
+    if let Some(l) = e.listener {
+        buf.push_str(",\"listener\":");
+        json_str(buf, l);
+    }
+    buf.push_str(",\"method\":");
     json_str(buf, e.method);
     buf.push_str(",\"path\":");
     json_str(buf, e.path);
@@ -240,6 +251,7 @@ mod tests {
     fn entry() -> Entry<'static> {
         Entry {
             client: "10.0.0.7".parse().ok(),
+            listener: None,
             method: "GET",
             path: "/a\"b\\c",
             route: "api",
@@ -259,6 +271,28 @@ mod tests {
             tail,
             "client=10.0.0.7 method=\"GET\" path=\"/a\\\"b\\\\c\" route=\"api\" status=429 duration_ms=1.500 reason=\"rate_limited\" error=\"\"\n"
         );
+    }
+
+    #[test]
+    fn named_listeners_put_the_listener_on_the_line() {
+        let e = Entry {
+            listener: Some("grpc"),
+            ..entry()
+        };
+        let mut s = String::new();
+        text(&mut s, &e);
+        assert!(
+            s.contains("access: client=10.0.0.7 listener=\"grpc\" method=\"GET\""),
+            "{s}"
+        );
+        s.clear();
+        json(&mut s, &e);
+        let v: serde_json::Value = serde_json::from_str(s.trim_end()).unwrap();
+        assert_eq!(v["listener"], "grpc");
+        assert_eq!(v["client"], "10.0.0.7");
+        s.clear();
+        json(&mut s, &entry());
+        assert!(!s.contains("listener"), "{s}");
     }
 
     #[test]

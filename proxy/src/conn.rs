@@ -66,7 +66,6 @@ pub fn preface(read: &[u8]) -> Preface {
 pub struct Bounded<A> {
     inner: Arc<A>,
     rt: Arc<Runtime>,
-    open: AtomicU32,
 }
 
 impl<A> Bounded<A> {
@@ -76,7 +75,6 @@ impl<A> Bounded<A> {
         Self {
             inner: Arc::new(inner),
             rt,
-            open: AtomicU32::new(0),
         }
     }
 
@@ -108,10 +106,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
     ) -> Option<Stream> {
         let server = self.rt.current.load().config.server.clone();
         let metrics = &self.rt.metrics;
-        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        // One count for every listener: `server.max_connections` is the sidecar's.
+        let open = self.rt.connections.fetch_add(1, Ordering::Relaxed) + 1;
         metrics.connections_open.inc();
         let _place = Place {
-            open: &self.open,
+            open: &self.rt.connections,
             gauge: &metrics.connections_open,
         };
         if open > server.max_connections {

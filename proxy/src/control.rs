@@ -377,7 +377,9 @@ impl RuntimeControl {
                 }
                 let snap = rt.current.load();
                 if name == "upstream" {
-                    rt.breaker.reset();
+                    for lane in &rt.lanes {
+                        lane.breaker.reset();
+                    }
                 } else if let Some(b) = name
                     .strip_prefix("feature:")
                     .and_then(|f| snap.routes.feature_breakers().find(|(n, _)| *n == f))
@@ -727,12 +729,7 @@ impl Control for RuntimeControl {
             "degraded",
         ]
         .into_iter()
-        .map(|reason| {
-            (
-                reason.to_string(),
-                rt.metrics.shed.with_label_values(&[reason]).get(),
-            )
-        })
+        .map(|reason| (reason.to_string(), rt.metrics.shed_total(reason)))
         .collect();
         let (level, auto_level, manual_level) = st.degradation;
         Status {

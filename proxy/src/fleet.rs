@@ -39,7 +39,7 @@ pub fn identity(rt: &Runtime) -> (String, String) {
     let pod = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "unknown".into());
-    let listen = rt.current.load().config.listen;
+    let listen = rt.boot.listeners[0].listen;
     (format!("{pod}/{listen}"), pod)
 }
 

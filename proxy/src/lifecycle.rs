@@ -127,7 +127,12 @@ fn apply_breakers(rt: &Runtime) {
             .collect()
     };
     let snap = rt.current.load_full();
-    let breakers = std::iter::once(("upstream".to_string(), &rt.breaker)).chain(
+    // `upstream` holds every listener's upstream breaker (the one-listener form has one).
+    let upstreams = rt
+        .lanes
+        .iter()
+        .map(|l| ("upstream".to_string(), &l.breaker));
+    let breakers = upstreams.chain(
         snap.routes
             .feature_breakers()
             .map(|(f, b)| (format!("feature:{f}"), b)),

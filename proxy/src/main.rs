@@ -43,6 +43,18 @@ struct Cli {
     /// The app's `host:port`, replacing the file's `upstream.address`.
     #[arg(long, value_name = "HOST:PORT", env = "FLOODGATE_UPSTREAM")]
     upstream: Option<String>,
+    /// A listener `NAME=LISTEN,UPSTREAM` (e.g. `grpc=0.0.0.0:15081,127.0.0.1:9999`); repeat for
+    /// each port. Given, the listeners are exactly these, each keeping the timeouts and
+    /// protocol of the file's listener of that name (the one-listener form's is `default`).
+    /// The environment takes several separated by spaces. Not with --listen/--upstream.
+    #[arg(
+        long = "listener",
+        value_name = "NAME=LISTEN,UPSTREAM",
+        env = "FLOODGATE_LISTENERS",
+        value_delimiter = ' ',
+        conflicts_with_all = ["listen", "upstream"]
+    )]
+    listeners: Vec<floodgate_config::ListenerWiring>,
     /// Metrics, /healthz and /readyz address, replacing (or setting) `metrics.listen`.
     #[arg(long, value_name = "ADDR", env = "FLOODGATE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -57,6 +69,8 @@ const EXAMPLES: &str = "Examples:
   floodgate --config config/examples/quickstart.yaml
   floodgate --config /etc/floodgate/config/floodgate.yaml \\
       --listen 0.0.0.0:15080 --upstream 127.0.0.1:8080 --metrics-listen 0.0.0.0:15090
+  floodgate --config floodgate.yaml --listener http=0.0.0.0:15080,127.0.0.1:9898 \\
+      --listener grpc=0.0.0.0:15081,127.0.0.1:9999
   floodgate validate /etc/floodgate/floodgate.yaml
   floodgate schema > floodgate.schema.json
   floodgate health --addr 127.0.0.1:15090     (exit 0 when /readyz answers 200)
@@ -93,6 +107,7 @@ fn main() -> ExitCode {
         upstream: cli.upstream,
         metrics_listen: cli.metrics_listen,
         admin_listen: cli.admin_listen,
+        listeners: cli.listeners,
     };
     match (cli.command, cli.config) {
         (Some(Command::Validate { files }), _) => validate(&files),
@@ -169,11 +184,16 @@ fn start(
     wiring: floodgate_config::Wiring,
     config: floodgate_config::Config,
 ) -> Result<(), String> {
-    let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+    let metrics = Metrics::with_listener_label(config.named_listeners)
+        .map_err(|e| format!("metrics: {e}"))?;
     for n in floodgate_config::notes(&config) {
         tracing::info!("config note: {n}");
     }
-    let listen = config.listen;
+    let listens: Vec<(String, std::net::SocketAddr)> = config
+        .listeners
+        .iter()
+        .map(|l| (config.listen_key(&l.name), l.listen))
+        .collect();
     let metrics_listen = config.metrics_listen;
     let server_cfg = config.server.clone();
     let clock = floodgate_policy::Clock::monotonic();
@@ -219,8 +239,10 @@ fn start(
     let rt = Runtime::new(snapshot, path, wiring, metrics, clock);
 
     // Bind what we can up front so a taken port is a clear start-up error, not a log line.
-    std::net::TcpListener::bind(listen)
-        .map_err(|e| format!("cannot listen on `listen` {listen}: {e}"))?;
+    for (key, listen) in &listens {
+        std::net::TcpListener::bind(listen)
+            .map_err(|e| format!("cannot listen on `{key}` {listen}: {e}"))?;
+    }
     let metrics_listener = match metrics_listen {
         Some(addr) => Some(
             std::net::TcpListener::bind(addr)
@@ -238,24 +260,31 @@ fn start(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut app = pingora_proxy::http_proxy(&server.configuration, Floodgate::new(rt.clone()));
-    let mut opts = HttpServerOptions::default();
-    opts.h2c = true;
-    // An idle h2c connection would otherwise hold one of server.max_connections for ever.
-    opts.h2_idle_timeout = Some(server_cfg.keepalive_timeout);
-    app.server_options = Some(opts);
-    // The connection cap and head deadline stand in front of pingora's HTTP handling.
-    let mut proxy = Service::new(
-        "floodgate proxy".to_string(),
-        floodgate::conn::Bounded::new(app, rt.clone()),
-    );
-    // No L4 read buffer: pingora's default is 64 KiB per connection, which made each queued
-    // request cost ~94 KB of resident memory (10,000 queued: ~900 MiB). Plaintext HTTP reads
-    // into pingora's own header buffer directly, so the buffer saves no syscalls here.
-    proxy.add_listener(
-        ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
-    );
-    server.add_service(proxy);
+    // One pingora service per listener: each port's requests know their listener, and with
+    // it their upstream, queue and breaker.
+    for (index, (_, listen)) in listens.iter().enumerate() {
+        let shell = Floodgate::new(rt.clone(), index)
+            .ok_or_else(|| format!("listener {index} has no runtime state"))?;
+        let mut app = pingora_proxy::http_proxy(&server.configuration, shell);
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = true;
+        // An idle h2c connection would otherwise hold one of server.max_connections for ever.
+        opts.h2_idle_timeout = Some(server_cfg.keepalive_timeout);
+        app.server_options = Some(opts);
+        // The connection cap and head deadline stand in front of pingora's HTTP handling.
+        let name = &rt.lanes[index].name;
+        let mut proxy = Service::new(
+            format!("floodgate proxy ({name})"),
+            floodgate::conn::Bounded::new(app, rt.clone()),
+        );
+        // No L4 read buffer: pingora's default is 64 KiB per connection, which made each queued
+        // request cost ~94 KB of resident memory (10,000 queued: ~900 MiB). Plaintext HTTP reads
+        // into pingora's own header buffer directly, so the buffer saves no syscalls here.
+        proxy.add_listener(
+            ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
+        );
+        server.add_service(proxy);
+    }
     server.add_service(background_service(
         "config reload",
         ReloadService::new(rt.clone()),
@@ -290,11 +319,13 @@ fn start(
         "readiness",
         Readiness {
             rt: rt.clone(),
-            listen,
+            listens: listens.iter().map(|(_, a)| *a).collect(),
         },
     ));
 
-    info!(%listen, upstream = %rt.current.load().upstream, "floodgate starting");
+    for (l, upstream) in rt.boot.listeners.iter().zip(&rt.current.load().upstreams) {
+        info!(listener = l.name.as_str(), listen = %l.listen, %upstream, "floodgate starting");
+    }
     let signals = Signals::new(rt.clone(), server_cfg.drain_timeout);
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
@@ -303,11 +334,11 @@ fn start(
     Ok(())
 }
 
-/// Marks the sidecar ready once its data port accepts connections and the reloader is
+/// Marks the sidecar ready once every data port accepts connections and the reloader is
 /// watching (so a config change or SIGHUP right after ready is not missed or fatal).
 struct Readiness {
     rt: Arc<Runtime>,
-    listen: std::net::SocketAddr,
+    listens: Vec<std::net::SocketAddr>,
 }
 
 #[async_trait::async_trait]
@@ -318,12 +349,22 @@ impl pingora_core::services::background::BackgroundService for Readiness {
                 .rt
                 .reloads_armed
                 .load(std::sync::atomic::Ordering::Acquire);
-            if armed && tokio::net::TcpStream::connect(self.listen).await.is_ok() {
+            if armed && accepting(&self.listens).await {
                 self.rt.set_ready();
-                info!(listen = %self.listen, "ready");
+                info!(listen = ?self.listens, "ready");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// Every one of `listens` accepts a connection now.
+async fn accepting(listens: &[std::net::SocketAddr]) -> bool {
+    for a in listens {
+        if tokio::net::TcpStream::connect(a).await.is_err() {
+            return false;
+        }
+    }
+    true
 }

@@ -1,6 +1,8 @@
 //! The Prometheus metrics Floodgate exports, in one registry. Names follow the runbook's
 //! Grafana queries (`http_requests_total`, `http_request_duration_seconds`) and the
-//! `floodgate_` prefix for everything that is the sidecar's own.
+//! `floodgate_` prefix for everything that is the sidecar's own. With `listeners:` the
+//! per-request and per-upstream series carry a `listener` label; the one-listener form's
+//! series are as they always were (no label), so its dashboards and alerts see no change.
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -15,6 +17,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Every metric the sidecar updates.
 pub struct Metrics {
     registry: Registry,
+    /// The per-request and per-upstream series carry a `listener` label (first).
+    listener_label: bool,
     /// `http_requests_total{route,method,status}`.
     pub requests: IntCounterVec,
     /// `http_request_duration_seconds{route}`.
@@ -28,17 +32,17 @@ pub struct Metrics {
     /// `floodgate_active_requests`: requests being served now, queued ones included.
     pub active: IntGauge,
     /// `floodgate_inflight_requests`: requests holding a slot to the upstream (set at scrape).
-    pub inflight: IntGauge,
+    pub inflight: IntGaugeVec,
     /// `floodgate_queue_depth`: requests waiting for a slot (set at scrape).
-    pub queue_depth: IntGauge,
+    pub queue_depth: IntGaugeVec,
     /// `floodgate_queue_capacity`: `queue.max_size` in force (0 without a queue).
-    pub queue_capacity: IntGauge,
+    pub queue_capacity: IntGaugeVec,
     /// `floodgate_concurrency_limit`: `queue.max_concurrency` in force (0 = no limit).
-    pub concurrency_limit: IntGauge,
+    pub concurrency_limit: IntGaugeVec,
     /// `floodgate_queue_wait_seconds`: time queued, for requests that had to wait.
-    pub queue_wait: Histogram,
+    pub queue_wait: HistogramVec,
     /// `floodgate_queue_abandoned_total`: clients that left while queued.
-    pub queue_abandoned: IntCounter,
+    pub queue_abandoned: IntCounterVec,
     /// `floodgate_shed_total{reason}`: requests the sidecar refused by policy.
     pub shed: IntCounterVec,
     /// `floodgate_circuit_breaker_state{upstream}`: 0 closed, 1 half-open, 2 open.
@@ -143,15 +147,32 @@ pub fn method_label(m: &http::Method) -> &'static str {
 }
 
 impl Metrics {
-    /// Creates and registers every metric, plus process metrics (CPU, RSS, fds).
+    /// Creates and registers every metric, plus process metrics (CPU, RSS, fds), for the
+    /// one-listener form (no `listener` label).
     pub fn new() -> Result<Self, prometheus::Error> {
+        Self::with_listener_label(false)
+    }
+
+    /// [`Metrics::new`], with the `listener` label on per-request and per-upstream series
+    /// when `listener_label` (a config with `listeners:`).
+    pub fn with_listener_label(listener_label: bool) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        // The `listener` label goes first, so one slice of values serves both forms
+        // ([`Metrics::by_listener`]).
+        let by = |names: &[&'static str]| -> Vec<&'static str> {
+            let mut all = Vec::with_capacity(names.len() + 1);
+            if listener_label {
+                all.push("listener");
+            }
+            all.extend_from_slice(names);
+            all
+        };
         let requests = IntCounterVec::new(
             Opts::new(
                 "http_requests_total",
                 "Requests answered, by route, method and status.",
             ),
-            &["route", "method", "status"],
+            &by(&["route", "method", "status"]),
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -159,7 +180,7 @@ impl Metrics {
                 "Time from request received to response finished, by route.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route"],
+            &by(&["route"]),
         )?;
         let reloads = IntCounterVec::new(
             Opts::new(
@@ -177,29 +198,41 @@ impl Metrics {
                 "floodgate_local_responses_total",
                 "Responses produced by the sidecar itself instead of the upstream, by reason.",
             ),
-            &["reason"],
+            &by(&["reason"]),
         )?;
         let active = IntGauge::new(
             "floodgate_active_requests",
             "Requests being served now, queued ones included.",
         )?;
-        let inflight = IntGauge::new(
-            "floodgate_inflight_requests",
-            "Requests in flight to the upstream (holding an admission slot).",
+        let inflight = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_inflight_requests",
+                "Requests in flight to the upstream (holding an admission slot).",
+            ),
+            &by(&[]),
         )?;
-        let queue_depth = IntGauge::new(
-            "floodgate_queue_depth",
-            "Requests waiting in the admission queue.",
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_queue_depth",
+                "Requests waiting in the admission queue.",
+            ),
+            &by(&[]),
         )?;
-        let queue_capacity = IntGauge::new(
-            "floodgate_queue_capacity",
-            "Requests the admission queue holds at most (queue.max_size; 0 without a queue).",
+        let queue_capacity = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_queue_capacity",
+                "Requests the admission queue holds at most (queue.max_size; 0 without a queue).",
+            ),
+            &by(&[]),
         )?;
-        let concurrency_limit = IntGauge::new(
-            "floodgate_concurrency_limit",
-            "Requests allowed in flight to the upstream (queue.max_concurrency; 0 = no limit).",
+        let concurrency_limit = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_concurrency_limit",
+                "Requests allowed in flight to the upstream (queue.max_concurrency; 0 = no limit).",
+            ),
+            &by(&[]),
         )?;
-        let queue_wait = Histogram::with_opts(
+        let queue_wait = HistogramVec::new(
             HistogramOpts::new(
                 "floodgate_queue_wait_seconds",
                 "Time spent in the admission queue by requests that had to wait, whatever the outcome.",
@@ -207,31 +240,35 @@ impl Metrics {
             .buckets(vec![
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
             ]),
+            &by(&[]),
         )?;
-        let queue_abandoned = IntCounter::new(
-            "floodgate_queue_abandoned_total",
-            "Clients that disconnected while their request was queued.",
+        let queue_abandoned = IntCounterVec::new(
+            Opts::new(
+                "floodgate_queue_abandoned_total",
+                "Clients that disconnected while their request was queued.",
+            ),
+            &by(&[]),
         )?;
         let shed = IntCounterVec::new(
             Opts::new(
                 "floodgate_shed_total",
                 "Requests refused by policy, by reason (rate_limited, queue_full, queue_timeout, circuit_open, degraded).",
             ),
-            &["reason"],
+            &by(&["reason"]),
         )?;
         let breaker_state = IntGaugeVec::new(
             Opts::new(
                 "floodgate_circuit_breaker_state",
                 "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
             ),
-            &["upstream"],
+            &by(&["upstream"]),
         )?;
         let breaker_transitions = IntCounterVec::new(
             Opts::new(
                 "floodgate_circuit_breaker_transitions_total",
                 "Circuit breaker state changes per upstream, by the state entered.",
             ),
-            &["upstream", "to"],
+            &by(&["upstream", "to"]),
         )?;
         let indicator_level = IntGaugeVec::new(
             Opts::new(
@@ -437,16 +474,21 @@ impl Metrics {
         // Both results exist from the start so `rate()` and alerts see a zero, not a gap.
         reloads.with_label_values(&["success"]);
         reloads.with_label_values(&["failure"]);
-        for r in [
-            "rate_limited",
-            "queue_full",
-            "queue_timeout",
-            "circuit_open",
-        ] {
-            shed.with_label_values(&[r]);
+        // (With a `listener` label, each listener's series start with its first count.)
+        if !listener_label {
+            for r in [
+                "rate_limited",
+                "queue_full",
+                "queue_timeout",
+                "circuit_open",
+            ] {
+                shed.with_label_values(&[r]);
+            }
+            queue_abandoned.with_label_values::<&str>(&[]);
         }
         Ok(Self {
             registry,
+            listener_label,
             requests,
             duration,
             reloads,
@@ -491,9 +533,36 @@ impl Metrics {
         })
     }
 
-    /// The latency histogram of one route, resolved once per snapshot rather than per request.
-    pub fn route_duration(&self, route: &str) -> Histogram {
-        self.duration.with_label_values(&[route])
+    /// The latency histogram of one route on one listener, resolved once per snapshot
+    /// rather than per request.
+    pub fn route_duration(&self, listener: &str, route: &str) -> Histogram {
+        self.duration
+            .with_label_values(self.by_listener(&[listener, route]))
+    }
+
+    /// The label values for a series whose first value is the listener's name: all of them
+    /// with a `listener` label, the rest without.
+    pub fn by_listener<'a, 'b>(&self, values: &'b [&'a str]) -> &'b [&'a str] {
+        match values.split_first() {
+            Some((_, rest)) if !self.listener_label => rest,
+            _ => values,
+        }
+    }
+
+    /// `floodgate_shed_total{reason}` summed over the listeners.
+    pub fn shed_total(&self, reason: &str) -> u64 {
+        use prometheus::core::Collector;
+        self.shed
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "reason" && l.value() == reason)
+            })
+            .map(|m| m.get_counter().value() as u64)
+            .sum()
     }
 
     /// Everything in Prometheus text format.

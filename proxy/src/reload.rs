@@ -48,14 +48,47 @@ pub enum ReloadError {
     Build(#[from] crate::state::BuildError),
 }
 
+/// A setting read only at start-up that a reload changed: its config key, and what the
+/// running sidecar does about it until it is restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartOnly {
+    /// The key, as `floodgate_config_restart_required_total{setting}` counts it.
+    pub setting: String,
+    /// What happens meanwhile.
+    pub meanwhile: &'static str,
+}
+
 /// The settings read only at start-up that `file` has changed from the `running` ones.
-/// Everything else a reload applies at once.
+/// Everything else a reload applies at once (a listener's upstream among them).
 pub fn restart_only(
     running: &floodgate_config::Config,
     file: &floodgate_config::Config,
-) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 7] = [
-        ("listen", running.listen != file.listen),
+) -> Vec<RestartOnly> {
+    let keeps = "the running sidecar keeps its start-up value until it is restarted";
+    let mut out: Vec<RestartOnly> = Vec::new();
+    // Listeners are bound at start: a port cannot open, move or close on reload.
+    for l in &file.listeners {
+        let meanwhile = match running.listener(&l.name) {
+            None => "a new listener's port is opened only at start-up: it opens when the sidecar is restarted",
+            Some(r) if r.listen != l.listen => {
+                "the listener keeps accepting on its start-up address until the sidecar is restarted (its upstream changes now)"
+            }
+            Some(_) => continue,
+        };
+        out.push(RestartOnly {
+            setting: file.listen_key(&l.name),
+            meanwhile,
+        });
+    }
+    for r in &running.listeners {
+        if file.listener(&r.name).is_none() {
+            out.push(RestartOnly {
+                setting: running.listen_key(&r.name),
+                meanwhile: "the removed listener's port stays open until the sidecar is restarted, answering 503",
+            });
+        }
+    }
+    let checks: [(&'static str, bool); 6] = [
         (
             "metrics.listen",
             running.metrics_listen != file.metrics_listen,
@@ -75,10 +108,16 @@ pub fn restart_only(
             running.logging.format != file.logging.format,
         ),
     ];
-    checks
-        .into_iter()
-        .filter_map(|(name, changed)| changed.then_some(name))
-        .collect()
+    out.extend(
+        checks
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(name, _)| RestartOnly {
+                setting: name.to_string(),
+                meanwhile: keeps,
+            }),
+    );
+    out
 }
 
 /// Validates the file and swaps it in. Returns the new version.
@@ -125,15 +164,15 @@ fn attempt(rt: &Runtime, may_retry: bool) -> Attempt {
     match result {
         Ok(snap) => {
             let version = snap.version;
-            for setting in restart_only(&rt.boot, &snap.config) {
+            for RestartOnly { setting, meanwhile } in restart_only(&rt.boot, &snap.config) {
                 rt.metrics
                     .restart_required
-                    .with_label_values(&[setting])
+                    .with_label_values(&[setting.as_str()])
                     .inc();
                 warn!(
-                    setting,
+                    setting = setting.as_str(),
                     path = %rt.config_path.display(),
-                    "`{setting}` changed, but it is read only at start-up: the running sidecar keeps its start-up value until it is restarted"
+                    "`{setting}` changed, but it is read only at start-up: {meanwhile}"
                 );
             }
             crate::lifecycle::install(rt, snap);

@@ -21,6 +21,8 @@ pub struct RequestView<'a> {
     pub host: Option<&'a str>,
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// Name of the listener the request came in on.
+    pub listener: &'a str,
 }
 
 impl Router {
@@ -34,6 +36,7 @@ impl Router {
                 methods: None,
                 host: None,
                 headers: Vec::new(),
+                listener: None,
                 feature: None,
                 priority: Priority::Normal,
             },
@@ -62,6 +65,9 @@ impl Router {
 }
 
 fn matches(r: &Route, req: &RequestView<'_>) -> bool {
+    if r.listener.as_deref().is_some_and(|l| l != req.listener) {
+        return false;
+    }
     let path_ok = match &r.path {
         PathMatch::Any => true,
         PathMatch::Prefix(p) => req.path.starts_with(p.as_str()),
@@ -120,6 +126,7 @@ mod tests {
             path,
             host,
             headers: &h,
+            listener: "default",
         };
         &r.route(&view).1.name
     }
@@ -162,5 +169,25 @@ mod tests {
             pick(&r, Method::GET, "/z", None, &[("x-tenant", "silver")]),
             "default"
         );
+    }
+
+    #[test]
+    fn a_route_for_one_listener_matches_only_its_requests() {
+        let src = "listeners:\n  - { name: http, listen: 127.0.0.1:8080, upstream: { address: 127.0.0.1:3000 } }\n  - { name: grpc, listen: 127.0.0.1:8081, upstream: { address: 127.0.0.1:3001 } }\nroutes:\n  - { name: rpc, match: { listener: grpc, path_prefix: /pkg. } }\n  - { name: any }\n";
+        let cfg = floodgate_config::parse(src, std::path::Path::new("t")).unwrap();
+        let r = Router::new(cfg.routes);
+        let h = HeaderMap::new();
+        let on = |listener| {
+            let view = RequestView {
+                method: &Method::POST,
+                path: "/pkg.Svc/Call",
+                host: None,
+                headers: &h,
+                listener,
+            };
+            r.route(&view).1.name.clone()
+        };
+        assert_eq!(on("grpc"), "rpc");
+        assert_eq!(on("http"), "any");
     }
 }

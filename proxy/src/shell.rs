@@ -27,7 +27,7 @@ use crate::forwarded;
 use crate::metrics::method_label;
 use crate::respond::{self, Reason};
 use crate::router::RequestView;
-use crate::state::{ActiveGuard, Runtime, Snapshot};
+use crate::state::{ActiveGuard, Lane, Runtime, Snapshot};
 use floodgate_policy::breaker::{self, Ticket, Transition};
 use floodgate_policy::queue::{self, Admit, Permit, Waiting};
 
@@ -35,15 +35,33 @@ use floodgate_policy::queue::{self, Admit, Permit, Waiting};
 /// retrying sooner only adds load.
 const DEGRADED_RETRY_AFTER: &str = "30";
 
-/// The proxy application pingora drives.
+/// The proxy application pingora drives: one per listener, each bound to its own port.
 pub struct Floodgate {
     rt: Arc<Runtime>,
+    /// Which of [`Runtime::lanes`] this application serves.
+    index: usize,
+    lane: Arc<Lane>,
 }
 
 impl Floodgate {
-    /// The application over `rt`.
-    pub fn new(rt: Arc<Runtime>) -> Self {
-        Self { rt }
+    /// The application of `rt`'s listener number `index` (as in [`Runtime::lanes`]);
+    /// `None` when there is no such listener.
+    pub fn new(rt: Arc<Runtime>, index: usize) -> Option<Self> {
+        let lane = rt.lanes.get(index)?.clone();
+        Some(Self { rt, index, lane })
+    }
+
+    /// This listener's name, the first value of its series' labels.
+    fn listener(&self) -> &str {
+        &self.lane.name
+    }
+
+    /// Counts a refusal by policy in `floodgate_shed_total`.
+    fn count_shed(&self, reason: Reason) {
+        let m = &self.rt.metrics;
+        m.shed
+            .with_label_values(m.by_listener(&[self.listener(), reason.as_str()]))
+            .inc();
     }
 }
 
@@ -67,6 +85,9 @@ pub struct Fill {
 /// Per-request state. Holds the one snapshot this request sees from start to end.
 pub struct Ctx {
     snap: Arc<Snapshot>,
+    /// This listener's index in the snapshot's `config.listeners` (`None`: a reload removed
+    /// it, and the request is refused).
+    listener: Option<usize>,
     route: usize,
     start: Instant,
     reason: Option<Reason>,
@@ -322,11 +343,7 @@ impl Floodgate {
                     rate_limit_headers(h, &snap, &v)
                 })
                 .await?;
-                self.rt
-                    .metrics
-                    .shed
-                    .with_label_values(&["rate_limited"])
-                    .inc();
+                self.count_shed(Reason::RateLimited);
                 Ok(true)
             }
             v => {
@@ -349,10 +366,10 @@ impl Floodgate {
         }
     }
 
-    fn breaker_moved(&self, snap: &Snapshot, t: Option<Transition>) {
-        if let Some(t) = t {
-            self.rt
-                .breaker_moved(snap.config.upstream.address.as_str(), t);
+    fn breaker_moved(&self, ctx: &Ctx, t: Option<Transition>) {
+        if let (Some(t), Some(l)) = (t, ctx.listener) {
+            let address = ctx.snap.config.listeners[l].upstream.address.as_str();
+            self.rt.breaker_moved(self.index, address, t);
         }
     }
 
@@ -384,11 +401,7 @@ impl Floodgate {
         if self.rt.is_draining() {
             session.set_keepalive(None);
         }
-        self.rt
-            .metrics
-            .shed
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        self.count_shed(reason);
         let secs = retry_after.as_secs().max(1) + u64::from(retry_after.subsec_nanos() > 0);
         respond::send_full(session, reason, grpc_status, detail, |h| {
             h.insert_header("retry-after", headers::int_value(secs))
@@ -401,7 +414,7 @@ impl Floodgate {
     /// Returns true when the request was refused (and answered).
     async fn admission_gate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let priority = ctx.snap.routes.priority[ctx.route];
-        let waiting = match self.rt.admission.try_acquire(priority) {
+        let waiting = match self.lane.admission.try_acquire(priority) {
             Admit::Now(p) => {
                 ctx.permit = Some(p);
                 return Ok(false);
@@ -476,15 +489,17 @@ impl Floodgate {
                     Err(e) => e,
                     Ok(_) => Error::explain(ErrorType::ConnectionClosed, "client left while queued"),
                 };
-                self.rt.metrics.queue_wait.observe(started.elapsed().as_secs_f64());
-                self.rt.metrics.queue_abandoned.inc();
+                let m = &self.rt.metrics;
+                let lane = [self.listener()];
+                m.queue_wait.with_label_values(m.by_listener(&lane)).observe(started.elapsed().as_secs_f64());
+                m.queue_abandoned.with_label_values(m.by_listener(&lane)).inc();
                 ctx.abandoned = true;
                 return Err(e);
             }
         };
-        self.rt
-            .metrics
-            .queue_wait
+        let m = &self.rt.metrics;
+        m.queue_wait
+            .with_label_values(m.by_listener(&[self.listener()]))
             .observe(started.elapsed().as_secs_f64());
         match outcome {
             Some(permit) => {
@@ -493,7 +508,7 @@ impl Floodgate {
             }
             None => {
                 let fallback = self.queue_timeout(ctx);
-                let retry = self.rt.admission.retry_after().unwrap_or(fallback);
+                let retry = self.lane.admission.retry_after().unwrap_or(fallback);
                 // The caller's own deadline ended the wait: its call is past saving.
                 let (grpc, detail) = if cut_by_deadline {
                     (
@@ -546,7 +561,7 @@ impl Floodgate {
                     .load_indicators
                     .thresholds(Indicator::QueueDepth)
                     .warning;
-                warning.is_some_and(|w| f64::from(self.rt.admission.stats().depth) > w)
+                warning.is_some_and(|w| f64::from(self.lane.admission.stats().depth) > w)
             }
             _ => false,
         };
@@ -607,7 +622,7 @@ impl Floodgate {
         let feature = snap.routes.feature[r].as_deref().unwrap_or("none");
         m.degraded_responses.with_label_values(&[feature]).inc();
         if shed {
-            m.shed.with_label_values(&["degraded"]).inc();
+            self.count_shed(Reason::Degraded);
         }
         let fallback = snap.routes.fallback[r].as_ref();
         if respond::is_grpc(session) {
@@ -656,7 +671,7 @@ impl Floodgate {
         let report = |t: Ticket| if failed { t.failure() } else { t.success() };
         if let Some(t) = main {
             let moved = report(t);
-            self.breaker_moved(&ctx.snap, moved);
+            self.breaker_moved(ctx, moved);
         }
         if let Some(t) = feature {
             if let Some(moved) = report(t) {
@@ -679,8 +694,10 @@ impl ProxyHttp for Floodgate {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        let snap = self.rt.current.load_full();
         Ctx {
-            snap: self.rt.current.load_full(),
+            listener: snap.lanes.get(self.index).copied().flatten(),
+            snap,
             route: 0,
             start: Instant::now(),
             reason: None,
@@ -701,6 +718,19 @@ impl ProxyHttp for Floodgate {
             g.head_done();
         }
         self.keepalive(session, ctx);
+        if ctx.listener.is_none() {
+            // Its port stays bound until a restart; the app behind it is no longer ours to reach.
+            ctx.reason = Some(Reason::UpstreamUnavailable);
+            let detail = format!(
+                "the listener `{}` was removed from the config; its port closes at the next restart",
+                self.listener()
+            );
+            respond::send_with(session, Reason::UpstreamUnavailable, Some(&detail), |_| {
+                Ok(())
+            })
+            .await?;
+            return Ok(true);
+        }
         if let Err(e) = canonicalize(session, ctx.snap.config.server.path_normalization) {
             ctx.reason = Some(Reason::BadRequest);
             respond::send_with(session, Reason::BadRequest, Some(e.detail()), |_| Ok(())).await?;
@@ -716,6 +746,7 @@ impl ProxyHttp for Floodgate {
                     .and_then(|h| h.to_str().ok())
             }),
             headers: &req.headers,
+            listener: &self.lane.name,
         };
         ctx.route = ctx.snap.router.route(&view).0;
         if header_bytes(req) > ctx.snap.config.server.max_request_header_bytes {
@@ -730,8 +761,8 @@ impl ProxyHttp for Floodgate {
             return Ok(true);
         }
         if ctx.snap.config.circuit_breaker.is_some() {
-            let (admit, t) = self.rt.breaker.admit();
-            self.breaker_moved(&ctx.snap, t);
+            let (admit, t) = self.lane.breaker.admit();
+            self.breaker_moved(ctx, t);
             match admit {
                 breaker::Admit::Pass(ticket) => ctx.ticket = Some(ticket),
                 breaker::Admit::Reject { retry_after } => {
@@ -767,8 +798,14 @@ impl ProxyHttp for Floodgate {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let up = &ctx.snap.config.upstream;
-        let mut peer = HttpPeer::new(ctx.snap.upstream, false, String::new());
+        let Some(l) = ctx.listener else {
+            return Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                "the listener was removed from the config",
+            ));
+        };
+        let up = &ctx.snap.config.listeners[l].upstream;
+        let mut peer = HttpPeer::new(ctx.snap.upstreams[l], false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
@@ -938,6 +975,7 @@ impl ProxyHttp for Floodgate {
             .map_or("default", |r| r.name.as_str());
         let elapsed = ctx.start.elapsed();
         let rt = &self.rt;
+        let m = &rt.metrics;
         // Only the app's outcomes feed error rate and latency: the sidecar's own answers
         // are instant and would let shedding raise the error rate that triggers shedding.
         // Before the request counter: one who sees a request counted sees it in the load.
@@ -949,22 +987,31 @@ impl ProxyHttp for Floodgate {
             None if !ctx.abandoned => ctx.snap.load.record_app(elapsed, status >= 500),
             None => {}
         }
-        rt.metrics
-            .requests
-            .with_label_values(&[route, method, rt.status_labels.get(status)])
+        m.requests
+            .with_label_values(m.by_listener(&[
+                self.listener(),
+                route,
+                method,
+                rt.status_labels.get(status),
+            ]))
             .inc();
-        if let Some(h) = ctx.snap.route_duration.get(ctx.route) {
+        if let Some(h) = ctx
+            .snap
+            .route_duration
+            .get(self.index)
+            .and_then(|r| r.get(ctx.route))
+        {
             h.observe(elapsed.as_secs_f64());
         }
         if let Some(r) = ctx.reason {
-            rt.metrics
-                .local_responses
-                .with_label_values(&[r.as_str()])
+            m.local_responses
+                .with_label_values(m.by_listener(&[self.listener(), r.as_str()]))
                 .inc();
         }
         if ctx.snap.config.logging.access_log {
             access::log(&access::Entry {
                 client: client_ip(session),
+                listener: rt.boot.named_listeners.then_some(self.listener()),
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 route,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use std::num::NonZeroU64;
 
-use floodgate_config::{Config, Limit, Scope};
+use floodgate_config::{Config, Limit, Listener, Scope};
 use floodgate_policy::breaker::{Breaker, State, Transition};
 use floodgate_policy::headers::{self, Prepared};
 use floodgate_policy::load::LoadWindow;
@@ -59,10 +59,18 @@ pub struct Base {
     pub config: Config,
     /// Route table.
     pub router: Router,
-    /// Latency histogram per route index (default route last).
-    pub route_duration: Vec<Histogram>,
-    /// The upstream, resolved when the snapshot was built.
-    pub upstream: SocketAddr,
+    /// Latency histogram per bound listener ([`Runtime::lanes`]) and route index (default
+    /// route last).
+    pub route_duration: Vec<Vec<Histogram>>,
+    /// Each listener's upstream (indexed like `config.listeners`), resolved when the snapshot
+    /// was built.
+    pub upstreams: Vec<SocketAddr>,
+    /// The names of the listeners bound at start, in [`Runtime::lanes`] order (carried from
+    /// snapshot to snapshot: ports are bound once).
+    pub lane_names: Arc<[String]>,
+    /// For each bound listener, its index in `config.listeners`; `None` once a reload
+    /// removed it (its port stays open until a restart and answers 503).
+    pub lanes: Vec<Option<usize>>,
     /// Rate limits, with counters carried over from the previous snapshot where unchanged.
     pub limits: LimitSet,
     /// Per limit, its response fields' values prepared for each window, as configured and
@@ -84,8 +92,10 @@ pub struct Base {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The upstream host did not resolve.
-    #[error("upstream.address `{address}` does not resolve: {reason}")]
+    #[error("{key} `{address}` does not resolve: {reason}")]
     Resolve {
+        /// The config key (`upstream.address`, `listeners.NAME.upstream.address`).
+        key: String,
         /// As configured.
         address: String,
         /// Resolver's answer.
@@ -103,23 +113,28 @@ impl Base {
         previous: Option<&Base>,
         clock: &Clock,
     ) -> Result<Self, BuildError> {
-        use std::net::ToSocketAddrs;
-        let address = &config.upstream.address;
-        let upstream = address
-            .to_socket_addrs()
-            .map_err(|e| BuildError::Resolve {
-                address: address.clone(),
-                reason: e.to_string(),
-            })?
-            .next()
-            .ok_or_else(|| BuildError::Resolve {
-                address: address.clone(),
-                reason: "no addresses".into(),
-            })?;
+        let upstreams = config
+            .listeners
+            .iter()
+            .map(|l| resolve(&config, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lane_names: Arc<[String]> = match previous {
+            Some(p) => p.lane_names.clone(),
+            None => config.listeners.iter().map(|l| l.name.clone()).collect(),
+        };
+        let lanes = lane_names
+            .iter()
+            .map(|n| config.listeners.iter().position(|l| &l.name == n))
+            .collect();
         let router = Router::new(config.routes.clone());
-        let route_duration = router
-            .all()
-            .map(|r| metrics.route_duration(&r.name))
+        let route_duration = lane_names
+            .iter()
+            .map(|lane| {
+                router
+                    .all()
+                    .map(|r| metrics.route_duration(lane, &r.name))
+                    .collect()
+            })
             .collect();
         let span = config.load_indicators.window;
         let load = match previous {
@@ -171,7 +186,9 @@ impl Base {
             config,
             router,
             route_duration,
-            upstream,
+            upstreams,
+            lane_names,
+            lanes,
             limits,
             remote_use: effective.iter().map(|_| AtomicU64::new(0)).collect(),
             limit_fields,
@@ -179,6 +196,35 @@ impl Base {
             load,
         })
     }
+}
+
+impl Base {
+    /// The upstream address (as configured) of the listener bound as lane `lane`, unless a
+    /// reload removed that listener.
+    pub fn lane_upstream(&self, lane: usize) -> Option<&str> {
+        let i = self.lanes.get(lane).copied().flatten()?;
+        Some(self.config.listeners.get(i)?.upstream.address.as_str())
+    }
+}
+
+/// `listener`'s upstream address, resolved (blocking).
+fn resolve(config: &Config, listener: &Listener) -> Result<SocketAddr, BuildError> {
+    use std::net::ToSocketAddrs;
+    let address = &listener.upstream.address;
+    let fail = |reason: String| BuildError::Resolve {
+        key: if config.named_listeners {
+            format!("listeners.{}.upstream.address", listener.name)
+        } else {
+            "upstream.address".to_string()
+        },
+        address: address.clone(),
+        reason,
+    };
+    address
+        .to_socket_addrs()
+        .map_err(|e| fail(e.to_string()))?
+        .next()
+        .ok_or_else(|| fail("no addresses".into()))
 }
 
 /// The limits as this sidecar counts them locally. A `scope: global` limit is decided in
@@ -206,6 +252,20 @@ fn effective_limits(config: &Config) -> Vec<Limit> {
         .collect()
 }
 
+/// One port bound at start, with the policies of its upstream that live across reloads: its
+/// admission queue and circuit breaker are its own, so a slow port cannot starve another.
+pub struct Lane {
+    /// The listener's name (`default` in the one-listener form).
+    pub name: String,
+    /// Where it listens (bound at start; a reload does not move it).
+    pub listen: SocketAddr,
+    /// Its admission queue.
+    pub admission: Arc<Admission>,
+    /// Its upstream's circuit breaker; used when the snapshot has a `circuit_breaker`
+    /// section.
+    pub breaker: Arc<Breaker>,
+}
+
 /// Shared by the proxy, the reloader and the metrics endpoint.
 pub struct Runtime {
     /// The config in force.
@@ -222,10 +282,12 @@ pub struct Runtime {
     pub clock: Clock,
     /// The Redis backend of global limits, when `redis` is configured at start.
     pub global: Option<Arc<crate::global::GlobalLimits>>,
-    /// The admission queue; lives across reloads so nothing queued is lost when sizes change.
+    /// The listeners bound at start, each with its queue and breaker; never empty.
+    pub lanes: Vec<Arc<Lane>>,
+    /// The first listener's admission queue (the one-listener form's only one); lives across
+    /// reloads so nothing queued is lost when sizes change.
     pub admission: Arc<Admission>,
-    /// The upstream's circuit breaker; lives across reloads. Used when the snapshot has a
-    /// `circuit_breaker` section.
+    /// The first listener's upstream circuit breaker (the one-listener form's only one).
     pub breaker: Arc<Breaker>,
     /// Degradation's runtime part: manual level, operator flags, the automatic controller.
     pub degrade: std::sync::Mutex<DegradeState>,
@@ -244,6 +306,8 @@ pub struct Runtime {
     /// The reloader watches the file and handles SIGHUP (readiness waits for it: a SIGHUP
     /// before the handler is in place would end the process).
     pub reloads_armed: AtomicBool,
+    /// Client connections open now, on every listener (`server.max_connections` bounds it).
+    pub connections: std::sync::atomic::AtomicU32,
     /// Listeners are up (set once the server runs).
     ready: AtomicBool,
     /// SIGTERM received.
@@ -267,11 +331,23 @@ impl Runtime {
                 .ok()
         });
         metrics.config_version.set(first.version as i64);
-        let admission = Admission::new(u32::MAX, 0, clock.clone());
-        let breaker = Breaker::new(
-            first.config.circuit_breaker.clone().unwrap_or_default(),
-            clock.clone(),
-        );
+        let lanes: Vec<Arc<Lane>> = first
+            .config
+            .listeners
+            .iter()
+            .map(|l| {
+                Arc::new(Lane {
+                    name: l.name.clone(),
+                    listen: l.listen,
+                    admission: Admission::new(u32::MAX, 0, clock.clone()),
+                    breaker: Breaker::new(
+                        first.config.circuit_breaker.clone().unwrap_or_default(),
+                        clock.clone(),
+                    ),
+                })
+            })
+            .collect();
+        let (admission, breaker) = (lanes[0].admission.clone(), lanes[0].breaker.clone());
         let degrade = DegradeState::new(&first.config);
         let file_config = std::sync::Mutex::new(first.config.clone());
         let boot = first.config.clone();
@@ -303,8 +379,10 @@ impl Runtime {
             status_labels: StatusLabels::new(),
             clock,
             global,
+            lanes,
             admission,
             breaker,
+            connections: std::sync::atomic::AtomicU32::new(0),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         });
@@ -353,40 +431,46 @@ impl Runtime {
         });
     }
 
-    /// Logs and counts a breaker state change.
-    pub fn breaker_moved(&self, upstream: &str, t: Transition) {
+    /// Logs and counts a state change of the breaker of lane `lane` (its upstream at
+    /// `upstream`).
+    pub fn breaker_moved(&self, lane: usize, upstream: &str, t: Transition) {
+        let listener = self.lanes.get(lane).map_or("", |l| l.name.as_str());
+        let named = self.boot.named_listeners;
+        let (from, to) = (t.from.as_str(), t.to.as_str());
         self.event(
             "breaker",
-            format!(
-                "breaker upstream ({upstream}) {} -> {}",
-                t.from.as_str(),
-                t.to.as_str()
-            ),
+            if named {
+                format!("breaker upstream ({upstream}, listener {listener}) {from} -> {to}")
+            } else {
+                format!("breaker upstream ({upstream}) {from} -> {to}")
+            },
         );
         let m = &self.metrics;
         m.breaker_state
-            .with_label_values(&[upstream])
+            .with_label_values(m.by_listener(&[listener, upstream]))
             .set(t.to.gauge());
         m.breaker_transitions
-            .with_label_values(&[upstream, t.to.as_str()])
+            .with_label_values(m.by_listener(&[listener, upstream, to]))
             .inc();
         match t.to {
             State::Open => tracing::warn!(
                 upstream,
-                from = t.from.as_str(),
+                listener,
+                from,
                 "circuit breaker opened: answering 503 circuit_open until probes succeed"
             ),
             _ => tracing::info!(
                 upstream,
-                from = t.from.as_str(),
-                to = t.to.as_str(),
+                listener,
+                from,
+                to,
                 "circuit breaker changed state"
             ),
         }
     }
 
-    /// Brings the long-lived policies (queue sizes, breaker settings) in line with `snap`:
-    /// called with the first snapshot and after every swap.
+    /// Brings the long-lived policies (each listener's queue sizes and breaker settings) in
+    /// line with `snap`: called with the first snapshot and after every swap.
     pub fn apply_policies(&self, snap: &Base, previous: Option<&Base>) {
         let (max_concurrency, max_size) = match &snap.config.queue {
             Some(q) => (q.max_concurrency.get(), q.max_size),
@@ -394,36 +478,48 @@ impl Runtime {
             // are let through.
             None => (u32::MAX, 0),
         };
-        self.admission.resize(max_concurrency, max_size);
         let m = &self.metrics;
-        m.queue_capacity.set(i64::from(
-            snap.config.queue.as_ref().map_or(0, |q| q.max_size),
-        ));
-        m.concurrency_limit.set(i64::from(
-            snap.config
-                .queue
-                .as_ref()
-                .map_or(0, |q| q.max_concurrency.get()),
-        ));
-        if let Some(cb) = &snap.config.circuit_breaker {
-            self.breaker.configure(cb.clone());
+        for (i, lane) in self.lanes.iter().enumerate() {
+            lane.admission.resize(max_concurrency, max_size);
+            let name = [lane.name.as_str()];
+            m.queue_capacity
+                .with_label_values(m.by_listener(&name))
+                .set(i64::from(
+                    snap.config.queue.as_ref().map_or(0, |q| q.max_size),
+                ));
+            m.concurrency_limit
+                .with_label_values(m.by_listener(&name))
+                .set(i64::from(
+                    snap.config
+                        .queue
+                        .as_ref()
+                        .map_or(0, |q| q.max_concurrency.get()),
+                ));
+            if let Some(cb) = &snap.config.circuit_breaker {
+                lane.breaker.configure(cb.clone());
+            }
+            let address = snap.lane_upstream(i);
+            if let Some(prev) = previous
+                .and_then(|p| p.lane_upstream(i))
+                .filter(|p| Some(*p) != address)
+            {
+                // Another app (or none): what the breaker learned about the old one does
+                // not apply.
+                lane.breaker.reset();
+                let _ = m
+                    .breaker_state
+                    .remove_label_values(m.by_listener(&[lane.name.as_str(), prev]));
+            }
+            let Some(address) = address else { continue };
+            let state = if snap.config.circuit_breaker.is_some() {
+                lane.breaker.state().0.gauge()
+            } else {
+                0
+            };
+            m.breaker_state
+                .with_label_values(m.by_listener(&[lane.name.as_str(), address]))
+                .set(state);
         }
-        let address = &snap.config.upstream.address;
-        if let Some(prev) = previous.filter(|p| &p.config.upstream.address != address) {
-            // Another app: what the breaker learned about the old one does not apply.
-            self.breaker.reset();
-            let _ = m
-                .breaker_state
-                .remove_label_values(&[prev.config.upstream.address.as_str()]);
-        }
-        let state = if snap.config.circuit_breaker.is_some() {
-            self.breaker.state().0.gauge()
-        } else {
-            0
-        };
-        m.breaker_state
-            .with_label_values(&[address.as_str()])
-            .set(state);
     }
 }
 

@@ -21,7 +21,8 @@ pub struct Status {
     pub upstream: String,
     /// Whether a queue is configured, and its numbers.
     pub queue_configured: bool,
-    /// Queue numbers (`max_concurrency` is `u32::MAX` without a queue).
+    /// Queue numbers, every listener's together (`max_concurrency` is `u32::MAX` without a
+    /// queue).
     pub queue: QueueStats,
     /// Requests leaving the in-flight set per second, over ten seconds.
     pub drain_rate: f64,
@@ -37,13 +38,54 @@ pub struct Status {
     pub aggressive_cache: bool,
     /// Response cache counts.
     pub cache: CacheStats,
+    /// Each listener bound at start: its upstream, queue and breaker.
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// One listener's part of [`Status`].
+#[derive(Debug, Clone)]
+pub struct ListenerStatus {
+    /// Its name (`default` in the one-listener form).
+    pub name: String,
+    /// Where it listens.
+    pub listen: std::net::SocketAddr,
+    /// Its upstream's address; `None` once a reload removed the listener.
+    pub upstream: Option<String>,
+    /// Its queue's numbers.
+    pub queue: QueueStats,
+    /// Its breaker's state, `None` when no breaker is configured.
+    pub breaker: Option<(State, Option<Forced>)>,
 }
 
 impl Status {
     /// Reads the status of `rt` now.
     pub fn read(rt: &Runtime) -> Self {
         let snap = rt.current.load_full();
-        let queue = rt.admission.stats();
+        let breakers = snap.config.circuit_breaker.is_some();
+        let listeners: Vec<ListenerStatus> = rt
+            .lanes
+            .iter()
+            .enumerate()
+            .map(|(i, lane)| ListenerStatus {
+                name: lane.name.clone(),
+                listen: lane.listen,
+                upstream: snap.lane_upstream(i).map(str::to_string),
+                queue: lane.admission.stats(),
+                // A read: it moves no state and emits nothing (the sweeper ticks the breaker).
+                breaker: breakers.then(|| lane.breaker.state()),
+            })
+            .collect();
+        // The sidecar's queue is every listener's together (each has the same sizes).
+        let queue = listeners
+            .iter()
+            .map(|l| l.queue)
+            .reduce(|a, b| QueueStats {
+                depth: a.depth.saturating_add(b.depth),
+                inflight: a.inflight.saturating_add(b.inflight),
+                max_concurrency: a.max_concurrency.saturating_add(b.max_concurrency),
+                max_size: a.max_size.saturating_add(b.max_size),
+            })
+            .unwrap_or_else(|| rt.admission.stats());
         let indicators =
             snap.load
                 .readings(&snap.config.load_indicators, queue.depth, queue.inflight);
@@ -57,10 +99,10 @@ impl Status {
             aggressive_cache: snap.degrade.aggressive,
             cache: snap.routes.cache.stats(),
             version: snap.version,
-            upstream: snap.config.upstream.address.clone(),
+            upstream: snap.config.listeners[0].upstream.address.clone(),
             queue_configured: snap.config.queue.is_some(),
             queue,
-            drain_rate: rt.admission.drain_rate(),
+            drain_rate: rt.lanes.iter().map(|l| l.admission.drain_rate()).sum(),
             // A read: it moves no state and emits nothing (the sweeper ticks the breaker).
             breaker: snap
                 .config
@@ -68,6 +110,7 @@ impl Status {
                 .as_ref()
                 .map(|_| rt.breaker.state()),
             indicators,
+            listeners,
         }
     }
 
@@ -80,9 +123,13 @@ impl Status {
             .unwrap_or(Level::Ok)
     }
 
-    /// True when the upstream's breaker is open now.
+    /// True when an upstream's breaker (any listener's) is open now.
     pub fn breaker_open(&self) -> bool {
         matches!(self.breaker, Some((State::Open, _)))
+            || self
+                .listeners
+                .iter()
+                .any(|l| matches!(l.breaker, Some((State::Open, _))))
     }
 
     /// Sets the scrape-time gauges.
@@ -95,12 +142,22 @@ impl Status {
         let counted = m.cache_evictions.get();
         m.cache_evictions
             .inc_by(self.cache.evictions.saturating_sub(counted));
-        m.queue_depth.set(i64::from(self.queue.depth));
-        m.inflight.set(i64::from(self.queue.inflight));
-        if let Some((state, _)) = self.breaker {
-            m.breaker_state
-                .with_label_values(&[self.upstream.as_str()])
-                .set(state.gauge());
+        let snap = rt.current.load();
+        for (i, lane) in rt.lanes.iter().enumerate() {
+            let name = [lane.name.as_str()];
+            let q = lane.admission.stats();
+            m.queue_depth
+                .with_label_values(m.by_listener(&name))
+                .set(i64::from(q.depth));
+            m.inflight
+                .with_label_values(m.by_listener(&name))
+                .set(i64::from(q.inflight));
+            if let (Some(_), Some(upstream)) = (&snap.config.circuit_breaker, snap.lane_upstream(i))
+            {
+                m.breaker_state
+                    .with_label_values(m.by_listener(&[lane.name.as_str(), upstream]))
+                    .set(lane.breaker.state().0.gauge());
+            }
         }
         for r in &self.indicators {
             let name = r.indicator.as_str();
@@ -137,14 +194,19 @@ impl Status {
                 cache_bytes: self.cache.bytes,
                 cache_entries: self.cache.entries,
             },
-            circuit_breaker: BreakerReport {
-                configured: self.breaker.is_some(),
-                state: self.breaker.map(|(s, _)| s.as_str()),
-                forced: self.breaker.and_then(|(_, f)| f).map(|f| match f {
-                    Forced::Open => "open",
-                    Forced::Closed => "closed",
-                }),
-            },
+            circuit_breaker: BreakerReport::of(self.breaker),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerReport {
+                    name: &l.name,
+                    listen: l.listen.to_string(),
+                    upstream: l.upstream.as_deref(),
+                    queue_depth: l.queue.depth,
+                    inflight: l.queue.inflight,
+                    circuit_breaker: BreakerReport::of(l.breaker),
+                })
+                .collect(),
             indicators: self
                 .indicators
                 .iter()
@@ -174,8 +236,10 @@ pub struct Report<'a> {
     pub degradation: DegradationReport,
     /// Admission queue.
     pub queue: QueueReport,
-    /// Circuit breaker.
+    /// Circuit breaker (the first listener's: the one-listener form's only one).
     pub circuit_breaker: BreakerReport,
+    /// Every listener, with its upstream, queue and breaker.
+    pub listeners: Vec<ListenerReport<'a>>,
     /// Load indicators.
     pub indicators: Vec<IndicatorReport>,
 }
@@ -216,6 +280,23 @@ pub struct DegradationReport {
     pub cache_entries: u64,
 }
 
+/// One listener in [`Report`].
+#[derive(Debug, Serialize)]
+pub struct ListenerReport<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Where it listens.
+    pub listen: String,
+    /// Its upstream; `null` once a reload removed the listener (its port answers 503).
+    pub upstream: Option<&'a str>,
+    /// Requests waiting in its queue.
+    pub queue_depth: u32,
+    /// Its requests holding a slot to its upstream.
+    pub inflight: u32,
+    /// Its upstream's breaker.
+    pub circuit_breaker: BreakerReport,
+}
+
 /// The breaker part of [`Report`].
 #[derive(Debug, Serialize)]
 pub struct BreakerReport {
@@ -243,4 +324,18 @@ pub struct IndicatorReport {
     /// False while fewer than `load_indicators.min_requests` app answers are in the window:
     /// the level stays `ok` and automatic degradation ignores the value.
     pub judged: bool,
+}
+
+impl BreakerReport {
+    /// The report of a breaker in `state` (`None`: no breaker configured).
+    fn of(state: Option<(State, Option<Forced>)>) -> Self {
+        Self {
+            configured: state.is_some(),
+            state: state.map(|(s, _)| s.as_str()),
+            forced: state.and_then(|(_, f)| f).map(|f| match f {
+                Forced::Open => "open",
+                Forced::Closed => "closed",
+            }),
+        }
+    }
 }

@@ -48,8 +48,10 @@ fn sweep(rt: &Runtime) {
     // request to notice it (status reads only look).
     let snap = rt.current.load_full();
     if snap.config.circuit_breaker.is_some() {
-        if let (_, Some(t)) = rt.breaker.tick() {
-            rt.breaker_moved(&snap.config.upstream.address, t);
+        for (i, lane) in rt.lanes.iter().enumerate() {
+            if let ((_, Some(t)), Some(address)) = (lane.breaker.tick(), snap.lane_upstream(i)) {
+                rt.breaker_moved(i, address, t);
+            }
         }
     }
     // Automatic degradation looks at the indicators once a second.

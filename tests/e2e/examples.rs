@@ -1,6 +1,7 @@
 //! Every config in config/examples/ but the shape file (whose admin tokens are files in
 //! /etc/floodgate) starts: the real `floodgate` runs on the file as shipped
-//! (its addresses replaced by `--listen`/`--upstream`/`--metrics-listen`, and `--admin-listen`
+//! (its addresses replaced by `--listen`/`--upstream`/`--metrics-listen` (`--listener` for a
+//! file with `listeners:`), and `--admin-listen`
 //! where it has an admin plane, the way a sidecar injector wires a pod), answers `/readyz`
 //! with 200 and proxies a request to a real upstream. Validation alone would not catch an
 //! example that is valid but cannot run (a Redis it cannot reach, a protocol the app does not
@@ -24,16 +25,37 @@ async fn start(name: &str, edit: impl Fn(String) -> String) -> (Sidecar, Upstrea
     let upstream = Upstream::start(name).await;
     let text = edit(std::fs::read_to_string(example(name)).unwrap());
     let has_admin = text.lines().any(|l| l.starts_with("admin:"));
+    // A file with `listeners:` is wired per listener: the first on the sidecar's port, the
+    // others on ports of their own, all in front of the one upstream.
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let names: Vec<String> = doc["listeners"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["name"].as_str().map(str::to_string))
+        .collect();
+    let named = !names.is_empty();
     let up = upstream.port;
     let sidecar = Sidecar::start_retrying(|port, metrics_port| {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join(name);
         std::fs::write(&config, &text).unwrap();
-        let mut args = vec![
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--upstream=127.0.0.1:{up}"),
-            format!("--metrics-listen=127.0.0.1:{metrics_port}"),
-        ];
+        let mut args = if named {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let p = if i == 0 { port } else { free_port() };
+                    format!("--listener={n}=127.0.0.1:{p},127.0.0.1:{up}")
+                })
+                .collect()
+        } else {
+            vec![
+                format!("--listen=127.0.0.1:{port}"),
+                format!("--upstream=127.0.0.1:{up}"),
+            ]
+        };
+        args.push(format!("--metrics-listen=127.0.0.1:{metrics_port}"));
         if has_admin {
             args.push(format!("--admin-listen=127.0.0.1:{}", free_port()));
         }
@@ -104,5 +126,11 @@ async fn scheduled_event_starts_and_proxies() {
 #[tokio::test]
 async fn quickstart_starts_and_proxies() {
     let (sidecar, upstream) = start("quickstart.yaml", |t| t).await;
+    proxies(&sidecar, &upstream, "/api/items").await;
+}
+
+#[tokio::test]
+async fn http_and_grpc_starts_and_proxies_each_listener() {
+    let (sidecar, upstream) = start("http-and-grpc.yaml", |t| t).await;
     proxies(&sidecar, &upstream, "/api/items").await;
 }

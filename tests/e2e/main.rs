@@ -17,6 +17,7 @@ mod grpc;
 mod inject;
 mod lifecycle;
 mod limits;
+mod listeners;
 mod paths;
 mod proxy;
 mod queue;
