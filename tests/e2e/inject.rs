@@ -90,7 +90,7 @@ fn flatten(v: &Value, path: String, out: &mut BTreeMap<String, String>) {
 /// The paths injection may add or change; anything else that differs is a bug.
 fn allowed(path: &str) -> bool {
     let patterns = [
-        r"\.containers\[floodgate\]\.",
+        r"\.(initContainers|containers)\[floodgate\]\.",
         r"\.volumes\[floodgate-(config|admin-tokens|tmp)\]\.",
         r"\.metadata\.annotations\.(prometheus\.io/(scrape|port|path)|floodgate\.io/injected)$",
         r"\.metadata\.labels\.floodgate\.io/injected$",
@@ -118,12 +118,31 @@ fn pod_spec(doc: &Value) -> Option<&Value> {
     }
 }
 
-fn containers(doc: &Value) -> Vec<Value> {
+/// A list of the pod spec (`containers`, `initContainers`), empty when absent.
+fn pod_list(doc: &Value, key: &str) -> Vec<Value> {
     pod_spec(doc)
-        .and_then(|s| s.get("containers"))
+        .and_then(|s| s.get(key))
         .and_then(Value::as_sequence)
         .cloned()
         .unwrap_or_default()
+}
+
+fn containers(doc: &Value) -> Vec<Value> {
+    pod_list(doc, "containers")
+}
+
+fn init_containers(doc: &Value) -> Vec<Value> {
+    pod_list(doc, "initContainers")
+}
+
+/// The `floodgate` container of a workload: a native sidecar (the first init container) by
+/// default, the first container with `--classic-sidecar`.
+fn sidecar_of(doc: &Value) -> Value {
+    init_containers(doc)
+        .into_iter()
+        .chain(containers(doc))
+        .find(|c| c["name"] == "floodgate")
+        .unwrap_or_else(|| panic!("no floodgate container in {doc:?}"))
 }
 
 fn args_of(container: &Value) -> Vec<String> {
@@ -207,9 +226,20 @@ fn every_workload_shape_gets_the_sidecar_and_nothing_else_changes() {
                 .iter()
                 .find(|o| o["metadata"]["name"] == *name && o["kind"] != "Service")
                 .unwrap_or_else(|| panic!("{file}: no workload {name}"));
-            let cs = containers(w);
-            assert_eq!(cs[0]["name"], "floodgate", "{file}: Floodgate goes first");
-            let args = args_of(&cs[0]);
+            let init = init_containers(w);
+            assert_eq!(
+                init[0]["name"], "floodgate",
+                "{file}: Floodgate starts first"
+            );
+            assert_eq!(
+                init[0]["restartPolicy"], "Always",
+                "{file}: a native sidecar"
+            );
+            assert!(
+                containers(w).iter().all(|c| c["name"] != "floodgate"),
+                "{file}: only once"
+            );
+            let args = args_of(&init[0]);
             assert!(
                 args.contains(&format!("--upstream=127.0.0.1:{app_port}")),
                 "{file}: {args:?}"
@@ -236,13 +266,14 @@ fn named_ports_pass_to_floodgate_and_the_apps_probes_follow_the_rename() {
     let input = std::fs::read_to_string(fixture("deployment.yaml")).unwrap();
     let (out, _) = inject_ok(&input, &[]);
     let d = &objects(&out)[1];
+    let fg = sidecar_of(d);
+    assert_eq!(fg["ports"][0]["name"], "http");
+    assert_eq!(fg["ports"][0]["containerPort"], 15080);
     let cs = containers(d);
-    assert_eq!(cs[0]["ports"][0]["name"], "http");
-    assert_eq!(cs[0]["ports"][0]["containerPort"], 15080);
-    assert_eq!(cs[1]["ports"][0]["name"], "app-http");
-    assert_eq!(cs[1]["ports"][0]["containerPort"], 8080);
-    assert_eq!(cs[1]["readinessProbe"]["httpGet"]["port"], "app-http");
-    assert_eq!(cs[1]["livenessProbe"]["tcpSocket"]["port"], "app-http");
+    assert_eq!(cs[0]["ports"][0]["name"], "app-http");
+    assert_eq!(cs[0]["ports"][0]["containerPort"], 8080);
+    assert_eq!(cs[0]["readinessProbe"]["httpGet"]["port"], "app-http");
+    assert_eq!(cs[0]["livenessProbe"]["tcpSocket"]["port"], "app-http");
     // YAML 1.1 values Kubernetes reads survive: octal modes, `yes` strings.
     assert!(out.contains("defaultMode: 0440\n"), "{out}");
     assert!(out.contains("value: \"yes\"\n"), "{out}");
@@ -499,7 +530,7 @@ fn shipped_manifests_build_with_kustomize_and_pass_the_schemas() {
         assert_eq!(&labels[k.as_str().unwrap()], v);
     }
     let port = &pm["spec"]["podMetricsEndpoints"][0]["port"];
-    let fg = &containers(deployment)[0];
+    let fg = &sidecar_of(deployment);
     assert!(fg["ports"]
         .as_sequence()
         .unwrap()
@@ -541,7 +572,7 @@ fn component_adds_the_same_sidecar_as_the_injector() {
             .arg("validate")
             .arg(repo("deploy/kubernetes/examples/component/floodgate.yaml")),
     );
-    let from_component = containers(d)[0].clone();
+    let from_component = init_containers(d)[0].clone();
     assert_eq!(from_component["name"], "floodgate");
     let env = from_component["env"].as_sequence().unwrap();
     assert!(env
@@ -556,8 +587,9 @@ fn component_adds_the_same_sidecar_as_the_injector() {
         .into_iter()
         .find(|o| o["kind"] == "Deployment")
         .unwrap();
-    let from_injector = containers(&injected)[0].clone();
+    let from_injector = sidecar_of(&injected);
     for field in [
+        "restartPolicy",
         "image",
         "imagePullPolicy",
         "readinessProbe",
@@ -614,7 +646,7 @@ async fn the_injected_container_runs_with_the_shipped_config() {
                 &metrics_port.to_string(),
             ],
         );
-        containers(&objects(&out)[0])[0].clone()
+        sidecar_of(&objects(&out)[0])
     };
     let fg_proc = Sidecar::start_retrying(|port, metrics_port| {
         let fg = injected(port, metrics_port);
@@ -743,23 +775,36 @@ fn a_directory_is_read_as_one_stream_of_its_yaml_files() {
 }
 
 #[test]
-fn native_sidecar_runs_floodgate_as_a_restartable_init_container() {
+fn native_sidecar_is_the_default_and_classic_sidecar_keeps_a_plain_container() {
     let input = std::fs::read_to_string(fixture("deployment.yaml")).unwrap();
-    let (out, _) = inject_ok(&input, &["--native-sidecar"]);
-    let d = &objects(&out)[1];
-    let spec = pod_spec(d).unwrap();
-    let init = spec["initContainers"].as_sequence().unwrap();
+    let (native, _) = inject_ok(&input, &[]);
+    // `--native-sidecar`, the default now, is still accepted and changes nothing.
+    assert_eq!(inject_ok(&input, &["--native-sidecar"]).0, native);
+    let d = &objects(&native)[1];
+    let init = init_containers(d);
     assert_eq!(init[0]["name"], "floodgate");
     assert_eq!(init[0]["restartPolicy"], "Always");
     assert!(args_of(&init[0]).contains(&"--upstream=127.0.0.1:8080".to_string()));
-    let app = containers(d);
-    let names: Vec<&str> = app.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<String> = containers(d)
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["web"], "the app's containers are as they were");
-    // Native sidecars are Kubernetes 1.29+: both schemas accept it.
-    validate_k8s("native sidecar", &out);
-    let (again, notes) = inject_ok(&out, &["--native-sidecar"]);
-    assert_eq!(again, out);
+
+    let (classic, _) = inject_ok(&input, &["--classic-sidecar"]);
+    let d = &objects(&classic)[1];
+    assert!(init_containers(d).is_empty());
+    let cs = containers(d);
+    assert_eq!(cs[0]["name"], "floodgate", "a classic sidecar goes first");
+    assert!(cs[0].get("restartPolicy").is_none());
+    assert_eq!(cs[1]["name"], "web");
+    let (again, notes) = inject_ok(&classic, &[]);
+    assert_eq!(again, classic, "a classic sidecar is recognised too");
     assert!(notes.contains("already has the `floodgate` container"));
+    validate_k8s("classic sidecar", &classic);
+
+    let (code, _, err) = inject(&input, &["--native-sidecar", "--classic-sidecar"]);
+    assert_eq!(code, 2, "{err}");
 }
 
 /// `kubectl get -o json` output is YAML too: injected the same, written back as YAML.
@@ -773,7 +818,7 @@ fn json_input_from_kubectl_is_injected_and_valid() {
         "{notes}"
     );
     let objs = objects(&out);
-    assert_eq!(containers(&objs[0])[0]["name"], "floodgate");
+    assert_eq!(init_containers(&objs[0])[0]["name"], "floodgate");
     assert_eq!(objs[1]["spec"]["ports"][0]["targetPort"], "http");
     validate_k8s("json input", &out);
     let (again, _) = inject_ok(&out, &[]);

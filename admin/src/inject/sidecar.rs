@@ -49,7 +49,9 @@ pub struct Options {
     pub cpu_limit: String,
     /// Memory limit.
     pub memory_limit: String,
-    /// Put Floodgate in `initContainers` with `restartPolicy: Always` (Kubernetes 1.29+).
+    /// Put Floodgate in `initContainers` with `restartPolicy: Always` (a native sidecar:
+    /// Kubernetes 1.29+, GA in 1.33); `false`: a plain container beside the app, for older
+    /// clusters.
     pub native_sidecar: bool,
 }
 
@@ -69,7 +71,7 @@ impl Default for Options {
             memory_request: "64Mi".into(),
             cpu_limit: "1".into(),
             memory_limit: "256Mi".into(),
-            native_sidecar: false,
+            native_sidecar: true,
         }
     }
 }

@@ -388,10 +388,17 @@ pub(crate) struct InjectArgs {
     /// Sidecar memory limit (a queued request costs ~27 KiB: 1000 queued ~ 27 MiB).
     #[arg(long, default_value = "256Mi")]
     pub(crate) memory_limit: String,
-    /// Inject a Kubernetes native sidecar (an initContainer with restartPolicy: Always;
-    /// Kubernetes 1.29+): Floodgate starts and is ready before the app and stops after it, so
-    /// no request reaches the app around it and its drain finishes while the app still answers.
+    /// Inject Floodgate as a plain container beside the app, for clusters older than
+    /// Kubernetes 1.29 (1.28 with the SidecarContainers feature gate off). The default is a
+    /// native sidecar (an initContainer with restartPolicy: Always; beta and on by default
+    /// from 1.29, GA in 1.33): Floodgate starts and is ready before the app and stops after
+    /// it, so no request reaches the app around it and its drain finishes while the app still
+    /// answers. A classic sidecar gets SIGTERM together with the app.
     #[arg(long)]
+    pub(crate) classic_sidecar: bool,
+    /// The default since native sidecars became it; accepted so scripts that pass it keep
+    /// working.
+    #[arg(long, hide = true, conflicts_with = "classic_sidecar")]
     pub(crate) native_sidecar: bool,
 }
 
@@ -412,7 +419,7 @@ impl InjectArgs {
             memory_request: self.memory_request.clone(),
             cpu_limit: self.cpu_limit.clone(),
             memory_limit: self.memory_limit.clone(),
-            native_sidecar: self.native_sidecar,
+            native_sidecar: self.native_sidecar || !self.classic_sidecar,
         }
     }
 }
@@ -428,14 +435,16 @@ pub(crate) enum FleetCmd {
 pub(crate) enum LimitsCmd {
     /// Show every limit with its current and baseline values.
     Show,
-    /// Set one limit's max_requests (and window).
+    /// Set one limit's max_requests (and window). Each is a knob of its own (`limit:NAME`,
+    /// `window:NAME`) with its own TTL and reason: a later `set` without --window leaves a
+    /// window override alone; `limits restore NAME` clears both.
     Set {
         /// Limit name (as in the config's `limits[].name`).
         name: String,
         /// New max_requests per window (at least 1; to stop a route, degrade it).
         #[arg(long)]
         max_requests: u64,
-        /// New window in seconds.
+        /// New window in seconds (`window:NAME`); left as it is when not given.
         #[arg(long)]
         window: Option<u64>,
         #[command(flatten)]
