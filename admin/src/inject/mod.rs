@@ -13,6 +13,7 @@
 //! the workload and what to do.
 
 mod pod;
+mod ports;
 mod sidecar;
 pub mod yaml;
 

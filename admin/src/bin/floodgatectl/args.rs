@@ -317,10 +317,14 @@ pub(crate) enum Command {
     /// Job, CronJob, Pod, or a List of them) and writes it to standard output with the `floodgate`
     /// container in front of each workload's app.
     ///
-    /// Floodgate takes over the name of the app's port (e.g. `http`) on a port of its own
-    /// (--listen-port) and forwards to the app on 127.0.0.1; the app's port is renamed (`app-http`)
-    /// and the app is not changed. Services that target the port by name keep working; Services in
-    /// the same input that target it by number are pointed at the name. Also added: the config from
+    /// Floodgate fronts every TCP port of the app container, each on a port of its own
+    /// (--listen-port, then the next ones), taking over its name (e.g. `http`, `grpc`) and
+    /// forwarding to the app on 127.0.0.1; the app's port is renamed (`app-http`) and the app is
+    /// not changed. Metrics and health ports stay direct and are named on standard error
+    /// (--ports and --skip-ports choose); a gRPC port is forwarded as h2c. Floodgate is a native
+    /// sidecar (Kubernetes 1.29+; --classic-sidecar for older clusters). Services that target a
+    /// port by name keep working; Services in the same input that target it by number are
+    /// pointed at the name. Also added: the config from
     /// a ConfigMap (--config-map, mounted at /etc/floodgate/config), the admin tokens from a Secret
     /// (--admin-secret, at /etc/floodgate/tokens), /healthz and /readyz probes, resources, a
     /// non-root read-only securityContext and Prometheus scrape annotations.
@@ -337,7 +341,7 @@ pub(crate) enum Command {
     /// Exit codes: 0 written, 2 input unreadable, 5 refused (nothing written; the message names
     /// the document, the workload and the fix).
     #[command(verbatim_doc_comment)]
-    Inject(InjectArgs),
+    Inject(Box<InjectArgs>),
 }
 
 #[derive(Args)]
@@ -356,16 +360,34 @@ pub(crate) struct InjectArgs {
     /// /etc/floodgate/tokens); an empty name mounts none.
     #[arg(long, value_name = "NAME", default_value = "floodgate-admin-tokens")]
     pub(crate) admin_secret: String,
-    /// The app's port Floodgate fronts (needed when the app has several or declares none).
-    #[arg(long, value_name = "N")]
+    /// Front only this app port, declared or not (for an app that declares none); the same
+    /// as --ports N.
+    #[arg(long, value_name = "N", conflicts_with_all = ["ports", "skip_ports"])]
     pub(crate) upstream_port: Option<u16>,
+    /// Front exactly these app ports (names or numbers, comma-separated: --ports http,grpc),
+    /// each on its own Floodgate port. Default: every TCP port of the app container except
+    /// metrics and health ports (a name with `metrics` or `health`, the pod's
+    /// prometheus.io/port, a port only the app's probes use); every port left direct is named
+    /// on standard error.
+    #[arg(
+        long,
+        value_name = "PORTS",
+        value_delimiter = ',',
+        conflicts_with = "skip_ports"
+    )]
+    pub(crate) ports: Vec<String>,
+    /// Leave these app ports (names or numbers, comma-separated) out of the default choice:
+    /// they stay direct, bypassing Floodgate, and the notes say so.
+    #[arg(long, value_name = "PORTS", value_delimiter = ',')]
+    pub(crate) skip_ports: Vec<String>,
     /// The app's container (needed when several containers have ports).
     #[arg(long, value_name = "NAME")]
     pub(crate) container: Option<String>,
     /// Floodgate's image.
     #[arg(long, value_name = "IMAGE")]
     pub(crate) image: Option<String>,
-    /// Floodgate's inbound port.
+    /// Floodgate's first inbound port; each further fronted app port gets the next free one
+    /// (15081, 15082, ...).
     #[arg(long, value_name = "N", default_value_t = 15080)]
     pub(crate) listen_port: u16,
     /// Floodgate's metrics, /healthz and /readyz port.
@@ -411,6 +433,8 @@ impl InjectArgs {
             config_key: self.config_key.clone(),
             admin_secret: (!self.admin_secret.is_empty()).then(|| self.admin_secret.clone()),
             upstream_port: self.upstream_port,
+            ports: self.ports.clone(),
+            skip_ports: self.skip_ports.clone(),
             container: self.container.clone(),
             listen_port: self.listen_port,
             metrics_port: self.metrics_port,
@@ -435,16 +459,14 @@ pub(crate) enum FleetCmd {
 pub(crate) enum LimitsCmd {
     /// Show every limit with its current and baseline values.
     Show,
-    /// Set one limit's max_requests (and window). Each is a knob of its own (`limit:NAME`,
-    /// `window:NAME`) with its own TTL and reason: a later `set` without --window leaves a
-    /// window override alone; `limits restore NAME` clears both.
+    /// Set one limit's max_requests (and window).
     Set {
         /// Limit name (as in the config's `limits[].name`).
         name: String,
         /// New max_requests per window (at least 1; to stop a route, degrade it).
         #[arg(long)]
         max_requests: u64,
-        /// New window in seconds (`window:NAME`); left as it is when not given.
+        /// New window in seconds.
         #[arg(long)]
         window: Option<u64>,
         #[command(flatten)]
