@@ -110,25 +110,37 @@ fn renamed(old: &str, taken: &[String]) -> String {
     name
 }
 
-/// Adds the sidecar to `doc` if it is a workload. `Ok(None)`: not a workload, opted out, or
-/// already injected (with a note for the last two).
+/// What [`inject_workload`] did with a document.
+pub enum Outcome {
+    /// Not a kind with a pod template: left alone.
+    NotAWorkload,
+    /// Annotated `floodgate.io/inject: disabled` (a note says so).
+    OptedOut,
+    /// Has the `floodgate` container already (a note says so).
+    AlreadyInjected,
+    /// The sidecar was added.
+    Injected(Wired),
+}
+
+/// Adds the sidecar to `doc` if it is a workload: the one path of `floodgatectl inject` and of
+/// the admission webhook (which hands it a Pod). `Err`: it cannot be done safely, and why.
 pub fn inject_workload(
     doc: &mut Node,
     opts: &Options,
     notes: &mut Vec<String>,
-) -> Result<Option<Wired>, String> {
+) -> Result<Outcome, String> {
     let Some(kind) = doc.get("kind").and_then(Node::as_str) else {
-        return Ok(None);
+        return Ok(Outcome::NotAWorkload);
     };
     let Some((meta_path, spec_path)) = template_paths(kind) else {
-        return Ok(None);
+        return Ok(Outcome::NotAWorkload);
     };
     let workload = label(doc);
     if opted_out(doc.get("metadata")) || opted_out(doc.at(meta_path)) {
         notes.push(format!(
             "{workload}: skipped ({INJECT_ANNOTATION}: disabled)"
         ));
-        return Ok(None);
+        return Ok(Outcome::OptedOut);
     }
     let spec_where = spec_path.join(".");
     let spec = doc
@@ -155,7 +167,7 @@ pub fn inject_workload(
         notes.push(format!(
             "{workload}: already has the `{CONTAINER}` container; left as it is"
         ));
-        return Ok(None);
+        return Ok(Outcome::AlreadyInjected);
     }
     if spec.get("hostNetwork").and_then(Node::as_str) == Some("true") {
         return Err(
@@ -424,7 +436,7 @@ pub fn inject_workload(
             sidecar::LISTENERS_ENV
         ));
     }
-    Ok(Some(Wired {
+    Ok(Outcome::Injected(Wired {
         workload,
         labels,
         ports: listeners
