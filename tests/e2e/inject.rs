@@ -13,16 +13,16 @@ use serde_yaml::Value;
 
 use crate::support::*;
 
-fn repo(p: &str) -> PathBuf {
+pub(crate) fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
 }
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     repo("tests/e2e/inject").join(name)
 }
 
 /// Runs `floodgatectl inject` with `args`, `input` on stdin: (exit code, stdout, stderr).
-fn inject(input: &str, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn inject(input: &str, args: &[&str]) -> (i32, String, String) {
     use std::io::Write;
     let mut child = Command::new(floodgatectl())
         .args(["inject", "-f", "-"])
@@ -46,13 +46,13 @@ fn inject(input: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn inject_ok(input: &str, args: &[&str]) -> (String, String) {
+pub(crate) fn inject_ok(input: &str, args: &[&str]) -> (String, String) {
     let (code, out, err) = inject(input, args);
     assert_eq!(code, 0, "{err}");
     (out, err)
 }
 
-fn docs(text: &str) -> Vec<Value> {
+pub(crate) fn docs(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &Value| !v.is_null())
@@ -105,7 +105,7 @@ fn allowed(path: &str) -> bool {
 }
 
 /// The pod spec of a workload document.
-fn pod_spec(doc: &Value) -> Option<&Value> {
+pub(crate) fn pod_spec(doc: &Value) -> Option<&Value> {
     let spec = doc.get("spec")?;
     match doc.get("kind")?.as_str()? {
         "Pod" => Some(spec),
@@ -183,7 +183,7 @@ const SHAPES: &[Shape] = &[
 ];
 
 /// Workloads and Services of a stream, `List` items included.
-fn objects(text: &str) -> Vec<Value> {
+pub(crate) fn objects(text: &str) -> Vec<Value> {
     docs(text)
         .into_iter()
         .flat_map(|d| {
@@ -360,7 +360,7 @@ fn tool(name: &str) -> Command {
 /// validator has no schema for `List`). Returns its report; fails on any error. Documents of
 /// kinds without a Kubernetes schema (the Prometheus Operator's PodMonitor) are only allowed
 /// to be warned about.
-fn validate_k8s(what: &str, text: &str) -> String {
+pub(crate) fn validate_k8s(what: &str, text: &str) -> String {
     // Written back only when there is a List to unpack: serde_yaml writes YAML 1.2, and a
     // string like "yes" would come out as a YAML 1.1 bool to the validator.
     let mut flat = String::new();

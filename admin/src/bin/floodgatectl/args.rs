@@ -345,11 +345,88 @@ pub(crate) enum Command {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct InjectArgs {
+    /// The admission webhook instead of files (`serve`, `serve-cert`).
+    #[command(subcommand)]
+    pub(crate) webhook: Option<WebhookCmd>,
     /// File to read, a directory (its .yaml and .yml files, by name, as one stream), or `-` for
     /// standard input.
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
-    pub(crate) file: String,
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    pub(crate) file: Option<String>,
+    #[command(flatten)]
+    pub(crate) how: InjectOptions,
+}
+
+/// `floodgatectl inject serve` and `serve-cert`: injection by an admission webhook.
+#[derive(Subcommand)]
+pub(crate) enum WebhookCmd {
+    /// Run the admission webhook: HTTPS, `POST /mutate` answers an admission.k8s.io/v1
+    /// AdmissionReview for a Pod with the JSON Patch that `floodgatectl inject` would make of
+    /// it (the same code does both; the injection flags below apply to every pod).
+    ///
+    /// The MutatingWebhookConfiguration (deploy/kubernetes/injector/) sends the pods of
+    /// namespaces labelled `floodgate.io/inject: enabled`; a pod annotated
+    /// `floodgate.io/inject: disabled` is left alone, an injected one gets no patch, and a pod
+    /// it cannot inject safely is allowed unchanged with a warning that says why: it never
+    /// blocks a pod. A request that is not an AdmissionReview gets 400.
+    ///
+    /// Also served: /healthz, /readyz and /metrics (pods injected, skipped by reason,
+    /// answer times; Prometheus text). The certificate and key files are read again when they
+    /// change (a renewed cert-manager Secret), without a restart.
+    ///
+    /// Examples:
+    ///   floodgatectl inject serve --listen 0.0.0.0:8443 --cert /tls/tls.crt --key /tls/tls.key
+    ///   floodgatectl inject serve --listen 127.0.0.1:8443 --cert tls.crt --key tls.key --config-map web-floodgate
+    #[command(verbatim_doc_comment)]
+    Serve(Box<ServeArgs>),
+    /// Make a self-signed certificate and key for the webhook (for clusters without
+    /// cert-manager), write them as tls.crt and tls.key, and print the caBundle (the
+    /// certificate, base64) for the MutatingWebhookConfiguration.
+    ///
+    /// Examples:
+    ///   floodgatectl inject serve-cert --out-dir certs/
+    ///   floodgatectl inject serve-cert --namespace floodgate-system --service floodgate-injector --out-dir certs/
+    #[command(verbatim_doc_comment)]
+    ServeCert(ServeCertArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (HTTPS).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Certificate chain file (PEM; the Secret's tls.crt). Read again when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cert: std::path::PathBuf,
+    /// Private key file (PEM; the Secret's tls.key). Read again when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: std::path::PathBuf,
+    #[command(flatten)]
+    pub(crate) how: InjectOptions,
+}
+
+#[derive(Args)]
+pub(crate) struct ServeCertArgs {
+    /// The webhook Service's namespace (the certificate names
+    /// SERVICE.NAMESPACE.svc and SERVICE.NAMESPACE.svc.cluster.local).
+    #[arg(long, value_name = "NAME", default_value = "floodgate-system")]
+    pub(crate) namespace: String,
+    /// The webhook Service's name.
+    #[arg(long, value_name = "NAME", default_value = "floodgate-injector")]
+    pub(crate) service: String,
+    /// More names the certificate is for (DNS names or IP addresses; repeatable), e.g.
+    /// 127.0.0.1 for a local test.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) extra_name: Vec<String>,
+    /// Directory to write tls.crt and tls.key in (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub(crate) out_dir: std::path::PathBuf,
+}
+
+/// How pods are injected: the same for files and for the webhook.
+#[derive(Args)]
+pub(crate) struct InjectOptions {
     /// ConfigMap with the Floodgate config (key: --config-key).
     #[arg(long, value_name = "NAME", default_value = "floodgate-config")]
     pub(crate) config_map: String,
@@ -424,7 +501,7 @@ pub(crate) struct InjectArgs {
     pub(crate) native_sidecar: bool,
 }
 
-impl InjectArgs {
+impl InjectOptions {
     pub(crate) fn options(&self) -> floodgate_admin::inject::Options {
         let defaults = floodgate_admin::inject::Options::default();
         floodgate_admin::inject::Options {
