@@ -16,7 +16,9 @@ use http_body_util::{BodyExt, Full};
 use rustls::pki_types::pem::PemObject as _;
 use serde_json::{json, Value};
 
-use crate::inject::{docs, fixture, inject_ok, objects, pod_spec, validate_k8s};
+use crate::inject::{
+    containers, docs, fixture, inject_ok, kustomize, objects, pod_spec, sidecar_of, validate_k8s,
+};
 use crate::support::*;
 
 /// A running webhook and the directory of its certificate.
@@ -498,4 +500,131 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         .await
         .expect_err("the old certificate is no longer served");
     assert!(err.contains("certificate"), "{err}");
+}
+
+/// deploy/kubernetes/injector (with cert-manager) and its base/ (without): the Kubernetes
+/// schemas pass for everything they know (cert-manager's Certificate and Issuer are CRDs the
+/// validator has no schema for: they are checked here against the Deployment and the webhook
+/// instead), and the pieces name each other consistently.
+#[test]
+fn the_injector_manifests_pass_the_schemas_and_agree_with_each_other() {
+    let built = kustomize("deploy/kubernetes/injector");
+    let report = validate_k8s("deploy/kubernetes/injector", &built);
+    for kind in [
+        "namespace/floodgate-system",
+        "service/floodgate-injector",
+        "deployment/floodgate-injector",
+        "poddisruptionbudget/floodgate-injector",
+        "mutatingwebhookconfiguration/floodgate-injector",
+    ] {
+        assert!(
+            report.contains(&format!("passed for resource {kind} against version 1.37")),
+            "{report}"
+        );
+        assert!(
+            report.contains(&format!("passed for resource {kind} against version 1.29")),
+            "{report}"
+        );
+    }
+    let objs = objects(&built);
+    let find = |kind: &str| {
+        objs.iter()
+            .find(|o| o["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .clone()
+    };
+    let (deploy, svc, hook, cert, pdb) = (
+        find("Deployment"),
+        find("Service"),
+        find("MutatingWebhookConfiguration"),
+        find("Certificate"),
+        find("PodDisruptionBudget"),
+    );
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let c = &containers(&deploy)[0];
+    // The same image as the injector puts in pods.
+    let (out, _) = inject_ok(&std::fs::read_to_string(fixture("pod.yaml")).unwrap(), &[]);
+    assert_eq!(c["image"], sidecar_of(&objects(&out)[0])["image"]);
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[..2], ["inject", "serve"]);
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in svc["spec"]["selector"].as_mapping().unwrap() {
+        assert_eq!(&labels[k.as_str().unwrap()], v);
+    }
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    let target = &svc["spec"]["ports"][0]["targetPort"];
+    assert!(c["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| &p["name"] == target));
+
+    let w = &hook["webhooks"][0];
+    assert_eq!(w["failurePolicy"], "Ignore");
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(
+        w["admissionReviewVersions"],
+        serde_yaml::from_str::<serde_yaml::Value>("[v1]").unwrap()
+    );
+    assert_eq!(
+        w["namespaceSelector"]["matchLabels"]["floodgate.io/inject"],
+        "enabled"
+    );
+    assert_eq!(w["rules"][0]["operations"][0], "CREATE");
+    assert_eq!(w["rules"][0]["resources"][0], "pods");
+    let to = &w["clientConfig"]["service"];
+    assert_eq!(to["name"], svc["metadata"]["name"]);
+    assert_eq!(to["namespace"], svc["metadata"]["namespace"]);
+    assert_eq!(to["path"], "/mutate");
+    assert_eq!(to["port"], svc["spec"]["ports"][0]["port"]);
+
+    // cert-manager: the Secret the Deployment mounts, for the Service's name, injected into
+    // the webhook's caBundle.
+    let secret = pod_spec(&deploy).unwrap()["volumes"][0]["secret"]["secretName"].clone();
+    assert_eq!(cert["spec"]["secretName"], secret);
+    let dns = format!(
+        "{}.{}.svc",
+        svc["metadata"]["name"].as_str().unwrap(),
+        svc["metadata"]["namespace"].as_str().unwrap()
+    );
+    assert!(cert["spec"]["dnsNames"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|d| d == dns.as_str()));
+    assert_eq!(
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!(
+            "{}/{}",
+            cert["metadata"]["namespace"].as_str().unwrap(),
+            cert["metadata"]["name"].as_str().unwrap()
+        )
+    );
+    let issuer = find("Issuer");
+    assert_eq!(
+        cert["spec"]["issuerRef"]["name"],
+        issuer["metadata"]["name"]
+    );
+
+    // Without cert-manager: the same objects, no CRDs, no annotation.
+    let base = kustomize("deploy/kubernetes/injector/base");
+    validate_k8s("deploy/kubernetes/injector/base", &base);
+    let base = objects(&base);
+    assert!(base
+        .iter()
+        .all(|o| o["kind"] != "Certificate" && o["kind"] != "Issuer"));
+    let hook = base
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .unwrap();
+    assert!(hook["metadata"].get("annotations").is_none());
 }
