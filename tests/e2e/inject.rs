@@ -13,16 +13,16 @@ use serde_yaml::Value;
 
 use crate::support::*;
 
-fn repo(p: &str) -> PathBuf {
+pub(crate) fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
 }
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     repo("tests/e2e/inject").join(name)
 }
 
 /// Runs `floodgatectl inject` with `args`, `input` on stdin: (exit code, stdout, stderr).
-fn inject(input: &str, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn inject(input: &str, args: &[&str]) -> (i32, String, String) {
     use std::io::Write;
     let mut child = Command::new(floodgatectl())
         .args(["inject", "-f", "-"])
@@ -46,13 +46,13 @@ fn inject(input: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn inject_ok(input: &str, args: &[&str]) -> (String, String) {
+pub(crate) fn inject_ok(input: &str, args: &[&str]) -> (String, String) {
     let (code, out, err) = inject(input, args);
     assert_eq!(code, 0, "{err}");
     (out, err)
 }
 
-fn docs(text: &str) -> Vec<Value> {
+pub(crate) fn docs(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &Value| !v.is_null())
@@ -90,7 +90,7 @@ fn flatten(v: &Value, path: String, out: &mut BTreeMap<String, String>) {
 /// The paths injection may add or change; anything else that differs is a bug.
 fn allowed(path: &str) -> bool {
     let patterns = [
-        r"\.containers\[floodgate\]\.",
+        r"\.(initContainers|containers)\[floodgate\]\.",
         r"\.volumes\[floodgate-(config|admin-tokens|tmp)\]\.",
         r"\.metadata\.annotations\.(prometheus\.io/(scrape|port|path)|floodgate\.io/injected)$",
         r"\.metadata\.labels\.floodgate\.io/injected$",
@@ -105,7 +105,7 @@ fn allowed(path: &str) -> bool {
 }
 
 /// The pod spec of a workload document.
-fn pod_spec(doc: &Value) -> Option<&Value> {
+pub(crate) fn pod_spec(doc: &Value) -> Option<&Value> {
     let spec = doc.get("spec")?;
     match doc.get("kind")?.as_str()? {
         "Pod" => Some(spec),
@@ -118,12 +118,31 @@ fn pod_spec(doc: &Value) -> Option<&Value> {
     }
 }
 
-fn containers(doc: &Value) -> Vec<Value> {
+/// A list of the pod spec (`containers`, `initContainers`), empty when absent.
+fn pod_list(doc: &Value, key: &str) -> Vec<Value> {
     pod_spec(doc)
-        .and_then(|s| s.get("containers"))
+        .and_then(|s| s.get(key))
         .and_then(Value::as_sequence)
         .cloned()
         .unwrap_or_default()
+}
+
+pub(crate) fn containers(doc: &Value) -> Vec<Value> {
+    pod_list(doc, "containers")
+}
+
+fn init_containers(doc: &Value) -> Vec<Value> {
+    pod_list(doc, "initContainers")
+}
+
+/// The `floodgate` container of a workload: a native sidecar (the first init container) by
+/// default, the first container with `--classic-sidecar`.
+pub(crate) fn sidecar_of(doc: &Value) -> Value {
+    init_containers(doc)
+        .into_iter()
+        .chain(containers(doc))
+        .find(|c| c["name"] == "floodgate")
+        .unwrap_or_else(|| panic!("no floodgate container in {doc:?}"))
 }
 
 fn args_of(container: &Value) -> Vec<String> {
@@ -164,7 +183,7 @@ const SHAPES: &[Shape] = &[
 ];
 
 /// Workloads and Services of a stream, `List` items included.
-fn objects(text: &str) -> Vec<Value> {
+pub(crate) fn objects(text: &str) -> Vec<Value> {
     docs(text)
         .into_iter()
         .flat_map(|d| {
@@ -207,9 +226,20 @@ fn every_workload_shape_gets_the_sidecar_and_nothing_else_changes() {
                 .iter()
                 .find(|o| o["metadata"]["name"] == *name && o["kind"] != "Service")
                 .unwrap_or_else(|| panic!("{file}: no workload {name}"));
-            let cs = containers(w);
-            assert_eq!(cs[0]["name"], "floodgate", "{file}: Floodgate goes first");
-            let args = args_of(&cs[0]);
+            let init = init_containers(w);
+            assert_eq!(
+                init[0]["name"], "floodgate",
+                "{file}: Floodgate starts first"
+            );
+            assert_eq!(
+                init[0]["restartPolicy"], "Always",
+                "{file}: a native sidecar"
+            );
+            assert!(
+                containers(w).iter().all(|c| c["name"] != "floodgate"),
+                "{file}: only once"
+            );
+            let args = args_of(&init[0]);
             assert!(
                 args.contains(&format!("--upstream=127.0.0.1:{app_port}")),
                 "{file}: {args:?}"
@@ -236,13 +266,14 @@ fn named_ports_pass_to_floodgate_and_the_apps_probes_follow_the_rename() {
     let input = std::fs::read_to_string(fixture("deployment.yaml")).unwrap();
     let (out, _) = inject_ok(&input, &[]);
     let d = &objects(&out)[1];
+    let fg = sidecar_of(d);
+    assert_eq!(fg["ports"][0]["name"], "http");
+    assert_eq!(fg["ports"][0]["containerPort"], 15080);
     let cs = containers(d);
-    assert_eq!(cs[0]["ports"][0]["name"], "http");
-    assert_eq!(cs[0]["ports"][0]["containerPort"], 15080);
-    assert_eq!(cs[1]["ports"][0]["name"], "app-http");
-    assert_eq!(cs[1]["ports"][0]["containerPort"], 8080);
-    assert_eq!(cs[1]["readinessProbe"]["httpGet"]["port"], "app-http");
-    assert_eq!(cs[1]["livenessProbe"]["tcpSocket"]["port"], "app-http");
+    assert_eq!(cs[0]["ports"][0]["name"], "app-http");
+    assert_eq!(cs[0]["ports"][0]["containerPort"], 8080);
+    assert_eq!(cs[0]["readinessProbe"]["httpGet"]["port"], "app-http");
+    assert_eq!(cs[0]["livenessProbe"]["tcpSocket"]["port"], "app-http");
     // YAML 1.1 values Kubernetes reads survive: octal modes, `yes` strings.
     assert!(out.contains("defaultMode: 0440\n"), "{out}");
     assert!(out.contains("value: \"yes\"\n"), "{out}");
@@ -297,7 +328,9 @@ fn what_cannot_be_injected_is_refused_with_the_fix() {
         ("refuse-host-network.yaml", &[], "document 1 (Pod/node-agent): uses `hostNetwork: true`"),
         ("refuse-two-apps.yaml", &[], "several containers have ports (front, back); say which is the app with --container NAME"),
         ("deployment.yaml", &["--listen-port", "8080"], "document 2 (Deployment/web): port 8080 is already used by container `web`; give Floodgate another with --listen-port"),
-        ("two-ports.yaml", &[], "container `app` has several ports (7000, 7001); say which one Floodgate fronts with --upstream-port N"),
+        ("two-ports.yaml", &["--ports", "api,web"], "--ports: container `app` has no port named `web` (its ports: api 7000, admin 7001)"),
+        ("two-ports.yaml", &["--skip-ports", "7002"], "--skip-ports: container `app` has no port `7002`"),
+        ("two-ports.yaml", &["--skip-ports", "api,admin"], "container `app` has no port left for Floodgate to front (`api` (7000): --skip-ports; `admin` (7001): --skip-ports); choose with --ports"),
         ("pod.yaml", &["--container", "sidecar"], "--container `sidecar` is not one of its containers (log-shipper, app)"),
     ] {
         let (code, out, err) = inject(&read(file), flags);
@@ -327,7 +360,7 @@ fn tool(name: &str) -> Command {
 /// validator has no schema for `List`). Returns its report; fails on any error. Documents of
 /// kinds without a Kubernetes schema (the Prometheus Operator's PodMonitor) are only allowed
 /// to be warned about.
-fn validate_k8s(what: &str, text: &str) -> String {
+pub(crate) fn validate_k8s(what: &str, text: &str) -> String {
     // Written back only when there is a List to unpack: serde_yaml writes YAML 1.2, and a
     // string like "yes" would come out as a YAML 1.1 bool to the validator.
     let mut flat = String::new();
@@ -359,8 +392,15 @@ fn validate_k8s(what: &str, text: &str) -> String {
             out.status.success(),
             "{what} (k8s {version}):\n{text}\n{flat}"
         );
+        // CRDs have no schema there: the Prometheus Operator's PodMonitor, cert-manager's
+        // Certificate and Issuer (the injector's).
         for line in text.lines().filter(|l| l.starts_with("WARN")) {
-            assert!(line.contains("kind PodMonitor"), "{what}: {line}");
+            assert!(
+                ["kind PodMonitor ", "kind Certificate ", "kind Issuer "]
+                    .iter()
+                    .any(|k| line.contains(k)),
+                "{what}: {line}"
+            );
         }
         report.push_str(&text);
     }
@@ -399,7 +439,7 @@ fn a_broken_manifest_is_caught_by_the_validator() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("'fifteen' is not of type 'integer'"));
 }
 
-fn kustomize(dir: &str) -> String {
+pub(crate) fn kustomize(dir: &str) -> String {
     run_ok(tool("kustomize").arg("build").arg(repo(dir)))
 }
 
@@ -499,7 +539,7 @@ fn shipped_manifests_build_with_kustomize_and_pass_the_schemas() {
         assert_eq!(&labels[k.as_str().unwrap()], v);
     }
     let port = &pm["spec"]["podMetricsEndpoints"][0]["port"];
-    let fg = &containers(deployment)[0];
+    let fg = &sidecar_of(deployment);
     assert!(fg["ports"]
         .as_sequence()
         .unwrap()
@@ -541,7 +581,7 @@ fn component_adds_the_same_sidecar_as_the_injector() {
             .arg("validate")
             .arg(repo("deploy/kubernetes/examples/component/floodgate.yaml")),
     );
-    let from_component = containers(d)[0].clone();
+    let from_component = init_containers(d)[0].clone();
     assert_eq!(from_component["name"], "floodgate");
     let env = from_component["env"].as_sequence().unwrap();
     assert!(env
@@ -556,8 +596,9 @@ fn component_adds_the_same_sidecar_as_the_injector() {
         .into_iter()
         .find(|o| o["kind"] == "Deployment")
         .unwrap();
-    let from_injector = containers(&injected)[0].clone();
+    let from_injector = sidecar_of(&injected);
     for field in [
+        "restartPolicy",
         "image",
         "imagePullPolicy",
         "readinessProbe",
@@ -614,7 +655,7 @@ async fn the_injected_container_runs_with_the_shipped_config() {
                 &metrics_port.to_string(),
             ],
         );
-        containers(&objects(&out)[0])[0].clone()
+        sidecar_of(&objects(&out)[0])
     };
     let fg_proc = Sidecar::start_retrying(|port, metrics_port| {
         let fg = injected(port, metrics_port);
@@ -743,23 +784,36 @@ fn a_directory_is_read_as_one_stream_of_its_yaml_files() {
 }
 
 #[test]
-fn native_sidecar_runs_floodgate_as_a_restartable_init_container() {
+fn native_sidecar_is_the_default_and_classic_sidecar_keeps_a_plain_container() {
     let input = std::fs::read_to_string(fixture("deployment.yaml")).unwrap();
-    let (out, _) = inject_ok(&input, &["--native-sidecar"]);
-    let d = &objects(&out)[1];
-    let spec = pod_spec(d).unwrap();
-    let init = spec["initContainers"].as_sequence().unwrap();
+    let (native, _) = inject_ok(&input, &[]);
+    // `--native-sidecar`, the default now, is still accepted and changes nothing.
+    assert_eq!(inject_ok(&input, &["--native-sidecar"]).0, native);
+    let d = &objects(&native)[1];
+    let init = init_containers(d);
     assert_eq!(init[0]["name"], "floodgate");
     assert_eq!(init[0]["restartPolicy"], "Always");
     assert!(args_of(&init[0]).contains(&"--upstream=127.0.0.1:8080".to_string()));
-    let app = containers(d);
-    let names: Vec<&str> = app.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<String> = containers(d)
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["web"], "the app's containers are as they were");
-    // Native sidecars are Kubernetes 1.29+: both schemas accept it.
-    validate_k8s("native sidecar", &out);
-    let (again, notes) = inject_ok(&out, &["--native-sidecar"]);
-    assert_eq!(again, out);
+
+    let (classic, _) = inject_ok(&input, &["--classic-sidecar"]);
+    let d = &objects(&classic)[1];
+    assert!(init_containers(d).is_empty());
+    let cs = containers(d);
+    assert_eq!(cs[0]["name"], "floodgate", "a classic sidecar goes first");
+    assert!(cs[0].get("restartPolicy").is_none());
+    assert_eq!(cs[1]["name"], "web");
+    let (again, notes) = inject_ok(&classic, &[]);
+    assert_eq!(again, classic, "a classic sidecar is recognised too");
     assert!(notes.contains("already has the `floodgate` container"));
+    validate_k8s("classic sidecar", &classic);
+
+    let (code, _, err) = inject(&input, &["--native-sidecar", "--classic-sidecar"]);
+    assert_eq!(code, 2, "{err}");
 }
 
 /// `kubectl get -o json` output is YAML too: injected the same, written back as YAML.
@@ -773,9 +827,172 @@ fn json_input_from_kubectl_is_injected_and_valid() {
         "{notes}"
     );
     let objs = objects(&out);
-    assert_eq!(containers(&objs[0])[0]["name"], "floodgate");
+    assert_eq!(init_containers(&objs[0])[0]["name"], "floodgate");
     assert_eq!(objs[1]["spec"]["ports"][0]["targetPort"], "http");
     validate_k8s("json input", &out);
     let (again, _) = inject_ok(&out, &[]);
     assert_eq!(again, out);
+}
+
+/// Issue 19's shape (tests/e2e/inject/every-port.yaml): HTTP, gRPC and a Prometheus-scraped
+/// metrics port, exec probes, Services that target `http` and `grpc` by name. With defaults
+/// both serving ports go through Floodgate, each on its own port under the app port's name,
+/// and the metrics port is left direct and named on stderr.
+#[test]
+fn every_tcp_port_is_fronted_and_the_metrics_port_is_left_direct_and_listed() {
+    let input = std::fs::read_to_string(fixture("every-port.yaml")).unwrap();
+    let (out, notes) = inject_ok(&input, &[]);
+    let objs = objects(&out);
+    let fg = sidecar_of(&objs[0]);
+    let ports: Vec<(String, u64)> = fg["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [("http", 15080), ("grpc", 15081), ("fg-metrics", 15090)];
+    assert_eq!(
+        ports,
+        want.map(|(n, p)| (n.to_string(), p)),
+        "Floodgate's ports take the app ports' names"
+    );
+    // Several ports: the config's `listeners:` list, gRPC over h2c; no one-listener flags.
+    let args = args_of(&fg);
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--listen=") || a.starts_with("--upstream=")),
+        "{args:?}"
+    );
+    assert_eq!(
+        listeners_of(&fg),
+        serde_json::json!([
+            {"name": "http", "listen": "0.0.0.0:15080",
+             "upstream": {"address": "127.0.0.1:9898", "protocol": "auto"}},
+            {"name": "grpc", "listen": "0.0.0.0:15081",
+             "upstream": {"address": "127.0.0.1:9999", "protocol": "h2c"}},
+        ])
+    );
+    let app = &containers(&objs[0])[0];
+    let app_ports: Vec<(&str, u64)> = app["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        app_ports,
+        [
+            ("app-http", 9898),
+            ("http-metrics", 9797),
+            ("app-grpc", 9999)
+        ]
+    );
+    // The Services still target `http` and `grpc`: now Floodgate's.
+    for svc in objs.iter().filter(|o| o["kind"] == "Service") {
+        for p in svc["spec"]["ports"].as_sequence().unwrap() {
+            assert!(["http", "grpc"].contains(&p["targetPort"].as_str().unwrap()));
+        }
+    }
+    assert_eq!(objs[1], docs(&input)[1], "Services by name are not touched");
+    assert!(
+        notes.contains(
+            "port `http-metrics` (9797) of container `podinfod` bypasses Floodgate: a metrics port (its name); front it with --ports"
+        ),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("a numeric targetPort 9999 would bypass it); gRPC: upstream protocol h2c"),
+        "{notes}"
+    );
+    validate_k8s("every-port.yaml", &out);
+    let (twice, again) = inject_ok(&out, &[]);
+    assert_eq!(twice, out, "idempotent");
+    assert!(
+        again.contains("already has the `floodgate` container"),
+        "{again}"
+    );
+
+    // --ports chooses exactly; --skip-ports leaves some out; either way what bypasses is named.
+    for (flags, reason) in [
+        (&["--ports", "http"][..], "not chosen by --ports"),
+        (&["--skip-ports", "grpc"], "--skip-ports"),
+    ] {
+        let (out, notes) = inject_ok(&input, flags);
+        let fg = sidecar_of(&objects(&out)[0]);
+        let args = args_of(&fg);
+        assert!(
+            args.contains(&"--listen=0.0.0.0:15080".to_string()),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(&"--upstream=127.0.0.1:9898".to_string()),
+            "{args:?}"
+        );
+        assert!(fg["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .all(|e| e["name"] != "FLOODGATE_LISTENERS"));
+        assert!(
+            notes.contains(&format!(
+                "port `grpc` (9999) of container `podinfod` bypasses Floodgate: {reason}"
+            )),
+            "{flags:?}: {notes}"
+        );
+        assert!(notes.contains("port `http-metrics` (9797)"), "{notes}");
+        validate_k8s("every-port.yaml --ports", &out);
+    }
+}
+
+/// The `listeners:` list the injector put in the sidecar's `FLOODGATE_LISTENERS`.
+fn listeners_of(fg: &Value) -> serde_json::Value {
+    let env = fg["env"].as_sequence().unwrap();
+    let value = env
+        .iter()
+        .find(|e| e["name"] == "FLOODGATE_LISTENERS")
+        .unwrap_or_else(|| panic!("no FLOODGATE_LISTENERS in {env:?}"))["value"]
+        .as_str()
+        .unwrap();
+    serde_json::from_str(value).unwrap()
+}
+
+/// The sidecar's whole config for several ports, as the proxy will see it: the ConfigMap's
+/// policy with the injected `listeners:` in place of the one-listener `listen` + `upstream`.
+/// Needs the proxy side of issue 19 (`listeners:` in the config); run it with `--ignored`
+/// once that has landed.
+#[test]
+#[ignore = "needs listeners: (issue 19 proxy side)"]
+fn the_injected_listeners_are_a_config_floodgate_accepts() {
+    let input = std::fs::read_to_string(fixture("every-port.yaml")).unwrap();
+    let (out, _) = inject_ok(&input, &[]);
+    let listeners = listeners_of(&sidecar_of(&objects(&out)[0]));
+    let policy =
+        std::fs::read_to_string(repo("deploy/kubernetes/examples/component/floodgate.yaml"))
+            .unwrap();
+    let mut config: serde_yaml::Mapping = serde_yaml::from_str(&policy).unwrap();
+    config.remove("listen");
+    config.remove("upstream");
+    config.insert(
+        "listeners".into(),
+        serde_yaml::to_value(&listeners).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("floodgate.yaml");
+    std::fs::write(&file, serde_yaml::to_string(&config).unwrap()).unwrap();
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .arg("validate")
+            .arg(&file),
+    );
 }

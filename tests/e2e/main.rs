@@ -15,6 +15,7 @@ mod global;
 mod global_faults;
 mod grpc;
 mod inject;
+mod injector_webhook;
 mod lifecycle;
 mod limits;
 mod listeners;

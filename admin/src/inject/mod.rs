@@ -12,7 +12,9 @@
 //! injecting twice changes nothing. What cannot be done safely is refused with the document,
 //! the workload and what to do.
 
+pub mod admission;
 mod pod;
+mod ports;
 mod sidecar;
 pub mod yaml;
 
@@ -153,7 +155,7 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
                     reason,
                 }
             })?;
-            if let Some(w) = wiring {
+            if let pod::Outcome::Injected(w) = wiring {
                 changed[i] = true;
                 wired.push((namespace, w));
             }

@@ -1,6 +1,7 @@
-//! Finding a workload's pod template, choosing the app's container and port, and putting the
-//! sidecar in front of it; pointing Services that target the app port by number at Floodgate.
+//! Finding a workload's pod template, choosing the app's container, and putting the sidecar
+//! in front of its ports; pointing Services that target an app port by number at Floodgate.
 
+use super::ports;
 use super::sidecar::{self, Options, CONTAINER};
 use super::yaml::Node;
 use super::{label, INJECT_ANNOTATION};
@@ -11,10 +12,9 @@ pub struct Wired {
     pub workload: String,
     /// The pod template's labels.
     pub labels: Vec<(String, String)>,
-    /// The app's port, which a Service may name by number.
-    pub app_port: u16,
-    /// Floodgate's port's name: the app port's former name, or `http`.
-    pub port_name: String,
+    /// Each fronted app port (which a Service may name by number) with Floodgate's port's
+    /// name for it: the app port's former name, or `http`/`grpc`/`fg-<port>`.
+    pub ports: Vec<(u16, String)>,
 }
 
 /// The metadata and pod spec paths of each kind that has a pod template.
@@ -110,25 +110,37 @@ fn renamed(old: &str, taken: &[String]) -> String {
     name
 }
 
-/// Adds the sidecar to `doc` if it is a workload. `Ok(None)`: not a workload, opted out, or
-/// already injected (with a note for the last two).
+/// What [`inject_workload`] did with a document.
+pub enum Outcome {
+    /// Not a kind with a pod template: left alone.
+    NotAWorkload,
+    /// Annotated `floodgate.io/inject: disabled` (a note says so).
+    OptedOut,
+    /// Has the `floodgate` container already (a note says so).
+    AlreadyInjected,
+    /// The sidecar was added.
+    Injected(Wired),
+}
+
+/// Adds the sidecar to `doc` if it is a workload: the one path of `floodgatectl inject` and of
+/// the admission webhook (which hands it a Pod). `Err`: it cannot be done safely, and why.
 pub fn inject_workload(
     doc: &mut Node,
     opts: &Options,
     notes: &mut Vec<String>,
-) -> Result<Option<Wired>, String> {
+) -> Result<Outcome, String> {
     let Some(kind) = doc.get("kind").and_then(Node::as_str) else {
-        return Ok(None);
+        return Ok(Outcome::NotAWorkload);
     };
     let Some((meta_path, spec_path)) = template_paths(kind) else {
-        return Ok(None);
+        return Ok(Outcome::NotAWorkload);
     };
     let workload = label(doc);
     if opted_out(doc.get("metadata")) || opted_out(doc.at(meta_path)) {
         notes.push(format!(
             "{workload}: skipped ({INJECT_ANNOTATION}: disabled)"
         ));
-        return Ok(None);
+        return Ok(Outcome::OptedOut);
     }
     let spec_where = spec_path.join(".");
     let spec = doc
@@ -155,7 +167,7 @@ pub fn inject_workload(
         notes.push(format!(
             "{workload}: already has the `{CONTAINER}` container; left as it is"
         ));
-        return Ok(None);
+        return Ok(Outcome::AlreadyInjected);
     }
     if spec.get("hostNetwork").and_then(Node::as_str) == Some("true") {
         return Err(
@@ -165,116 +177,92 @@ pub fn inject_workload(
         );
     }
 
-    // The app container: named, or the one with the wanted port, or the only one with ports.
+    // The app container: named, or the one with the wanted ports, or the only one with ports.
     let with_ports: Vec<usize> = (0..containers.len())
         .filter(|&i| !ports_of(&containers[i]).is_empty())
         .collect();
-    let app = match (&opts.container, opts.upstream_port) {
-        (Some(name), _) => names.iter().position(|n| n == name).ok_or_else(|| {
-            format!("--container `{name}` is not one of its containers ({})", names.join(", "))
+    let wanted: Vec<String> = match opts.upstream_port {
+        Some(p) => vec![p.to_string()],
+        None => opts.ports.clone(),
+    };
+    let declares = |i: usize, sel: &str| {
+        ports_of(&containers[i]).iter().any(|p| {
+            port_name(p) == Some(sel)
+                || port_number(p).map(|n| n.to_string()).as_deref() == Some(sel)
+        })
+    };
+    let app = match &opts.container {
+        Some(name) => names.iter().position(|n| n == name).ok_or_else(|| {
+            format!(
+                "--container `{name}` is not one of its containers ({})",
+                names.join(", ")
+            )
         })?,
-        (None, Some(port)) => with_ports
-            .iter()
-            .copied()
-            .find(|&i| ports_of(&containers[i]).iter().any(|p| port_number(p) == Some(port)))
+        None if !wanted.is_empty() => (0..containers.len())
+            .find(|&i| wanted.iter().any(|w| declares(i, w)))
             .or((containers.len() == 1).then_some(0))
             .ok_or_else(|| {
                 format!(
-                    "no container declares containerPort {port}; name the app's with --container NAME"
+                    "no container declares port {}; name the app's with --container NAME",
+                    wanted.join(", ")
                 )
             })?,
-        (None, None) => match with_ports.as_slice() {
+        None => match with_ports.as_slice() {
             [one] => *one,
             [] => {
-                return Err("no container declares a containerPort, so there is no port to put \
+                return Err(
+                    "no container declares a containerPort, so there is no port to put \
                             Floodgate in front of: add the app's port to its `ports`, or pass \
                             --upstream-port N (and --container NAME if it has several containers)"
-                    .into())
+                        .into(),
+                )
             }
             _ => {
                 return Err(format!(
-                    "several containers have ports ({}); say which is the app with --container NAME",
-                    with_ports
-                        .iter()
-                        .map(|&i| names.get(i).copied().unwrap_or("?"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
+                "several containers have ports ({}); say which is the app with --container NAME",
+                with_ports
+                    .iter()
+                    .map(|&i| names.get(i).copied().unwrap_or("?"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
             }
         },
     };
     let app_name = names.get(app).copied().unwrap_or("?").to_string();
-    let app_ports = ports_of(&containers[app]);
-
-    // The app port: asked for, or the only one, or the one named `http`.
-    let chosen: Option<usize> = match opts.upstream_port {
-        Some(port) => app_ports.iter().position(|p| port_number(p) == Some(port)),
-        None => match app_ports {
-            [] => {
-                return Err(format!(
-                    "container `{app_name}` declares no containerPort; say which port the app \
-                     listens on with --upstream-port N"
-                ))
-            }
-            [_] => Some(0),
-            _ => Some(
-                app_ports
-                    .iter()
-                    .position(|p| port_name(p) == Some("http"))
-                    .ok_or_else(|| {
-                        format!(
-                            "container `{app_name}` has several ports ({}); say which one Floodgate \
-                             fronts with --upstream-port N",
-                            app_ports
-                                .iter()
-                                .filter_map(port_number)
-                                .map(|p| p.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    })?,
-            ),
+    let plan = ports::plan(
+        &containers[app],
+        &app_name,
+        doc.at(meta_path).and_then(|m| m.get("annotations")),
+        ports::Choice {
+            upstream_port: opts.upstream_port,
+            only: &opts.ports,
+            skip: &opts.skip_ports,
         },
-    };
-    let (app_port, old_name) = match (chosen, opts.upstream_port) {
-        (Some(i), _) => {
-            let p = &app_ports[i];
-            if let Some(proto) = p.get("protocol").and_then(Node::as_str) {
-                if proto != "TCP" {
-                    return Err(format!(
-                        "the app port is {proto}; Floodgate proxies HTTP and gRPC over TCP only"
-                    ));
-                }
-            }
-            let n = port_number(p).ok_or_else(|| {
-                format!("container `{app_name}`'s port has no valid containerPort")
-            })?;
-            (n, port_name(p).map(str::to_string))
-        }
-        (None, Some(n)) => (n, None),
-        (None, None) => return Err("no app port".into()),
-    };
+    )?;
 
     let mut all_ports = pod_ports(containers);
     all_ports.extend(pod_ports(init));
+    let used = |n: u16| all_ports.iter().find(|(_, _, p)| *p == Some(n));
+    let is_app_port = |n: u16| plan.fronted.iter().any(|f| f.number == n);
     for (flag, mine) in [
         ("--listen-port", Some(opts.listen_port)),
         ("--metrics-port", Some(opts.metrics_port)),
         ("--admin-port", opts.admin_port),
     ] {
         let Some(mine) = mine else { continue };
-        if let Some((c, _, _)) = all_ports.iter().find(|(_, _, n)| *n == Some(mine)) {
+        if let Some((c, _, _)) = used(mine) {
             return Err(format!(
                 "port {mine} is already used by container `{c}`; give Floodgate another with {flag}"
             ));
         }
-        if mine == app_port {
+        if is_app_port(mine) {
             return Err(format!(
                 "Floodgate cannot listen on the app's own port {mine}; choose another {flag}"
             ));
         }
     }
-    let taken: Vec<String> = all_ports.iter().filter_map(|(_, n, _)| n.clone()).collect();
+    let mut taken: Vec<String> = all_ports.iter().filter_map(|(_, n, _)| n.clone()).collect();
     for fixed in [sidecar::METRICS_PORT_NAME, sidecar::ADMIN_PORT_NAME] {
         if taken.iter().any(|t| t == fixed) {
             return Err(format!(
@@ -282,11 +270,51 @@ pub fn inject_workload(
             ));
         }
     }
-    let fg_port = match &old_name {
-        Some(n) => n.clone(),
-        None if taken.iter().any(|t| t == "http") => "fg-http".to_string(),
-        None => "http".to_string(),
-    };
+
+    // Floodgate's ports: --listen-port, then the next free numbers; each takes the app
+    // port's name (an unnamed one gets `http`/`grpc`, or `fg-<app port>` if that is taken).
+    let mut listeners: Vec<sidecar::Listener> = Vec::with_capacity(plan.fronted.len());
+    let mut renames: Vec<(String, String)> = Vec::new();
+    let mut next = opts.listen_port;
+    for f in &plan.fronted {
+        while used(next).is_some()
+            || next == opts.metrics_port
+            || Some(next) == opts.admin_port
+            || is_app_port(next)
+            || listeners.iter().any(|l| l.port == next)
+        {
+            next = next
+                .checked_add(1)
+                .ok_or("no free port left above --listen-port")?;
+        }
+        let name = match &f.name {
+            Some(old) => {
+                let new = renamed(old, &taken);
+                taken.push(new.clone());
+                renames.push((old.clone(), new));
+                old.clone()
+            }
+            None => {
+                let base = if f.grpc { "grpc" } else { "http" };
+                let name = if taken.iter().any(|t| t == base) {
+                    format!("fg-{}", f.number)
+                } else {
+                    base.to_string()
+                };
+                taken.push(name.clone());
+                name
+            }
+        };
+        listeners.push(sidecar::Listener {
+            name,
+            port: next,
+            app_port: f.number,
+            h2c: f.grpc,
+        });
+        next = next
+            .checked_add(1)
+            .ok_or("no free port left above --listen-port")?;
+    }
     let volumes = sidecar::volumes(opts);
     let existing_volumes: Vec<&str> = spec
         .get("volumes")
@@ -309,30 +337,32 @@ pub fn inject_workload(
     let spec = doc
         .at_mut(spec_path)
         .ok_or_else(|| format!("no pod spec at `{spec_where}`"))?;
+    let fg = sidecar::container(opts, &listeners);
     if let Some(Node::Seq(containers)) = spec.get_mut("containers") {
-        if let (Some(old), Some(Node::Seq(ports))) = (&old_name, containers[app].get_mut("ports")) {
+        for (old, new) in &renames {
             // The app's port gives its name to Floodgate's and takes a new one; the app's own
-            // probes that named it follow.
-            let new = renamed(old, &taken);
-            for p in ports.iter_mut() {
-                if port_name(p) == Some(old.as_str()) {
-                    p.set("name", Node::string(new.clone()));
+            // probes that named it follow (the kubelet probes the app itself).
+            if let Some(Node::Seq(ports)) = containers[app].get_mut("ports") {
+                for p in ports.iter_mut() {
+                    if port_name(p) == Some(old.as_str()) {
+                        p.set("name", Node::string(new.clone()));
+                    }
                 }
             }
-            rename_probe_ports(&mut containers[app], old, &new);
+            rename_probe_ports(&mut containers[app], old, new);
             notes.push(format!(
                 "{workload}: container `{app_name}`'s port `{old}` is now `{new}`; `{old}` is Floodgate's"
             ));
         }
         if !opts.native_sidecar {
-            containers.insert(0, sidecar::container(opts, app_port, &fg_port));
+            containers.insert(0, fg.clone());
         }
     }
     if opts.native_sidecar {
         // A Kubernetes native sidecar (1.29+): started, and ready, before the app; stopped
         // after it, so the app never sees traffic without Floodgate in front, and Floodgate
         // drains while the app still answers.
-        let mut c = sidecar::container(opts, app_port, &fg_port);
+        let mut c = fg;
         c.set("restartPolicy", Node::string("Always"));
         match spec.entry("initContainers", || Node::Seq(Vec::new())) {
             Some(Node::Seq(v)) => v.insert(0, c),
@@ -370,17 +400,49 @@ pub fn inject_workload(
     meta.entry("labels", || Node::Map(Vec::new()))
         .ok_or("`metadata` is not a mapping")?
         .set(sidecar::POD_LABEL, Node::string("true"));
-    notes.push(format!(
-        "{workload}: injected in front of container `{app_name}` port {app_port}; Floodgate listens \
-         on {} as port `{fg_port}`: Services must target `{fg_port}` (a numeric targetPort \
-         {app_port} would bypass it)",
-        opts.listen_port
-    ));
-    Ok(Some(Wired {
+    for l in &listeners {
+        let grpc = match (l.h2c, listeners.len()) {
+            (false, _) => "",
+            (true, 1) => {
+                "; gRPC: the config's upstream.protocol applies (`auto` forwards it as h2c)"
+            }
+            (true, _) => "; gRPC: upstream protocol h2c",
+        };
+        notes.push(format!(
+            "{workload}: injected in front of container `{app_name}` port {}; Floodgate listens \
+             on {} as port `{}`: Services must target `{}` (a numeric targetPort {} would bypass \
+             it){grpc}",
+            l.app_port, l.port, l.name, l.name, l.app_port,
+        ));
+    }
+    for d in &plan.direct {
+        notes.push(format!(
+            "{workload}: port {} of container `{app_name}` bypasses Floodgate: {}; front it with \
+             --ports",
+            d.label(),
+            d.why
+        ));
+    }
+    if listeners.len() > 1 {
+        notes.push(format!(
+            "{workload}: {} listeners ({}) are in the {} variable: the sidecar needs a Floodgate \
+             that reads `listeners:`",
+            listeners.len(),
+            listeners
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            sidecar::LISTENERS_ENV
+        ));
+    }
+    Ok(Outcome::Injected(Wired {
         workload,
         labels,
-        app_port,
-        port_name: fg_port,
+        ports: listeners
+            .iter()
+            .map(|l| (l.app_port, l.name.clone()))
+            .collect(),
     }))
 }
 
@@ -433,14 +495,16 @@ pub fn retarget_service(
             let by_number = target
                 .and_then(Node::as_str)
                 .and_then(|t| t.parse::<u16>().ok());
-            if by_number == Some(w.app_port) {
-                p.set("targetPort", Node::string(w.port_name.clone()));
-                notes.push(format!(
-                    "{name}: targetPort {} is now `{}` (Floodgate in {})",
-                    w.app_port, w.port_name, w.workload
-                ));
-                changed = true;
-            }
+            let Some((app_port, fg_name)) = w.ports.iter().find(|(n, _)| Some(*n) == by_number)
+            else {
+                continue;
+            };
+            p.set("targetPort", Node::string(fg_name.clone()));
+            notes.push(format!(
+                "{name}: targetPort {app_port} is now `{fg_name}` (Floodgate in {})",
+                w.workload
+            ));
+            changed = true;
         }
     }
     changed

@@ -1,9 +1,10 @@
 //! The Floodgate container, its volumes and the pod's scrape annotations, as injected.
 //!
 //! The sidecar runs as a non-root user on a read-only root filesystem with every capability
-//! dropped; its addresses come from the command line (`--listen`, `--upstream`,
-//! `--metrics-listen`), so the ConfigMap holds only policy and can be shared by apps on
-//! different ports.
+//! dropped; its addresses come from the pod spec, not the ConfigMap, so the ConfigMap holds
+//! only policy and can be shared by apps on different ports: one fronted port is the
+//! one-listener form on the command line (`--listen`, `--upstream`), several are the config's
+//! `listeners:` list in the `FLOODGATE_LISTENERS` variable.
 
 use super::yaml::Node;
 
@@ -20,6 +21,23 @@ pub const CONFIG_DIR: &str = "/etc/floodgate/config";
 /// Where the admin tokens Secret is mounted (point `admin.tokens[].file` here).
 pub const TOKENS_DIR: &str = "/etc/floodgate/tokens";
 
+/// The variable that carries the `listeners:` list (JSON, which is YAML) when Floodgate fronts
+/// several ports.
+pub const LISTENERS_ENV: &str = "FLOODGATE_LISTENERS";
+
+/// One port Floodgate listens on, in front of one app port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// The listener's name: Floodgate's port name (the app port's former name).
+    pub name: String,
+    /// Floodgate's port.
+    pub port: u16,
+    /// The app's port on `127.0.0.1`.
+    pub app_port: u16,
+    /// The app speaks gRPC: `upstream.protocol: h2c`.
+    pub h2c: bool,
+}
+
 /// What `floodgatectl inject` puts in.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -31,11 +49,16 @@ pub struct Options {
     pub config_key: String,
     /// Secret with the admin tokens; `None`: no admin tokens mounted.
     pub admin_secret: Option<String>,
-    /// The app port Floodgate fronts (needed when the app has several, or declares none).
+    /// The one app port Floodgate fronts, declared or not (`--upstream-port`).
     pub upstream_port: Option<u16>,
+    /// Exactly the app ports Floodgate fronts, by name or number (`--ports`); empty: every
+    /// TCP port but metrics and health ports.
+    pub ports: Vec<String>,
+    /// Ports left out of the default choice, by name or number (`--skip-ports`).
+    pub skip_ports: Vec<String>,
     /// The app container (needed when several containers have ports).
     pub container: Option<String>,
-    /// Floodgate's inbound port.
+    /// Floodgate's first inbound port (the next ones follow it: 15080, 15081, ...).
     pub listen_port: u16,
     /// Floodgate's metrics port.
     pub metrics_port: u16,
@@ -49,7 +72,9 @@ pub struct Options {
     pub cpu_limit: String,
     /// Memory limit.
     pub memory_limit: String,
-    /// Put Floodgate in `initContainers` with `restartPolicy: Always` (Kubernetes 1.29+).
+    /// Put Floodgate in `initContainers` with `restartPolicy: Always` (a native sidecar:
+    /// Kubernetes 1.29+, GA in 1.33); `false`: a plain container beside the app, for older
+    /// clusters.
     pub native_sidecar: bool,
 }
 
@@ -61,6 +86,8 @@ impl Default for Options {
             config_key: "floodgate.yaml".into(),
             admin_secret: Some("floodgate-admin-tokens".into()),
             upstream_port: None,
+            ports: Vec::new(),
+            skip_ports: Vec::new(),
             container: None,
             listen_port: 15080,
             metrics_port: 15090,
@@ -69,7 +96,7 @@ impl Default for Options {
             memory_request: "64Mi".into(),
             cpu_limit: "1".into(),
             memory_limit: "256Mi".into(),
-            native_sidecar: false,
+            native_sidecar: true,
         }
     }
 }
@@ -107,20 +134,48 @@ fn mount(name: &str, path: &str, read_only: bool) -> Node {
     m
 }
 
-/// The Floodgate container, forwarding to the app on `127.0.0.1:app_port`, its inbound port
-/// named `port_name`.
-pub fn container(o: &Options, app_port: u16, port_name: &str) -> Node {
+/// The `listeners:` list of the config (issue 19's shape) for `listeners`, as one line of
+/// JSON.
+pub fn listeners_json(listeners: &[Listener]) -> String {
+    // Written by hand to keep the keys in the order the config reference uses.
+    let items: Vec<String> = listeners
+        .iter()
+        .map(|l| {
+            format!(
+                r#"{{"name":{},"listen":"0.0.0.0:{}","upstream":{{"address":"127.0.0.1:{}","protocol":"{}"}}}}"#,
+                serde_json::Value::String(l.name.clone()),
+                l.port,
+                l.app_port,
+                if l.h2c { "h2c" } else { "auto" },
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// The Floodgate container, each listener forwarding to its app port on `127.0.0.1`.
+pub fn container(o: &Options, listeners: &[Listener]) -> Node {
     let mut args = vec![
         "--config".to_string(),
         format!("{CONFIG_DIR}/{}", o.config_key),
-        format!("--listen=0.0.0.0:{}", o.listen_port),
-        format!("--upstream=127.0.0.1:{app_port}"),
-        format!("--metrics-listen=0.0.0.0:{}", o.metrics_port),
     ];
-    let mut ports = vec![
-        port(port_name, o.listen_port),
-        port(METRICS_PORT_NAME, o.metrics_port),
-    ];
+    let mut env = vec![Node::map([
+        ("name", Node::string("RUST_LOG")),
+        ("value", Node::string("info")),
+    ])];
+    match listeners {
+        [one] => {
+            args.push(format!("--listen=0.0.0.0:{}", one.port));
+            args.push(format!("--upstream=127.0.0.1:{}", one.app_port));
+        }
+        several => env.push(Node::map([
+            ("name", Node::string(LISTENERS_ENV)),
+            ("value", Node::string(listeners_json(several))),
+        ])),
+    }
+    args.push(format!("--metrics-listen=0.0.0.0:{}", o.metrics_port));
+    let mut ports: Vec<Node> = listeners.iter().map(|l| port(&l.name, l.port)).collect();
+    ports.push(port(METRICS_PORT_NAME, o.metrics_port));
     if let Some(a) = o.admin_port {
         args.push(format!("--admin-listen=0.0.0.0:{a}"));
         ports.push(port(ADMIN_PORT_NAME, a));
@@ -139,13 +194,7 @@ pub fn container(o: &Options, app_port: u16, port_name: &str) -> Node {
             Node::Seq(args.into_iter().map(Node::string).collect()),
         ),
         ("ports", Node::Seq(ports)),
-        (
-            "env",
-            Node::Seq(vec![Node::map([
-                ("name", Node::string("RUST_LOG")),
-                ("value", Node::string("info")),
-            ])]),
-        ),
+        ("env", Node::Seq(env)),
         ("readinessProbe", probe("/readyz", 5, 3)),
         ("livenessProbe", probe("/healthz", 10, 3)),
         (

@@ -317,10 +317,14 @@ pub(crate) enum Command {
     /// Job, CronJob, Pod, or a List of them) and writes it to standard output with the `floodgate`
     /// container in front of each workload's app.
     ///
-    /// Floodgate takes over the name of the app's port (e.g. `http`) on a port of its own
-    /// (--listen-port) and forwards to the app on 127.0.0.1; the app's port is renamed (`app-http`)
-    /// and the app is not changed. Services that target the port by name keep working; Services in
-    /// the same input that target it by number are pointed at the name. Also added: the config from
+    /// Floodgate fronts every TCP port of the app container, each on a port of its own
+    /// (--listen-port, then the next ones), taking over its name (e.g. `http`, `grpc`) and
+    /// forwarding to the app on 127.0.0.1; the app's port is renamed (`app-http`) and the app is
+    /// not changed. Metrics and health ports stay direct and are named on standard error
+    /// (--ports and --skip-ports choose); a gRPC port is forwarded as h2c. Floodgate is a native
+    /// sidecar (Kubernetes 1.29+; --classic-sidecar for older clusters). Services that target a
+    /// port by name keep working; Services in the same input that target it by number are
+    /// pointed at the name. Also added: the config from
     /// a ConfigMap (--config-map, mounted at /etc/floodgate/config), the admin tokens from a Secret
     /// (--admin-secret, at /etc/floodgate/tokens), /healthz and /readyz probes, resources, a
     /// non-root read-only securityContext and Prometheus scrape annotations.
@@ -337,15 +341,92 @@ pub(crate) enum Command {
     /// Exit codes: 0 written, 2 input unreadable, 5 refused (nothing written; the message names
     /// the document, the workload and the fix).
     #[command(verbatim_doc_comment)]
-    Inject(InjectArgs),
+    Inject(Box<InjectArgs>),
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct InjectArgs {
+    /// The admission webhook instead of files (`serve`, `serve-cert`).
+    #[command(subcommand)]
+    pub(crate) webhook: Option<WebhookCmd>,
     /// File to read, a directory (its .yaml and .yml files, by name, as one stream), or `-` for
     /// standard input.
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
-    pub(crate) file: String,
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    pub(crate) file: Option<String>,
+    #[command(flatten)]
+    pub(crate) how: InjectOptions,
+}
+
+/// `floodgatectl inject serve` and `serve-cert`: injection by an admission webhook.
+#[derive(Subcommand)]
+pub(crate) enum WebhookCmd {
+    /// Run the admission webhook: HTTPS, `POST /mutate` answers an admission.k8s.io/v1
+    /// AdmissionReview for a Pod with the JSON Patch that `floodgatectl inject` would make of
+    /// it (the same code does both; the injection flags below apply to every pod).
+    ///
+    /// The MutatingWebhookConfiguration (deploy/kubernetes/injector/) sends the pods of
+    /// namespaces labelled `floodgate.io/inject: enabled`; a pod annotated
+    /// `floodgate.io/inject: disabled` is left alone, an injected one gets no patch, and a pod
+    /// it cannot inject safely is allowed unchanged with a warning that says why: it never
+    /// blocks a pod. A request that is not an AdmissionReview gets 400.
+    ///
+    /// Also served: /healthz, /readyz and /metrics (pods injected, skipped by reason,
+    /// answer times; Prometheus text). The certificate and key files are read again when they
+    /// change (a renewed cert-manager Secret), without a restart.
+    ///
+    /// Examples:
+    ///   floodgatectl inject serve --listen 0.0.0.0:8443 --cert /tls/tls.crt --key /tls/tls.key
+    ///   floodgatectl inject serve --listen 127.0.0.1:8443 --cert tls.crt --key tls.key --config-map web-floodgate
+    #[command(verbatim_doc_comment)]
+    Serve(Box<ServeArgs>),
+    /// Make a self-signed certificate and key for the webhook (for clusters without
+    /// cert-manager), write them as tls.crt and tls.key, and print the caBundle (the
+    /// certificate, base64) for the MutatingWebhookConfiguration.
+    ///
+    /// Examples:
+    ///   floodgatectl inject serve-cert --out-dir certs/
+    ///   floodgatectl inject serve-cert --namespace floodgate-system --service floodgate-injector --out-dir certs/
+    #[command(verbatim_doc_comment)]
+    ServeCert(ServeCertArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (HTTPS).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Certificate chain file (PEM; the Secret's tls.crt). Read again when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cert: std::path::PathBuf,
+    /// Private key file (PEM; the Secret's tls.key). Read again when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: std::path::PathBuf,
+    #[command(flatten)]
+    pub(crate) how: InjectOptions,
+}
+
+#[derive(Args)]
+pub(crate) struct ServeCertArgs {
+    /// The webhook Service's namespace (the certificate names
+    /// SERVICE.NAMESPACE.svc and SERVICE.NAMESPACE.svc.cluster.local).
+    #[arg(long, value_name = "NAME", default_value = "floodgate-system")]
+    pub(crate) namespace: String,
+    /// The webhook Service's name.
+    #[arg(long, value_name = "NAME", default_value = "floodgate-injector")]
+    pub(crate) service: String,
+    /// More names the certificate is for (DNS names or IP addresses; repeatable), e.g.
+    /// 127.0.0.1 for a local test.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) extra_name: Vec<String>,
+    /// Directory to write tls.crt and tls.key in (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub(crate) out_dir: std::path::PathBuf,
+}
+
+/// How pods are injected: the same for files and for the webhook.
+#[derive(Args)]
+pub(crate) struct InjectOptions {
     /// ConfigMap with the Floodgate config (key: --config-key).
     #[arg(long, value_name = "NAME", default_value = "floodgate-config")]
     pub(crate) config_map: String,
@@ -356,16 +437,34 @@ pub(crate) struct InjectArgs {
     /// /etc/floodgate/tokens); an empty name mounts none.
     #[arg(long, value_name = "NAME", default_value = "floodgate-admin-tokens")]
     pub(crate) admin_secret: String,
-    /// The app's port Floodgate fronts (needed when the app has several or declares none).
-    #[arg(long, value_name = "N")]
+    /// Front only this app port, declared or not (for an app that declares none); the same
+    /// as --ports N.
+    #[arg(long, value_name = "N", conflicts_with_all = ["ports", "skip_ports"])]
     pub(crate) upstream_port: Option<u16>,
+    /// Front exactly these app ports (names or numbers, comma-separated: --ports http,grpc),
+    /// each on its own Floodgate port. Default: every TCP port of the app container except
+    /// metrics and health ports (a name with `metrics` or `health`, the pod's
+    /// prometheus.io/port, a port only the app's probes use); every port left direct is named
+    /// on standard error.
+    #[arg(
+        long,
+        value_name = "PORTS",
+        value_delimiter = ',',
+        conflicts_with = "skip_ports"
+    )]
+    pub(crate) ports: Vec<String>,
+    /// Leave these app ports (names or numbers, comma-separated) out of the default choice:
+    /// they stay direct, bypassing Floodgate, and the notes say so.
+    #[arg(long, value_name = "PORTS", value_delimiter = ',')]
+    pub(crate) skip_ports: Vec<String>,
     /// The app's container (needed when several containers have ports).
     #[arg(long, value_name = "NAME")]
     pub(crate) container: Option<String>,
     /// Floodgate's image.
     #[arg(long, value_name = "IMAGE")]
     pub(crate) image: Option<String>,
-    /// Floodgate's inbound port.
+    /// Floodgate's first inbound port; each further fronted app port gets the next free one
+    /// (15081, 15082, ...).
     #[arg(long, value_name = "N", default_value_t = 15080)]
     pub(crate) listen_port: u16,
     /// Floodgate's metrics, /healthz and /readyz port.
@@ -388,14 +487,21 @@ pub(crate) struct InjectArgs {
     /// Sidecar memory limit (a queued request costs ~27 KiB: 1000 queued ~ 27 MiB).
     #[arg(long, default_value = "256Mi")]
     pub(crate) memory_limit: String,
-    /// Inject a Kubernetes native sidecar (an initContainer with restartPolicy: Always;
-    /// Kubernetes 1.29+): Floodgate starts and is ready before the app and stops after it, so
-    /// no request reaches the app around it and its drain finishes while the app still answers.
+    /// Inject Floodgate as a plain container beside the app, for clusters older than
+    /// Kubernetes 1.29 (1.28 with the SidecarContainers feature gate off). The default is a
+    /// native sidecar (an initContainer with restartPolicy: Always; beta and on by default
+    /// from 1.29, GA in 1.33): Floodgate starts and is ready before the app and stops after
+    /// it, so no request reaches the app around it and its drain finishes while the app still
+    /// answers. A classic sidecar gets SIGTERM together with the app.
     #[arg(long)]
+    pub(crate) classic_sidecar: bool,
+    /// The default since native sidecars became it; accepted so scripts that pass it keep
+    /// working.
+    #[arg(long, hide = true, conflicts_with = "classic_sidecar")]
     pub(crate) native_sidecar: bool,
 }
 
-impl InjectArgs {
+impl InjectOptions {
     pub(crate) fn options(&self) -> floodgate_admin::inject::Options {
         let defaults = floodgate_admin::inject::Options::default();
         floodgate_admin::inject::Options {
@@ -404,6 +510,8 @@ impl InjectArgs {
             config_key: self.config_key.clone(),
             admin_secret: (!self.admin_secret.is_empty()).then(|| self.admin_secret.clone()),
             upstream_port: self.upstream_port,
+            ports: self.ports.clone(),
+            skip_ports: self.skip_ports.clone(),
             container: self.container.clone(),
             listen_port: self.listen_port,
             metrics_port: self.metrics_port,
@@ -412,7 +520,7 @@ impl InjectArgs {
             memory_request: self.memory_request.clone(),
             cpu_limit: self.cpu_limit.clone(),
             memory_limit: self.memory_limit.clone(),
-            native_sidecar: self.native_sidecar,
+            native_sidecar: self.native_sidecar || !self.classic_sidecar,
         }
     }
 }

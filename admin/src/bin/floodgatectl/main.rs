@@ -1,7 +1,7 @@
 //! `floodgatectl`: the on-call engineer's command line for a Floodgate sidecar's admin plane.
 //! `args` is the command line, `client` the connection and its failures, `render` and
 //! `table` what people read, `override_view` what scripts read, `out` the only writer of
-//! standard output, `inject_cmd` the offline `inject`, `fleet_wait` the wait for "applied on
+//! standard output, `inject_cmd` the offline `inject`, `webhook` its admission webhook, `fleet_wait` the wait for "applied on
 //! N/N" after a fleet change, `top` the live load table; this file runs the commands.
 
 mod args;
@@ -13,6 +13,7 @@ mod override_view;
 mod render;
 mod table;
 mod top;
+mod webhook;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use tonic::transport::Channel;
 
 use crate::args::{
     BreakersCmd, CacheCmd, Cli, Command, ConfigCmd, DegradeCmd, FeatureCmd, FleetCmd, Global,
-    LimitsCmd, Output, OverridesCmd, QueueCmd,
+    LimitsCmd, Output, OverridesCmd, QueueCmd, WebhookCmd,
 };
 use crate::client::{connect, explain, request, stream_request, token, Failure, Stop};
 use crate::out::{encode, encode_one, Out};
@@ -80,9 +81,16 @@ fn show<T: Serialize>(
 /// Commands that need no sidecar; `None` when `command` needs one.
 fn offline(command: &Command, format: Output, out: &mut Out) -> Option<Result<(), Stop>> {
     Some(match command {
-        Command::Inject(a) => inject_cmd::inject(a)
-            .map_err(Stop::from)
-            .and_then(|text| out.put(&text)),
+        Command::Inject(a) => match &a.webhook {
+            None => inject_cmd::inject(a)
+                .map_err(Stop::from)
+                .and_then(|text| out.put(&text)),
+            Some(WebhookCmd::ServeCert(c)) => webhook::cert::serve_cert(c)
+                .map_err(Stop::from)
+                .and_then(|text| out.put(&text)),
+            // Served by `run`: it is the one that waits.
+            Some(WebhookCmd::Serve(_)) => return None,
+        },
         Command::Config(ConfigCmd::Validate { file }) => match floodgate_config::load(file) {
             Ok(cfg) => {
                 for n in floodgate_config::notes(&cfg) {
@@ -125,6 +133,11 @@ async fn run(cli: Cli, token_flag: bool, out: &mut Out) -> Result<(), Stop> {
     let format = g.output;
     if let Some(done) = offline(&cli.command, format, out) {
         return done;
+    }
+    if let Command::Inject(a) = &cli.command {
+        if let Some(WebhookCmd::Serve(s)) = &a.webhook {
+            return webhook::serve(s).await.map_err(Stop::from);
+        }
     }
     check_change(&cli.command, g)?;
     let token = token(g, token_flag)?;
