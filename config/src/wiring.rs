@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::model::{Listener, Upstream};
+use crate::raw::UpstreamProtocol;
 use crate::validate::{
     admin_in_clear, is_host_port, listener_clashes, unknown_listener, valid_listener_name,
 };
@@ -37,11 +38,14 @@ pub struct ListenerWiring {
     pub listen: SocketAddr,
     /// The app's `host:port` behind it.
     pub upstream: String,
+    /// The protocol to the app, when given (`,h2c` after the upstream); else the file's
+    /// listener's, or `auto`.
+    pub protocol: Option<UpstreamProtocol>,
 }
 
-/// A `--listener` value that is not `NAME=LISTEN,UPSTREAM`.
+/// A `--listener` value that is not `NAME=LISTEN,UPSTREAM[,PROTOCOL]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{given}` is not NAME=LISTEN,UPSTREAM (e.g. `grpc=0.0.0.0:15081,127.0.0.1:9999`): {why}")]
+#[error("`{given}` is not NAME=LISTEN,UPSTREAM[,PROTOCOL] (e.g. `grpc=0.0.0.0:15081,127.0.0.1:9999,h2c`): {why}")]
 pub struct BadListener {
     /// As given.
     pub given: String,
@@ -71,6 +75,18 @@ impl std::str::FromStr for ListenerWiring {
             .ok()
             .filter(|a| a.port() != 0)
             .ok_or_else(|| bad("the listen address is not `ip:port` with a non-zero port"))?;
+        let (upstream, protocol) = match upstream.split_once(',') {
+            None => (upstream, None),
+            Some((u, p)) => (
+                u,
+                Some(match p {
+                    "auto" => UpstreamProtocol::Auto,
+                    "http1" => UpstreamProtocol::Http1,
+                    "h2c" => UpstreamProtocol::H2c,
+                    _ => return Err(bad("the protocol after the upstream is auto, http1 or h2c")),
+                }),
+            ),
+        };
         if !is_host_port(upstream) {
             return Err(bad("the upstream is not `host:port` with a non-zero port"));
         }
@@ -78,6 +94,7 @@ impl std::str::FromStr for ListenerWiring {
             name: name.to_string(),
             listen,
             upstream: upstream.to_string(),
+            protocol,
         })
     }
 }
@@ -135,13 +152,16 @@ impl Wiring {
                 seen.push(&w.name);
                 // The file's listener of that name keeps its timeouts and protocol; a new
                 // one gets the defaults (the one-listener form's `default` is one too).
-                let upstream = match config.listener(&w.name) {
+                let mut upstream = match config.listener(&w.name) {
                     Some(l) => Upstream {
                         address: w.upstream.clone(),
                         ..l.upstream.clone()
                     },
                     None => Upstream::with_address(w.upstream.clone()),
                 };
+                if let Some(p) = w.protocol {
+                    upstream.protocol = p;
+                }
                 wired.push(Listener {
                     name: w.name.clone(),
                     listen: w.listen,
@@ -330,7 +350,16 @@ mod tests {
         assert_eq!(w.name, "grpc");
         assert_eq!(w.listen.to_string(), "0.0.0.0:15081");
         assert_eq!(w.upstream, "127.0.0.1:9999");
+        assert_eq!(w.protocol, None);
+        let w: ListenerWiring = "grpc=0.0.0.0:15081,127.0.0.1:9999,h2c"
+            .parse()
+            .expect("valid");
+        assert_eq!(
+            (w.upstream.as_str(), w.protocol),
+            ("127.0.0.1:9999", Some(UpstreamProtocol::H2c))
+        );
         for (bad, why) in [
+            ("grpc=0.0.0.0:1,127.0.0.1:2,http3", "the protocol"),
             ("grpc", "no `=`"),
             ("g rpc=0.0.0.0:1,127.0.0.1:2", "the name takes"),
             ("grpc=0.0.0.0:15081", "no `,`"),
@@ -339,7 +368,7 @@ mod tests {
         ] {
             let e = bad.parse::<ListenerWiring>().expect_err(bad).to_string();
             assert!(e.contains(why), "{bad}: {e}");
-            assert!(e.contains("is not NAME=LISTEN,UPSTREAM"), "{e}");
+            assert!(e.contains("is not NAME=LISTEN,UPSTREAM[,PROTOCOL]"), "{e}");
         }
     }
 

@@ -43,13 +43,14 @@ struct Cli {
     /// The app's `host:port`, replacing the file's `upstream.address`.
     #[arg(long, value_name = "HOST:PORT", env = "FLOODGATE_UPSTREAM")]
     upstream: Option<String>,
-    /// A listener `NAME=LISTEN,UPSTREAM` (e.g. `grpc=0.0.0.0:15081,127.0.0.1:9999`); repeat for
-    /// each port. Given, the listeners are exactly these, each keeping the timeouts and
-    /// protocol of the file's listener of that name (the one-listener form's is `default`).
+    /// A listener `NAME=LISTEN,UPSTREAM[,PROTOCOL]` (e.g. `grpc=0.0.0.0:15081,127.0.0.1:9999,h2c`);
+    /// repeat for each port. Given, the listeners are exactly these, each keeping the timeouts
+    /// and protocol of the file's listener of that name (the one-listener form's is `default`);
+    /// PROTOCOL (auto, http1 or h2c) replaces the protocol.
     /// The environment takes several separated by spaces. Not with --listen/--upstream.
     #[arg(
         long = "listener",
-        value_name = "NAME=LISTEN,UPSTREAM",
+        value_name = "NAME=LISTEN,UPSTREAM[,PROTOCOL]",
         env = "FLOODGATE_LISTENERS",
         value_delimiter = ' ',
         conflicts_with_all = ["listen", "upstream"]

@@ -861,7 +861,8 @@ fn every_tcp_port_is_fronted_and_the_metrics_port_is_left_direct_and_listed() {
         want.map(|(n, p)| (n.to_string(), p)),
         "Floodgate's ports take the app ports' names"
     );
-    // Several ports: the config's `listeners:` list, gRPC over h2c; no one-listener flags.
+    // Several ports: `--listener` values in FLOODGATE_LISTENERS, gRPC over h2c; no
+    // one-listener flags.
     let args = args_of(&fg);
     assert!(
         !args
@@ -871,12 +872,7 @@ fn every_tcp_port_is_fronted_and_the_metrics_port_is_left_direct_and_listed() {
     );
     assert_eq!(
         listeners_of(&fg),
-        serde_json::json!([
-            {"name": "http", "listen": "0.0.0.0:15080",
-             "upstream": {"address": "127.0.0.1:9898", "protocol": "auto"}},
-            {"name": "grpc", "listen": "0.0.0.0:15081",
-             "upstream": {"address": "127.0.0.1:9999", "protocol": "h2c"}},
-        ])
+        "http=0.0.0.0:15080,127.0.0.1:9898 grpc=0.0.0.0:15081,127.0.0.1:9999,h2c"
     );
     let app = &containers(&objs[0])[0];
     let app_ports: Vec<(&str, u64)> = app["ports"]
@@ -955,44 +951,68 @@ fn every_tcp_port_is_fronted_and_the_metrics_port_is_left_direct_and_listed() {
     }
 }
 
-/// The `listeners:` list the injector put in the sidecar's `FLOODGATE_LISTENERS`.
-fn listeners_of(fg: &Value) -> serde_json::Value {
+/// What the injector put in the sidecar's `FLOODGATE_LISTENERS`.
+fn listeners_of(fg: &Value) -> String {
     let env = fg["env"].as_sequence().unwrap();
-    let value = env
-        .iter()
+    env.iter()
         .find(|e| e["name"] == "FLOODGATE_LISTENERS")
         .unwrap_or_else(|| panic!("no FLOODGATE_LISTENERS in {env:?}"))["value"]
         .as_str()
-        .unwrap();
-    serde_json::from_str(value).unwrap()
+        .unwrap()
+        .to_string()
 }
 
-/// The sidecar's whole config for several ports, as the proxy will see it: the ConfigMap's
-/// policy with the injected `listeners:` in place of the one-listener `listen` + `upstream`.
-/// Needs the proxy side of issue 19 (`listeners:` in the config); run it with `--ignored`
-/// once that has landed.
-#[test]
-#[ignore = "needs listeners: (issue 19 proxy side)"]
-fn the_injected_listeners_are_a_config_floodgate_accepts() {
+/// The sidecar as injected for several ports, really started: the shipped policy ConfigMap
+/// and the injected `FLOODGATE_LISTENERS` (its ports moved to free ones, its app ports to real
+/// upstreams). Both listeners come up, the HTTP one proxies, the gRPC one forwards as h2c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_injected_listeners_start_the_sidecar_on_every_fronted_port() {
     let input = std::fs::read_to_string(fixture("every-port.yaml")).unwrap();
     let (out, _) = inject_ok(&input, &[]);
-    let listeners = listeners_of(&sidecar_of(&objects(&out)[0]));
-    let policy =
-        std::fs::read_to_string(repo("deploy/kubernetes/examples/component/floodgate.yaml"))
-            .unwrap();
-    let mut config: serde_yaml::Mapping = serde_yaml::from_str(&policy).unwrap();
-    config.remove("listen");
-    config.remove("upstream");
-    config.insert(
-        "listeners".into(),
-        serde_yaml::to_value(&listeners).unwrap(),
+    let value = listeners_of(&sidecar_of(&objects(&out)[0]));
+    assert_eq!(
+        value,
+        "http=0.0.0.0:15080,127.0.0.1:9898 grpc=0.0.0.0:15081,127.0.0.1:9999,h2c"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("floodgate.yaml");
-    std::fs::write(&file, serde_yaml::to_string(&config).unwrap()).unwrap();
-    run_ok(
-        Command::new(env!("CARGO_BIN_EXE_floodgate"))
-            .arg("validate")
-            .arg(&file),
+    let (web, rpc) = (
+        crate::support::Upstream::start("web").await,
+        crate::support::Upstream::start("rpc").await,
+    );
+    let policy = repo("deploy/kubernetes/examples/component/floodgate.yaml");
+    let grpc_port = std::sync::Mutex::new(0);
+    let fg = crate::support::Sidecar::start_retrying(|port, metrics_port| {
+        let other = crate::support::free_port();
+        *grpc_port.lock().unwrap() = other;
+        let wired = value
+            .replace("0.0.0.0:15080", &format!("127.0.0.1:{port}"))
+            .replace("0.0.0.0:15081", &format!("127.0.0.1:{other}"))
+            .replace("127.0.0.1:9898", &format!("127.0.0.1:{}", web.port))
+            .replace("127.0.0.1:9999", &format!("127.0.0.1:{}", rpc.port));
+        let dir = tempfile::tempdir().unwrap();
+        // The variable's value as one flag value: clap splits both on spaces alike.
+        let args = vec![
+            format!("--listener={wired}"),
+            format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+        ];
+        (dir, policy.clone(), args)
+    })
+    .await;
+    let (status, _, body) = crate::support::http_get(fg.port, "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello from web\n"));
+    let (_, _, st) = crate::support::http_get(fg.metrics_port, "/status")
+        .await
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let names: Vec<&str> = st["listeners"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no listeners in {st}"))
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["http", "grpc"], "{st}");
+    let grpc = *grpc_port.lock().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok(),
+        "the grpc listener accepts on {grpc}"
     );
 }

@@ -3,8 +3,8 @@
 //! The sidecar runs as a non-root user on a read-only root filesystem with every capability
 //! dropped; its addresses come from the pod spec, not the ConfigMap, so the ConfigMap holds
 //! only policy and can be shared by apps on different ports: one fronted port is the
-//! one-listener form on the command line (`--listen`, `--upstream`), several are the config's
-//! `listeners:` list in the `FLOODGATE_LISTENERS` variable.
+//! one-listener form on the command line (`--listen`, `--upstream`), several are `--listener`
+//! values in the `FLOODGATE_LISTENERS` variable.
 
 use super::yaml::Node;
 
@@ -21,8 +21,7 @@ pub const CONFIG_DIR: &str = "/etc/floodgate/config";
 /// Where the admin tokens Secret is mounted (point `admin.tokens[].file` here).
 pub const TOKENS_DIR: &str = "/etc/floodgate/tokens";
 
-/// The variable that carries the `listeners:` list (JSON, which is YAML) when Floodgate fronts
-/// several ports.
+/// The variable that carries the `--listener` values when Floodgate fronts several ports.
 pub const LISTENERS_ENV: &str = "FLOODGATE_LISTENERS";
 
 /// One port Floodgate listens on, in front of one app port.
@@ -134,23 +133,23 @@ fn mount(name: &str, path: &str, read_only: bool) -> Node {
     m
 }
 
-/// The `listeners:` list of the config (issue 19's shape) for `listeners`, as one line of
-/// JSON.
-pub fn listeners_json(listeners: &[Listener]) -> String {
-    // Written by hand to keep the keys in the order the config reference uses.
-    let items: Vec<String> = listeners
+/// `FLOODGATE_LISTENERS`' value for `listeners`: the sidecar's `--listener` values,
+/// `NAME=LISTEN,UPSTREAM[,h2c]`, separated by spaces. Each listener keeps the ConfigMap's
+/// timeouts for its name (or the defaults), so the ConfigMap stays policy only.
+pub fn listeners_value(listeners: &[Listener]) -> String {
+    listeners
         .iter()
         .map(|l| {
             format!(
-                r#"{{"name":{},"listen":"0.0.0.0:{}","upstream":{{"address":"127.0.0.1:{}","protocol":"{}"}}}}"#,
-                serde_json::Value::String(l.name.clone()),
+                "{}=0.0.0.0:{},127.0.0.1:{}{}",
+                l.name,
                 l.port,
                 l.app_port,
-                if l.h2c { "h2c" } else { "auto" },
+                if l.h2c { ",h2c" } else { "" }
             )
         })
-        .collect();
-    format!("[{}]", items.join(","))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The Floodgate container, each listener forwarding to its app port on `127.0.0.1`.
@@ -170,7 +169,7 @@ pub fn container(o: &Options, listeners: &[Listener]) -> Node {
         }
         several => env.push(Node::map([
             ("name", Node::string(LISTENERS_ENV)),
-            ("value", Node::string(listeners_json(several))),
+            ("value", Node::string(listeners_value(several))),
         ])),
     }
     args.push(format!("--metrics-listen=0.0.0.0:{}", o.metrics_port));
