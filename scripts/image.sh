@@ -6,9 +6,8 @@
 # afterwards (vfs: no overlay mounts needed; chroot isolation: the Containerfile has no RUN).
 #
 # Usage: scripts/image.sh [--stage-only]
-#   --stage-only  stop after staging (no buildah needed): build target/image/stage elsewhere
-#                 with `docker build -f target/image/stage/Containerfile target/image/stage`
-#                 and the --build-arg values this script prints.
+#   --stage-only  stop after staging (no buildah needed) and print the `docker build` (same
+#                 files and config) and `buildah bud` (same digest) commands for the stage.
 # Environment: FLOODGATE_IMAGE  the image's name (default ghcr.io/floodgate/floodgate:VERSION,
 #                               the image `floodgatectl inject` writes by default);
 #              FLOODGATE_SOURCE its org.opencontainers.image.source label (default: the git
@@ -77,7 +76,9 @@ epoch=$(git log -1 --format=%ct)
 echo ">> staged $stage: $(du -sb "$root" | cut -f1) bytes"
 ls -l "$root/usr/local/bin"
 if $stage_only; then
-  echo ">> build args: --build-arg VERSION=$version --build-arg REVISION=$revision --build-arg SOURCE=$source_url"
+  args="--build-arg VERSION=$version --build-arg REVISION=$revision --build-arg SOURCE=$source_url"
+  echo ">> build it with: docker build -f $stage/Containerfile $args -t $image $stage"
+  echo ">> or, the same digest as this script's: buildah bud --timestamp $epoch -f $stage/Containerfile $args -t $image $stage"
   exit 0
 fi
 

@@ -46,7 +46,7 @@ fn inject(input: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn inject_ok(input: &str, args: &[&str]) -> (String, String) {
+pub(crate) fn inject_ok(input: &str, args: &[&str]) -> (String, String) {
     let (code, out, err) = inject(input, args);
     assert_eq!(code, 0, "{err}");
     (out, err)
