@@ -11,7 +11,8 @@
 # Environment: FLOODGATE_IMAGE  the image's name (default ghcr.io/floodgate/floodgate:VERSION,
 #                               the image `floodgatectl inject` writes by default);
 #              FLOODGATE_SOURCE its org.opencontainers.image.source label (default: the git
-#                               remote `origin`, else the repository the name implies).
+#                               remote `origin` if it is https, else the repository the
+#                               name implies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -60,12 +61,14 @@ version=$("$root/usr/local/bin/floodgate" --version | awk '{ print $2 }')
 revision=$(git rev-parse HEAD)
 git diff --quiet HEAD -- || revision="$revision-dirty"
 image=${FLOODGATE_IMAGE:-ghcr.io/floodgate/floodgate:$version}
+origin=$(git remote get-url origin 2>/dev/null || true)
 if [ -n "${FLOODGATE_SOURCE:-}" ]; then
   source_url=$FLOODGATE_SOURCE
-elif source_url=$(git remote get-url origin 2>/dev/null); then
-  :
+elif [[ $origin == https://* ]]; then
+  source_url=${origin%.git}
 else
-  # ghcr.io/OWNER/NAME links to the repository github.com/OWNER/NAME through this label.
+  # A clone of a local path or over ssh has no address to publish: ghcr.io/OWNER/NAME links
+  # to the repository github.com/OWNER/NAME through this label.
   repo=${image#*/}
   source_url="https://github.com/${repo%%:*}"
 fi
