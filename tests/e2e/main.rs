@@ -14,6 +14,7 @@ mod examples;
 mod global;
 mod global_faults;
 mod grpc;
+mod image;
 mod inject;
 mod injector_webhook;
 mod lifecycle;

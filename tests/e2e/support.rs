@@ -101,10 +101,26 @@ impl Sidecar {
     pub async fn start_retrying(
         setup: impl Fn(u16, u16) -> (tempfile::TempDir, PathBuf, Vec<String>),
     ) -> Self {
+        Self::start_command_retrying(|port, metrics_port| {
+            let (dir, config, args) = setup(port, metrics_port);
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+            cmd.arg("--config").arg(&config).args(args);
+            (dir, config, cmd)
+        })
+        .await
+    }
+
+    /// Like [`Sidecar::start_retrying`] with the whole command written by `setup` (another
+    /// `floodgate` than this build's, e.g. one run from the image's root filesystem): its dir
+    /// (the log goes there), its config file and the command that starts floodgate on
+    /// `port` and `metrics_port`.
+    pub async fn start_command_retrying(
+        setup: impl Fn(u16, u16) -> (tempfile::TempDir, PathBuf, Command),
+    ) -> Self {
         for _ in 0..3 {
             let (port, metrics_port) = (free_port(), free_port());
-            let (dir, config, args) = setup(port, metrics_port);
-            match Self::try_start(dir, config, port, metrics_port, &args).await {
+            let (dir, config, cmd) = setup(port, metrics_port);
+            match Self::spawn_ready(dir, config, port, metrics_port, cmd).await {
                 Ok(s) => return s,
                 Err(log) if log.contains("cannot listen on") => continue,
                 Err(log) => panic!("floodgate exited before ready:\n{log}"),
@@ -135,11 +151,22 @@ impl Sidecar {
         metrics_port: u16,
         args: &[String],
     ) -> Result<Self, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+        cmd.arg("--config").arg(&config).args(args);
+        Self::spawn_ready(dir, config, port, metrics_port, cmd).await
+    }
+
+    /// Starts `cmd` (floodgate on `port` and `metrics_port`), its stderr into `dir`'s log,
+    /// and waits until `/readyz` says ready; the log if it exits first.
+    async fn spawn_ready(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        metrics_port: u16,
+        mut cmd: Command,
+    ) -> Result<Self, String> {
         let log = std::fs::File::create(dir.path().join("floodgate.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
+        let child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
