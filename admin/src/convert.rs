@@ -167,6 +167,18 @@ impl From<Status> for pb::StatusReply {
                     next_start: c.next_start.map_or(0, unix_s),
                 })
                 .collect(),
+            listeners: s
+                .listeners
+                .into_iter()
+                .map(|l| pb::Listener {
+                    name: l.name,
+                    listen: l.listen,
+                    upstream: l.upstream.unwrap_or_default(),
+                    queue_depth: l.queue_depth,
+                    inflight: l.inflight,
+                    breaker: l.breaker.unwrap_or_default(),
+                })
+                .collect(),
         }
     }
 }
@@ -288,6 +300,7 @@ mod tests {
                 active_until: None,
                 next_start: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(60)),
             }],
+            listeners: Vec::new(),
         };
         let p = pb::StatusReply::from(s);
         let q = p.queue.unwrap();

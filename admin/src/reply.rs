@@ -254,6 +254,25 @@ pub struct Status {
     pub shed: Vec<(String, u64)>,
     /// The config's schedules: which hold now and when each starts next.
     pub schedules: Vec<ScheduleStatus>,
+    /// Each listener bound at start, with its upstream, queue and breaker.
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// One listener (port) of the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerStatus {
+    /// Its name (`default` in the one-listener form).
+    pub name: String,
+    /// Where it listens.
+    pub listen: String,
+    /// Its upstream; `None` once a reload removed the listener (its port answers 503).
+    pub upstream: Option<String>,
+    /// Requests waiting in its queue.
+    pub queue_depth: u32,
+    /// Its requests in flight to its upstream.
+    pub inflight: u32,
+    /// Its breaker's state (`closed`, `half_open`, `open`); `None` without a breaker.
+    pub breaker: Option<String>,
 }
 
 /// One of the config's `schedules`, seen from now.

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use floodgate_admin::control::{Control, ControlError, Op, Request};
 use floodgate_admin::reply::{
     self, BreakerStatus, Degradation, Event, FleetStatus, IndicatorStatus, Knob, KnobChange, Layer,
-    LimitStatus, Outcome, QueueStatus, ScheduleStatus, Status,
+    LimitStatus, ListenerStatus, Outcome, QueueStatus, ScheduleStatus, Status,
 };
 use floodgate_config::Config;
 
@@ -768,6 +768,18 @@ impl Control for RuntimeControl {
             fleet_version,
             version: env!("CARGO_PKG_VERSION").into(),
             shed,
+            listeners: st
+                .listeners
+                .iter()
+                .map(|l| ListenerStatus {
+                    name: l.name.clone(),
+                    listen: l.listen.to_string(),
+                    upstream: l.upstream.clone(),
+                    queue_depth: l.queue.depth,
+                    inflight: l.queue.inflight,
+                    breaker: l.breaker.map(|(state, _)| state.as_str().to_string()),
+                })
+                .collect(),
             schedules: timeline(&file, chrono::Utc::now())
                 .into_iter()
                 .map(|(name, active_until, next_start)| ScheduleStatus {

@@ -121,8 +121,16 @@ async fn a_limit_on_the_grpc_route_exhausts_grpc_and_leaves_http_alone() {
 async fn the_http_listeners_breaker_opening_leaves_the_grpc_listener_alone() {
     let app = Upstream::start("app").await;
     let server = GrpcServer::start(None);
-    let breaker = "circuit_breaker:\n  consecutive_failures: 2\n  open_ms: 60000\n";
-    let (fg, grpc_port) = start(app.port, server.port, breaker).await;
+    // With an admin plane, for `floodgatectl status`.
+    let tokens = tempfile::tempdir().unwrap();
+    let token = tokens.path().join("view.token");
+    std::fs::write(&token, "view-token-1\n").unwrap();
+    let admin_port = free_port();
+    let extra = format!(
+        "circuit_breaker:\n  consecutive_failures: 2\n  open_ms: 60000\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  tokens:\n    - {{ file: {}, role: viewer }}\n",
+        token.display()
+    );
+    let (fg, grpc_port) = start(app.port, server.port, &extra).await;
     app.stats.fail_with.store(500, Ordering::SeqCst);
     for _ in 0..2 {
         assert_eq!(http_get(fg.port, "/count").await.unwrap().0, 500);
@@ -161,6 +169,45 @@ async fn the_http_listeners_breaker_opening_leaves_the_grpc_listener_alone() {
     assert_eq!(grpc["upstream"], format!("127.0.0.1:{}", server.port));
     assert_eq!(grpc["listen"], format!("127.0.0.1:{grpc_port}"));
     assert_eq!(grpc["circuit_breaker"]["state"], "closed", "{body}");
+    // floodgatectl says the same, in its table and in JSON.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::floodgatectl())
+            .arg("--addr")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .arg("--token-file")
+            .arg(&token)
+            .args(args)
+            .env_remove("FLOODGATE_TOKEN")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = ctl(&["status"]);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row in\n{table}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        row("http"),
+        [
+            "http",
+            &format!("127.0.0.1:{}", fg.port),
+            &format!("127.0.0.1:{}", app.port),
+            "0",
+            "0",
+            "open"
+        ]
+    );
+    assert_eq!(row("grpc")[5], "closed", "{table}");
+    let js: serde_json::Value = serde_json::from_str(&ctl(&["-o", "json", "status"])).unwrap();
+    assert_eq!(js["listeners"][1]["name"], "grpc", "{js}");
+    assert_eq!(js["listeners"][1]["breaker"], "closed", "{js}");
+    assert_eq!(js["listeners"][0]["breaker"], "open", "{js}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,8 @@ pub(crate) fn status(s: &pb::StatusReply) -> String {
     );
     out += &schedules(&s.schedules, unix_now());
     out += "\n";
+    out += &listeners(&s.listeners);
+    out += "\n";
     out += &limits(&s.limits);
     if !s.breakers.is_empty() {
         out += "\n";
@@ -133,6 +135,44 @@ fn schedules(schedules: &[pb::Schedule], now: u64) -> String {
             format!("schedule {}: {held}; {next}\n", c.name)
         })
         .collect()
+}
+
+/// Each listener with its upstream, queue and breaker (a sidecar older than listeners sends
+/// none: nothing is printed).
+fn listeners(listeners: &[pb::Listener]) -> String {
+    if listeners.is_empty() {
+        return String::new();
+    }
+    let mut t = Table::new(&[
+        ("listener", Left),
+        ("listen", Left),
+        ("upstream", Left),
+        ("queue", Right),
+        ("in_flight", Right),
+        ("breaker", Left),
+    ]);
+    for l in listeners {
+        let or_dash = |v: &str| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        t.row(vec![
+            l.name.clone(),
+            l.listen.clone(),
+            if l.upstream.is_empty() {
+                "(removed: restart to free the port)".into()
+            } else {
+                l.upstream.clone()
+            },
+            l.queue_depth.to_string(),
+            l.inflight.to_string(),
+            or_dash(&l.breaker),
+        ]);
+    }
+    t.render()
 }
 
 pub(crate) fn limits(limits: &[pb::Limit]) -> String {
