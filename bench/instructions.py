@@ -17,7 +17,6 @@ import run as B  # noqa: E402  (helpers: ports, nginx backend, candidate configs
 SCRIPT = os.path.join(B.ROOT, "proxy", "src", "global", "limit.lua")
 REQUEST = b"GET / HTTP/1.1\r\nhost: bench\r\nuser-agent: bench\r\naccept: */*\r\n\r\n"
 FIELDS_OFF = "rate_limit_headers: { ietf: false, legacy: false }\n"
-IETF_ONLY = "rate_limit_headers: { legacy: false }\n"
 
 
 def drive(port, n, conns=4):
@@ -79,9 +78,12 @@ def main():
         candidates = [
             ("floodgate, no limit", ""),
             ("+ local limit, response fields off", FIELDS_OFF + B.LIMIT),
-            ("+ local limit, the two IETF fields", IETF_ONLY + B.LIMIT),
-            ("+ local limit, all five fields (default)", B.LIMIT),
-            ("+ local limit, fields on rejections only", "rate_limit_headers: { on_admitted: false }\n" + B.LIMIT),
+            ("+ local limit, the two IETF fields on every answer",
+             "rate_limit_headers: { legacy: false, on_admitted: always }\n" + B.LIMIT),
+            ("+ local limit, all five fields on every answer",
+             "rate_limit_headers: { on_admitted: always }\n" + B.LIMIT),
+            ("+ local limit, default (fields near the limit: none here)", B.LIMIT),
+            ("+ local limit, fields on rejections only", "rate_limit_headers: { on_admitted: never }\n" + B.LIMIT),
             ("+ global limit on loopback Redis, fields off", FIELDS_OFF + B.global_limit(rp)),
             ("+ access log", None),
         ]
