@@ -192,7 +192,9 @@ fn decide(
             }
             let warnings = notes
                 .iter()
-                .filter(|n| n.contains("bypasses Floodgate"))
+                // What goes around the sidecar: a port left direct, or a Service that would
+                // have to target the port by name (the webhook cannot rewrite Services).
+                .filter(|n| n.contains("bypasses Floodgate") || n.contains("would bypass it"))
                 .map(|n| format!("floodgate: {shown}: {}", tidy(n)))
                 .collect();
             (json_patch::diff(object, &after), None, warnings)

@@ -19,13 +19,27 @@ pub(crate) fn serve_cert(a: &ServeCertArgs) -> Result<String, Failure> {
     let (cert, key) = (pair.cert.pem(), pair.signing_key.serialize_pem());
     std::fs::create_dir_all(&a.out_dir)
         .map_err(|e| fail(&format!("{}: {e}", a.out_dir.display())))?;
-    let write = |name: &str, text: &str| {
+    // The key readable by its owner only; the certificate is public. Written fresh (new
+    // file, then renamed over the old one) so no reader sees half of either.
+    let write = |name: &str, text: &str, mode: u32| {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let path = a.out_dir.join(name);
-        std::fs::write(&path, text).map_err(|e| fail(&format!("{}: {e}", path.display())))?;
+        let tmp = a.out_dir.join(format!(".{name}.tmp"));
+        let err = |e: std::io::Error| fail(&format!("{}: {e}", path.display()));
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)?;
         Ok::<_, Failure>(path)
     };
-    let cert_path = write("tls.crt", &cert)?;
-    let key_path = write("tls.key", &key)?;
+    let key_path = write("tls.key", &key, 0o600)?;
+    let cert_path = write("tls.crt", &cert, 0o644)?;
     eprintln!(
         "floodgatectl inject serve-cert: wrote {} and {} for {}; the caBundle (stdout) goes in \
          the MutatingWebhookConfiguration's webhooks[].clientConfig.caBundle",

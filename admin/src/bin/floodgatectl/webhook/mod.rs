@@ -23,8 +23,17 @@ use crate::args::ServeArgs;
 use crate::client::Failure;
 use metrics::Metrics;
 
-/// The largest AdmissionReview read (the API server's own limit on a request is 3 MiB).
-const MAX_BODY: usize = 8 << 20;
+/// The largest AdmissionReview read: just above the API server's own limit on an object
+/// (3 MiB), so every real review fits and a stray client cannot make it hold more.
+const MAX_BODY: usize = (3 << 20) + (512 << 10);
+/// Connections served at once; more wait in the kernel's backlog. The API server keeps a few
+/// open; this only bounds what anyone else who reaches the port can make it hold.
+const MAX_CONNECTIONS: usize = 256;
+/// A TLS handshake, a request head or a body that takes longer is dropped: the API server
+/// sends a review at once, and gives up on the webhook after its own timeout (10 s at most).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// HTTP/2 streams one connection may have open at once (each may hold a body of MAX_BODY).
+const MAX_STREAMS: u32 = 16;
 
 struct State {
     opts: Options,
@@ -68,7 +77,12 @@ pub(crate) async fn serve(a: &ServeArgs) -> Result<(), Failure> {
         .map_err(|e| fail(&format!("cannot listen on {}", a.listen), &e))?;
     let local = listener.local_addr().map_err(|e| fail("listen", &e))?;
     eprintln!("floodgatectl inject serve: listening on https://{local} (POST /mutate)");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // Wait for a free slot before accepting: a flood queues in the backlog, not here.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return Ok(());
+        };
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
             // Out of file descriptors and the like: the next accept may work.
@@ -79,14 +93,24 @@ pub(crate) async fn serve(a: &ServeArgs) -> Result<(), Failure> {
         };
         let (acceptor, state) = (acceptor.clone(), Arc::clone(&state));
         tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
+            let _slot = slot;
+            let Ok(Ok(stream)) = tokio::time::timeout(DEADLINE, acceptor.accept(tcp)).await else {
                 return;
             };
             let service = hyper::service::service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(route(&state, req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(DEADLINE);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_concurrent_streams(MAX_STREAMS);
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -107,9 +131,19 @@ async fn route(state: &State, req: Request<hyper::body::Incoming>) -> Response<F
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/mutate") => {
             let started = Instant::now();
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
+            let read =
+                tokio::time::timeout(DEADLINE, Limited::new(req.into_body(), MAX_BODY).collect());
+            let body = match read.await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Err(_) => {
+                    state.metrics.malformed();
+                    return text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        PLAIN,
+                        format!("the body did not arrive within {} s\n", DEADLINE.as_secs()),
+                    );
+                }
+                Ok(Err(e)) => {
                     state.metrics.malformed();
                     return text(
                         StatusCode::BAD_REQUEST,

@@ -78,7 +78,7 @@ pub(crate) fn watch(
     });
     let (c, k, r) = (cert.to_path_buf(), key.to_path_buf(), Arc::clone(&resolver));
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_err() {
+        if !is_change(&event) {
             return;
         }
         // Any change in the directories: a Secret volume swaps a `..data` symlink, so the
@@ -110,4 +110,32 @@ pub(crate) fn watch(
         watcher.watch(&d, RecursiveMode::NonRecursive)?;
     }
     Ok((resolver, watcher))
+}
+
+/// Whether a watcher's event may mean new files. Reading the pair opens the files, which is
+/// itself an event (an access): only a change may lead to a load, or each load would trigger
+/// the next, for ever.
+fn is_change(event: &notify::Result<notify::Event>) -> bool {
+    matches!(event, Ok(e) if !matches!(e.kind, notify::EventKind::Access(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    use notify::{Event, EventKind};
+
+    #[test]
+    fn opening_the_files_to_load_them_is_not_a_change() {
+        let e = |kind| Ok(Event::new(kind));
+        assert!(!is_change(&e(EventKind::Access(AccessKind::Open(
+            AccessMode::Read
+        )))));
+        assert!(!is_change(&e(EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        )))));
+        assert!(is_change(&e(EventKind::Modify(ModifyKind::Any))));
+        assert!(is_change(&e(EventKind::Create(CreateKind::File))));
+        assert!(!is_change(&Err(notify::Error::generic("gone"))));
+    }
 }
