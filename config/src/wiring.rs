@@ -150,9 +150,17 @@ impl Wiring {
                     continue;
                 }
                 seen.push(&w.name);
-                // The file's listener of that name keeps its timeouts and protocol; a new
-                // one gets the defaults (the one-listener form's `default` is one too).
-                let mut upstream = match config.listener(&w.name) {
+                // The file's listener of that name keeps its timeouts and protocol. A file in
+                // the one-listener form (a shared policy ConfigMap, as the injector writes for
+                // several ports) lends its one upstream's settings to every wired listener, so
+                // adding a port does not reset the timeouts the file set; otherwise a new
+                // listener gets the defaults.
+                let base = config.listener(&w.name).or(if config.named_listeners {
+                    None
+                } else {
+                    config.listeners.first()
+                });
+                let mut upstream = match base {
                     Some(l) => Upstream {
                         address: w.upstream.clone(),
                         ..l.upstream.clone()
@@ -400,7 +408,11 @@ mod tests {
         );
         let g = c.listener("grpc").expect("grpc");
         assert_eq!(g.upstream.address, "127.0.0.1:9999");
-        assert_eq!(g.upstream.read_timeout.as_millis(), 30_000, "the default");
+        assert_eq!(
+            g.upstream.read_timeout.as_millis(),
+            5000,
+            "a one-listener file lends its upstream's settings to every wired listener"
+        );
         // A route naming a listener the command line left out is an error.
         let mut c = crate::parse(&file, Path::new("f.yaml")).expect("valid");
         let only_grpc = Wiring {
