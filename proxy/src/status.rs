@@ -103,12 +103,15 @@ impl Status {
             queue_configured: snap.config.queue.is_some(),
             queue,
             drain_rate: rt.lanes.iter().map(|l| l.admission.drain_rate()).sum(),
-            // A read: it moves no state and emits nothing (the sweeper ticks the breaker).
-            breaker: snap
-                .config
-                .circuit_breaker
-                .as_ref()
-                .map(|_| rt.breaker.state()),
+            // `upstream`'s state is the worst of every listener's breaker (open, then
+            // half-open), as `breakers force|reset upstream` acts on all of them.
+            breaker: listeners.iter().filter_map(|l| l.breaker).max_by_key(
+                |(state, _)| match state {
+                    State::Closed => 0,
+                    State::HalfOpen => 1,
+                    State::Open => 2,
+                },
+            ),
             indicators,
             listeners,
         }
