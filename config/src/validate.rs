@@ -498,8 +498,7 @@ pub(crate) fn listener_clashes(
     clashes
 }
 
-/// A listener name as metrics labels, flags (`--listener NAME=...`) and breaker names
-/// (`upstream:NAME`) can carry it.
+/// A listener name as metrics labels and flags (`--listener NAME=...`) can carry it.
 pub(crate) fn valid_listener_name(name: &str) -> bool {
     !name.is_empty()
         && name

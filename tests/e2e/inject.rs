@@ -980,7 +980,7 @@ async fn the_injected_listeners_start_the_sidecar_on_every_fronted_port() {
     );
     let policy = repo("deploy/kubernetes/examples/component/floodgate.yaml");
     let grpc_port = std::sync::Mutex::new(0);
-    let fg = crate::support::Sidecar::start_retrying(|port, metrics_port| {
+    let fg = crate::support::Sidecar::start_retrying_env(|port, metrics_port| {
         let other = crate::support::free_port();
         *grpc_port.lock().unwrap() = other;
         let wired = value
@@ -989,12 +989,10 @@ async fn the_injected_listeners_start_the_sidecar_on_every_fronted_port() {
             .replace("127.0.0.1:9898", &format!("127.0.0.1:{}", web.port))
             .replace("127.0.0.1:9999", &format!("127.0.0.1:{}", rpc.port));
         let dir = tempfile::tempdir().unwrap();
-        // The variable's value as one flag value: clap splits both on spaces alike.
-        let args = vec![
-            format!("--listener={wired}"),
-            format!("--metrics-listen=127.0.0.1:{metrics_port}"),
-        ];
-        (dir, policy.clone(), args)
+        let args = vec![format!("--metrics-listen=127.0.0.1:{metrics_port}")];
+        // As the pod has it: in the environment, the values separated by spaces.
+        let env = vec![("FLOODGATE_LISTENERS".to_string(), wired)];
+        (dir, policy.clone(), args, env)
     })
     .await;
     let (status, _, body) = crate::support::http_get(fg.port, "/").await.unwrap();

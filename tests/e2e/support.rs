@@ -156,6 +156,32 @@ impl Sidecar {
         Self::spawn_ready(dir, config, port, metrics_port, cmd).await
     }
 
+    /// Like [`Sidecar::start_retrying`], with environment variables for floodgate too.
+    pub async fn start_retrying_env(
+        setup: impl Fn(
+            u16,
+            u16,
+        ) -> (
+            tempfile::TempDir,
+            PathBuf,
+            Vec<String>,
+            Vec<(String, String)>,
+        ),
+    ) -> Self {
+        for _ in 0..3 {
+            let (port, metrics_port) = (free_port(), free_port());
+            let (dir, config, args, env) = setup(port, metrics_port);
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+            cmd.arg("--config").arg(&config).args(&args).envs(env);
+            match Self::spawn_ready(dir, config, port, metrics_port, cmd).await {
+                Ok(s) => return s,
+                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) => panic!("floodgate exited before ready:\n{log}"),
+            }
+        }
+        panic!("no free ports after 3 tries");
+    }
+
     /// Starts `cmd` (floodgate on `port` and `metrics_port`), its stderr into `dir`'s log,
     /// and waits until `/readyz` says ready; the log if it exits first.
     async fn spawn_ready(

@@ -92,12 +92,11 @@ fn offline(command: &Command, format: Output, out: &mut Out) -> Option<Result<()
             Some(WebhookCmd::Serve(_)) => return None,
         },
         Command::Config(ConfigCmd::Validate { file }) => match floodgate_config::load(file) {
-            Ok(cfg) => {
+            Ok(cfg) => out.put(&format!("{}: ok\n", file.display())).map(|()| {
                 for n in floodgate_config::notes(&cfg) {
                     eprintln!("{}: note: {n}", file.display());
                 }
-                out.put(&format!("{}: ok\n", file.display()))
-            }
+            }),
             Err(e) => Err(Failure(5, e.to_string()).into()),
         },
         Command::Completion { shell } => {
