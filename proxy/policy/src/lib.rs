@@ -16,6 +16,7 @@ pub mod path;
 pub mod queue;
 pub mod ring;
 pub mod set;
+pub mod sharded;
 pub mod window;
 
 pub use clock::Clock;

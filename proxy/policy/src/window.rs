@@ -8,12 +8,10 @@
 //! all of the previous window's requests came at its very end. Cloudflare measured 0.003% of
 //! requests wrongly decided on real traffic.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
-const SHARDS: usize = 16;
+use crate::sharded::Sharded;
 
 /// Counts of one key.
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,7 +43,7 @@ pub struct WindowOutcome {
 pub struct WindowTable {
     window: Duration,
     sliding: bool,
-    shards: Vec<Mutex<HashMap<u64, Counts>>>,
+    shards: Sharded<Counts>,
     /// Some key may have counts: lets [`WindowTable::take`]'s callers skip the lookup (and the
     /// key hash) on every request while the table is empty, as a global limit's is while Redis
     /// decides it.
@@ -60,14 +58,9 @@ impl WindowTable {
         Self {
             window,
             sliding,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: Sharded::default(),
             nonempty: AtomicBool::new(false),
         }
-    }
-
-    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Counts>> {
-        // The key is already a good hash; its top bits pick the shard, the map uses it whole.
-        &self.shards[(key >> 60) as usize % SHARDS]
     }
 
     /// Counts a request for `key` at `now` if `max` per window allows it.
@@ -81,10 +74,7 @@ impl WindowTable {
         } else {
             0.0
         };
-        let mut map = match self.shard(key).lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.shards.lock(key);
         if !self.nonempty.load(Ordering::Relaxed) {
             self.nonempty.store(true, Ordering::Relaxed);
         }
@@ -139,17 +129,13 @@ impl WindowTable {
         // Cleared first: a key counted during the scan sets it again by itself.
         self.nonempty.store(false, Ordering::Relaxed);
         let mut any = false;
-        for shard in &self.shards {
-            let mut map = match shard.lock() {
-                Ok(m) => m,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            // A sliding window still needs last window's count; a fixed one does not.
-            let keep_from = if self.sliding {
-                idx.saturating_sub(1)
-            } else {
-                idx
-            };
+        // A sliding window still needs last window's count; a fixed one does not.
+        let keep_from = if self.sliding {
+            idx.saturating_sub(1)
+        } else {
+            idx
+        };
+        self.shards.each(|map| {
             map.retain(|_, c| c.window >= keep_from);
             any |= !map.is_empty();
             busiest = map
@@ -160,7 +146,7 @@ impl WindowTable {
             if map.capacity() > 64 && map.len() < map.capacity() / 4 {
                 map.shrink_to_fit();
             }
-        }
+        });
         if any {
             self.nonempty.store(true, Ordering::Relaxed);
         }
@@ -180,10 +166,7 @@ impl WindowTable {
     pub fn take(&self, key: u64, now: Duration) -> u64 {
         let w = self.window.as_nanos().max(1);
         let idx = u64::try_from(now.as_nanos() / w).unwrap_or(u64::MAX);
-        let mut map = match self.shard(key).lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.shards.lock(key);
         match map.remove(&key) {
             Some(c) if c.window == idx => c.current + c.previous,
             Some(c) if c.window + 1 == idx => c.current,
@@ -193,10 +176,7 @@ impl WindowTable {
 
     /// Keys remembered now.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map_or(0, |m| m.len()))
-            .sum()
+        self.shards.len()
     }
 
     /// No key remembered.
