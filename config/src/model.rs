@@ -7,7 +7,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 pub use crate::raw::{
-    FailureMode, Level, LogFormat, PathNormalization, Priority, Role, Scope, Strategy,
+    FailureMode, Level, LogFormat, Mode, PathNormalization, Priority, Role, Scope, Strategy,
     UnknownLevel, UpstreamProtocol,
 };
 
@@ -227,6 +227,10 @@ pub struct Limit {
     pub shadow: bool,
     /// Global limits without Redis: decide locally or reject.
     pub failure_mode: FailureMode,
+    /// Global limits: decided per request in Redis, or approximately on the sidecar.
+    pub mode: Mode,
+    /// With [`Mode::Approximate`]: how often counts are pushed and the fleet's read back.
+    pub sync_interval: Duration,
     /// More windows on the same key: `(max_requests, window)`.
     pub extra_windows: Vec<(NonZeroU64, Duration)>,
 }

@@ -314,6 +314,16 @@ pub struct RawLimit {
     /// locally at `max_requests / redis.expected_replicas`; `deny` rejects (fail closed).
     #[serde(default)]
     pub failure_mode: FailureMode,
+    /// With `scope: global`: `exact` (default) decides every request in Redis;
+    /// `approximate` decides on this sidecar against the fleet's count as of its last sync,
+    /// and pushes its own counts every `sync_interval_ms` (no Redis round trip per request;
+    /// the fleet may admit a little over the limit, see the README's bound).
+    #[serde(default)]
+    pub mode: Mode,
+    /// With `mode: approximate`: how often this sidecar pushes its counts to Redis and reads
+    /// the fleet's back, in milliseconds; default 100.
+    #[serde(default)]
+    pub sync_interval_ms: Option<u64>,
     /// More windows on the same key, checked together with the main one (e.g. 10 per second
     /// *and* 1000 per hour). Shortest first; a request rejected by one window is not counted
     /// by longer ones.
@@ -330,6 +340,17 @@ pub enum FailureMode {
     Open,
     /// Reject every request the limit applies to.
     Deny,
+}
+
+/// How a global limit is decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Every request in Redis: one round trip per decision, never over the limit.
+    #[default]
+    Exact,
+    /// On the sidecar against the fleet's count at the last sync; counts pushed in batches.
+    Approximate,
 }
 
 /// An additional window of a limit.

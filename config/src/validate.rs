@@ -867,9 +867,39 @@ fn check_limit(
             extra_windows.push((max, Duration::from_secs(w.window_seconds)));
         }
     }
+    let sync_interval = Duration::from_millis(l.sync_interval_ms.unwrap_or(100));
+    if l.mode == Mode::Approximate {
+        if l.scope != Scope::Global {
+            cx.err(
+                format!("{p}.mode"),
+                "`approximate` is how a global limit shares its count; set `scope: global`, \
+                 or remove `mode` (a local limit is always exact)",
+            );
+        }
+        if l.strategy == Strategy::TokenBucket {
+            cx.err(
+                format!("{p}.mode"),
+                "`approximate` counts windows; use `strategy: sliding_window` or \
+                 `fixed_window`, or `mode: exact` for a token bucket",
+            );
+        }
+        if let Some(v) = l.sync_interval_ms.filter(|v| !(10..=10_000).contains(v)) {
+            cx.err(
+                format!("{p}.sync_interval_ms"),
+                format!("must be between 10 and 10000 milliseconds, got {v}"),
+            );
+        }
+    } else if l.sync_interval_ms.is_some() {
+        cx.err(
+            format!("{p}.sync_interval_ms"),
+            "only `mode: approximate` syncs; add `mode: approximate` or remove it",
+        );
+    }
     Some(Limit {
         extra_windows,
         failure_mode: l.failure_mode,
+        mode: l.mode,
+        sync_interval,
         name: l.name,
         routes: l.routes,
         key,

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod approx;
 pub mod conn;
 pub mod control;
 pub mod degrade;

@@ -311,6 +311,10 @@ fn start(
             "fleet sync",
             floodgate::fleet::FleetSync::new(rt.clone(), g.clone()),
         ));
+        server.add_service(background_service(
+            "approximate limits sync",
+            floodgate::approx::Syncer::new(rt.clone()),
+        ));
     }
     server.add_service(background_service(
         "limit sweeper",

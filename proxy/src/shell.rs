@@ -249,34 +249,61 @@ impl Floodgate {
         let mut fell_back: Vec<usize> = Vec::new();
         let mut best: Option<Verdict> = None;
         if let Some(g) = global.filter(|_| !remote.is_empty()) {
+            let mut settle = |i: usize, o: Outcome| {
+                let l = &snap.limits.limiters()[i];
+                record(i, floodgate_policy::decision(l, &o));
+                let used = o
+                    .limit
+                    .saturating_sub(o.remaining)
+                    .saturating_mul(1_000_000)
+                    / o.limit.max(1);
+                snap.remote_use[i].fetch_max(used, std::sync::atomic::Ordering::Relaxed);
+                if !defs[i].shadow {
+                    merge(
+                        &mut best,
+                        Verdict {
+                            limit: i,
+                            outcome: o,
+                        },
+                    );
+                }
+            };
+            // `mode: approximate` keys with a fresh view of the fleet decide here; the rest
+            // (and approximate keys without one) go to Redis, all at once.
+            let mut exact: Vec<(usize, u64)> = Vec::with_capacity(remote.len());
+            for &i in &remote {
+                let key = stable_key_hash(&defs[i].key, &parts);
+                if let Some(local) = snap.limits.limiters()[i]
+                    .approx
+                    .as_ref()
+                    .and_then(|a| a.decide(key))
+                {
+                    if local.wake {
+                        g.wake_sync();
+                    }
+                    settle(i, local.outcome);
+                } else {
+                    exact.push((i, key));
+                }
+            }
             // A key decided locally while its shard was down hands those counts to Redis in
             // its first decision back (`take_local` is one atomic load while there are none).
             let parts = &parts;
-            let calls = remote.iter().map(|&i| {
-                g.check(&defs[i], stable_key_hash(&defs[i].key, parts), move || {
-                    snap.limits.take_local(i, parts)
-                })
-            });
-            for (&i, answer) in remote.iter().zip(join_all(calls).await) {
+            let calls = exact
+                .iter()
+                .map(|&(i, key)| g.check(&defs[i], key, move || snap.limits.take_local(i, parts)));
+            let replicas = snap
+                .config
+                .redis
+                .as_ref()
+                .map_or(1, |r| u64::from(r.expected_replicas.get()));
+            for (&(i, key), answer) in exact.iter().zip(join_all(calls).await) {
                 match answer {
-                    Ok(o) => {
-                        let l = &snap.limits.limiters()[i];
-                        record(i, floodgate_policy::decision(l, &o));
-                        let used = o
-                            .limit
-                            .saturating_sub(o.remaining)
-                            .saturating_mul(1_000_000)
-                            / o.limit.max(1);
-                        snap.remote_use[i].fetch_max(used, std::sync::atomic::Ordering::Relaxed);
-                        if !defs[i].shadow {
-                            merge(
-                                &mut best,
-                                Verdict {
-                                    limit: i,
-                                    outcome: o,
-                                },
-                            );
+                    Ok(d) => {
+                        if let Some(a) = &snap.limits.limiters()[i].approx {
+                            a.view(key, crate::global::view_of(&d), replicas);
                         }
+                        settle(i, d.outcome);
                     }
                     Err(_) => fell_back.push(i),
                 }

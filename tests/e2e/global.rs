@@ -305,3 +305,95 @@ async fn leaving_the_fallback_admits_no_more_than_the_limit() {
     );
     assert!(up.stats.requests.load(Ordering::Relaxed) <= 40);
 }
+
+/// The integer count in field `field` of the hash `key` (0 when absent).
+async fn hash_field(port: u16, key: &str, field: &str) -> u64 {
+    let reply = command(port, &["HGET", key, field]).await.unwrap();
+    // `$n\r\nVALUE\r\n`, or `$-1\r\n` for none.
+    reply
+        .lines()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `mode: approximate` (issue 17): three sidecars decide a shared limit each on its own, sync
+/// their counts every 100 ms, and the fleet admits its quota within the stated bound
+/// (`(sidecars - 1) x ceil(max / expected_replicas)` over it however bursty the load), with
+/// every admission counted in Redis and no round trip per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_approximate_sidecars_admit_within_the_bound() {
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    let cfg = format!(
+        "redis:\n  url: {}\n  timeout_ms: 500\n  expected_replicas: 3\nlimits:\n  - name: approx\n    key: []\n    max_requests: 300\n    window_seconds: 20\n    strategy: fixed_window\n    scope: global\n    mode: approximate\n    sync_interval_ms: 100\n",
+        redis.url()
+    );
+    let fleet = [
+        Sidecar::start(up.port, &cfg).await,
+        Sidecar::start(up.port, &cfg).await,
+        Sidecar::start(up.port, &cfg).await,
+    ];
+    for fg in &fleet {
+        on_redis(fg, "approx").await;
+    }
+    // Inside one 20 s window of Redis's clock: if less than 15 s are left, wait for the next.
+    let into = redis.time_ms().await % 20_000;
+    if into > 5_000 {
+        tokio::time::sleep(Duration::from_millis(20_000 - into + 50)).await;
+    }
+    let window = redis.time_ms().await / 20_000;
+    let calls_before = evalsha_calls(redis.port).await;
+    // 10x the limit, all three at once.
+    let runs = fleet.iter().map(|fg| drive(fg.port, 1000, 8));
+    let results = futures_util::future::join_all(runs).await;
+    let admitted: u64 = results.iter().map(|r| r.0).sum();
+    let rejected: u64 = results.iter().map(|r| r.1).sum();
+    assert_eq!(admitted + rejected, 3000);
+    assert_eq!(up.stats.requests.load(Ordering::Relaxed), admitted);
+    let bound = 300 + 2 * 300u64.div_ceil(3);
+    assert!(
+        (300..=bound).contains(&admitted),
+        "{admitted} admitted across the fleet for a limit of 300 (bound {bound})"
+    );
+    // Every admission reaches Redis's count within a few syncs.
+    let keys = command(redis.port, &["KEYS", "fg:{approx:*"])
+        .await
+        .unwrap();
+    let key = keys
+        .lines()
+        .find(|l| l.starts_with("fg:"))
+        .expect("the limit's key in Redis")
+        .to_owned();
+    eventually(
+        Duration::from_secs(5),
+        "Redis counts every admission",
+        || {
+            let key = key.clone();
+            let port = redis.port;
+            async move { hash_field(port, &key, "c1").await == admitted }
+        },
+    )
+    .await;
+    assert_eq!(
+        redis.time_ms().await / 20_000,
+        window,
+        "the load did not fit in one window; rerun"
+    );
+    // Decisions are local: the script ran once per sync (and once per sidecar for the key's
+    // first request), not once per request.
+    let calls = evalsha_calls(redis.port).await - calls_before;
+    assert!(
+        calls < 3000 / 4,
+        "{calls} script calls for 3000 requests: decisions went to Redis"
+    );
+}
+
+/// `EVALSHA` calls the server has run (`INFO commandstats`).
+async fn evalsha_calls(port: u16) -> u64 {
+    let info = command(port, &["INFO", "commandstats"]).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}

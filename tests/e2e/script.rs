@@ -7,7 +7,7 @@ use crate::redis_support::*;
 
 const SCRIPT: &str = include_str!("../../proxy/src/global/limit.lua");
 
-/// The script's answer: "allowed window remaining reset_ms retry_after_ms".
+/// The script's answer: "allowed window remaining reset_ms retry_after_ms least".
 #[derive(Debug)]
 struct Reply {
     allowed: bool,
@@ -15,6 +15,8 @@ struct Reply {
     remaining: u64,
     reset_ms: u64,
     retry_ms: u64,
+    /// The fewest requests left in any window (0 on a rejection).
+    least: u64,
 }
 
 async fn decide(r: &RedisServer, key: &str, kind: &str, windows: &[(u64, u64)]) -> Reply {
@@ -39,13 +41,14 @@ async fn decide(r: &RedisServer, key: &str, kind: &str, windows: &[(u64, u64)]) 
         .split(' ')
         .map(|v| v.parse().unwrap_or_else(|_| panic!("reply {raw:?}")))
         .collect();
-    assert_eq!(f.len(), 5, "reply {raw:?}");
+    assert_eq!(f.len(), 6, "reply {raw:?}");
     Reply {
         allowed: f[0] == 1,
         window: f[1],
         remaining: f[2],
         reset_ms: f[3],
         retry_ms: f[4],
+        least: f[5],
     }
 }
 
@@ -183,8 +186,10 @@ async fn several_windows_decide_together_and_the_tightest_answers() {
     // 5 per hour and 3 per two hours on one key, shortest first as the sidecar sends them.
     let windows = [(5, HOUR), (3, 2 * HOUR)];
     let d = decide(&r, "fg:{m}", "f", &windows).await;
-    // 4 of 5 left against 2 of 3: the two-hour window has the least share left.
+    // 4 of 5 left against 2 of 3: the two-hour window has the least share left, and the
+    // fewest requests left.
     assert!(d.allowed && d.window == 2 && d.remaining == 2, "{d:?}");
+    assert_eq!(d.least, 2, "{d:?}");
     for _ in 0..2 {
         assert!(decide(&r, "fg:{m}", "f", &windows).await.allowed);
     }
@@ -236,4 +241,58 @@ async fn counts_handed_over_from_the_fallback_fill_the_window_first() {
     // Expiry follows the longest window (the counts are not mistaken for one).
     let ttl = int(&r, &["PTTL", "fg:{h:1}"]).await;
     assert!(ttl > 3_600_000, "{ttl}");
+}
+
+/// `mode: approximate`'s sync ('f=' / 's='): a sidecar's counts since its last sync are added
+/// to every window, nothing is decided (even past the limit: those requests were admitted),
+/// and the answer is the window with the fewest requests left.
+#[tokio::test]
+async fn an_approximate_sync_adds_its_counts_and_reports_the_fewest_left() {
+    let r = RedisServer::start().await;
+    let windows = [(10, 60_000), (100, HOUR)];
+    let sync = |count: u64| {
+        let mut args: Vec<String> = ["EVAL", SCRIPT, "1", "fg:{a:1}", "f="]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (max, ms) in windows {
+            args.push(max.to_string());
+            args.push(ms.to_string());
+        }
+        for _ in windows {
+            args.push(count.to_string());
+        }
+        let r = &r;
+        async move {
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let raw = command(r.port, &argv).await.unwrap();
+            let f: Vec<u64> = raw
+                .lines()
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .map(|v| v.parse().unwrap())
+                .collect();
+            f
+        }
+    };
+    // Seven admitted: 3 left of 10 (the minute), 93 of 100 (the hour).
+    let f = sync(7).await;
+    assert_eq!((f[0], f[1], f[2], f[5]), (1, 1, 3, 3), "{f:?}");
+    assert_eq!(int(&r, &["HGET", "fg:{a:1}", "c2"]).await, 7);
+    // A sync with nothing to push only reads.
+    assert_eq!(sync(0).await[2], 3);
+    assert_eq!(int(&r, &["HGET", "fg:{a:1}", "c1"]).await, 7);
+    // Past the limit: counted all the same, nothing left, not "allowed".
+    let f = sync(5).await;
+    assert_eq!((f[0], f[2], f[5]), (0, 0, 0), "{f:?}");
+    assert_eq!(int(&r, &["HGET", "fg:{a:1}", "c1"]).await, 12);
+    // An exact decision on the same key sees the approximate counts.
+    let d = decide(&r, "fg:{a:1}", "f", &windows).await;
+    assert!(!d.allowed, "{d:?}");
+    let ttl = int(&r, &["PTTL", "fg:{a:1}"]).await;
+    assert!(
+        ttl > HOUR as i64,
+        "expiry follows the longest window: {ttl}"
+    );
 }

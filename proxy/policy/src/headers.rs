@@ -299,6 +299,8 @@ mod tests {
             shadow: false,
             extra_windows: vec![(n(400), Duration::from_secs(60))],
             failure_mode: FailureMode::Open,
+            mode: floodgate_config::Mode::Exact,
+            sync_interval: Duration::from_millis(100),
         };
         let share = Limit {
             max_requests: n(10),

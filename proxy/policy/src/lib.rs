@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod approx;
 pub mod breaker;
 pub mod cache;
 pub mod clock;

@@ -5,12 +5,13 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate_config::{Limit, Strategy};
+use floodgate_config::{Limit, Mode, Scope, Strategy};
 use governor::clock::Clock as _;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
+use crate::approx::Share;
 use crate::clock::Clock;
 use crate::window::WindowTable;
 
@@ -52,6 +53,9 @@ pub struct Limiter {
     pub def: Limit,
     /// The main window and any extra ones, shortest first.
     windows: Vec<Window>,
+    /// A global limit in `mode: approximate`: its keys' views of the fleet's count (the
+    /// windows above then hold only what the Redis-outage fallback counts).
+    pub approx: Option<Arc<Share>>,
     clock: Clock,
 }
 
@@ -67,9 +71,12 @@ impl Limiter {
             })
             .collect();
         windows.sort_by_key(|w| w.length);
+        let approx = (def.scope == Scope::Global && def.mode == Mode::Approximate)
+            .then(|| Arc::new(Share::new(def.sync_interval, clock.clone())));
         Self {
             def,
             windows,
+            approx,
             clock,
         }
     }
@@ -117,6 +124,8 @@ impl Limiter {
         Some(Limiter {
             def: def.clone(),
             windows,
+            // Same key, same fleet count: the next sync reads it against the new size.
+            approx: self.approx.clone(),
             clock: self.clock.clone(),
         })
     }
@@ -150,6 +159,9 @@ impl Limiter {
     /// Forgets keys whose state can no longer matter; returns the busiest key's use (0..=1)
     /// of its tightest window limit (GCRA reports 0: its state does not count requests).
     pub fn sweep(&self) -> f64 {
+        if let Some(a) = &self.approx {
+            a.sweep();
+        }
         self.windows
             .iter()
             .map(|w| w.state.sweep(&self.clock, w.max))
@@ -183,6 +195,7 @@ impl Limiter {
         self.windows
             .iter()
             .map(|w| w.state.keys())
+            .chain(self.approx.as_ref().map(|a| a.len()))
             .max()
             .unwrap_or(0)
     }
@@ -295,6 +308,8 @@ mod tests {
             shadow: false,
             extra_windows: vec![],
             failure_mode: floodgate_config::FailureMode::Open,
+            mode: floodgate_config::Mode::Exact,
+            sync_interval: Duration::from_millis(100),
         }
     }
 
@@ -395,6 +410,8 @@ mod memory {
             shadow: false,
             extra_windows: vec![],
             failure_mode: floodgate_config::FailureMode::Open,
+            mode: floodgate_config::Mode::Exact,
+            sync_interval: Duration::from_millis(100),
         };
         let l = Limiter::new(def, Clock::manual());
         for k in 0..1_000_000u64 {

@@ -213,6 +213,8 @@ mod tests {
             shadow,
             extra_windows: vec![],
             failure_mode: floodgate_config::FailureMode::Open,
+            mode: floodgate_config::Mode::Exact,
+            sync_interval: Duration::from_millis(100),
         }
     }
 

@@ -6,9 +6,13 @@
 --          one count per window: requests the sidecar admitted locally for this key while
 --          Redis was away, added to the current windows before deciding (once per key and
 --          outage, so the window it returns in holds every request it admitted in it)
--- Returns "allowed window remaining reset_ms retry_after_ms" as one string (one RESP value:
--- the client's reply parser costs per value, and this is every request's reply) for the
--- rejecting window, or else the window with the least share left. Time is the server's (TIME), so sidecars with
+--          'f=' / 's=' (mode: approximate's sync): the pairs, then one count per window that
+--          the sidecar admitted since its last sync; they are added, nothing is decided
+-- Returns "allowed window remaining reset_ms retry_after_ms least" as one string (one RESP
+-- value: the client's reply parser costs per value, and this is every request's reply) for the
+-- rejecting window, or else the window with the least share left; `least` is the fewest
+-- requests any window has left (0 on a rejection), what an approximate sidecar divides.
+-- After 'f=' / 's=' the window reported is the one with the fewest left. Time is the server's (TIME), so sidecars with
 -- skewed clocks still share one window. Windows are charged shortest first; a window that
 -- rejects stops the walk, so longer windows are not charged for a rejected request.
 -- Cost: Redis runs this for every request of the fleet, and each redis.call and each number
@@ -27,9 +31,50 @@ local renew = kind == 't'
 -- %.17g), which was the largest single cost of a decision in Redis (callgrind). Every value
 -- formatted here is integral.
 local function int(x) return string.format('%d', x) end
+local least = nil
 local function done(r)
   if renew then redis.call('PEXPIRE', key, int(2 * tonumber(ARGV[2 * n + 1]))) end
-  return string.format('%d %d %d %d %d', r[1], r[2], r[3], r[4], r[5])
+  return string.format('%d %d %d %d %d %d', r[1], r[2], r[3], r[4], r[5], least or 0)
+end
+if string.sub(kind, 2, 2) == '=' then
+  kind = string.sub(kind, 1, 1)
+  n = (#ARGV - 1) / 3
+  local best = nil
+  for i = 1, n do
+    local max = tonumber(ARGV[2 * i])
+    local w = tonumber(ARGV[2 * i + 1])
+    local k = tonumber(ARGV[1 + 2 * n + i])
+    local si = int(i)
+    local fw, fc, fp = 'w' .. si, 'c' .. si, 'p' .. si
+    local idx = math.floor(now / w)
+    local into = now - idx * w
+    local v = redis.call('HMGET', key, fw, fc, fp)
+    local wi, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+    if wi ~= idx then
+      if wi == idx - 1 then p = c else p = 0 end
+      c = 0
+    end
+    if k > 0 then
+      if wi ~= idx then
+        redis.call('HSET', key, fw, int(idx), fc, int(c + k), fp, int(p))
+        renew = true
+      else
+        redis.call('HINCRBY', key, fc, int(k))
+      end
+      c = c + k
+    end
+    local weight = 0
+    if kind == 's' then weight = 1 - into / w end
+    local left = math.floor(max - (p * weight + c))
+    if left < 0 then left = 0 end
+    if best == nil or left < best[3] then
+      local allowed = 0
+      if left > 0 then allowed = 1 end
+      best = {allowed, i, left, w - into, 0}
+    end
+  end
+  least = best[3]
+  return done(best)
 end
 if #kind > 1 then
   kind = string.sub(kind, 1, 1)
@@ -63,6 +108,7 @@ for i = 1, n do
     local per = w / max
     local new_tat = tat + per
     if new_tat - now > w then
+      least = 0
       return done({0, i, 0, math.ceil(tat - now), math.ceil(new_tat - w - now)})
     end
     redis.call('HSET', key, f, string.format('%.3f', new_tat))
@@ -92,6 +138,7 @@ for i = 1, n do
         if retry < 0 then retry = 0 end
         if retry > reset then retry = reset end
       end
+      least = 0
       return done({0, i, 0, reset, math.ceil(retry)})
     end
     if started then
@@ -102,6 +149,7 @@ for i = 1, n do
     end
     res = {max, math.floor(max - used - 1), reset}
   end
+  if least == nil or res[2] < least then least = res[2] end
   local share = res[2] / res[1]
   if share < best_share then
     best_share = share

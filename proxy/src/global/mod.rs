@@ -20,6 +20,7 @@ use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use floodgate_config::{Limit, Redis, RedisTarget, Strategy};
 use floodgate_policy::Outcome;
+use futures_util::future::join_all;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use prometheus::{Histogram, IntCounterVec};
@@ -66,6 +67,8 @@ pub struct GlobalLimits {
     script: redis::Script,
     latency: Histogram,
     errors: IntCounterVec,
+    /// Wakes `mode: approximate`'s sync, which sleeps while no key asks for it.
+    sync_wake: tokio::sync::Notify,
 }
 
 impl GlobalLimits {
@@ -86,7 +89,18 @@ impl GlobalLimits {
             script: redis::Script::new(SCRIPT),
             latency: metrics.redis_latency.clone(),
             errors: metrics.redis_errors.clone(),
+            sync_wake: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// A `mode: approximate` key asked for a view while the sync slept.
+    pub fn wake_sync(&self) {
+        self.sync_wake.notify_one();
+    }
+
+    /// Until [`GlobalLimits::wake_sync`] (at once if it was called since the last wait).
+    pub async fn sync_asked(&self) {
+        self.sync_wake.notified().await;
     }
 
     /// Every shard is up: no global limit decides locally now.
@@ -119,19 +133,14 @@ impl GlobalLimits {
         limit: &Limit,
         key_hash: u64,
         carry: impl FnOnce() -> Option<Vec<u64>>,
-    ) -> Result<Outcome, GlobalError> {
-        // The hash tag is the whole key: one key's windows share a slot, keys spread over slots.
-        let key = format!("fg:{{{}:{key_hash:016x}}}", limit.name);
+    ) -> Result<Decided, GlobalError> {
+        let key = redis_key(limit, key_hash);
         let shard = self
             .health
             .up_shard(self.slot(&key))
             .ok_or(GlobalError::Down)?;
         let conn = shard.link.for_decision().ok_or(GlobalError::Down)?;
-        let mut windows: Vec<(u64, Duration)> =
-            std::iter::once((limit.max_requests.get(), limit.window))
-                .chain(limit.extra_windows.iter().map(|(m, w)| (m.get(), *w)))
-                .collect();
-        windows.sort_by_key(|w| w.1);
+        let windows = windows(limit);
         let carry = carry().filter(|c| c.len() == windows.len());
         let kind = match (limit.strategy, carry.is_some()) {
             (Strategy::FixedWindow, false) => "f",
@@ -162,33 +171,125 @@ impl GlobalLimits {
                 return Err(e);
             }
         };
-        let mut fields = [0i64; 5];
-        let mut n = 0;
-        for (slot, text) in fields.iter_mut().zip(reply.split(' ')) {
-            // Lua prints integral numbers without a fraction; anything else is a bad reply.
-            *slot = text
-                .parse()
-                .map_err(|_| GlobalError::Reply(reply.clone()))?;
-            n += 1;
+        parse(&reply, &windows, limit)
+    }
+
+    /// `mode: approximate`'s sync of `limit`: adds each `(key hash, count)` of `batch` to the
+    /// fleet's count and reads back what the fleet has left, in one pipeline per shard (one
+    /// round trip for a standalone server however many keys). One answer per entry of
+    /// `batch`, in order; an error leaves its count unpushed (the caller owes it again).
+    pub async fn sync(
+        self: &Arc<Self>,
+        limit: &Limit,
+        batch: &[(u64, u64)],
+    ) -> Vec<Result<Decided, GlobalError>> {
+        let windows = windows(limit);
+        let kind = match limit.strategy {
+            Strategy::FixedWindow => "f=",
+            _ => "s=",
+        };
+        let mut answers: Vec<Option<Result<Decided, GlobalError>>> =
+            batch.iter().map(|_| None).collect();
+        // Entries by shard, each with its script call.
+        let mut by_shard: Vec<(Arc<health::Shard>, Calls)> = Vec::new();
+        for (i, &(key_hash, count)) in batch.iter().enumerate() {
+            let key = redis_key(limit, key_hash);
+            let Some(shard) = self.health.up_shard(self.slot(&key)) else {
+                answers[i] = Some(Err(GlobalError::Down));
+                continue;
+            };
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.script.get_hash()).arg(1).arg(key).arg(kind);
+            for (max, w) in &windows {
+                cmd.arg(*max)
+                    .arg(u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+            }
+            for _ in &windows {
+                cmd.arg(count);
+            }
+            match by_shard.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &shard)) {
+                Some((_, cmds)) => cmds.push((i, cmd)),
+                None => by_shard.push((shard, vec![(i, cmd)])),
+            }
         }
-        let [allowed, window, remaining, reset_ms, retry_ms] = fields;
-        if n != 5 {
-            return Err(GlobalError::Reply(reply));
+        let runs = by_shard.into_iter().map(|(shard, cmds)| async move {
+            let replies = self.pipeline(&shard, &cmds).await;
+            (shard, cmds, replies)
+        });
+        for (_, cmds, replies) in join_all(runs).await {
+            match replies {
+                Ok(replies) => {
+                    for ((i, _), reply) in cmds.iter().zip(replies) {
+                        answers[*i] = Some(
+                            reply
+                                .map_err(GlobalError::from)
+                                .and_then(|r| parse(&r, &windows, limit)),
+                        );
+                    }
+                }
+                Err(e) => {
+                    // Health is the decisions' and the prober's to judge: a sync that fails
+                    // only ages its keys' views, and their next requests go to Redis, which
+                    // marks the shard down if it really is.
+                    self.count_error(&e);
+                    for (i, _) in &cmds {
+                        answers[*i] = Some(Err(GlobalError::Down));
+                    }
+                }
+            }
         }
-        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
-        let (max, window) = usize::try_from(window - 1)
-            .ok()
-            .and_then(|i| windows.get(i))
-            .copied()
-            .unwrap_or((limit.max_requests.get(), limit.window));
-        Ok(Outcome {
-            allowed: allowed == 1,
-            limit: max,
-            remaining: u64::try_from(remaining).unwrap_or(0),
-            reset: ms(reset_ms),
-            retry_after: ms(retry_ms),
-            window,
-        })
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Err(GlobalError::Down)))
+            .collect()
+    }
+
+    /// Runs `cmds` (script calls by hash) on `shard`'s decisions connection as one pipeline
+    /// within 1 s (a sync is off the request path and may be many calls); loads the script
+    /// and runs again those a server without it refused (`NOSCRIPT`: a restarted or flushed
+    /// server).
+    async fn pipeline(
+        &self,
+        shard: &health::Shard,
+        cmds: &[(usize, redis::Cmd)],
+    ) -> Result<Vec<redis::RedisResult<String>>, GlobalError> {
+        let mut conn = shard.link.for_decision().ok_or(GlobalError::Down)?;
+        let budget = Duration::from_secs(1);
+        let run = |conn: &mut ConnectionManager, which: Vec<usize>| {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &j in &which {
+                pipe.add_command(cmds[j].1.clone());
+            }
+            let mut conn = conn.clone();
+            async move {
+                let r: redis::RedisResult<Vec<redis::RedisResult<String>>> =
+                    match tokio::time::timeout(budget, pipe.query_async(&mut conn)).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(GlobalError::Timeout(budget)),
+                    };
+                r.map_err(GlobalError::from)
+            }
+        };
+        let start = Instant::now();
+        let mut replies = run(&mut conn, (0..cmds.len()).collect()).await?;
+        let no_script = |r: &redis::RedisResult<String>| matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript));
+        let missing: Vec<usize> = (0..replies.len())
+            .filter(|&j| no_script(&replies[j]))
+            .collect();
+        if !missing.is_empty() {
+            self.script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(GlobalError::from)?;
+            let again = run(&mut conn, missing.clone()).await?;
+            for (j, r) in missing.into_iter().zip(again) {
+                replies[j] = r;
+            }
+        }
+        self.latency.observe(start.elapsed().as_secs_f64());
+        Ok(replies)
     }
 
     /// Runs the limit script `inv` on `conn` within `redis.timeout_ms`.
@@ -256,6 +357,80 @@ impl GlobalLimits {
             .get_async_connection()
             .await
     }
+}
+
+/// Script calls for one shard, each with the index of its entry in the batch.
+type Calls = Vec<(usize, redis::Cmd)>;
+
+/// A decision (or an approximate sync's view) and the fewest requests any window of the
+/// limit has left.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decided {
+    /// The answer for the request (after a sync: the window with the fewest left).
+    pub outcome: Outcome,
+    /// The fewest requests left in any window (0 on a rejection).
+    pub least: u64,
+}
+
+/// What an approximate sidecar takes from a decision or a sync: the fewest any window has
+/// left, with the reported window's terms.
+pub fn view_of(d: &Decided) -> floodgate_policy::approx::View {
+    floodgate_policy::approx::View {
+        left: d.least,
+        limit: d.outcome.limit,
+        window: d.outcome.window,
+        reset: d.outcome.reset,
+    }
+}
+
+/// The Redis key of `key_hash` of `limit`. The hash tag is the whole key: one key's windows
+/// share a slot, keys spread over slots.
+fn redis_key(limit: &Limit, key_hash: u64) -> String {
+    format!("fg:{{{}:{key_hash:016x}}}", limit.name)
+}
+
+/// `limit`'s windows as the script takes them, `(max, length)`, shortest first.
+fn windows(limit: &Limit) -> Vec<(u64, Duration)> {
+    let mut windows: Vec<(u64, Duration)> =
+        std::iter::once((limit.max_requests.get(), limit.window))
+            .chain(limit.extra_windows.iter().map(|(m, w)| (m.get(), *w)))
+            .collect();
+    windows.sort_by_key(|w| w.1);
+    windows
+}
+
+/// Reads the script's reply, "allowed window remaining reset_ms retry_after_ms least".
+fn parse(reply: &str, windows: &[(u64, Duration)], limit: &Limit) -> Result<Decided, GlobalError> {
+    let mut fields = [0i64; 6];
+    let mut n = 0;
+    for (slot, text) in fields.iter_mut().zip(reply.split(' ')) {
+        // Lua prints integral numbers without a fraction; anything else is a bad reply.
+        *slot = text
+            .parse()
+            .map_err(|_| GlobalError::Reply(reply.to_owned()))?;
+        n += 1;
+    }
+    let [allowed, window, remaining, reset_ms, retry_ms, least] = fields;
+    if n != 6 {
+        return Err(GlobalError::Reply(reply.to_owned()));
+    }
+    let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+    let (max, window) = usize::try_from(window - 1)
+        .ok()
+        .and_then(|i| windows.get(i))
+        .copied()
+        .unwrap_or((limit.max_requests.get(), limit.window));
+    Ok(Decided {
+        outcome: Outcome {
+            allowed: allowed == 1,
+            limit: max,
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            reset: ms(reset_ms),
+            retry_after: ms(retry_ms),
+            window,
+        },
+        least: u64::try_from(least).unwrap_or(0),
+    })
 }
 
 /// Runs the prober ([`probe::run`]) as a pingora background service, until shutdown.
