@@ -36,6 +36,22 @@ local function done(r)
   if renew then redis.call('PEXPIRE', key, int(2 * tonumber(ARGV[2 * n + 1]))) end
   return string.format('%d %d %d %d %d %d', r[1], r[2], r[3], r[4], r[5], least or 0)
 end
+-- Window i (of length w) as stored: its field names, the current window's index, the stored
+-- index, and the current and previous counts as of now (rolled over if a window started).
+-- Used by the hand-over and the approximate sync; the decision below inlines it (one Lua call
+-- fewer on every request).
+local function counts(i, w)
+  local si = int(i)
+  local fw, fc, fp = 'w' .. si, 'c' .. si, 'p' .. si
+  local idx = math.floor(now / w)
+  local v = redis.call('HMGET', key, fw, fc, fp)
+  local wi, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  if wi ~= idx then
+    if wi == idx - 1 then p = c else p = 0 end
+    c = 0
+  end
+  return fw, fc, fp, idx, wi, c, p
+end
 if string.sub(kind, 2, 2) == '=' then
   kind = string.sub(kind, 1, 1)
   n = (#ARGV - 1) / 3
@@ -44,16 +60,8 @@ if string.sub(kind, 2, 2) == '=' then
     local max = tonumber(ARGV[2 * i])
     local w = tonumber(ARGV[2 * i + 1])
     local k = tonumber(ARGV[1 + 2 * n + i])
-    local si = int(i)
-    local fw, fc, fp = 'w' .. si, 'c' .. si, 'p' .. si
-    local idx = math.floor(now / w)
+    local fw, fc, fp, idx, wi, c, p = counts(i, w)
     local into = now - idx * w
-    local v = redis.call('HMGET', key, fw, fc, fp)
-    local wi, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
-    if wi ~= idx then
-      if wi == idx - 1 then p = c else p = 0 end
-      c = 0
-    end
     if k > 0 then
       if wi ~= idx then
         redis.call('HSET', key, fw, int(idx), fc, int(c + k), fp, int(p))
@@ -83,15 +91,7 @@ if #kind > 1 then
   for i = 1, n do
     local k = tonumber(ARGV[1 + 2 * n + i])
     if kind ~= 't' and k > 0 then
-      local si = int(i)
-      local fw, fc, fp = 'w' .. si, 'c' .. si, 'p' .. si
-      local idx = math.floor(now / tonumber(ARGV[2 * i + 1]))
-      local v = redis.call('HMGET', key, fw, fc, fp)
-      local wi, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
-      if wi ~= idx then
-        if wi == idx - 1 then p = c else p = 0 end
-        c = 0
-      end
+      local fw, fc, fp, idx, _, c, p = counts(i, tonumber(ARGV[2 * i + 1]))
       redis.call('HSET', key, fw, int(idx), fc, int(c + k), fp, int(p))
     end
   end
