@@ -256,6 +256,13 @@ fn start(
         threads: server_cfg.threads,
         grace_period_seconds: Some(server_cfg.drain_timeout.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Every pingora timeout of 1 s or more on tokio's timer, none on pingora-timeout's
+        // "fast" one: that one's clock thread, started by the first fast timeout (every
+        // accepted connection's 60 s handshake timeout, so the readiness check's), wakes every
+        // 10 ms for the life of the process, which was nearly all of an idle sidecar's CPU.
+        // Sub-second timeouts and pingora's own `sleep`s (HTTP/2 idle connections) still
+        // start it: see bench/README.md, "Peers and idle CPU".
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

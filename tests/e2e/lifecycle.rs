@@ -61,3 +61,43 @@ async fn a_taken_port_is_a_clear_start_up_error() {
         "{err}"
     );
 }
+
+/// The names of process `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// pingora-timeout's clock thread ("Timer thread") wakes every 10 ms for the life of the
+/// process once a "fast" timeout starts it, which was nearly all of an idle sidecar's CPU.
+/// With every pingora timeout of 1 s or more on tokio's timer, HTTP/1.1 traffic with the
+/// default timeouts never starts it (bench/README.md, "Peers and idle CPU").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_traffic_with_the_default_timeouts_starts_no_10ms_clock_thread() {
+    let up = Upstream::start("app").await;
+    let upstream = up.port;
+    // The upstream's default timeouts (the tests' usual 500 ms connect timeout would start
+    // it: a timeout under 1 s stays on pingora's fast timer).
+    let fg = Sidecar::start_custom(|p, m| {
+        format!("listen: 127.0.0.1:{p}\nupstream: {{ address: 127.0.0.1:{upstream} }}\nmetrics: {{ listen: 127.0.0.1:{m} }}\n")
+    })
+    .await;
+    // Keep-alive and new connections, and the upstream connections pooled between them.
+    let c = client();
+    for i in 0..20 {
+        let uri: http::Uri = format!("http://127.0.0.1:{}/r{i}", fg.port)
+            .parse()
+            .unwrap();
+        assert_eq!(c.get(uri).await.unwrap().status(), 200);
+        assert_eq!(http_get(fg.port, "/").await.unwrap().0, 200);
+    }
+    let threads = thread_names(fg.child.id());
+    assert!(threads.iter().any(|t| t.starts_with("BG ")), "{threads:?}");
+    assert!(
+        !threads.iter().any(|t| t == "Timer thread"),
+        "pingora-timeout's clock thread started: {threads:?}"
+    );
+}

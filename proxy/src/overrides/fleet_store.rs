@@ -222,31 +222,73 @@ pub async fn fetch(g: &GlobalLimits) -> Result<(u64, BTreeMap<String, Override>)
     Ok((version.unwrap_or(0), set))
 }
 
-/// Records one heartbeat of sidecar `id` (`info`: what it reports about itself), and
-/// forgets the sidecars silent for longer than [`EXPECTED`].
-pub async fn heartbeat(g: &GlobalLimits, id: &str, info: &Value) -> Result<(), String> {
+/// What one [`beat`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    /// The fleet's version (0 before the first change).
+    pub version: u64,
+    /// The sidecar was not on the list before this beat (its first, or it had been forgotten
+    /// or had left): its info must be written, whatever was asked.
+    pub joined: bool,
+}
+
+/// One round trip of the fleet sync: reads the fleet's version and, given `id`, records one
+/// heartbeat of that sidecar (its score in the list: when it was last heard from) with
+/// `info` (what it reports about itself) when given, and with `gc` forgets the sidecars
+/// silent for longer than [`EXPECTED`] (their info too; rarely any, so the second round trip
+/// is rare).
+pub async fn beat(
+    g: &GlobalLimits,
+    id: Option<&str>,
+    info: Option<&str>,
+    gc: bool,
+) -> Result<Beat, String> {
     let now = unix_ms(SystemTime::now());
-    // Sidecars silent for longer than EXPECTED are no longer expected: forget them, their
-    // info too. Rarely any, so the second round trip is rare.
     let gone_before = now.saturating_sub(ms(EXPECTED));
     let mut pipe = redis::pipe();
-    pipe.zadd(SIDECARS, id, now)
-        .ignore()
-        .hset(INFO, id, info.to_string())
-        .ignore()
-        .cmd("ZRANGEBYSCORE")
-        .arg(SIDECARS)
-        .arg(0)
-        .arg(gone_before);
-    let (gone,): (Vec<String>,) = g.query(&pipe).await.map_err(|e| e.to_string())?;
-    if gone.is_empty() {
-        return Ok(());
+    pipe.get(VERSION);
+    let Some(id) = id else {
+        let (version,): (Option<u64>,) = g.query(&pipe).await.map_err(|e| e.to_string())?;
+        return Ok(Beat {
+            version: version.unwrap_or(0),
+            joined: false,
+        });
+    };
+    pipe.zadd(SIDECARS, id, now);
+    if let Some(info) = info {
+        pipe.hset(INFO, id, info).ignore();
     }
+    let (version, added, gone) = if gc {
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(SIDECARS)
+            .arg(0)
+            .arg(gone_before);
+        g.query::<(Option<u64>, u64, Vec<String>)>(&pipe)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        let (version, added): (Option<u64>, u64) =
+            g.query(&pipe).await.map_err(|e| e.to_string())?;
+        (version, added, Vec::new())
+    };
+    if !gone.is_empty() {
+        let mut pipe = redis::pipe();
+        pipe.zrem(SIDECARS, &gone)
+            .ignore()
+            .hdel(INFO, &gone)
+            .ignore();
+        g.query::<()>(&pipe).await.map_err(|e| e.to_string())?;
+    }
+    Ok(Beat {
+        version: version.unwrap_or(0),
+        joined: added > 0,
+    })
+}
+
+/// Writes what sidecar `id` reports about itself (its score is [`beat`]'s).
+pub async fn write_info(g: &GlobalLimits, id: &str, info: &str) -> Result<(), String> {
     let mut pipe = redis::pipe();
-    pipe.zrem(SIDECARS, &gone)
-        .ignore()
-        .hdel(INFO, &gone)
-        .ignore();
+    pipe.hset(INFO, id, info).ignore();
     g.query::<()>(&pipe).await.map_err(|e| e.to_string())
 }
 
