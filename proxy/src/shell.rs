@@ -270,7 +270,7 @@ impl Floodgate {
             };
             // `mode: approximate` keys with a fresh view of the fleet decide here; the rest
             // (and approximate keys without one) go to Redis, all at once.
-            let mut exact: Vec<(usize, u64)> = Vec::with_capacity(remote.len());
+            let mut exact: Vec<(usize, u64)> = Vec::new();
             for &i in &remote {
                 let key = stable_key_hash(&defs[i].key, &parts);
                 if let Some(local) = snap.limits.limiters()[i]
@@ -297,15 +297,26 @@ impl Floodgate {
                 .redis
                 .as_ref()
                 .map_or(1, |r| u64::from(r.expected_replicas.get()));
-            for (&(i, key), answer) in exact.iter().zip(join_all(calls).await) {
+            let answers = if exact.is_empty() {
+                Vec::new()
+            } else {
+                join_all(calls).await
+            };
+            for (&(i, key), answer) in exact.iter().zip(answers) {
+                let approx = snap.limits.limiters()[i].approx.as_ref();
                 match answer {
                     Ok(d) => {
-                        if let Some(a) = &snap.limits.limiters()[i].approx {
-                            a.view(key, crate::global::view_of(&d), replicas);
+                        if let Some(a) = approx {
+                            a.view(key, crate::global::view_of(&d), replicas, true);
                         }
                         settle(i, d.outcome);
                     }
-                    Err(_) => fell_back.push(i),
+                    Err(_) => {
+                        if let Some(a) = approx {
+                            a.abandon(key);
+                        }
+                        fell_back.push(i);
+                    }
                 }
             }
         }

@@ -71,8 +71,10 @@ impl Limiter {
             })
             .collect();
         windows.sort_by_key(|w| w.length);
-        let approx = (def.scope == Scope::Global && def.mode == Mode::Approximate)
-            .then(|| Arc::new(Share::new(def.sync_interval, clock.clone())));
+        let approx = (def.scope == Scope::Global && def.mode == Mode::Approximate).then(|| {
+            let sliding = def.strategy == Strategy::SlidingWindow;
+            Arc::new(Share::new(def.sync_interval, sliding, clock.clone()))
+        });
         Self {
             def,
             windows,

@@ -212,11 +212,24 @@ impl GlobalLimits {
                 None => by_shard.push((shard, vec![(i, cmd)])),
             }
         }
-        let runs = by_shard.into_iter().map(|(shard, cmds)| async move {
-            let replies = self.pipeline(&shard, &cmds).await;
-            (shard, cmds, replies)
+        // At most SYNC_CHUNK calls per pipeline: Redis runs a pipeline's scripts back to back,
+        // and this sidecar's exact decisions share the connection, so they slip in between.
+        let runs = by_shard.into_iter().flat_map(|(shard, cmds)| {
+            let mut chunks = Vec::new();
+            let mut cmds = cmds.into_iter().peekable();
+            while cmds.peek().is_some() {
+                chunks.push((
+                    shard.clone(),
+                    cmds.by_ref().take(SYNC_CHUNK).collect::<Calls>(),
+                ));
+            }
+            chunks
         });
-        for (_, cmds, replies) in join_all(runs).await {
+        let runs = runs.map(|(shard, cmds)| async move {
+            let replies = self.pipeline(&shard, &cmds).await;
+            (cmds, replies)
+        });
+        for (cmds, replies) in join_all(runs).await {
             match replies {
                 Ok(replies) => {
                     for ((i, _), reply) in cmds.iter().zip(replies) {
@@ -271,24 +284,33 @@ impl GlobalLimits {
                 r.map_err(GlobalError::from)
             }
         };
-        let start = Instant::now();
         let mut replies = run(&mut conn, (0..cmds.len()).collect()).await?;
-        let no_script = |r: &redis::RedisResult<String>| matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript));
+        let no_script = |r: &redis::RedisResult<String>| {
+            let refused = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
+            matches!(r, Err(e) if e.kind() == refused)
+        };
         let missing: Vec<usize> = (0..replies.len())
             .filter(|&j| no_script(&replies[j]))
             .collect();
         if !missing.is_empty() {
-            self.script
-                .prepare_invoke()
-                .load_async(&mut conn)
-                .await
-                .map_err(GlobalError::from)?;
-            let again = run(&mut conn, missing.clone()).await?;
-            for (j, r) in missing.into_iter().zip(again) {
-                replies[j] = r;
+            // Those the first run answered stand whatever happens to the second (they were
+            // counted); only the refused ones are retried, and fail if the retry does.
+            let again = match self.script.prepare_invoke().load_async(&mut conn).await {
+                Ok(_) => run(&mut conn, missing.clone()).await,
+                Err(e) => Err(GlobalError::from(e)),
+            };
+            match again {
+                Ok(again) => {
+                    for (&j, r) in missing.iter().zip(again) {
+                        replies[j] = r;
+                    }
+                }
+                Err(e) => {
+                    self.count_error(&e);
+                    tracing::debug!("approximate sync: reloading the script failed: {e}");
+                }
             }
         }
-        self.latency.observe(start.elapsed().as_secs_f64());
         Ok(replies)
     }
 
@@ -358,6 +380,9 @@ impl GlobalLimits {
             .await
     }
 }
+
+/// Most script calls in one sync pipeline.
+const SYNC_CHUNK: usize = 256;
 
 /// Script calls for one shard, each with the index of its entry in the batch.
 type Calls = Vec<(usize, redis::Cmd)>;
