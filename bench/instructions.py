@@ -34,9 +34,19 @@ def drive(port, n, conns=4):
             if not d.startswith(b"HTTP/1.1 200"):
                 raise SystemExit(f"unexpected answer {d[:60]!r}")
         s.close()
-    ts = [threading.Thread(target=one, args=(n // conns,)) for _ in range(conns)]
+    failed = []
+
+    def guarded(k):
+        try:
+            one(k)
+        except BaseException as e:  # noqa: B902 (a thread's failure must fail the run)
+            failed.append(e)
+    ts = [threading.Thread(target=guarded, args=(n // conns,)) for _ in range(conns)]
     [t.start() for t in ts]
     [t.join() for t in ts]
+    if failed:
+        # A count over requests that were never sent is no count (a run once printed 0.0k).
+        raise SystemExit(f"the load failed: {failed[0]!r}")
 
 
 def counted(pid, out, action):

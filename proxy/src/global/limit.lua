@@ -13,12 +13,12 @@
 -- rejecting window, or else the window with the least share left; `least` is the fewest
 -- requests any window has left (0 on a rejection), what an approximate sidecar divides; it
 -- is left out when the limit has one window (it is `remaining` then).
--- After 'f=' / 's=' the window reported is the one with the fewest left. Time is the server's (TIME), so sidecars with
--- skewed clocks still share one window. Windows are charged shortest first; a window that
+-- After 'f=' / 's=' the window reported is the one with the fewest left.
+-- Time is the server's (TIME), so sidecars with skewed clocks still share one window. Windows are charged shortest first; a window that
 -- rejects stops the walk, so longer windows are not charged for a rejected request.
 -- Cost: Redis runs this for every request of the fleet, and each redis.call and each number
 -- turned into text is measurable (callgrind of redis-server, per decision: 113k instructions
--- before, 73k now). So the common decision, in a window already started, is TIME, one HMGET
+-- before, 74k now). So the common decision, in a window already started, is TIME, one HMGET
 -- and one HINCRBY; the key's expiry (twice the longest window) is renewed only when one of its
 -- windows starts, which is often enough: a window's counts are read until the next window
 -- ends, and the write that started it set the expiry past that. Rejections write nothing.
