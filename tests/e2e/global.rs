@@ -317,6 +317,29 @@ async fn hash_field(port: u16, key: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The one Redis key of limit `name` (its key shape is `[]`).
+async fn limit_key(port: u16, name: &str) -> String {
+    let keys = command(port, &["KEYS", &format!("fg:{{{name}:*")])
+        .await
+        .unwrap();
+    keys.lines()
+        .find(|l| l.starts_with("fg:"))
+        .unwrap_or_else(|| panic!("no key of limit {name} in Redis: {keys:?}"))
+        .to_owned()
+}
+
+/// Waits until the current window's count of `key` is at least `n` (syncs push it within an
+/// interval or two); returns it.
+async fn count_reaches(port: u16, key: &str, n: u64) -> u64 {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{key} counts {n}"),
+        || async move { hash_field(port, key, "c1").await >= n },
+    )
+    .await;
+    hash_field(port, key, "c1").await
+}
+
 /// `mode: approximate` (issue 17): three sidecars decide a shared limit each on its own, sync
 /// their counts every 100 ms, and the fleet admits its quota within the stated bound
 /// (`sidecars x ceil(max / expected_replicas)` over it however bursty the load), with every
@@ -338,10 +361,12 @@ async fn three_approximate_sidecars_admit_within_the_bound() {
         on_redis(fg, "approx").await;
     }
     // Inside one 20 s window of Redis's clock: if less than 15 s are left, wait for the next.
-    let into = redis.time_ms().await % 20_000;
-    if into > 5_000 {
-        tokio::time::sleep(Duration::from_millis(20_000 - into + 50)).await;
-    }
+    eventually(
+        Duration::from_secs(25),
+        "the start of a 20 s window",
+        || async { redis.time_ms().await % 20_000 < 5_000 },
+    )
+    .await;
     let window = redis.time_ms().await / 20_000;
     let calls_before = evalsha_calls(redis.port).await;
     // 10x the limit, all three at once.
@@ -357,31 +382,14 @@ async fn three_approximate_sidecars_admit_within_the_bound() {
         "{admitted} admitted across the fleet for a limit of 300 (bound {bound})"
     );
     // Every admission reaches Redis's count within a few syncs.
-    let keys = command(redis.port, &["KEYS", "fg:{approx:*"])
-        .await
-        .unwrap();
-    let key = keys
-        .lines()
-        .find(|l| l.starts_with("fg:"))
-        .expect("the limit's key in Redis")
-        .to_owned();
+    let key = limit_key(redis.port, "approx").await;
     assert_eq!(
         redis.time_ms().await / 20_000,
         window,
         "the load did not fit in one window; rerun"
     );
-    eventually(
-        Duration::from_secs(5),
-        "Redis counts every admission",
-        || {
-            let key = key.clone();
-            let port = redis.port;
-            async move { hash_field(port, &key, "c1").await >= admitted }
-        },
-    )
-    .await;
     assert_eq!(
-        hash_field(redis.port, &key, "c1").await,
+        count_reaches(redis.port, &key, admitted).await,
         admitted,
         "counted once each"
     );
@@ -415,23 +423,10 @@ async fn an_approximate_sync_reloads_a_flushed_script_and_counts_once() {
     );
     let fg = Sidecar::start(up.port, &cfg).await;
     on_redis(&fg, "flushed").await;
-    let key_of = || async {
-        let keys = command(redis.port, &["KEYS", "fg:{flushed:*"])
-            .await
-            .unwrap();
-        keys.lines()
-            .find(|l| l.starts_with("fg:"))
-            .map(str::to_owned)
-    };
     let (ok, _) = drive(fg.port, 20, 2).await;
     assert_eq!(ok, 20);
-    let key = key_of().await.expect("the limit's key in Redis");
-    eventually(Duration::from_secs(5), "the first 20 counted", || {
-        let key = key.clone();
-        let port = redis.port;
-        async move { hash_field(port, &key, "c1").await == 20 }
-    })
-    .await;
+    let key = limit_key(redis.port, "flushed").await;
+    assert_eq!(count_reaches(redis.port, &key, 20).await, 20);
     // Views stay fresh for three 1 s intervals, so the next 30 are decided on the sidecar
     // and only its sync meets the flushed server.
     let refused = noscript_errors(redis.port).await;
@@ -446,24 +441,16 @@ async fn an_approximate_sync_reloads_a_flushed_script_and_counts_once() {
         evalsha_calls(redis.port).await - calls <= 2,
         "decided on the sidecar, not in Redis"
     );
-    eventually(
-        Duration::from_secs(5),
-        "the next 30 counted after the flush",
-        || {
-            let key = key.clone();
-            let port = redis.port;
-            async move { hash_field(port, &key, "c1").await == 50 }
-        },
-    )
-    .await;
+    assert_eq!(count_reaches(redis.port, &key, 50).await, 50);
     assert!(
         noscript_errors(redis.port).await > refused,
         "the flush was met (by the sync, or the prober first) and the script reloaded"
     );
-    // And nothing more arrives over the next two syncs (an absence, so a bounded look): the
-    // calls sent again were only those the server refused.
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
-    assert_eq!(hash_field(redis.port, &key, "c1").await, 50);
+    // Nothing was owed twice: counts pushed again would ride with the next sync, so one more
+    // request, once counted, leaves the count at exactly 51.
+    let (ok, _) = drive(fg.port, 1, 1).await;
+    assert_eq!(ok, 1);
+    assert_eq!(count_reaches(redis.port, &key, 51).await, 51);
 }
 
 /// `NOSCRIPT` errors the server has answered (`INFO errorstats`).
