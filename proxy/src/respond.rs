@@ -191,13 +191,7 @@ pub async fn send_full(
         return send_grpc(session, reason, status, &message, extra).await;
     }
     let status = reason.status();
-    // serde_json quotes and escapes the detail (it may carry a limit name from the config).
-    let detail = serde_json::to_string(detail.unwrap_or(reason.detail())).unwrap_or_default();
-    let body = format!(
-        "{{\"type\":\"urn:floodgate:problem:{t}\",\"title\":\"{r}\",\"status\":{status},\"detail\":{detail}}}\n",
-        r = reason.as_str(),
-        t = reason.problem_type(),
-    );
+    let body = problem(reason, detail);
     let mut h = ResponseHeader::build(status, Some(8))?;
     extra(&mut h)?;
     h.insert_header("content-type", "application/problem+json")?;
@@ -212,6 +206,19 @@ pub async fn send_full(
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(status)
+}
+
+/// The problem+json body (RFC 9457) of the sidecar's own answer for `reason`, with `detail`
+/// (JSON-escaped here) or the reason's own.
+pub fn problem(reason: Reason, detail: Option<&str>) -> String {
+    let status = reason.status();
+    // serde_json quotes and escapes the detail (it may carry a limit name from the config).
+    let detail = serde_json::to_string(detail.unwrap_or(reason.detail())).unwrap_or_default();
+    format!(
+        "{{\"type\":\"urn:floodgate:problem:{t}\",\"title\":\"{r}\",\"status\":{status},\"detail\":{detail}}}\n",
+        r = reason.as_str(),
+        t = reason.problem_type(),
+    )
 }
 
 /// Writes a gRPC answer that every gRPC client reads: a trailers-only response (RFC 9113

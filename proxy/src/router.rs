@@ -2,7 +2,8 @@
 //! implicit `default` route. Plain Rust over `http` types so it is unit-tested without pingora.
 
 use floodgate_config::{PathMatch, Priority, Route, DEFAULT_ROUTE};
-use http::{HeaderMap, Method};
+use floodgate_policy::HeaderLookup;
+use http::Method;
 
 /// A compiled route table, built once per config snapshot.
 #[derive(Debug)]
@@ -20,7 +21,7 @@ pub struct RequestView<'a> {
     /// Host (from the URI authority or the `Host` header), possibly with a port.
     pub host: Option<&'a str>,
     /// Request headers.
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn HeaderLookup,
     /// Name of the listener the request came in on.
     pub listener: &'a str,
 }
@@ -95,14 +96,15 @@ fn matches(r: &Route, req: &RequestView<'_>) -> bool {
     }
     r.headers.iter().all(|(name, value)| {
         req.headers
-            .get(name.as_str())
-            .is_some_and(|v| v.as_bytes() == value.as_bytes())
+            .header(name.as_str())
+            .is_some_and(|v| v == value.as_bytes())
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn router(yaml_routes: &str) -> Router {
         let src = format!("listen: 127.0.0.1:8080\nupstream: {{ address: 127.0.0.1:3000 }}\nroutes:\n{yaml_routes}");

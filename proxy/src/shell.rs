@@ -52,12 +52,12 @@ impl Floodgate {
     }
 
     /// This listener's name, the first value of its series' labels.
-    fn listener(&self) -> &str {
+    pub(crate) fn listener(&self) -> &str {
         &self.lane.name
     }
 
     /// Counts a refusal by policy in `floodgate_shed_total`.
-    fn count_shed(&self, reason: Reason) {
+    pub(crate) fn count_shed(&self, reason: Reason) {
         let m = &self.rt.metrics;
         m.shed
             .with_label_values(m.by_listener(&[self.listener(), reason.as_str()]))
@@ -84,28 +84,28 @@ pub struct Fill {
 
 /// Per-request state. Holds the one snapshot this request sees from start to end.
 pub struct Ctx {
-    snap: Arc<Snapshot>,
+    pub(crate) snap: Arc<Snapshot>,
     /// This listener's index in the snapshot's `config.listeners` (`None`: a reload removed
     /// it, and the request is refused).
-    listener: Option<usize>,
-    route: usize,
-    start: Instant,
-    reason: Option<Reason>,
+    pub(crate) listener: Option<usize>,
+    pub(crate) route: usize,
+    pub(crate) start: Instant,
+    pub(crate) reason: Option<Reason>,
     /// The rate-limit outcome to report on the response, when a limit applies.
-    limit: Option<Verdict>,
+    pub(crate) limit: Option<Verdict>,
     /// The request's slot to the upstream, freed as soon as the upstream's answer is complete.
-    permit: Option<Permit>,
+    pub(crate) permit: Option<Permit>,
     /// The breaker's admission, to report the upstream's outcome on.
-    ticket: Option<Ticket>,
+    pub(crate) ticket: Option<Ticket>,
     /// The client went away while the request was queued.
-    abandoned: bool,
+    pub(crate) abandoned: bool,
     /// The route's feature breaker's admission.
-    feature_ticket: Option<Ticket>,
+    pub(crate) feature_ticket: Option<Ticket>,
     /// Remember the upstream's answer in the response cache (cached fallback, aggressive mode).
-    remember: bool,
+    pub(crate) remember: bool,
     /// The answer being collected for the cache.
-    fill: Option<Fill>,
-    _active: ActiveGuard,
+    pub(crate) fill: Option<Fill>,
+    pub(crate) _active: ActiveGuard,
 }
 
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
@@ -127,6 +127,16 @@ fn header_bytes(req: &RequestHeader) -> usize {
 /// do not change per request come prepared with the snapshot ([`headers::lookup`]); the rest
 /// are built without `core::fmt`.
 fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> Result<()> {
+    rate_limit_fields(snap, v, &mut |name, value| h.insert_header(name, value))
+}
+
+/// The rate-limit fields of [`rate_limit_headers`], each handed to `put` (the fast path
+/// writes them into a raw head).
+pub(crate) fn rate_limit_fields(
+    snap: &Snapshot,
+    v: &Verdict,
+    put: &mut dyn FnMut(&'static str, http::HeaderValue) -> Result<()>,
+) -> Result<()> {
     let name = &snap.limits.limiters()[v.limit].def.name;
     let which = snap.config.rate_limit_headers;
     let o = &v.outcome;
@@ -137,24 +147,48 @@ fn rate_limit_headers(h: &mut ResponseHeader, snap: &Snapshot, v: &Verdict) -> R
     );
     if which.ietf {
         if let Some(p) = f.policy() {
-            h.insert_header(headers::RATELIMIT_POLICY, p)?;
+            put(headers::RATELIMIT_POLICY, p)?;
         }
         if let Some(c) = f.current(o) {
-            h.insert_header(headers::RATELIMIT, c)?;
+            put(headers::RATELIMIT, c)?;
         }
     }
     if which.legacy {
-        h.insert_header(headers::X_RATELIMIT_LIMIT, f.limit())?;
-        h.insert_header(
+        put(headers::X_RATELIMIT_LIMIT, f.limit())?;
+        put(
             headers::X_RATELIMIT_REMAINING,
             headers::int_value(o.remaining),
         )?;
-        h.insert_header(
+        put(
             headers::X_RATELIMIT_RESET,
             headers::int_value(headers::ceil_secs(o.reset)),
         )?;
     }
     Ok(())
+}
+
+/// The admitted response's rate-limit fields are due (`rate_limit_headers.on_admitted`).
+pub(crate) fn fields_on_admitted(snap: &Snapshot, v: &Verdict) -> bool {
+    let which = snap.config.rate_limit_headers;
+    headers::on_admitted(which.on_admitted, which.near_limit_ratio, &v.outcome)
+}
+
+/// The problem detail of a rate-limit rejection, naming the limit.
+pub(crate) fn rejection_detail(snap: &Snapshot, v: &Verdict) -> String {
+    let limit = &snap.limits.limiters()[v.limit].def;
+    format!(
+        "over the limit `{}`: {} requests per {} s",
+        limit.name,
+        v.outcome.limit,
+        v.outcome.window.as_secs()
+    )
+}
+
+/// `Retry-After` of a rate-limit rejection: jittered by 0 or 1 s so clients rejected
+/// together do not return together.
+pub(crate) fn rejection_retry_after(v: &Verdict, start: Instant) -> u64 {
+    let jitter = RandomState::new().hash_one(start) & 1;
+    headers::retry_after(&v.outcome, jitter)
 }
 
 /// Puts the request's canonical path ([`path::canonical`]) in its URI, before anything
@@ -213,19 +247,34 @@ fn classify(e: &Error) -> Option<Reason> {
 // === impl Floodgate ===
 
 impl Floodgate {
+    /// A request's state, seeing `snap` from start to end.
+    pub(crate) fn ctx_for(&self, snap: Arc<Snapshot>) -> Ctx {
+        Ctx {
+            listener: snap.lanes.get(self.index).copied().flatten(),
+            snap,
+            route: 0,
+            start: Instant::now(),
+            reason: None,
+            limit: None,
+            permit: None,
+            ticket: None,
+            abandoned: false,
+            feature_ticket: None,
+            remember: false,
+            fill: None,
+            _active: ActiveGuard::new(&self.rt),
+        }
+    }
+
     /// Checks every limit of the request's route: global ones in Redis (all at once, one
     /// round trip), the rest, and global ones Redis cannot decide now, locally.
-    async fn check_limits(&self, session: &Session, ctx: &Ctx) -> Option<Verdict> {
+    pub(crate) async fn check_limits(
+        &self,
+        parts: &RequestParts<'_>,
+        ctx: &Ctx,
+    ) -> Option<Verdict> {
         let snap = &ctx.snap;
         let defs = &snap.config.limits;
-        let req = session.req_header();
-        let parts = RequestParts {
-            client_ip: client_ip(session),
-            route: snap.router.name(ctx.route),
-            method: &req.method,
-            path: req.uri.path(),
-            headers: &req.headers,
-        };
         let record = |i: usize, d: Decision| {
             let slot = match d {
                 Decision::Allowed => 0,
@@ -272,7 +321,7 @@ impl Floodgate {
             // (and approximate keys without one) go to Redis, all at once.
             let mut exact: Vec<(usize, u64)> = Vec::new();
             for &i in &remote {
-                let key = stable_key_hash(&defs[i].key, &parts);
+                let key = stable_key_hash(&defs[i].key, parts);
                 if let Some(local) = snap.limits.limiters()[i]
                     .approx
                     .as_ref()
@@ -288,7 +337,6 @@ impl Floodgate {
             }
             // A key decided locally while its shard was down hands those counts to Redis in
             // its first decision back (`take_local` is one atomic load while there are none).
-            let parts = &parts;
             let calls = exact
                 .iter()
                 .map(|&(i, key)| g.check(&defs[i], key, move || snap.limits.take_local(i, parts)));
@@ -348,7 +396,7 @@ impl Floodgate {
         }
         let local = snap.limits.check_where(
             ctx.route,
-            &parts,
+            parts,
             |i| !decided_remotely(i) && !closed(i),
             |i, _, d| record(i, d),
         );
@@ -359,25 +407,23 @@ impl Floodgate {
     }
     /// Rate limits. Returns true when the request was refused (and answered).
     async fn limit_gate(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let verdict = self.check_limits(session, ctx).await;
+        let req = session.req_header();
+        let parts = RequestParts {
+            client_ip: client_ip(session),
+            route: ctx.snap.router.name(ctx.route),
+            method: &req.method,
+            path: req.uri.path(),
+            headers: &req.headers,
+        };
+        let verdict = self.check_limits(&parts, ctx).await;
         match verdict {
             Some(v) if !v.outcome.allowed => {
                 ctx.reason = Some(Reason::RateLimited);
                 let snap = ctx.snap.clone();
-                let limit = &snap.limits.limiters()[v.limit].def;
-                let detail = format!(
-                    "over the limit `{}`: {} requests per {} s",
-                    limit.name,
-                    v.outcome.limit,
-                    v.outcome.window.as_secs()
-                );
-                // Jitter 0 or 1 s so clients rejected together do not return together.
-                let jitter = RandomState::new().hash_one(ctx.start) & 1;
+                let detail = rejection_detail(&snap, &v);
+                let retry = rejection_retry_after(&v, ctx.start);
                 respond::send_with(session, Reason::RateLimited, Some(&detail), |h| {
-                    h.insert_header(
-                        "retry-after",
-                        headers::int_value(headers::retry_after(&v.outcome, jitter)),
-                    )?;
+                    h.insert_header("retry-after", headers::int_value(retry))?;
                     rate_limit_headers(h, &snap, &v)
                 })
                 .await?;
@@ -404,7 +450,7 @@ impl Floodgate {
         }
     }
 
-    fn breaker_moved(&self, ctx: &Ctx, t: Option<Transition>) {
+    pub(crate) fn breaker_moved(&self, ctx: &Ctx, t: Option<Transition>) {
         if let (Some(t), Some(l)) = (t, ctx.listener) {
             let address = ctx.snap.config.listeners[l].upstream.address.as_str();
             self.rt.breaker_moved(self.index, address, t);
@@ -476,7 +522,7 @@ impl Floodgate {
 
     /// `queue.timeout_ms` in force (a queue removed by a reload while this request waited
     /// lets it through at once, so any value serves).
-    fn queue_timeout(&self, ctx: &Ctx) -> Duration {
+    pub(crate) fn queue_timeout(&self, ctx: &Ctx) -> Duration {
         ctx.snap
             .config
             .queue
@@ -732,22 +778,7 @@ impl ProxyHttp for Floodgate {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        let snap = self.rt.current.load_full();
-        Ctx {
-            listener: snap.lanes.get(self.index).copied().flatten(),
-            snap,
-            route: 0,
-            start: Instant::now(),
-            reason: None,
-            limit: None,
-            permit: None,
-            ticket: None,
-            abandoned: false,
-            feature_ticket: None,
-            remember: false,
-            fill: None,
-            _active: ActiveGuard::new(&self.rt),
-        }
+        self.ctx_for(self.rt.current.load_full())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -824,11 +855,10 @@ impl ProxyHttp for Floodgate {
             session.set_keepalive(None);
         }
         // Rejections are answered before this and always carry the fields.
-        let which = ctx.snap.config.rate_limit_headers;
         if let Some(v) = ctx
             .limit
             .as_ref()
-            .filter(|v| headers::on_admitted(which.on_admitted, which.near_limit_ratio, &v.outcome))
+            .filter(|v| fields_on_admitted(&ctx.snap, v))
         {
             rate_limit_headers(upstream_response, &ctx.snap, v)?;
         }
@@ -1002,9 +1032,37 @@ impl ProxyHttp for Floodgate {
             session.set_keepalive(None);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.report_outcome(ctx, status);
         let req = session.req_header();
-        let method = method_label(&req.method);
+        self.finish(
+            ctx,
+            &Finished {
+                client: client_ip(session),
+                method: &req.method,
+                path: req.uri.path(),
+                status,
+                error: e.map(|e| e as &dyn std::fmt::Display),
+            },
+        );
+    }
+}
+
+/// How an exchange ended, for [`Floodgate::finish`].
+pub(crate) struct Finished<'a> {
+    pub client: Option<std::net::IpAddr>,
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    /// The status written to the client (0: none).
+    pub status: u16,
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+impl Floodgate {
+    /// The end of an exchange, on either path: the breakers told the upstream's outcome, the
+    /// load window, the request counters and histogram, and the access log.
+    pub(crate) fn finish(&self, ctx: &mut Ctx, x: &Finished<'_>) {
+        let status = x.status;
+        self.report_outcome(ctx, status);
+        let method = method_label(x.method);
         let route = ctx
             .snap
             .router
@@ -1048,10 +1106,10 @@ impl ProxyHttp for Floodgate {
         }
         if ctx.snap.config.logging.access_log {
             access::log(&access::Entry {
-                client: client_ip(session),
+                client: x.client,
                 listener: rt.boot.named_listeners.then_some(self.listener()),
-                method: req.method.as_str(),
-                path: req.uri.path(),
+                method: x.method.as_str(),
+                path: x.path,
                 route,
                 status,
                 duration: elapsed,
@@ -1060,7 +1118,7 @@ impl ProxyHttp for Floodgate {
                     None if ctx.abandoned => "client_gone",
                     None => "",
                 },
-                error: e.map(|e| e as &dyn std::fmt::Display),
+                error: x.error,
             });
         }
     }

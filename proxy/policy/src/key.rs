@@ -9,6 +9,20 @@ use std::net::IpAddr;
 use floodgate_config::KeyPart;
 use http::{HeaderMap, Method};
 
+/// A request's headers as keys and routes read them: the first value of a name, as bytes.
+/// Implemented for `http::HeaderMap` (pingora's parsed heads) and for a head's raw fields
+/// (the HTTP/1.1 fast path, which builds no header map).
+pub trait HeaderLookup: Sync {
+    /// The first value of the header `name` (lowercase), if present.
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl HeaderLookup for HeaderMap {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(|v| v.as_bytes())
+    }
+}
+
 /// What a key can be made of.
 pub struct RequestParts<'a> {
     /// Client address (the TCP peer).
@@ -20,7 +34,7 @@ pub struct RequestParts<'a> {
     /// Path without query.
     pub path: &'a str,
     /// Headers.
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn HeaderLookup,
 }
 
 /// Hashes the key of `parts` as `shape` describes it. A missing header (or client address)
@@ -33,11 +47,7 @@ pub fn key_hash<S: BuildHasher>(build: &S, shape: &[KeyPart], parts: &RequestPar
             KeyPart::Route => parts.route.hash(&mut h),
             KeyPart::Method => parts.method.as_str().hash(&mut h),
             KeyPart::Path => parts.path.hash(&mut h),
-            KeyPart::Header(name) => parts
-                .headers
-                .get(name.as_str())
-                .map(|v| v.as_bytes())
-                .hash(&mut h),
+            KeyPart::Header(name) => parts.headers.header(name.as_str()).hash(&mut h),
         }
     }
     h.finish()
@@ -84,11 +94,11 @@ pub fn stable_key_hash(shape: &[KeyPart], parts: &RequestParts<'_>) -> u64 {
                 eat(&(parts.path.len() as u64).to_le_bytes());
                 eat(parts.path.as_bytes());
             }
-            KeyPart::Header(name) => match parts.headers.get(name.as_str()) {
+            KeyPart::Header(name) => match parts.headers.header(name.as_str()) {
                 Some(v) => {
                     eat(&[6]);
                     eat(&(v.len() as u64).to_le_bytes());
-                    eat(v.as_bytes());
+                    eat(v);
                 }
                 None => eat(&[7]),
             },

@@ -21,7 +21,7 @@ pub mod sharded;
 pub mod window;
 
 pub use clock::Clock;
-pub use key::RequestParts;
+pub use key::{HeaderLookup, RequestParts};
 pub use limiter::{Limiter, Outcome};
 pub use set::{decision, merge, Decision, LimitSet, Verdict};
 
