@@ -264,6 +264,11 @@ impl Guarded {
             .compare_exchange(EXCHANGE, NEXT, Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    /// The connection began with the HTTP/2 preface (h2c).
+    pub fn is_h2(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == H2
+    }
+
     /// The guard under a pingora HTTP/1 session's stream, if it is one of ours.
     pub fn of(stream: Option<&Stream>) -> Option<&Self> {
         stream.and_then(|s| (**s).as_any().downcast_ref::<Self>())

@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod fleet;
 pub mod forwarded;
 pub mod global;
+pub mod lean;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

@@ -281,9 +281,15 @@ fn start(
         app.server_options = Some(opts);
         // The connection cap and head deadline stand in front of pingora's HTTP handling.
         let name = &rt.lanes[index].name;
+        // HTTP/1.1's plain requests take the fast path; the rest go on to pingora-proxy.
+        let fast = floodgate::lean::Lean::new(
+            Floodgate::new(rt.clone(), index)
+                .ok_or_else(|| format!("listener {index} has no runtime state"))?,
+            app,
+        );
         let mut proxy = Service::new(
             format!("floodgate proxy ({name})"),
-            floodgate::conn::Bounded::new(app, rt.clone()),
+            floodgate::conn::Bounded::new(fast, rt.clone()),
         );
         // No L4 read buffer: pingora's default is 64 KiB per connection, which made each queued
         // request cost ~94 KB of resident memory (10,000 queued: ~900 MiB). Plaintext HTTP reads

@@ -90,6 +90,9 @@ pub struct Metrics {
     /// `floodgate_header_timeouts_total`: connections closed because their request head did
     /// not arrive within `server.header_read_timeout_ms`, by whether part of it came.
     pub header_timeouts: IntCounterVec,
+    /// `floodgate_http1_path_total{path}`: HTTP/1.1 requests served on the fast path
+    /// (`fast`), and connections it handed to pingora-proxy (`handed_over`).
+    pub http1_path: IntCounterVec,
     /// `floodgate_ratelimit_decisions_total{limit,decision}`.
     pub rl_decisions: IntCounterVec,
     /// `floodgate_ratelimit_utilization_ratio{limit}`: the busiest key's share of its limit.
@@ -302,6 +305,13 @@ impl Metrics {
             "floodgate_connections_refused_total",
             "Client connections closed at accept because server.max_connections were open.",
         )?;
+        let http1_path = IntCounterVec::new(
+            Opts::new(
+                "floodgate_http1_path_total",
+                "HTTP/1.1 requests served on the fast path (path=fast), and client connections the fast path handed to pingora-proxy (path=handed_over: h2c, upgrades, chunked request bodies, unusual heads, fallbacks and the cache).",
+            ),
+            &["path"],
+        )?;
         let header_timeouts = IntCounterVec::new(
             Opts::new(
                 "floodgate_header_timeouts_total",
@@ -459,6 +469,7 @@ impl Metrics {
         registry.register(Box::new(restart_required.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(header_timeouts.clone()))?;
+        registry.register(Box::new(http1_path.clone()))?;
         registry.register(Box::new(info))?;
         registry.register(Box::new(rl_decisions.clone()))?;
         registry.register(Box::new(rl_utilization.clone()))?;
@@ -522,6 +533,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             header_timeouts,
+            http1_path,
             rl_decisions,
             rl_utilization,
             rl_keys,

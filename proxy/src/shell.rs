@@ -266,6 +266,21 @@ impl Floodgate {
         }
     }
 
+    /// The runtime this application serves in.
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
+    }
+
+    /// Which of [`Runtime::lanes`] this application serves.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The lane (listener's runtime state) this application serves.
+    pub(crate) fn lane(&self) -> &Arc<Lane> {
+        &self.lane
+    }
+
     /// Checks every limit of the request's route: global ones in Redis (all at once, one
     /// round trip), the rest, and global ones Redis cannot decide now, locally.
     pub(crate) async fn check_limits(

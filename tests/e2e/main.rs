@@ -11,6 +11,7 @@ mod degrade;
 mod demo;
 mod deploy;
 mod examples;
+mod fast_path;
 mod global;
 mod global_faults;
 mod grpc;

@@ -1,0 +1,499 @@
+//! Heads on the fast path, as bytes: which requests it serves (the rest go to pingora-proxy
+//! untouched), the request forwarded with Floodgate's fields added, and the upstream's
+//! response head checked, framed and rewritten the way pingora writes it. Plain functions over
+//! byte slices, unit-tested without sockets.
+
+use floodgate_policy::HeaderLookup;
+
+/// Headers a fast-path head may have; a head with more goes to pingora (which takes more).
+pub const MAX_HEADERS: usize = 48;
+
+/// A request head's fields, as the fast path reads them (names as sent).
+pub struct Fields<'h, 'b>(pub &'h [httparse::Header<'b>]);
+
+impl HeaderLookup for Fields<'_, '_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// What the bytes read so far hold.
+pub enum Parsed<'b> {
+    /// Not a whole head yet.
+    Partial,
+    /// A request the fast path serves.
+    Lean(Request<'b>),
+    /// Anything else (a parse error included): pingora-proxy reads it from the same bytes,
+    /// so every answer to an unusual or hostile head stays pingora's and Floodgate's shell's.
+    Other,
+}
+
+/// A request head the fast path serves: HTTP/1.1, origin-form, one `Host`, no hop-by-hop or
+/// framing field but at most one plain `Content-Length`, every line ending in CRLF.
+pub struct Request<'b> {
+    /// Length of the head, final CRLF included.
+    pub head_len: usize,
+    /// Length of the body (`Content-Length`).
+    pub body_len: usize,
+    /// How much of the body the bytes read hold (the rest is streamed to the upstream).
+    pub in_hand: usize,
+    pub method: &'b str,
+    /// The request target as sent (path and query).
+    pub target: &'b str,
+    pub host: &'b str,
+}
+
+impl Request<'_> {
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or(self.target)
+    }
+}
+
+/// Fields that make a request pingora's: framing and connection management it negotiates
+/// (`connection`, `transfer-encoding`, `upgrade`, `expect`, ...), the fields Floodgate sets
+/// itself (`x-forwarded-*`), and gRPC's content type (gRPC callers get gRPC answers).
+fn needs_pingora(name: &str, value: &[u8], extra: &[&str]) -> bool {
+    const HOP: [&str; 12] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+        "expect",
+        "x-forwarded-for",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name.eq_ignore_ascii_case("x-forwarded-proto")
+        || extra.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || (name.eq_ignore_ascii_case("content-type")
+            && value.len() >= 16
+            && value[..16].eq_ignore_ascii_case(b"application/grpc"))
+}
+
+/// `HeaderValue::to_str`'s rule: visible ASCII and tabs only.
+fn visible(v: &[u8]) -> Option<&str> {
+    if v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
+}
+
+/// A `Content-Length` value: digits only.
+fn length(v: &[u8]) -> Option<usize> {
+    if v.is_empty() || v.len() > 15 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Classifies the bytes read so far. `extra` names fields Floodgate sets on the forwarded
+/// request (the degradation fields), which a client's own would collide with.
+pub fn parse_request<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+    extra: &[&str],
+) -> (Parsed<'b>, &'h [httparse::Header<'b>]) {
+    let mut req = httparse::Request::new(&mut headers[..]);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return (Parsed::Partial, &[]),
+        Err(_) => return (Parsed::Other, &[]),
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return (Parsed::Other, &[]);
+    };
+    if !target.starts_with('/') || method == "CONNECT" {
+        return (Parsed::Other, &[]);
+    }
+    let fields: &'h [httparse::Header<'b>] = req.headers;
+    let mut host = None;
+    let mut body_len = 0;
+    let mut lengths = 0;
+    for h in fields {
+        if needs_pingora(h.name, h.value, extra) {
+            return (Parsed::Other, &[]);
+        }
+        if h.name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return (Parsed::Other, &[]);
+            }
+            host = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            match length(h.value) {
+                Some(n) if lengths == 1 => body_len = n,
+                _ => return (Parsed::Other, &[]),
+            }
+        }
+    }
+    let Some(host) = host.and_then(visible).filter(|h| !h.is_empty()) else {
+        return (Parsed::Other, &[]);
+    };
+    // Every line ends in CRLF: the head is forwarded as read, so it must be clean.
+    if buf[..head_len]
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+    {
+        return (Parsed::Other, &[]);
+    }
+    let r = Request {
+        head_len,
+        body_len,
+        in_hand: body_len.min(buf.len() - head_len),
+        method,
+        target,
+        host,
+    };
+    (Parsed::Lean(r), fields)
+}
+
+/// Size of the head as the shell's `header_bytes` counts it, so that
+/// `server.max_request_header_bytes` means the same on both paths.
+pub fn header_bytes(target: &str, fields: &[httparse::Header<'_>]) -> usize {
+    fields.iter().fold(target.len() + 16, |n, h| {
+        n + h.name.len() + h.value.len() + 4
+    })
+}
+
+/// How a response's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304, or `content-length: 0`).
+    Empty,
+    /// This many bytes.
+    Length(u64),
+    /// Chunked, forwarded as it comes.
+    Chunked,
+    /// Until the upstream closes: forwarded to the client chunked (as pingora-proxy does), the
+    /// upstream connection not reused.
+    Close,
+    /// Until the upstream closes, with a transfer coding other than chunked last: forwarded
+    /// as it comes, and the client's connection closed after it (its only end).
+    Raw,
+}
+
+/// An upstream response head, parsed.
+pub struct Response {
+    /// Length of the head, final CRLF included.
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The upstream's connection may carry another request after this one.
+    pub reusable: bool,
+}
+
+/// Why an upstream response head is refused (the client gets 502).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// Not HTTP, or framing that cannot be trusted (two lengths, a coding after chunked).
+    Malformed,
+    /// A `101` to a request that asked for no upgrade.
+    Upgrade,
+}
+
+/// Parses an upstream response head from `buf` (pingora-core's client parser options);
+/// `Ok(None)` when more bytes are needed. Informational heads (1xx but 101) come back with
+/// their status: the caller drops them and reads on, as pingora does for a request that did
+/// not ask for `100-continue`.
+pub fn parse_response(buf: &[u8], head_req: bool) -> Result<Option<Response>, Broken> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let mut config = httparse::ParserConfig::default();
+    config.allow_spaces_after_header_name_in_responses(true);
+    config.allow_obsolete_multiline_headers_in_responses(true);
+    let head_len = match config.parse_response(&mut resp, buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Broken::Malformed),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Err(Broken::Malformed);
+    };
+    if status == 101 {
+        return Err(Broken::Upgrade);
+    }
+    let mut reusable = version == 1;
+    let (mut len, mut chunked, mut coded) = (None, false, false);
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = length(h.value.trim_ascii()).ok_or(Broken::Malformed)?;
+            if len.is_some_and(|l| l != n) {
+                return Err(Broken::Malformed);
+            }
+            len = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            coded = true;
+            // Only the last coding says how the message ends.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = h.value;
+            if v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                reusable = false;
+            }
+        }
+    }
+    let framing = if head_req || status == 204 || status == 304 || (100..200).contains(&status) {
+        Framing::Empty
+    } else if coded && chunked {
+        Framing::Chunked
+    } else if coded {
+        Framing::Raw
+    } else {
+        match len {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n as u64),
+            None => Framing::Close,
+        }
+    };
+    if matches!(framing, Framing::Close | Framing::Raw) {
+        reusable = false;
+    }
+    Ok(Some(Response {
+        head_len,
+        status,
+        framing,
+        reusable,
+    }))
+}
+
+/// Writes the client's response head from the upstream's `head` (as parsed by
+/// [`parse_response`]), the way pingora-proxy rewrites it: the status line as sent (HTTP/1.1
+/// when a close-delimited body is re-framed as chunked), every field but `connection` and
+/// `date`, which it sets itself (`Date` from pingora's cached clock, `Connection` by whether
+/// the client's connection stays open), `transfer-encoding: chunked` for a close-delimited
+/// body, then `fields` (the rate-limit fields), which replace the upstream's of the same name.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    framing: Framing,
+    keep_alive: bool,
+    date: &[u8],
+    fields: &[(&str, &[u8])],
+) {
+    let line_end = head.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
+    let (line, rest) = head.split_at(line_end);
+    if framing == Framing::Close && line.starts_with(b"HTTP/1.0") {
+        out.extend_from_slice(b"HTTP/1.1");
+        out.extend_from_slice(&line[8..]);
+    } else {
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b"\r\n");
+    // The fields, line by line (an obsolete folded line goes with the one before it).
+    let body = rest.get(2..rest.len().saturating_sub(2)).unwrap_or(b"");
+    let mut keep = true;
+    for l in body.split(|&b| b == b'\n') {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        if l.is_empty() {
+            continue;
+        }
+        if !(l[0] == b' ' || l[0] == b'\t') {
+            let name = l.split(|&b| b == b':').next().unwrap_or(b"").trim_ascii();
+            keep = !(name.eq_ignore_ascii_case(b"connection")
+                || name.eq_ignore_ascii_case(b"date")
+                || fields
+                    .iter()
+                    .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes())));
+        }
+        if keep {
+            out.extend_from_slice(l);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(if keep_alive {
+        b"\r\nConnection: keep-alive\r\n"
+    } else {
+        b"\r\nConnection: close\r\n"
+    });
+    if framing == Framing::Close {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    for (n, v) in fields {
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(raw: &[u8]) -> &'static str {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse_request(raw, &mut h, &["x-floodgate-level"]).0 {
+            Parsed::Partial => "partial",
+            Parsed::Lean(_) => "lean",
+            Parsed::Other => "other",
+        }
+    }
+
+    #[test]
+    fn plain_requests_are_the_fast_paths_and_the_rest_pingoras() {
+        assert_eq!(classify(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n"), "lean");
+        assert_eq!(classify(b"GET /a HTTP/1.1\r\nHost: x\r\n"), "partial");
+        assert_eq!(
+            classify(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"),
+            "lean"
+        );
+        // A body still coming is streamed.
+        assert_eq!(
+            classify(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nab"),
+            "lean"
+        );
+        // HTTP/1.0; absolute-form; no or two hosts; framing and connection fields;
+        // Floodgate's own fields; gRPC; bare LF; bad heads.
+        for other in [
+            &b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n"[..],
+            b"GET /a HTTP/1.1\nHost: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\n\n",
+            b"GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\na",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nx-floodgate-level: normal\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\ncontent-type: application/grpc\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"GET /a\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert_eq!(
+                classify(other),
+                "other",
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn header_bytes_count_as_the_shell_counts() {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let raw = b"GET /abc HTTP/1.1\r\nHost: x\r\nA: bb\r\n\r\n";
+        let (Parsed::Lean(r), f) = parse_request(raw, &mut h, &[]) else {
+            panic!()
+        };
+        assert_eq!(
+            header_bytes(r.target, f),
+            4 + 16 + (4 + 1 + 4) + (1 + 2 + 4)
+        );
+        assert_eq!(Fields(f).header("a"), Some(&b"bb"[..]));
+        assert_eq!(Fields(f).header("b"), None);
+    }
+
+    #[test]
+    fn responses_are_framed_as_rfc_9112_says() {
+        let f = |raw: &[u8], head| {
+            parse_response(raw, head).map(|r| r.map(|r| (r.framing, r.reusable)))
+        };
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
+            Ok(Some((Framing::Length(5), true)))
+        );
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
+            Ok(Some((Framing::Empty, true)))
+        );
+        assert_eq!(
+            f(b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            Ok(Some((Framing::Empty, true)))
+        );
+        assert_eq!(
+            f(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                false
+            ),
+            Ok(Some((Framing::Chunked, true)))
+        );
+        assert_eq!(
+            f(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                false
+            ),
+            Ok(Some((Framing::Raw, false)))
+        );
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\n\r\n", false),
+            Ok(Some((Framing::Close, false)))
+        );
+        assert_eq!(
+            f(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                false
+            ),
+            Ok(Some((Framing::Length(1), false)))
+        );
+        assert_eq!(
+            f(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false),
+            Ok(Some((Framing::Length(1), false)))
+        );
+        assert_eq!(
+            f(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false
+            ),
+            Err(Broken::Malformed)
+        );
+        assert_eq!(
+            f(b"HTTP/1.1 101 Switching\r\n\r\n", false),
+            Err(Broken::Upgrade)
+        );
+        assert_eq!(f(b"HTTP/1.1 200 OK\r\nContent-Le", false), Ok(None));
+        assert!(f(b"HTTX/1.1 200 OK\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn the_clients_head_is_rewritten_as_pingora_writes_it() {
+        let mut out = Vec::new();
+        let head = b"HTTP/1.1 200 OK\r\nServer: app\r\nconnection: keep-alive\r\nDate: old\r\nX-RateLimit-Limit: 9\r\nContent-Length: 2\r\n\r\n";
+        write_response_head(
+            &mut out,
+            head,
+            Framing::Length(2),
+            false,
+            b"now",
+            &[("x-ratelimit-limit", b"5")],
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: app\r\nContent-Length: 2\r\nDate: now\r\nConnection: close\r\nx-ratelimit-limit: 5\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_response_head(
+            &mut out,
+            b"HTTP/1.0 200 OK\r\nA: 1\r\n\r\n",
+            Framing::Close,
+            true,
+            b"now",
+            &[],
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nA: 1\r\nDate: now\r\nConnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,885 @@
+//! The HTTP/1.1 fast path: Floodgate's own loop over a client connection, on pingora-core's
+//! listener, runtime and streams but not on pingora-proxy (issue 17: pingora-proxy and its
+//! header maps were ~75k of the ~88k instructions a forwarded request cost).
+//!
+//! It serves the plain request only: HTTP/1.1, origin-form, one `Host`, no connection or
+//! framing fields but one `Content-Length`, its whole body already read, a path already
+//! canonical, a route the degradation state lets straight through ([`head::parse_request`],
+//! [`Lean::plain_route`]). It decides before anything has an effect, and everything else —
+//! h2c, upgrades, chunked or streamed request bodies, hostile heads, fallbacks and the cache —
+//! goes to pingora-proxy and Floodgate's shell on the same connection, with the bytes already
+//! read handed over as pingora's pipelined prefix ([`Lean::hand_over`]). What it does serve, it
+//! serves with the shell's own steps ([`Floodgate::check_limits`], the breaker and the
+//! admission queue, [`Floodgate::finish`]) and answers as the shell does: the same statuses,
+//! fields and bodies, `Date` and `Connection` set as pingora sets them.
+//!
+//! Heads go through as read, with Floodgate's fields added; no header map is built. Upstream
+//! connections are kept in a pool of its own (idle ones dropped past `idle_timeout_ms` when
+//! next looked at: no timer per connection), and a request that meets a pooled connection the
+//! upstream had closed is sent once more on a new one (its body is all in hand).
+
+mod chunked;
+pub mod head;
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use floodgate_config::{Level, PathNormalization, UpstreamProtocol};
+use floodgate_policy::breaker;
+use floodgate_policy::path;
+use floodgate_policy::queue::Admit;
+use floodgate_policy::{headers, RequestParts};
+use http::{HeaderValue, Method};
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_proxy::HttpProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::conn::Guarded;
+use crate::respond::Reason;
+use crate::router::RequestView;
+use crate::shell::{self, Ctx, Finished, Floodgate};
+use crate::state::Snapshot;
+use chunked::Chunked;
+use head::{Fields, Framing, Parsed};
+
+/// A client connection's read buffer to begin with: small, since a queued request keeps it
+/// (and with it whatever of the body came with the head). It grows for a longer head.
+const HEAD_BUF: usize = 1024;
+/// The longest head the fast path reads; a longer one is pingora's.
+const MAX_HEAD: usize = 16 * 1024;
+/// The upstream read buffer, allocated at a connection's first forward.
+const UP_BUF: usize = 16 * 1024;
+/// Most bytes of an upstream response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Idle upstream connections kept per listener.
+const POOL_MAX: usize = 256;
+
+/// The fast path of one listener, in front of its pingora-proxy application.
+pub struct Lean {
+    shell: Floodgate,
+    proxy: Arc<HttpProxy<Floodgate>>,
+    connector: TransportConnector,
+    pool: Mutex<Vec<Idle>>,
+    /// pingora's shutdown reached this service: idle client connections close.
+    closing: AtomicBool,
+    /// `floodgate_http1_path_total{path="fast"}` and `{path="handed_over"}`.
+    served: prometheus::IntCounter,
+    handed_over: prometheus::IntCounter,
+    closed: tokio::sync::Notify,
+}
+
+/// An idle upstream connection.
+struct Idle {
+    addr: SocketAddr,
+    stream: Stream,
+    since: Instant,
+}
+
+/// A client connection on the fast path.
+struct Conn {
+    stream: Stream,
+    /// Bytes read from the client and not yet consumed.
+    rb: BytesMut,
+    /// Bytes read from the upstream.
+    ub: BytesMut,
+    /// Bytes being written (a forwarded head, an answer).
+    out: Vec<u8>,
+    /// The connection's first request (its deadline is the accept's; no keep-alive wait).
+    first: bool,
+    client: Option<std::net::IpAddr>,
+    /// `x-forwarded-for`'s value: the client's address, formatted once per connection.
+    xff: Option<HeaderValue>,
+}
+
+/// What follows an exchange.
+enum Next {
+    /// The next request on this connection.
+    Again,
+    /// Close the connection.
+    Close,
+    /// Hand the connection, and what was read of it, to pingora-proxy.
+    Pingora,
+}
+
+/// How a forward failed, as the shell's `classify` names pingora's errors.
+enum Failed {
+    /// Before the response began: the client gets the sidecar's answer.
+    Answer(Reason),
+    /// The pooled connection was closed by the upstream before answering: try a new one.
+    Stale,
+    /// After the response began: the client's connection is cut.
+    Cut(Reason, u16),
+    /// The client went away.
+    Client(u16),
+}
+
+/// A request the fast path took on, past its decisions.
+struct Taken {
+    head_len: usize,
+    body_len: usize,
+    /// Bytes of the body in the read buffer (the rest is still the client's to send).
+    in_hand: usize,
+    method: Method,
+    /// The path's place in the read buffer (it stays there until the exchange ends).
+    path: Range<usize>,
+}
+
+impl Lean {
+    /// The fast path of `proxy`'s listener. `shell` is the same listener's shell (its steps
+    /// are shared).
+    pub fn new(shell: Floodgate, proxy: HttpProxy<Floodgate>) -> Self {
+        let paths = &shell.runtime().metrics.http1_path;
+        Self {
+            served: paths.with_label_values(&["fast"]),
+            handed_over: paths.with_label_values(&["handed_over"]),
+            shell,
+            proxy: Arc::new(proxy),
+            connector: TransportConnector::new(None),
+            pool: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
+            closed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// pingora-proxy's application, for its options.
+    pub fn proxy_mut(&mut self) -> Option<&mut HttpProxy<Floodgate>> {
+        Arc::get_mut(&mut self.proxy)
+    }
+
+    /// True when the connection is one the fast path may serve: HTTP/1 (not the h2c
+    /// preface), to a listener that still exists and does not force h2c upstream.
+    fn serves(&self, stream: &Stream) -> bool {
+        if Guarded::of(Some(stream)).is_none_or(|g| g.is_h2()) {
+            return false;
+        }
+        let snap = self.shell.runtime().current.load();
+        let l = snap.lanes.get(self.shell.index()).copied().flatten();
+        l.and_then(|l| snap.config.listeners.get(l))
+            .is_some_and(|c| c.upstream.protocol != UpstreamProtocol::H2c)
+    }
+
+    /// The route may go straight to the upstream: no fallback, shed, feature breaker or
+    /// cache to consult (the shell's degradation gate would pass it untouched).
+    fn plain_route(snap: &Snapshot, r: usize) -> bool {
+        let (eff, routes) = (&snap.degrade, &snap.routes);
+        eff.level == Level::Full
+            && !eff.route_off.get(r).copied().unwrap_or(true)
+            && routes.breaker.get(r).is_some_and(|b| b.is_none())
+            && !routes.remember.get(r).copied().unwrap_or(true)
+            && !(eff.aggressive && routes.aggressive.get(r).copied().unwrap_or(true))
+    }
+
+    fn take_idle(&self, addr: SocketAddr, idle: Duration) -> Option<Stream> {
+        let mut pool = self.pool.lock().ok()?;
+        while let Some(i) = pool.pop() {
+            if i.addr == addr && i.since.elapsed() < idle {
+                return Some(i.stream);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, addr: SocketAddr, stream: Stream) {
+        if let Ok(mut pool) = self.pool.lock() {
+            if pool.len() < POOL_MAX {
+                pool.push(Idle {
+                    addr,
+                    stream,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// The client's connection, from its first request on.
+    async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned())
+            .and_then(|a| a.as_inet().map(|a| a.ip()));
+        let mut c = Conn {
+            stream,
+            rb: BytesMut::with_capacity(HEAD_BUF),
+            ub: BytesMut::new(),
+            out: Vec::new(),
+            first: true,
+            client,
+            xff: client.and_then(|ip| crate::forwarded::append_for(None, ip)),
+        };
+        loop {
+            match self.exchange(&mut c).await {
+                Next::Again => c.first = false,
+                Next::Close => return None,
+                Next::Pingora => break,
+            }
+        }
+        Box::pin(self.hand_over(c, shutdown)).await
+    }
+
+    /// The rest of the connection is pingora-proxy's, starting from the bytes read.
+    async fn hand_over(self: &Arc<Self>, c: Conn, shutdown: &ShutdownWatch) -> Option<Stream> {
+        self.handed_over.inc();
+        let mut session = ServerSession::new_http1(c.stream);
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        if !c.rb.is_empty() {
+            session.set_pipelined_prefix(c.rb);
+        }
+        let mut result = self.proxy.process_new_http(session, shutdown).await;
+        while let Some((stream, settings)) = result.map(|r| r.consume()) {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(s) = settings {
+                s.apply_to_session(&mut session);
+            }
+            result = self.proxy.process_new_http(session, shutdown).await;
+        }
+        None
+    }
+
+    /// Waits for a whole head in the read buffer. `Err` ends the fast path's part.
+    async fn read_head(&self, c: &mut Conn, keepalive: Duration) -> Result<(), Next> {
+        let mut waited = false;
+        loop {
+            if head_end(&c.rb) {
+                return Ok(());
+            }
+            if c.rb.len() >= MAX_HEAD {
+                return Err(Next::Pingora);
+            }
+            let want = if c.rb.len() < HEAD_BUF {
+                HEAD_BUF
+            } else {
+                c.rb.len() * 2
+            };
+            c.rb.reserve(want.min(MAX_HEAD) - c.rb.len());
+            let idle = c.rb.is_empty() && !c.first && !waited;
+            waited = true;
+            let n = if idle {
+                // Between requests: the keep-alive timeout, and pingora's shutdown.
+                if self.closing.load(Ordering::Relaxed) {
+                    return Err(Next::Close);
+                }
+                tokio::select! {
+                    biased;
+                    r = tokio::time::timeout(keepalive, c.stream.read_buf(&mut c.rb)) => match r {
+                        Ok(Ok(n)) => n,
+                        _ => return Err(Next::Close),
+                    },
+                    () = self.closed.notified() => return Err(Next::Close),
+                }
+            } else {
+                // The head's deadline is the guarded stream's (server.header_read_timeout_ms).
+                c.stream
+                    .read_buf(&mut c.rb)
+                    .await
+                    .map_err(|_| Next::Close)?
+            };
+            if n == 0 {
+                // A client that closes in the middle of a head gets no answer (as from pingora).
+                return Err(Next::Close);
+            }
+        }
+    }
+
+    /// One request on the fast path, or the decision that it is pingora's.
+    async fn exchange(self: &Arc<Self>, c: &mut Conn) -> Next {
+        let snap = self.shell.runtime().current.load_full();
+        let keepalive = snap.config.server.keepalive_timeout;
+        if let Err(next) = self.read_head(c, keepalive).await {
+            return next;
+        }
+        let routes = &snap.routes;
+        let mut extra: [&str; 2] = [""; 2];
+        let mut n_extra = 0;
+        for name in [&routes.level_header, &routes.features_header]
+            .into_iter()
+            .flatten()
+        {
+            extra[n_extra] = name.as_str();
+            n_extra += 1;
+        }
+        let mut h = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+        let (parsed, fields) = head::parse_request(&c.rb, &mut h, &extra[..n_extra]);
+        let Parsed::Lean(req) = parsed else {
+            return Next::Pingora;
+        };
+        let Some(l) = snap.lanes.get(self.shell.index()).copied().flatten() else {
+            return Next::Pingora;
+        };
+        let target_path = req.path();
+        match snap.config.server.path_normalization {
+            PathNormalization::Off => {}
+            PathNormalization::Strict => {
+                if path::strict(target_path.as_bytes()).is_err() {
+                    return Next::Pingora;
+                }
+            }
+            _ => match path::canonical(target_path.as_bytes()) {
+                Ok(std::borrow::Cow::Borrowed(_)) => {}
+                Ok(std::borrow::Cow::Owned(p)) if p.as_bytes() == target_path.as_bytes() => {}
+                _ => return Next::Pingora,
+            },
+        }
+        let Ok(method) = Method::from_bytes(req.method.as_bytes()) else {
+            return Next::Pingora;
+        };
+        let lookup = Fields(fields);
+        let lane = self.shell.lane();
+        let view = RequestView {
+            method: &method,
+            path: target_path,
+            host: Some(req.host),
+            headers: &lookup,
+            listener: &lane.name,
+        };
+        let route = snap.router.route(&view).0;
+        if head::header_bytes(req.target, fields) > snap.config.server.max_request_header_bytes
+            || !Self::plain_route(&snap, route)
+        {
+            return Next::Pingora;
+        }
+        // From here on the request is the fast path's: decisions have effects.
+        self.served.inc();
+        let mut ctx = self.shell.ctx_for(snap.clone());
+        ctx.route = route;
+        if let Some(g) = Guarded::of(Some(&c.stream)) {
+            g.head_done();
+        }
+        let base = c.rb.as_ptr() as usize;
+        let path_at = target_path.as_ptr() as usize - base;
+        let taken = Taken {
+            head_len: req.head_len,
+            body_len: req.body_len,
+            in_hand: req.in_hand,
+            method,
+            path: path_at..path_at + target_path.len(),
+        };
+        if !snap.limits.is_empty_for(route) {
+            let parts = RequestParts {
+                client_ip: c.client,
+                route: snap.router.name(route),
+                method: &taken.method,
+                path: target_path,
+                headers: &lookup,
+            };
+            // Boxed, as the forward is: an inline future would size every connection's task
+            // for its largest step, a queued request's included.
+            let verdict = Box::pin(self.shell.check_limits(&parts, &ctx)).await;
+            if let Some(v) = verdict.as_ref().filter(|v| !v.outcome.allowed) {
+                let detail = shell::rejection_detail(&snap, v);
+                let mut extra = vec![(
+                    "retry-after",
+                    headers::int_value(shell::rejection_retry_after(v, ctx.start)),
+                )];
+                let _ = shell::rate_limit_fields(&snap, v, &mut |n, v| {
+                    extra.push((n, v));
+                    Ok(())
+                });
+                return self
+                    .answer(c, ctx, &taken, Reason::RateLimited, Some(&detail), &extra)
+                    .await;
+            }
+            ctx.limit = verdict;
+        }
+        if snap.config.circuit_breaker.is_some() {
+            let (admit, t) = lane.breaker.admit();
+            self.shell.breaker_moved(&ctx, t);
+            match admit {
+                breaker::Admit::Pass(ticket) => ctx.ticket = Some(ticket),
+                breaker::Admit::Reject { retry_after } => {
+                    return self
+                        .shed(c, ctx, &taken, Reason::CircuitOpen, retry_after)
+                        .await;
+                }
+            }
+        }
+        let priority = routes.priority[route];
+        match lane.admission.try_acquire(priority) {
+            Admit::Now(p) => ctx.permit = Some(p),
+            Admit::Full { retry_after } => {
+                let retry = retry_after.unwrap_or(self.shell.queue_timeout(&ctx));
+                return self.shed(c, ctx, &taken, Reason::QueueFull, retry).await;
+            }
+            Admit::Wait(waiting) => {
+                // A queued request keeps only its own bytes, not the read buffer's capacity.
+                if c.rb.capacity() > c.rb.len() * 2 {
+                    c.rb = BytesMut::from(&c.rb[..]);
+                }
+                // A body still coming cannot be watched for a disconnect without reading
+                // (buffering) it; as on pingora's path, that is noticed when the wait ends.
+                let watch = taken.in_hand == taken.body_len;
+                let budget = self.shell.queue_timeout(&ctx);
+                let started = Instant::now();
+                let m = &self.shell.runtime().metrics;
+                let by = [self.shell.listener()];
+                let outcome = tokio::select! {
+                    r = tokio::time::timeout(budget, waiting) => r.ok(),
+                    () = watch_client(c), if watch => {
+                        m.queue_wait.with_label_values(m.by_listener(&by)).observe(started.elapsed().as_secs_f64());
+                        m.queue_abandoned.with_label_values(m.by_listener(&by)).inc();
+                        ctx.abandoned = true;
+                        self.done(c, ctx, &taken, 0, None);
+                        return Next::Close;
+                    }
+                };
+                m.queue_wait
+                    .with_label_values(m.by_listener(&by))
+                    .observe(started.elapsed().as_secs_f64());
+                match outcome {
+                    Some(p) => ctx.permit = Some(p),
+                    None => {
+                        let retry = lane.admission.retry_after().unwrap_or(budget);
+                        return self.shed(c, ctx, &taken, Reason::QueueTimeout, retry).await;
+                    }
+                }
+            }
+        }
+        Box::pin(self.forward(c, ctx, l, taken)).await
+    }
+
+    /// A refusal by policy: 503 with `Retry-After`, counted as shed.
+    async fn shed(
+        &self,
+        c: &mut Conn,
+        ctx: Ctx,
+        taken: &Taken,
+        reason: Reason,
+        retry_after: Duration,
+    ) -> Next {
+        let secs = retry_after.as_secs().max(1) + u64::from(retry_after.subsec_nanos() > 0);
+        self.answer(
+            c,
+            ctx,
+            taken,
+            reason,
+            None,
+            &[("retry-after", headers::int_value(secs))],
+        )
+        .await
+    }
+
+    /// Writes the sidecar's own answer (as `respond::send_full` writes it) and ends the
+    /// exchange.
+    async fn answer(
+        &self,
+        c: &mut Conn,
+        mut ctx: Ctx,
+        taken: &Taken,
+        reason: Reason,
+        detail: Option<&str>,
+        extra: &[(&str, HeaderValue)],
+    ) -> Next {
+        ctx.reason = Some(reason);
+        if reason.is_shed() {
+            self.shell.count_shed(reason);
+        }
+        let keep = !self.shell.runtime().is_draining()
+            && !matches!(reason, Reason::HeadersTooLarge | Reason::BadRequest);
+        let status = reason.status();
+        c.out.clear();
+        problem(&mut c.out, reason, detail, keep, extra);
+        let written = write_all(&mut c.stream, &c.out).await;
+        let status = if written { status } else { 0 };
+        self.done(c, ctx, taken, status, None);
+        if written && keep {
+            Next::Again
+        } else {
+            Next::Close
+        }
+    }
+
+    /// The exchange is over: counted, logged, its bytes consumed.
+    fn done(
+        &self,
+        c: &mut Conn,
+        mut ctx: Ctx,
+        taken: &Taken,
+        status: u16,
+        error: Option<&dyn std::fmt::Display>,
+    ) {
+        ctx.permit = None;
+        let path = std::str::from_utf8(&c.rb[taken.path.clone()]).unwrap_or("/");
+        self.shell.finish(
+            &mut ctx,
+            &Finished {
+                client: c.client,
+                method: &taken.method,
+                path,
+                status,
+                error,
+            },
+        );
+        c.rb.advance((taken.head_len + taken.in_hand).min(c.rb.len()));
+        if let Some(g) = Guarded::of(Some(&c.stream)) {
+            g.response_done();
+        }
+    }
+
+    /// Sends the request to the upstream and its answer to the client.
+    async fn forward(&self, c: &mut Conn, mut ctx: Ctx, l: usize, taken: Taken) -> Next {
+        let snap = ctx.snap.clone();
+        let up = &snap.config.listeners[l].upstream;
+        let addr = snap.upstreams[l];
+        // The request as forwarded: the head as read, Floodgate's fields, the body.
+        let head_end = taken.head_len - 2;
+        c.out.clear();
+        c.out.extend_from_slice(&c.rb[..head_end]);
+        if let Some(ip) = &c.xff {
+            c.out.extend_from_slice(b"x-forwarded-for: ");
+            c.out.extend_from_slice(ip.as_bytes());
+            c.out.extend_from_slice(b"\r\n");
+        }
+        c.out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        let (routes, eff) = (&snap.routes, &snap.degrade);
+        for (name, value) in [
+            (&routes.level_header, &eff.level_value),
+            (&routes.features_header, &eff.features_value),
+        ] {
+            if let Some(name) = name {
+                c.out.extend_from_slice(name.as_str().as_bytes());
+                c.out.extend_from_slice(b": ");
+                c.out.extend_from_slice(value.as_bytes());
+                c.out.extend_from_slice(b"\r\n");
+            }
+        }
+        c.out.extend_from_slice(b"\r\n");
+        c.out
+            .extend_from_slice(&c.rb[taken.head_len..taken.head_len + taken.in_hand]);
+        let body_left = taken.body_len - taken.in_hand;
+        let head_req = taken.method == Method::HEAD;
+        let mut fresh = false;
+        let result = loop {
+            let pooled = if fresh {
+                None
+            } else {
+                self.take_idle(addr, up.idle_timeout)
+            };
+            let reused = pooled.is_some();
+            let mut us = match pooled {
+                Some(s) => s,
+                None => {
+                    let mut peer = HttpPeer::new(addr, false, String::new());
+                    peer.options.connection_timeout = Some(up.connect_timeout);
+                    match self.connector.new_stream(&peer).await {
+                        Ok(s) => s,
+                        Err(_) => break Err(Failed::Answer(Reason::UpstreamUnavailable)),
+                    }
+                }
+            };
+            let timeouts = (up.read_timeout, up.write_timeout);
+            match self
+                .relay(c, &mut ctx, &mut us, reused, head_req, body_left, timeouts)
+                .await
+            {
+                // Sent once more on a new connection only when the whole request is in hand.
+                Err(Failed::Stale) if !fresh && body_left == 0 => fresh = true,
+                Err(Failed::Stale) => break Err(Failed::Answer(Reason::UpstreamError)),
+                Ok((status, reusable, keep)) => {
+                    if reusable {
+                        self.put_idle(addr, us);
+                    }
+                    break Ok((status, keep));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok((status, keep)) => {
+                self.done(c, ctx, &taken, status, None);
+                if keep {
+                    Next::Again
+                } else {
+                    Next::Close
+                }
+            }
+            Err(Failed::Answer(reason)) => {
+                // As the shell's `fail_to_proxy`: the answer says `Connection: close`.
+                ctx.reason = Some(reason);
+                let status = reason.status();
+                c.out.clear();
+                problem(&mut c.out, reason, None, false, &[]);
+                let written = write_all(&mut c.stream, &c.out).await;
+                self.done(c, ctx, &taken, if written { status } else { 0 }, None);
+                Next::Close
+            }
+            Err(Failed::Cut(reason, status)) => {
+                ctx.reason = Some(reason);
+                self.done(c, ctx, &taken, status, None);
+                Next::Close
+            }
+            Err(Failed::Client(status)) => {
+                self.done(c, ctx, &taken, status, None);
+                Next::Close
+            }
+            Err(Failed::Stale) => {
+                self.done(c, ctx, &taken, 0, None);
+                Next::Close
+            }
+        }
+    }
+
+    /// One try on one upstream connection: the request in `c.out` written, the response
+    /// read and written to the client. Returns the status, whether the upstream connection
+    /// may be reused, and whether the client's stays open.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        c: &mut Conn,
+        ctx: &mut Ctx,
+        us: &mut Stream,
+        reused: bool,
+        head_req: bool,
+        mut body_left: usize,
+        (read_timeout, write_timeout): (Duration, Duration),
+    ) -> Result<(u16, bool, bool), Failed> {
+        let stale = |r: Reason| {
+            if reused {
+                Failed::Stale
+            } else {
+                Failed::Answer(r)
+            }
+        };
+        match tokio::time::timeout(write_timeout, write_flush(us, &c.out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(stale(Reason::UpstreamError)),
+            Err(_) => return Err(Failed::Answer(Reason::UpstreamTimeout)),
+        }
+        if c.ub.capacity() == 0 {
+            c.ub = BytesMut::with_capacity(UP_BUF);
+        }
+        c.ub.clear();
+        // The rest of the body, as the client sends it (exactly its length: what follows is
+        // the client's next request).
+        while body_left > 0 {
+            c.ub.reserve(UP_BUF);
+            let want = body_left.min(UP_BUF) as u64;
+            let n = match (&mut c.stream).take(want).read_buf(&mut c.ub).await {
+                Ok(n) if n > 0 => n,
+                _ => return Err(Failed::Client(0)),
+            };
+            body_left -= n;
+            match tokio::time::timeout(write_timeout, write_flush(us, &c.ub)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Failed::Answer(Reason::UpstreamError)),
+                Err(_) => return Err(Failed::Answer(Reason::UpstreamTimeout)),
+            }
+            c.ub.clear();
+        }
+        // The response head (informational ones skipped).
+        let mut got_any = false;
+        let resp = loop {
+            match head::parse_response(&c.ub, head_req) {
+                Ok(Some(r)) if (100..200).contains(&r.status) => {
+                    c.ub.advance(r.head_len);
+                    continue;
+                }
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(_) => return Err(Failed::Answer(Reason::UpstreamError)),
+            }
+            if c.ub.len() >= MAX_RESPONSE_HEAD {
+                return Err(Failed::Answer(Reason::UpstreamError));
+            }
+            c.ub.reserve(UP_BUF);
+            match tokio::time::timeout(read_timeout, us.read_buf(&mut c.ub)).await {
+                Err(_) => return Err(Failed::Answer(Reason::UpstreamTimeout)),
+                Ok(Ok(n)) if n > 0 => got_any = true,
+                Ok(_) if !got_any => return Err(stale(Reason::UpstreamError)),
+                Ok(_) => return Err(Failed::Answer(Reason::UpstreamError)),
+            }
+        };
+        let snap = &ctx.snap;
+        let keep = !self.shell.runtime().is_draining() && resp.framing != Framing::Raw;
+        let date = pingora_core::protocols::http::date::get_cached_date();
+        let mut fields: Vec<(&str, HeaderValue)> = Vec::new();
+        if let Some(v) = ctx
+            .limit
+            .as_ref()
+            .filter(|v| shell::fields_on_admitted(snap, v))
+        {
+            let _ = shell::rate_limit_fields(snap, v, &mut |n, v| {
+                fields.push((n, v));
+                Ok(())
+            });
+        }
+        let mut named: [(&str, &[u8]); 5] = [("", b""); 5];
+        for (slot, (n, v)) in named.iter_mut().zip(&fields) {
+            *slot = (n, v.as_bytes());
+        }
+        c.out.clear();
+        head::write_response_head(
+            &mut c.out,
+            &c.ub[..resp.head_len],
+            resp.framing,
+            keep,
+            date.as_bytes(),
+            &named[..fields.len().min(5)],
+        );
+        c.ub.advance(resp.head_len);
+        let status = resp.status;
+        let cut = |r| Failed::Cut(r, status);
+        let mut left = match resp.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let mut chunks = Chunked::new();
+        // The body: what came with the head goes out with it, the rest as it comes.
+        let mut complete = false;
+        loop {
+            let avail = c.ub.len();
+            let take = match resp.framing {
+                Framing::Empty => 0,
+                Framing::Length(_) => {
+                    let t = left.min(avail as u64) as usize;
+                    left -= t as u64;
+                    t
+                }
+                Framing::Chunked => chunks.feed(&c.ub).map_err(|_| cut(Reason::UpstreamError))?,
+                Framing::Close | Framing::Raw => avail,
+            };
+            if resp.framing == Framing::Close && take > 0 {
+                c.out.extend_from_slice(format!("{take:x}\r\n").as_bytes());
+                c.out.extend_from_slice(&c.ub[..take]);
+                c.out.extend_from_slice(b"\r\n");
+            } else {
+                c.out.extend_from_slice(&c.ub[..take]);
+            }
+            c.ub.advance(take);
+            let finished = match resp.framing {
+                Framing::Empty => true,
+                Framing::Length(_) => left == 0,
+                Framing::Chunked => chunks.done(),
+                Framing::Close | Framing::Raw => false,
+            };
+            if finished {
+                // The upstream is done with this request: its slot goes to the next in line.
+                ctx.permit = None;
+                complete = true;
+            }
+            if !c.out.is_empty() {
+                if !write_all(&mut c.stream, &c.out).await {
+                    return Err(Failed::Client(status));
+                }
+                c.out.clear();
+            }
+            if finished {
+                break;
+            }
+            c.ub.reserve(UP_BUF);
+            match tokio::time::timeout(read_timeout, us.read_buf(&mut c.ub)).await {
+                Err(_) => return Err(cut(Reason::UpstreamTimeout)),
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(_)) if matches!(resp.framing, Framing::Close | Framing::Raw) => {
+                    ctx.permit = None;
+                    if resp.framing == Framing::Close
+                        && !write_all(&mut c.stream, b"0\r\n\r\n").await
+                    {
+                        return Err(Failed::Client(status));
+                    }
+                    break;
+                }
+                Ok(_) => return Err(cut(Reason::UpstreamError)),
+            }
+        }
+        let reusable = complete && resp.reusable && c.ub.is_empty();
+        Ok((status, reusable, keep))
+    }
+}
+
+/// A head ends in the bytes: a blank line (CRLF or bare LF; the parser decides the rest).
+fn head_end(b: &[u8]) -> bool {
+    b.windows(2).any(|w| w == b"\n\n") || b.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// The sidecar's own answer for `reason`, as `respond::send_full` and pingora write it: the
+/// status line, `extra`, the problem body's fields, then `Date` and `Connection` (which
+/// pingora adds last), and the body.
+fn problem(
+    out: &mut Vec<u8>,
+    reason: Reason,
+    detail: Option<&str>,
+    keep: bool,
+    extra: &[(&str, HeaderValue)],
+) {
+    let body = crate::respond::problem(reason, detail);
+    let code = http::StatusCode::from_u16(reason.status()).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(code.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(code.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in extra {
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-type: application/problem+json\r\ncontent-length: ");
+    out.extend_from_slice(headers::int_value(body.len() as u64).as_bytes());
+    out.extend_from_slice(b"\r\nfloodgate-reason: ");
+    out.extend_from_slice(reason.as_str().as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(pingora_core::protocols::http::date::get_cached_date().as_bytes());
+    out.extend_from_slice(if keep {
+        b"\r\nConnection: keep-alive\r\n\r\n"
+    } else {
+        b"\r\nConnection: close\r\n\r\n"
+    });
+    out.extend_from_slice(body.as_bytes());
+}
+
+async fn write_flush(s: &mut Stream, b: &[u8]) -> std::io::Result<()> {
+    s.write_all(b).await?;
+    s.flush().await
+}
+
+/// Writes `b` to the client; false when it is gone.
+async fn write_all(s: &mut Stream, b: &[u8]) -> bool {
+    write_flush(s, b).await.is_ok()
+}
+
+/// Returns when the client goes away while its request waits in the queue. Bytes it sends
+/// meanwhile (its next request) are kept, through a small stack buffer so that the read
+/// buffer grows only if they come; a client that sends more than a head's worth is not
+/// watched further.
+async fn watch_client(c: &mut Conn) {
+    let mut chunk = [0u8; 256];
+    loop {
+        if c.rb.len() >= MAX_HEAD {
+            std::future::pending::<()>().await;
+        }
+        match c.stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => c.rb.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Lean {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if !self.serves(&stream) {
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        self.serve(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.closed.notify_waiters();
+        ServerApp::cleanup(&*self.proxy).await;
+    }
+}
