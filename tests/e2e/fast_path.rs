@@ -151,6 +151,19 @@ impl Client {
         self.s.write_all(b).await.unwrap();
     }
 
+    /// Sends `b` (the write may fail: the sidecar may have closed) and reads to EOF.
+    async fn send_body_and_expect_eof(&mut self, b: &[u8]) -> Vec<u8> {
+        let _ = self.s.write_all(b).await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.s.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(read.is_ok(), "the connection stayed open");
+        rest
+    }
+
     async fn fill(&mut self) {
         let mut chunk = [0u8; 4096];
         let n = tokio::time::timeout(std::time::Duration::from_secs(10), self.s.read(&mut chunk))
@@ -378,4 +391,115 @@ async fn an_upstream_that_breaks_its_answer_cuts_the_client_or_gets_a_502() {
     let mut rest = Vec::new();
     let _ = c.s.read_to_end(&mut rest).await;
     assert!(rest.is_empty() && c.buf.is_empty(), "{rest:?}");
+}
+
+const ONE_A_MINUTE: &str = "limits:\n  - name: one\n    key: [client_ip]\n    max_requests: 1\n    window_seconds: 60\n    strategy: fixed_window\n";
+
+#[tokio::test]
+async fn a_refusal_before_the_body_is_read_closes_and_a_refused_head_has_no_body() {
+    let up = Scripted::start().await;
+    let fg = Sidecar::start(up.port, ONE_A_MINUTE).await;
+    let mut c = Client::connect(fg.port).await;
+    c.send(b"GET /len HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    assert_eq!(c.reply("GET").await.status, 200);
+    // Refused HEAD: the problem's fields, no body; the connection goes on.
+    c.send(b"HEAD /len HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    let r = c.reply("HEAD").await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    // Refused POST whose body is not all here: the rest would be read as the next request
+    // (a smuggled one, if it looks like one), so the answer closes the connection.
+    c.send(
+        b"POST /echo HTTP/1.1\r\nhost: app\r\ncontent-length: 38\r\n\r\nGET /smuggled HTTP/1.1\r\n",
+    )
+    .await;
+    let r = c.reply("POST").await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert!(
+        c.buf.is_empty(),
+        "a body after the HEAD answer: {:?}",
+        c.buf
+    );
+    let _ = c.send_body_and_expect_eof(b"host: app\r\n\r\n").await;
+    assert!(!up.heads().iter().any(|h| h.contains("smuggled")));
+}
+
+#[tokio::test]
+async fn a_post_after_the_upstream_closed_its_pooled_connection_is_sent_once_on_a_new_one() {
+    let up = Scripted::start().await;
+    let fg = Sidecar::start(up.port, "").await;
+    let mut c = Client::connect(fg.port).await;
+    c.send(b"GET /then-close HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await;
+    assert_eq!(c.reply("GET").await.status, 200);
+    c.send(b"POST /echo HTTP/1.1\r\nhost: app\r\ncontent-length: 4\r\n\r\nbody")
+        .await;
+    let r = c.reply("POST").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"body"[..]), "{r:?}");
+    let posts = up.heads().iter().filter(|h| h.starts_with("POST")).count();
+    assert_eq!(posts, 1, "{:?}", up.heads());
+}
+
+/// An upstream that answers every request with `reply`.
+async fn answering(reply: &'static [u8]) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 4096];
+                while s.read(&mut b).await.unwrap_or(0) > 0 {
+                    if s.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_response_with_both_framings_or_bare_lf_lines_reaches_the_client_well_formed() {
+    // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); the client sees only one.
+    let port = answering(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let fg = Sidecar::start(port, "").await;
+    let mut c = Client::connect(fg.port).await;
+    c.send(b"GET /x HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    let r = c.reply("GET").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{r:?}");
+    assert_eq!(r.header("content-length"), None, "{r:?}");
+    // Bare LF line ends come out as CRLF.
+    let port = answering(b"HTTP/1.1 200 OK\nx-a: 1\ncontent-length: 2\n\nok").await;
+    let fg = Sidecar::start(port, "").await;
+    let mut c = Client::connect(fg.port).await;
+    for _ in 0..2 {
+        c.send(b"GET /x HTTP/1.1\r\nhost: app\r\n\r\n").await;
+        let r = c.reply("GET").await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{r:?}");
+        assert_eq!(r.header("x-a"), Some("1"), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_pipelined_head_that_stops_halfway_is_closed_after_the_head_timeout() {
+    let up = Scripted::start().await;
+    let fg = Sidecar::start(up.port, "  header_read_timeout_ms: 300\n").await;
+    let mut c = Client::connect(fg.port).await;
+    // A whole request, and the first bytes of the next, in one write; then nothing.
+    c.send(b"GET /len HTTP/1.1\r\nhost: app\r\n\r\nGET /next HT")
+        .await;
+    assert_eq!(c.reply("GET").await.status, 200);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        c.s.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "still open 10 s after a half head");
+    assert!(!up.heads().iter().any(|h| h.contains("/next")));
 }

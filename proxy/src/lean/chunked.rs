@@ -9,10 +9,12 @@ const MAX_LINE: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// In a size line: the size so far, whether its digits ended (extensions follow).
+    /// In a size line: the size so far, its digits, whether white space followed them (`bws`:
+    /// only `;` may come next), whether an extension began.
     Size {
         size: u64,
         digits: usize,
+        bws: bool,
         ext: bool,
     },
     /// The LF ending a size line.
@@ -36,6 +38,13 @@ enum State {
     Done,
 }
 
+const SIZE_LINE: State = State::Size {
+    size: 0,
+    digits: 0,
+    bws: false,
+    ext: false,
+};
+
 /// A chunked body seen so far.
 #[derive(Debug)]
 pub struct Chunked {
@@ -56,11 +65,7 @@ impl Default for Chunked {
 impl Chunked {
     pub fn new() -> Self {
         Self {
-            state: State::Size {
-                size: 0,
-                digits: 0,
-                ext: false,
-            },
+            state: SIZE_LINE,
             line: 0,
         }
     }
@@ -71,7 +76,8 @@ impl Chunked {
     }
 
     /// Takes the next bytes of the body; returns how many of them belong to it (all of them
-    /// unless the body ended inside `buf`).
+    /// unless the body ended inside `buf`). Lines must end in CRLF: the bytes are forwarded
+    /// as they are, so a client must not be able to read them differently.
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, Invalid> {
         let mut i = 0;
         while i < buf.len() {
@@ -88,20 +94,29 @@ impl Chunked {
                     };
                     continue;
                 }
-                State::Size { size, digits, ext } => {
+                State::Size {
+                    size,
+                    digits,
+                    bws,
+                    ext,
+                } => {
                     self.line += 1;
                     if self.line > MAX_LINE {
                         return Err(Invalid);
                     }
+                    let next = |bws, ext| State::Size {
+                        size,
+                        digits,
+                        bws,
+                        ext,
+                    };
                     match b {
                         b'\r' if digits > 0 => State::SizeLf { size },
-                        b'\n' if digits > 0 => self.after_size(size),
-                        _ if ext => State::Size { size, digits, ext },
-                        b';' | b' ' | b'\t' if digits > 0 => State::Size {
-                            size,
-                            digits,
-                            ext: true,
-                        },
+                        b'\r' | b'\n' => return Err(Invalid),
+                        _ if ext => next(bws, ext),
+                        b';' if digits > 0 => next(bws, true),
+                        b' ' | b'\t' if digits > 0 => next(true, ext),
+                        _ if bws => return Err(Invalid),
                         _ => {
                             let d = (b as char).to_digit(16).ok_or(Invalid)?;
                             if digits >= 15 {
@@ -110,7 +125,8 @@ impl Chunked {
                             State::Size {
                                 size: size * 16 + u64::from(d),
                                 digits: digits + 1,
-                                ext: false,
+                                bws,
+                                ext,
                             }
                         }
                     }
@@ -119,23 +135,24 @@ impl Chunked {
                     if b != b'\n' {
                         return Err(Invalid);
                     }
-                    self.after_size(size)
+                    self.line = 0;
+                    if size == 0 {
+                        State::Trailer { line: 0 }
+                    } else {
+                        State::Data(size)
+                    }
                 }
-                State::DataEnd { cr: false } => match b {
-                    b'\r' => State::DataEnd { cr: true },
-                    b'\n' => self.size_line(),
+                State::DataEnd { cr } => match (cr, b) {
+                    (false, b'\r') => State::DataEnd { cr: true },
+                    (true, b'\n') => {
+                        self.line = 0;
+                        SIZE_LINE
+                    }
                     _ => return Err(Invalid),
                 },
-                State::DataEnd { cr: true } => {
-                    if b != b'\n' {
-                        return Err(Invalid);
-                    }
-                    self.size_line()
-                }
                 State::Trailer { line } => match b {
                     b'\r' => State::TrailerLf { empty: line == 0 },
-                    b'\n' if line == 0 => State::Done,
-                    b'\n' => State::Trailer { line: 0 },
+                    b'\n' => return Err(Invalid),
                     _ if line >= MAX_LINE => return Err(Invalid),
                     _ => State::Trailer { line: line + 1 },
                 },
@@ -153,24 +170,6 @@ impl Chunked {
             i += 1;
         }
         Ok(i)
-    }
-
-    fn size_line(&mut self) -> State {
-        self.line = 0;
-        State::Size {
-            size: 0,
-            digits: 0,
-            ext: false,
-        }
-    }
-
-    fn after_size(&mut self, size: u64) -> State {
-        self.line = 0;
-        if size == 0 {
-            State::Trailer { line: 0 }
-        } else {
-            State::Data(size)
-        }
     }
 }
 
@@ -196,7 +195,7 @@ mod tests {
 
     #[test]
     fn the_end_is_found_wherever_the_reads_split() {
-        let body = b"5\r\nhello\r\nA;ext=1\r\n0123456789\r\n0\r\n\r\n";
+        let body = b"5\r\nhello\r\nA ;ext=1\r\n0123456789\r\n0\r\n\r\n";
         assert_eq!(ends_at(body), Ok(body.len()));
         let trailers = b"3\r\nabc\r\n0\r\nGrpc-Status: 0\r\nX: y\r\n\r\n";
         assert_eq!(ends_at(trailers), Ok(trailers.len()));
@@ -209,12 +208,17 @@ mod tests {
 
     #[test]
     fn bad_coding_is_refused() {
+        // Not hex; data longer than its size; no size; CR without LF; too long a size; bare
+        // LF; white space inside the size; a bare LF ending a trailer.
         for bad in [
             &b"x\r\n"[..],
             b"5\r\nhelloXX",
             b"\r\n",
             b"5\rX",
             b"ffffffffffffffff1\r\n",
+            b"5\nhello\r\n",
+            b"5 6\r\n",
+            b"0\r\nX: y\n\r\n",
         ] {
             assert_eq!(Chunked::new().feed(bad), Err(Invalid), "{bad:?}");
         }

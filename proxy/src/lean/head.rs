@@ -112,7 +112,8 @@ pub fn parse_request<'h, 'b>(
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return (Parsed::Other, &[]);
     };
-    if !target.starts_with('/') || method == "CONNECT" {
+    // A fragment is the client's own (pingora strips it before routing): pingora's.
+    if !target.starts_with('/') || method == "CONNECT" || target.contains('#') {
         return (Parsed::Other, &[]);
     }
     let fields: &'h [httparse::Header<'b>] = req.headers;
@@ -136,7 +137,11 @@ pub fn parse_request<'h, 'b>(
             }
         }
     }
-    let Some(host) = host.and_then(visible).filter(|h| !h.is_empty()) else {
+    // Userinfo in `Host` is pingora's to refuse (400).
+    let Some(host) = host
+        .and_then(visible)
+        .filter(|h| !h.is_empty() && !h.contains('@'))
+    else {
         return (Parsed::Other, &[]);
     };
     // Every line ends in CRLF: the head is forwarded as read, so it must be clean.
@@ -187,6 +192,8 @@ pub enum Framing {
 pub struct Response {
     /// Length of the head, final CRLF included.
     pub head_len: usize,
+    /// The head has a transfer coding: its `Content-Length`, if any, is not forwarded.
+    pub coded: bool,
     pub status: u16,
     pub framing: Framing,
     /// The upstream's connection may carry another request after this one.
@@ -207,7 +214,8 @@ pub enum Broken {
 /// their status: the caller drops them and reads on, as pingora does for a request that did
 /// not ask for `100-continue`.
 pub fn parse_response(buf: &[u8], head_req: bool) -> Result<Option<Response>, Broken> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    // pingora-core's limit (256 fields).
+    let mut headers = [httparse::EMPTY_HEADER; 256];
     let mut resp = httparse::Response::new(&mut headers);
     let mut config = httparse::ParserConfig::default();
     config.allow_spaces_after_header_name_in_responses(true);
@@ -246,6 +254,11 @@ pub fn parse_response(buf: &[u8], head_req: bool) -> Result<Option<Response>, Br
             }
         }
     }
+    // With a transfer coding, `Content-Length` says nothing (RFC 9112 §6.3): it is dropped
+    // from the client's head, and a connection that sent both is not trusted with another.
+    if coded && len.is_some() {
+        reusable = false;
+    }
     let framing = if head_req || status == 204 || status == 304 || (100..200).contains(&status) {
         Framing::Empty
     } else if coded && chunked {
@@ -264,6 +277,7 @@ pub fn parse_response(buf: &[u8], head_req: bool) -> Result<Option<Response>, Br
     }
     Ok(Some(Response {
         head_len,
+        coded,
         status,
         framing,
         reusable,
@@ -279,13 +293,17 @@ pub fn parse_response(buf: &[u8], head_req: bool) -> Result<Option<Response>, Br
 pub fn write_response_head(
     out: &mut Vec<u8>,
     head: &[u8],
-    framing: Framing,
+    r: &Response,
     keep_alive: bool,
     date: &[u8],
     fields: &[(&str, &[u8])],
 ) {
-    let line_end = head.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
-    let (line, rest) = head.split_at(line_end);
+    let framing = r.framing;
+    // Line by line: CRLF or bare LF, a folded line going with the one before it.
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let line = lines.next().unwrap_or(b"");
     if framing == Framing::Close && line.starts_with(b"HTTP/1.0") {
         out.extend_from_slice(b"HTTP/1.1");
         out.extend_from_slice(&line[8..]);
@@ -293,11 +311,8 @@ pub fn write_response_head(
         out.extend_from_slice(line);
     }
     out.extend_from_slice(b"\r\n");
-    // The fields, line by line (an obsolete folded line goes with the one before it).
-    let body = rest.get(2..rest.len().saturating_sub(2)).unwrap_or(b"");
     let mut keep = true;
-    for l in body.split(|&b| b == b'\n') {
-        let l = l.strip_suffix(b"\r").unwrap_or(l);
+    for l in lines {
         if l.is_empty() {
             continue;
         }
@@ -305,6 +320,7 @@ pub fn write_response_head(
             let name = l.split(|&b| b == b':').next().unwrap_or(b"").trim_ascii();
             keep = !(name.eq_ignore_ascii_case(b"connection")
                 || name.eq_ignore_ascii_case(b"date")
+                || (r.coded && name.eq_ignore_ascii_case(b"content-length"))
                 || fields
                     .iter()
                     .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes())));
@@ -379,6 +395,8 @@ mod tests {
             b"POST /a HTTP/1.1\r\nHost: x\r\ncontent-type: application/grpc\r\n\r\n",
             b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /a HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: u@x\r\n\r\n",
             b"GET /a\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
             assert_eq!(
@@ -466,34 +484,28 @@ mod tests {
         assert!(f(b"HTTX/1.1 200 OK\r\n\r\n", false).is_err());
     }
 
+    fn write(head: &[u8], keep: bool, fields: &[(&str, &[u8])]) -> String {
+        let r = parse_response(head, false).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_response_head(&mut out, &head[..r.head_len], &r, keep, b"now", fields);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn the_clients_head_is_rewritten_as_pingora_writes_it() {
-        let mut out = Vec::new();
         let head = b"HTTP/1.1 200 OK\r\nServer: app\r\nconnection: keep-alive\r\nDate: old\r\nX-RateLimit-Limit: 9\r\nContent-Length: 2\r\n\r\n";
-        write_response_head(
-            &mut out,
-            head,
-            Framing::Length(2),
-            false,
-            b"now",
-            &[("x-ratelimit-limit", b"5")],
-        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            write(head, false, &[("x-ratelimit-limit", b"5")]),
             "HTTP/1.1 200 OK\r\nServer: app\r\nContent-Length: 2\r\nDate: now\r\nConnection: close\r\nx-ratelimit-limit: 5\r\n\r\n"
         );
-        let mut out = Vec::new();
-        write_response_head(
-            &mut out,
-            b"HTTP/1.0 200 OK\r\nA: 1\r\n\r\n",
-            Framing::Close,
-            true,
-            b"now",
-            &[],
-        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            write(b"HTTP/1.0 200 OK\r\nA: 1\r\n\r\n", true, &[]),
             "HTTP/1.1 200 OK\r\nA: 1\r\nDate: now\r\nConnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        // Bare LF lines come out as CRLF; with a coding, Content-Length is dropped.
+        assert_eq!(
+            write(b"HTTP/1.1 200 OK\nA: 1\nContent-Length: 0\nTransfer-Encoding: chunked\n\n", true, &[]),
+            "HTTP/1.1 200 OK\r\nA: 1\r\nTransfer-Encoding: chunked\r\nDate: now\r\nConnection: keep-alive\r\n\r\n"
         );
     }
 }

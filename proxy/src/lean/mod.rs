@@ -57,10 +57,18 @@ use head::{Fields, Framing, Parsed};
 const HEAD_BUF: usize = 1024;
 /// The longest head the fast path reads; a longer one is pingora's.
 const MAX_HEAD: usize = 16 * 1024;
-/// The upstream read buffer, allocated at a connection's first forward.
+/// An upstream connection's read buffer (it stays with the connection in the pool, so an
+/// idle client connection holds none).
 const UP_BUF: usize = 16 * 1024;
-/// Most bytes of an upstream response head.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most bytes of an upstream response head (pingora-core's limit).
+const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
+/// How long one read of a request body may wait (pingora's HTTP/1 server default).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// An idle upstream connection is checked for a close or stray bytes before reuse once it
+/// has been idle this long (or always, for a request that must not be sent twice); a
+/// connection reused sooner is trusted, and a closed one found by its first read is tried
+/// again on a new one.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// Idle upstream connections kept per listener.
 const POOL_MAX: usize = 256;
 
@@ -78,10 +86,19 @@ pub struct Lean {
     closed: tokio::sync::Notify,
 }
 
+/// An upstream connection and its buffers.
+struct Upstream {
+    stream: Stream,
+    /// Bytes read from the upstream (and a request body's chunks on their way to it).
+    ub: BytesMut,
+    /// Bytes being written: the forwarded request, then the client's response head.
+    out: Vec<u8>,
+}
+
 /// An idle upstream connection.
 struct Idle {
     addr: SocketAddr,
-    stream: Stream,
+    up: Upstream,
     since: Instant,
 }
 
@@ -90,12 +107,13 @@ struct Conn {
     stream: Stream,
     /// Bytes read from the client and not yet consumed.
     rb: BytesMut,
-    /// Bytes read from the upstream.
-    ub: BytesMut,
-    /// Bytes being written (a forwarded head, an answer).
-    out: Vec<u8>,
     /// The connection's first request (its deadline is the accept's; no keep-alive wait).
     first: bool,
+    /// `server.keepalive_timeout_ms` and `header_read_timeout_ms` of the last exchange's
+    /// snapshot, for the wait before the next head (the next snapshot is loaded once the
+    /// head is in, so that a request sees the config of its own time).
+    keepalive: Duration,
+    head_timeout: Duration,
     client: Option<std::net::IpAddr>,
     /// `x-forwarded-for`'s value: the client's address, formatted once per connection.
     xff: Option<HeaderValue>,
@@ -179,22 +197,35 @@ impl Lean {
             && !(eff.aggressive && routes.aggressive.get(r).copied().unwrap_or(true))
     }
 
-    fn take_idle(&self, addr: SocketAddr, idle: Duration) -> Option<Stream> {
-        let mut pool = self.pool.lock().ok()?;
-        while let Some(i) = pool.pop() {
-            if i.addr == addr && i.since.elapsed() < idle {
-                return Some(i.stream);
+    /// An idle connection to `addr`, the most recent first; `check`: look at it for a close
+    /// or stray bytes even if it was idle only briefly.
+    fn take_idle(&self, addr: SocketAddr, idle: Duration, check: bool) -> Option<Upstream> {
+        loop {
+            let i = self.pool.lock().ok()?.pop()?;
+            let age = i.since.elapsed();
+            if i.addr != addr || age >= idle {
+                continue;
             }
+            let mut up = i.up;
+            if (check || age >= CHECK_IDLE_AFTER) && !quiet(&mut up.stream) {
+                continue;
+            }
+            return Some(up);
         }
-        None
     }
 
-    fn put_idle(&self, addr: SocketAddr, stream: Stream) {
+    fn put_idle(&self, addr: SocketAddr, up: Upstream, idle: Duration) {
         if let Ok(mut pool) = self.pool.lock() {
+            // The oldest are at the bottom: drop those past the idle timeout.
+            let expired = pool
+                .iter()
+                .take_while(|i| i.since.elapsed() >= idle)
+                .count();
+            pool.drain(..expired);
             if pool.len() < POOL_MAX {
                 pool.push(Idle {
                     addr,
-                    stream,
+                    up,
                     since: Instant::now(),
                 });
             }
@@ -207,12 +238,13 @@ impl Lean {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned())
             .and_then(|a| a.as_inet().map(|a| a.ip()));
+        let server = &self.shell.runtime().current.load().config.server;
         let mut c = Conn {
             stream,
             rb: BytesMut::with_capacity(HEAD_BUF),
-            ub: BytesMut::new(),
-            out: Vec::new(),
             first: true,
+            keepalive: server.keepalive_timeout,
+            head_timeout: server.header_read_timeout,
             client,
             xff: client.and_then(|ip| crate::forwarded::append_for(None, ip)),
         };
@@ -246,8 +278,11 @@ impl Lean {
     }
 
     /// Waits for a whole head in the read buffer. `Err` ends the fast path's part.
-    async fn read_head(&self, c: &mut Conn, keepalive: Duration) -> Result<(), Next> {
+    async fn read_head(&self, c: &mut Conn) -> Result<(), Next> {
         let mut waited = false;
+        // Part of a head read with the last exchange (pipelined) has no deadline of the
+        // guarded stream's: it gets the head timeout here.
+        let pipelined = !c.first && !c.rb.is_empty();
         loop {
             if head_end(&c.rb) {
                 return Ok(());
@@ -270,11 +305,16 @@ impl Lean {
                 }
                 tokio::select! {
                     biased;
-                    r = tokio::time::timeout(keepalive, c.stream.read_buf(&mut c.rb)) => match r {
+                    r = tokio::time::timeout(c.keepalive, c.stream.read_buf(&mut c.rb)) => match r {
                         Ok(Ok(n)) => n,
                         _ => return Err(Next::Close),
                     },
                     () = self.closed.notified() => return Err(Next::Close),
+                }
+            } else if pipelined {
+                match tokio::time::timeout(c.head_timeout, c.stream.read_buf(&mut c.rb)).await {
+                    Ok(Ok(n)) => n,
+                    _ => return Err(Next::Close),
                 }
             } else {
                 // The head's deadline is the guarded stream's (server.header_read_timeout_ms).
@@ -292,11 +332,12 @@ impl Lean {
 
     /// One request on the fast path, or the decision that it is pingora's.
     async fn exchange(self: &Arc<Self>, c: &mut Conn) -> Next {
-        let snap = self.shell.runtime().current.load_full();
-        let keepalive = snap.config.server.keepalive_timeout;
-        if let Err(next) = self.read_head(c, keepalive).await {
+        if let Err(next) = self.read_head(c).await {
             return next;
         }
+        let snap = self.shell.runtime().current.load_full();
+        c.keepalive = snap.config.server.keepalive_timeout;
+        c.head_timeout = snap.config.server.header_read_timeout;
         let routes = &snap.routes;
         let mut extra: [&str; 2] = [""; 2];
         let mut n_extra = 0;
@@ -482,12 +523,14 @@ impl Lean {
         if reason.is_shed() {
             self.shell.count_shed(reason);
         }
-        let keep = !self.shell.runtime().is_draining()
-            && !matches!(reason, Reason::HeadersTooLarge | Reason::BadRequest);
+        // A body not yet all read would be read as the next request: close after (as the
+        // shell does for an answer given before the body was read).
+        let keep = !self.shell.runtime().is_draining() && taken.in_hand == taken.body_len;
         let status = reason.status();
-        c.out.clear();
-        problem(&mut c.out, reason, detail, keep, extra);
-        let written = write_all(&mut c.stream, &c.out).await;
+        let mut out = Vec::with_capacity(512);
+        let head_req = taken.method == Method::HEAD;
+        problem(&mut out, reason, detail, keep, head_req, extra);
+        let written = write_all(&mut c.stream, &out).await;
         let status = if written { status } else { 0 };
         self.done(c, ctx, taken, status, None);
         if written && keep {
@@ -519,6 +562,10 @@ impl Lean {
             },
         );
         c.rb.advance((taken.head_len + taken.in_hand).min(c.rb.len()));
+        // A long head's buffer is not kept for the connection's idle time.
+        if c.rb.is_empty() && c.rb.capacity() > 4 * HEAD_BUF {
+            c.rb = BytesMut::with_capacity(HEAD_BUF);
+        }
         if let Some(g) = Guarded::of(Some(&c.stream)) {
             g.response_done();
         }
@@ -527,65 +574,47 @@ impl Lean {
     /// Sends the request to the upstream and its answer to the client.
     async fn forward(&self, c: &mut Conn, mut ctx: Ctx, l: usize, taken: Taken) -> Next {
         let snap = ctx.snap.clone();
-        let up = &snap.config.listeners[l].upstream;
+        let up_cfg = &snap.config.listeners[l].upstream;
         let addr = snap.upstreams[l];
-        // The request as forwarded: the head as read, Floodgate's fields, the body.
-        let head_end = taken.head_len - 2;
-        c.out.clear();
-        c.out.extend_from_slice(&c.rb[..head_end]);
-        if let Some(ip) = &c.xff {
-            c.out.extend_from_slice(b"x-forwarded-for: ");
-            c.out.extend_from_slice(ip.as_bytes());
-            c.out.extend_from_slice(b"\r\n");
-        }
-        c.out.extend_from_slice(b"x-forwarded-proto: http\r\n");
-        let (routes, eff) = (&snap.routes, &snap.degrade);
-        for (name, value) in [
-            (&routes.level_header, &eff.level_value),
-            (&routes.features_header, &eff.features_value),
-        ] {
-            if let Some(name) = name {
-                c.out.extend_from_slice(name.as_str().as_bytes());
-                c.out.extend_from_slice(b": ");
-                c.out.extend_from_slice(value.as_bytes());
-                c.out.extend_from_slice(b"\r\n");
-            }
-        }
-        c.out.extend_from_slice(b"\r\n");
-        c.out
-            .extend_from_slice(&c.rb[taken.head_len..taken.head_len + taken.in_hand]);
-        let body_left = taken.body_len - taken.in_hand;
         let head_req = taken.method == Method::HEAD;
+        let body_left = taken.body_len - taken.in_hand;
+        // Sent again after a closed pooled connection only when it is all in hand and may be
+        // sent twice (the app may have acted on it before the connection closed).
+        let retry = body_left == 0 && taken.method.is_idempotent();
         let mut fresh = false;
         let result = loop {
             let pooled = if fresh {
                 None
             } else {
-                self.take_idle(addr, up.idle_timeout)
+                self.take_idle(addr, up_cfg.idle_timeout, !retry)
             };
             let reused = pooled.is_some();
-            let mut us = match pooled {
-                Some(s) => s,
+            let mut up = match pooled {
+                Some(u) => u,
                 None => {
                     let mut peer = HttpPeer::new(addr, false, String::new());
-                    peer.options.connection_timeout = Some(up.connect_timeout);
+                    peer.options.connection_timeout = Some(up_cfg.connect_timeout);
                     match self.connector.new_stream(&peer).await {
-                        Ok(s) => s,
+                        Ok(stream) => Upstream {
+                            stream,
+                            ub: BytesMut::with_capacity(UP_BUF),
+                            out: Vec::with_capacity(1024),
+                        },
                         Err(_) => break Err(Failed::Answer(Reason::UpstreamUnavailable)),
                     }
                 }
             };
-            let timeouts = (up.read_timeout, up.write_timeout);
+            request(&mut up.out, c, &taken, &snap);
+            let timeouts = (up_cfg.read_timeout, up_cfg.write_timeout);
             match self
-                .relay(c, &mut ctx, &mut us, reused, head_req, body_left, timeouts)
+                .relay(c, &mut ctx, &mut up, reused, head_req, body_left, timeouts)
                 .await
             {
-                // Sent once more on a new connection only when the whole request is in hand.
-                Err(Failed::Stale) if !fresh && body_left == 0 => fresh = true,
+                Err(Failed::Stale) if !fresh && retry => fresh = true,
                 Err(Failed::Stale) => break Err(Failed::Answer(Reason::UpstreamError)),
                 Ok((status, reusable, keep)) => {
                     if reusable {
-                        self.put_idle(addr, us);
+                        self.put_idle(addr, up, up_cfg.idle_timeout);
                     }
                     break Ok((status, keep));
                 }
@@ -605,19 +634,27 @@ impl Lean {
                 // As the shell's `fail_to_proxy`: the answer says `Connection: close`.
                 ctx.reason = Some(reason);
                 let status = reason.status();
-                c.out.clear();
-                problem(&mut c.out, reason, None, false, &[]);
-                let written = write_all(&mut c.stream, &c.out).await;
-                self.done(c, ctx, &taken, if written { status } else { 0 }, None);
+                let mut out = Vec::with_capacity(512);
+                problem(&mut out, reason, None, false, head_req, &[]);
+                let written = write_all(&mut c.stream, &out).await;
+                let error = failure(reason);
+                self.done(
+                    c,
+                    ctx,
+                    &taken,
+                    if written { status } else { 0 },
+                    Some(&error),
+                );
                 Next::Close
             }
             Err(Failed::Cut(reason, status)) => {
                 ctx.reason = Some(reason);
-                self.done(c, ctx, &taken, status, None);
+                let error = failure(reason);
+                self.done(c, ctx, &taken, status, Some(&error));
                 Next::Close
             }
             Err(Failed::Client(status)) => {
-                self.done(c, ctx, &taken, status, None);
+                self.done(c, ctx, &taken, status, Some(&"the client went away"));
                 Next::Close
             }
             Err(Failed::Stale) => {
@@ -635,7 +672,7 @@ impl Lean {
         &self,
         c: &mut Conn,
         ctx: &mut Ctx,
-        us: &mut Stream,
+        up: &mut Upstream,
         reused: bool,
         head_req: bool,
         mut body_left: usize,
@@ -648,49 +685,52 @@ impl Lean {
                 Failed::Answer(r)
             }
         };
-        match tokio::time::timeout(write_timeout, write_flush(us, &c.out)).await {
+        let Upstream {
+            stream: us,
+            ub,
+            out,
+        } = up;
+        match tokio::time::timeout(write_timeout, write_flush(us, out)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(stale(Reason::UpstreamError)),
             Err(_) => return Err(Failed::Answer(Reason::UpstreamTimeout)),
         }
-        if c.ub.capacity() == 0 {
-            c.ub = BytesMut::with_capacity(UP_BUF);
-        }
-        c.ub.clear();
+        ub.clear();
         // The rest of the body, as the client sends it (exactly its length: what follows is
         // the client's next request).
         while body_left > 0 {
-            c.ub.reserve(UP_BUF);
+            ub.reserve(UP_BUF);
             let want = body_left.min(UP_BUF) as u64;
-            let n = match (&mut c.stream).take(want).read_buf(&mut c.ub).await {
-                Ok(n) if n > 0 => n,
+            let mut limited = (&mut c.stream).take(want);
+            let n = match tokio::time::timeout(BODY_READ_TIMEOUT, limited.read_buf(ub)).await {
+                Ok(Ok(n)) if n > 0 => n,
                 _ => return Err(Failed::Client(0)),
             };
             body_left -= n;
-            match tokio::time::timeout(write_timeout, write_flush(us, &c.ub)).await {
+            match tokio::time::timeout(write_timeout, write_flush(us, &ub[..])).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(Failed::Answer(Reason::UpstreamError)),
                 Err(_) => return Err(Failed::Answer(Reason::UpstreamTimeout)),
             }
-            c.ub.clear();
+            ub.clear();
         }
         // The response head (informational ones skipped).
         let mut got_any = false;
         let resp = loop {
-            match head::parse_response(&c.ub, head_req) {
+            match head::parse_response(&ub[..], head_req) {
                 Ok(Some(r)) if (100..200).contains(&r.status) => {
-                    c.ub.advance(r.head_len);
+                    ub.advance(r.head_len);
                     continue;
                 }
                 Ok(Some(r)) => break r,
                 Ok(None) => {}
                 Err(_) => return Err(Failed::Answer(Reason::UpstreamError)),
             }
-            if c.ub.len() >= MAX_RESPONSE_HEAD {
+            if ub.len() >= MAX_RESPONSE_HEAD {
                 return Err(Failed::Answer(Reason::UpstreamError));
             }
-            c.ub.reserve(UP_BUF);
-            match tokio::time::timeout(read_timeout, us.read_buf(&mut c.ub)).await {
+            ub.reserve(UP_BUF);
+            match tokio::time::timeout(read_timeout, us.read_buf(ub)).await {
                 Err(_) => return Err(Failed::Answer(Reason::UpstreamTimeout)),
                 Ok(Ok(n)) if n > 0 => got_any = true,
                 Ok(_) if !got_any => return Err(stale(Reason::UpstreamError)),
@@ -715,16 +755,16 @@ impl Lean {
         for (slot, (n, v)) in named.iter_mut().zip(&fields) {
             *slot = (n, v.as_bytes());
         }
-        c.out.clear();
+        out.clear();
         head::write_response_head(
-            &mut c.out,
-            &c.ub[..resp.head_len],
-            resp.framing,
+            out,
+            &ub[..][..resp.head_len],
+            &resp,
             keep,
             date.as_bytes(),
             &named[..fields.len().min(5)],
         );
-        c.ub.advance(resp.head_len);
+        ub.advance(resp.head_len);
         let status = resp.status;
         let cut = |r| Failed::Cut(r, status);
         let mut left = match resp.framing {
@@ -735,7 +775,7 @@ impl Lean {
         // The body: what came with the head goes out with it, the rest as it comes.
         let mut complete = false;
         loop {
-            let avail = c.ub.len();
+            let avail = ub.len();
             let take = match resp.framing {
                 Framing::Empty => 0,
                 Framing::Length(_) => {
@@ -743,17 +783,19 @@ impl Lean {
                     left -= t as u64;
                     t
                 }
-                Framing::Chunked => chunks.feed(&c.ub).map_err(|_| cut(Reason::UpstreamError))?,
+                Framing::Chunked => chunks
+                    .feed(&ub[..])
+                    .map_err(|_| cut(Reason::UpstreamError))?,
                 Framing::Close | Framing::Raw => avail,
             };
             if resp.framing == Framing::Close && take > 0 {
-                c.out.extend_from_slice(format!("{take:x}\r\n").as_bytes());
-                c.out.extend_from_slice(&c.ub[..take]);
-                c.out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(format!("{take:x}\r\n").as_bytes());
+                out.extend_from_slice(&ub[..][..take]);
+                out.extend_from_slice(b"\r\n");
             } else {
-                c.out.extend_from_slice(&c.ub[..take]);
+                out.extend_from_slice(&ub[..][..take]);
             }
-            c.ub.advance(take);
+            ub.advance(take);
             let finished = match resp.framing {
                 Framing::Empty => true,
                 Framing::Length(_) => left == 0,
@@ -765,17 +807,17 @@ impl Lean {
                 ctx.permit = None;
                 complete = true;
             }
-            if !c.out.is_empty() {
-                if !write_all(&mut c.stream, &c.out).await {
+            if !out.is_empty() {
+                if !write_all(&mut c.stream, &out[..]).await {
                     return Err(Failed::Client(status));
                 }
-                c.out.clear();
+                out.clear();
             }
             if finished {
                 break;
             }
-            c.ub.reserve(UP_BUF);
-            match tokio::time::timeout(read_timeout, us.read_buf(&mut c.ub)).await {
+            ub.reserve(UP_BUF);
+            match tokio::time::timeout(read_timeout, us.read_buf(ub)).await {
                 Err(_) => return Err(cut(Reason::UpstreamTimeout)),
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(Ok(_)) if matches!(resp.framing, Framing::Close | Framing::Raw) => {
@@ -790,7 +832,7 @@ impl Lean {
                 Ok(_) => return Err(cut(Reason::UpstreamError)),
             }
         }
-        let reusable = complete && resp.reusable && c.ub.is_empty();
+        let reusable = complete && resp.reusable && ub.is_empty();
         Ok((status, reusable, keep))
     }
 }
@@ -808,6 +850,7 @@ fn problem(
     reason: Reason,
     detail: Option<&str>,
     keep: bool,
+    head_req: bool,
     extra: &[(&str, HeaderValue)],
 ) {
     let body = crate::respond::problem(reason, detail);
@@ -834,7 +877,55 @@ fn problem(
     } else {
         b"\r\nConnection: close\r\n\r\n"
     });
-    out.extend_from_slice(body.as_bytes());
+    // An answer to HEAD has the fields of the body but not the body.
+    if !head_req {
+        out.extend_from_slice(body.as_bytes());
+    }
+}
+
+/// The request as forwarded into `out`: the head as read, Floodgate's fields, the body in
+/// hand.
+fn request(out: &mut Vec<u8>, c: &Conn, taken: &Taken, snap: &Snapshot) {
+    out.clear();
+    out.extend_from_slice(&c.rb[..taken.head_len - 2]);
+    if let Some(ip) = &c.xff {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        out.extend_from_slice(ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    // Tell the app the degradation state, so its own flag code agrees with the sidecar.
+    let (routes, eff) = (&snap.routes, &snap.degrade);
+    for (name, value) in [
+        (&routes.level_header, &eff.level_value),
+        (&routes.features_header, &eff.features_value),
+    ] {
+        if let Some(name) = name {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&c.rb[taken.head_len..taken.head_len + taken.in_hand]);
+}
+
+/// The access log's `error` for a failed forward.
+fn failure(reason: Reason) -> &'static str {
+    match reason {
+        Reason::UpstreamUnavailable => "could not connect to the upstream",
+        Reason::UpstreamTimeout => "the upstream did not answer within its timeout",
+        _ => "the upstream broke off or sent a malformed response",
+    }
+}
+
+/// True when an idle upstream connection has nothing to say: no close, no stray bytes (one
+/// read attempt that would block). A connection that fails this is dropped.
+fn quiet(s: &mut Stream) -> bool {
+    use futures_util::FutureExt;
+    let mut b = [0u8; 1];
+    s.read(&mut b).now_or_never().is_none()
 }
 
 async fn write_flush(s: &mut Stream, b: &[u8]) -> std::io::Result<()> {
