@@ -365,22 +365,8 @@ async fn a_body_sent_after_its_head_is_streamed_to_the_app() {
 #[tokio::test]
 async fn an_upstream_that_breaks_its_answer_cuts_the_client_or_gets_a_502() {
     // A malformed head: 502 with the sidecar's problem body, and the connection closed.
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut b = [0u8; 4096];
-                if s.read(&mut b).await.unwrap_or(0) > 0 {
-                    let _ = s
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
-                        )
-                        .await;
-                }
-            });
-        }
-    });
+    let port =
+        answering(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab").await;
     let fg = Sidecar::start(port, "").await;
     let mut c = Client::connect(fg.port).await;
     c.send(b"GET /x HTTP/1.1\r\nhost: app\r\n\r\n").await;
