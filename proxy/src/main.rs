@@ -294,8 +294,11 @@ fn start(
         // No L4 read buffer: pingora's default is 64 KiB per connection, which made each queued
         // request cost ~94 KB of resident memory (10,000 queued: ~900 MiB). Plaintext HTTP reads
         // into pingora's own header buffer directly, so the buffer saves no syscalls here.
+        // No L4 write buffer either: the fast path writes each head and body in one call,
+        // and pingora's 1.4 KiB buffer was held by every open connection, queued or idle.
         proxy.add_listener(
-            ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
+            ListenerConfig::tcp(listen.to_string())
+                .l4_buffer(L4BufferSettings::default().read(0).write(0)),
         );
         server.add_service(proxy);
     }

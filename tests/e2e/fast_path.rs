@@ -489,3 +489,61 @@ async fn a_pipelined_head_that_stops_halfway_is_closed_after_the_head_timeout() 
     assert!(closed.is_ok(), "still open 10 s after a half head");
     assert!(!up.heads().iter().any(|h| h.contains("/next")));
 }
+
+#[tokio::test]
+async fn bytes_an_upstream_sends_after_its_response_never_reach_the_next_client() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (go, mut go_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (sent, mut sent_rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut s, _)) = l.accept().await {
+            let stray = std::mem::take(&mut first);
+            let (mut go_rx, sent) = (
+                if stray {
+                    Some(std::mem::replace(
+                        &mut go_rx,
+                        tokio::sync::mpsc::channel(1).1,
+                    ))
+                } else {
+                    None
+                },
+                sent.clone(),
+            );
+            tokio::spawn(async move {
+                let mut b = [0u8; 4096];
+                let mut answered = 0;
+                while s.read(&mut b).await.unwrap_or(0) > 0 {
+                    let reply: &[u8] = match (stray, answered) {
+                        (true, 0) => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                        (true, _) => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nreused",
+                        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh",
+                    };
+                    s.write_all(reply).await.unwrap();
+                    answered += 1;
+                    if let Some(rx) = go_rx.as_mut().filter(|_| answered == 1) {
+                        // After the response, once told: bytes of no response's.
+                        rx.recv().await;
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON")
+                            .await
+                            .unwrap();
+                        sent.send(()).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let fg = Sidecar::start(port, "").await;
+    let mut a = Client::connect(fg.port).await;
+    a.send(b"GET /a HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    assert_eq!(a.reply("GET").await.body, b"ok");
+    go.send(()).await.unwrap();
+    sent_rx.recv().await.unwrap();
+    // Another client, on a connection of its own: the pooled upstream connection has bytes
+    // waiting that are no answer to it.
+    let mut b = Client::connect(fg.port).await;
+    b.send(b"GET /b HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    let r = b.reply("GET").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"fresh"[..]), "{r:?}");
+}

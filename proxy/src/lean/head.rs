@@ -103,6 +103,11 @@ pub fn parse_request<'h, 'b>(
     headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
     extra: &[&str],
 ) -> (Parsed<'b>, &'h [httparse::Header<'b>]) {
+    // Empty lines before a request (RFC 9112 §2.2) are pingora's to skip: the head is
+    // forwarded as read.
+    if buf.first().is_some_and(|&b| b == b'\r' || b == b'\n') {
+        return (Parsed::Other, &[]);
+    }
     let mut req = httparse::Request::new(&mut headers[..]);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -198,6 +203,8 @@ pub struct Response {
     pub framing: Framing,
     /// The upstream's connection may carry another request after this one.
     pub reusable: bool,
+    /// The client's connection stays open after this response.
+    pub keep_alive: bool,
 }
 
 /// Why an upstream response head is refused (the client gets 502).
@@ -209,35 +216,81 @@ pub enum Broken {
     Upgrade,
 }
 
-/// Parses an upstream response head from `buf` (pingora-core's client parser options);
-/// `Ok(None)` when more bytes are needed. Informational heads (1xx but 101) come back with
-/// their status: the caller drops them and reads on, as pingora does for a request that did
-/// not ask for `100-continue`.
-pub fn parse_response(buf: &[u8], head_req: bool) -> Result<Option<Response>, Broken> {
-    // pingora-core's limit (256 fields).
-    let mut headers = [httparse::EMPTY_HEADER; 256];
-    let mut resp = httparse::Response::new(&mut headers);
+/// How the client's response head is written from the upstream's (see [`parse_response`]).
+pub struct Rewrite<'a> {
+    /// Where the head goes.
+    pub out: &'a mut Vec<u8>,
+    /// The client's connection may stay open (a body only its close can end closes it).
+    pub keep_alive: bool,
+    /// `Date`'s value.
+    pub date: &'a [u8],
+    /// Fields added last (the rate-limit fields), replacing the upstream's of the same name.
+    pub fields: &'a [(&'a str, &'a [u8])],
+}
+
+/// Fields a parse takes on the stack; a head with more is parsed again with pingora's limit.
+const STACK_FIELDS: usize = 64;
+/// pingora-core's limit of fields in a response head.
+const MAX_FIELDS: usize = 256;
+
+/// Parses an upstream response head from `buf` (pingora-core's client parser options) and,
+/// for a final one, writes the client's head into `w`; `Ok(None)` when more bytes are needed.
+/// Informational heads (1xx but 101) come back with their status and nothing written: the
+/// caller drops them and reads on, as pingora does for a request that did not ask for
+/// `100-continue`.
+///
+/// The client's head is written the way pingora-proxy writes it: the status line from its
+/// parts (HTTP/1.1 when a close-delimited body is re-framed as chunked), then every field as
+/// `name: value` (white space around the name gone, an obsolete line fold replaced by spaces,
+/// RFC 9112 §5.1–5.2) but `connection` and `date`, which are set here (`Date` from pingora's
+/// cached clock, `Connection` by whether the client's connection stays open), and but
+/// `content-length` beside a transfer coding; `transfer-encoding: chunked` for a
+/// close-delimited body; then `w.fields`.
+pub fn parse_response(
+    buf: &[u8],
+    head_req: bool,
+    w: &mut Rewrite<'_>,
+) -> Result<Option<Response>, Broken> {
+    let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
+    match parse_with(buf, head_req, w, &mut stack) {
+        Err(None) => {
+            let mut heap = vec![httparse::EMPTY_HEADER; MAX_FIELDS];
+            parse_with(buf, head_req, w, &mut heap).map_err(|_| Broken::Malformed)
+        }
+        r => r.map_err(|e| e.unwrap_or(Broken::Malformed)),
+    }
+}
+
+/// [`parse_response`] with `headers` for the fields; `Err(None)`: more fields than that.
+fn parse_with<'b>(
+    buf: &'b [u8],
+    head_req: bool,
+    w: &mut Rewrite<'_>,
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<Response>, Option<Broken>> {
+    let mut resp = httparse::Response::new(headers);
     let mut config = httparse::ParserConfig::default();
     config.allow_spaces_after_header_name_in_responses(true);
     config.allow_obsolete_multiline_headers_in_responses(true);
     let head_len = match config.parse_response(&mut resp, buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(Broken::Malformed),
+        Err(httparse::Error::TooManyHeaders) => return Err(None),
+        Err(_) => return Err(Some(Broken::Malformed)),
     };
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
-        return Err(Broken::Malformed);
+        return Err(Some(Broken::Malformed));
     };
     if status == 101 {
-        return Err(Broken::Upgrade);
+        return Err(Some(Broken::Upgrade));
     }
     let mut reusable = version == 1;
     let (mut len, mut chunked, mut coded) = (None, false, false);
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = length(h.value.trim_ascii()).ok_or(Broken::Malformed)?;
+            let n = length(h.value.trim_ascii()).ok_or(Some(Broken::Malformed))?;
             if len.is_some_and(|l| l != n) {
-                return Err(Broken::Malformed);
+                return Err(Some(Broken::Malformed));
             }
             len = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -261,9 +314,11 @@ pub fn parse_response(buf: &[u8], head_req: bool) -> Result<Option<Response>, Br
     }
     let framing = if head_req || status == 204 || status == 304 || (100..200).contains(&status) {
         Framing::Empty
-    } else if coded && chunked {
+    } else if coded && chunked && version == 1 {
         Framing::Chunked
     } else if coded {
+        // A coding other than chunked last, or any in an HTTP/1.0 message, whose framing is
+        // then faulty (RFC 9112 §6.1): only the close ends it.
         Framing::Raw
     } else {
         match len {
@@ -275,64 +330,65 @@ pub fn parse_response(buf: &[u8], head_req: bool) -> Result<Option<Response>, Br
     if matches!(framing, Framing::Close | Framing::Raw) {
         reusable = false;
     }
-    Ok(Some(Response {
+    let r = Response {
         head_len,
         coded,
         status,
         framing,
         reusable,
-    }))
+        keep_alive: w.keep_alive && framing != Framing::Raw,
+    };
+    if !(100..200).contains(&status) {
+        write_head(w, &r, version, resp.reason.unwrap_or(""), resp.headers);
+    }
+    Ok(Some(r))
 }
 
-/// Writes the client's response head from the upstream's `head` (as parsed by
-/// [`parse_response`]), the way pingora-proxy rewrites it: the status line as sent (HTTP/1.1
-/// when a close-delimited body is re-framed as chunked), every field but `connection` and
-/// `date`, which it sets itself (`Date` from pingora's cached clock, `Connection` by whether
-/// the client's connection stays open), `transfer-encoding: chunked` for a close-delimited
-/// body, then `fields` (the rate-limit fields), which replace the upstream's of the same name.
-pub fn write_response_head(
-    out: &mut Vec<u8>,
-    head: &[u8],
+fn write_head(
+    w: &mut Rewrite<'_>,
     r: &Response,
-    keep_alive: bool,
-    date: &[u8],
-    fields: &[(&str, &[u8])],
+    version: u8,
+    reason: &str,
+    fields: &[httparse::Header<'_>],
 ) {
+    let out = &mut *w.out;
     let framing = r.framing;
-    // Line by line: CRLF or bare LF, a folded line going with the one before it.
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let line = lines.next().unwrap_or(b"");
-    if framing == Framing::Close && line.starts_with(b"HTTP/1.0") {
-        out.extend_from_slice(b"HTTP/1.1");
-        out.extend_from_slice(&line[8..]);
+    out.extend_from_slice(if version == 0 && framing != Framing::Close {
+        b"HTTP/1.0 "
     } else {
-        out.extend_from_slice(line);
-    }
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(headers_int(r.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut keep = true;
-    for l in lines {
-        if l.is_empty() {
+    for h in fields {
+        let name = h.name.trim_ascii();
+        if name.eq_ignore_ascii_case("connection")
+            || name.eq_ignore_ascii_case("date")
+            || (r.coded && name.eq_ignore_ascii_case("content-length"))
+            || w.fields.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
+        {
             continue;
         }
-        if !(l[0] == b' ' || l[0] == b'\t') {
-            let name = l.split(|&b| b == b':').next().unwrap_or(b"").trim_ascii();
-            keep = !(name.eq_ignore_ascii_case(b"connection")
-                || name.eq_ignore_ascii_case(b"date")
-                || (r.coded && name.eq_ignore_ascii_case(b"content-length"))
-                || fields
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        let value = h.value.trim_ascii();
+        if value.iter().any(|&b| b == b'\r' || b == b'\n') {
+            // An obsolete line fold: each CR and LF becomes a space.
+            out.extend(
+                value
                     .iter()
-                    .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes())));
+                    .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+            );
+        } else {
+            out.extend_from_slice(value);
         }
-        if keep {
-            out.extend_from_slice(l);
-            out.extend_from_slice(b"\r\n");
-        }
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Date: ");
-    out.extend_from_slice(date);
-    out.extend_from_slice(if keep_alive {
+    out.extend_from_slice(w.date);
+    out.extend_from_slice(if r.keep_alive {
         b"\r\nConnection: keep-alive\r\n"
     } else {
         b"\r\nConnection: close\r\n"
@@ -340,13 +396,18 @@ pub fn write_response_head(
     if framing == Framing::Close {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    for (n, v) in fields {
+    for (n, v) in w.fields {
         out.extend_from_slice(n.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// A status code's three digits.
+fn headers_int(status: u16) -> http::HeaderValue {
+    floodgate_policy::headers::int_value(u64::from(status))
 }
 
 #[cfg(test)]
@@ -396,6 +457,7 @@ mod tests {
             b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /a HTTP/1.1\r\nHost : x\r\n\r\n",
             b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /a HTTP/1.1\r\nHost: u@x\r\n\r\n",
             b"GET /a\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
@@ -423,11 +485,20 @@ mod tests {
         assert_eq!(Fields(f).header("b"), None);
     }
 
+    fn parse(raw: &[u8], head: bool) -> Result<Option<(Framing, bool)>, Broken> {
+        let mut out = Vec::new();
+        let mut w = Rewrite {
+            out: &mut out,
+            keep_alive: true,
+            date: b"now",
+            fields: &[],
+        };
+        parse_response(raw, head, &mut w).map(|r| r.map(|r| (r.framing, r.reusable)))
+    }
+
     #[test]
     fn responses_are_framed_as_rfc_9112_says() {
-        let f = |raw: &[u8], head| {
-            parse_response(raw, head).map(|r| r.map(|r| (r.framing, r.reusable)))
-        };
+        let f = parse;
         assert_eq!(
             f(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
             Ok(Some((Framing::Length(5), true)))
@@ -450,6 +521,13 @@ mod tests {
         assert_eq!(
             f(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                false
+            ),
+            Ok(Some((Framing::Raw, false)))
+        );
+        assert_eq!(
+            f(
+                b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                 false
             ),
             Ok(Some((Framing::Raw, false)))
@@ -482,12 +560,24 @@ mod tests {
         );
         assert_eq!(f(b"HTTP/1.1 200 OK\r\nContent-Le", false), Ok(None));
         assert!(f(b"HTTX/1.1 200 OK\r\n\r\n", false).is_err());
+        // More fields than the stack holds: parsed again with pingora's limit.
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..100 {
+            many.extend_from_slice(format!("x-{i}: {i}\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"content-length: 0\r\n\r\n");
+        assert_eq!(f(&many, false), Ok(Some((Framing::Empty, true))));
     }
 
     fn write(head: &[u8], keep: bool, fields: &[(&str, &[u8])]) -> String {
-        let r = parse_response(head, false).unwrap().unwrap();
         let mut out = Vec::new();
-        write_response_head(&mut out, &head[..r.head_len], &r, keep, b"now", fields);
+        let mut w = Rewrite {
+            out: &mut out,
+            keep_alive: keep,
+            date: b"now",
+            fields,
+        };
+        parse_response(head, false, &mut w).unwrap().unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -506,6 +596,11 @@ mod tests {
         assert_eq!(
             write(b"HTTP/1.1 200 OK\nA: 1\nContent-Length: 0\nTransfer-Encoding: chunked\n\n", true, &[]),
             "HTTP/1.1 200 OK\r\nA: 1\r\nTransfer-Encoding: chunked\r\nDate: now\r\nConnection: keep-alive\r\n\r\n"
+        );
+        // White space before the colon goes; a folded value is joined with spaces.
+        assert_eq!(
+            write(b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\nX-A: a\r\n b\r\n\r\n", true, &[]),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: a   b\r\nDate: now\r\nConnection: keep-alive\r\n\r\n"
         );
     }
 }

@@ -64,11 +64,7 @@ const UP_BUF: usize = 16 * 1024;
 const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
 /// How long one read of a request body may wait (pingora's HTTP/1 server default).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// An idle upstream connection is checked for a close or stray bytes before reuse once it
-/// has been idle this long (or always, for a request that must not be sent twice); a
-/// connection reused sooner is trusted, and a closed one found by its first read is tried
-/// again on a new one.
-const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Idle upstream connections kept per listener.
 const POOL_MAX: usize = 256;
 
@@ -197,9 +193,10 @@ impl Lean {
             && !(eff.aggressive && routes.aggressive.get(r).copied().unwrap_or(true))
     }
 
-    /// An idle connection to `addr`, the most recent first; `check`: look at it for a close
-    /// or stray bytes even if it was idle only briefly.
-    fn take_idle(&self, addr: SocketAddr, idle: Duration, check: bool) -> Option<Upstream> {
+    /// An idle connection to `addr`, the most recent first. Each is looked at for a close or
+    /// stray bytes first (one read that would block): bytes an upstream sent after its
+    /// response's end would otherwise be read as the next client's response.
+    fn take_idle(&self, addr: SocketAddr, idle: Duration) -> Option<Upstream> {
         loop {
             let i = self.pool.lock().ok()?.pop()?;
             let age = i.since.elapsed();
@@ -207,7 +204,7 @@ impl Lean {
                 continue;
             }
             let mut up = i.up;
-            if (check || age >= CHECK_IDLE_AFTER) && !quiet(&mut up.stream) {
+            if !quiet(&mut up.stream) {
                 continue;
             }
             return Some(up);
@@ -330,14 +327,10 @@ impl Lean {
         }
     }
 
-    /// One request on the fast path, or the decision that it is pingora's.
-    async fn exchange(self: &Arc<Self>, c: &mut Conn) -> Next {
-        if let Err(next) = self.read_head(c).await {
-            return next;
-        }
-        let snap = self.shell.runtime().current.load_full();
-        c.keepalive = snap.config.server.keepalive_timeout;
-        c.head_timeout = snap.config.server.header_read_timeout;
+    /// Parses the head in the read buffer, decides whether the fast path serves it, and
+    /// checks its limits: the request taken on, or what follows instead (`Pingora` before any
+    /// decision had an effect, or the end of a refused exchange).
+    async fn take(&self, c: &mut Conn, snap: Arc<Snapshot>) -> Result<(Ctx, Taken, usize), Next> {
         let routes = &snap.routes;
         let mut extra: [&str; 2] = [""; 2];
         let mut n_extra = 0;
@@ -351,27 +344,27 @@ impl Lean {
         let mut h = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
         let (parsed, fields) = head::parse_request(&c.rb, &mut h, &extra[..n_extra]);
         let Parsed::Lean(req) = parsed else {
-            return Next::Pingora;
+            return Err(Next::Pingora);
         };
         let Some(l) = snap.lanes.get(self.shell.index()).copied().flatten() else {
-            return Next::Pingora;
+            return Err(Next::Pingora);
         };
         let target_path = req.path();
         match snap.config.server.path_normalization {
             PathNormalization::Off => {}
             PathNormalization::Strict => {
                 if path::strict(target_path.as_bytes()).is_err() {
-                    return Next::Pingora;
+                    return Err(Next::Pingora);
                 }
             }
             _ => match path::canonical(target_path.as_bytes()) {
                 Ok(std::borrow::Cow::Borrowed(_)) => {}
                 Ok(std::borrow::Cow::Owned(p)) if p.as_bytes() == target_path.as_bytes() => {}
-                _ => return Next::Pingora,
+                _ => return Err(Next::Pingora),
             },
         }
         let Ok(method) = Method::from_bytes(req.method.as_bytes()) else {
-            return Next::Pingora;
+            return Err(Next::Pingora);
         };
         let lookup = Fields(fields);
         let lane = self.shell.lane();
@@ -386,7 +379,7 @@ impl Lean {
         if head::header_bytes(req.target, fields) > snap.config.server.max_request_header_bytes
             || !Self::plain_route(&snap, route)
         {
-            return Next::Pingora;
+            return Err(Next::Pingora);
         }
         // From here on the request is the fast path's: decisions have effects.
         self.served.inc();
@@ -425,12 +418,34 @@ impl Lean {
                     extra.push((n, v));
                     Ok(())
                 });
-                return self
+                return Err(self
                     .answer(c, ctx, &taken, Reason::RateLimited, Some(&detail), &extra)
-                    .await;
+                    .await);
             }
             ctx.limit = verdict;
         }
+        Ok((ctx, taken, l))
+    }
+
+    /// One request on the fast path, or the decision that it is pingora's.
+    async fn exchange(self: &Arc<Self>, c: &mut Conn) -> Next {
+        if let Err(next) = self.read_head(c).await {
+            return next;
+        }
+        let snap = self.shell.runtime().current.load_full();
+        c.keepalive = snap.config.server.keepalive_timeout;
+        c.head_timeout = snap.config.server.header_read_timeout;
+        // The head's parse and the limits in a step of their own: its fields (a borrow of
+        // the read buffer) and their array are gone before the queue wait, so a queued
+        // request's task does not hold them.
+        let (mut ctx, taken, l) = match self.take(c, snap).await {
+            Ok(t) => t,
+            Err(next) => return next,
+        };
+        let snap = ctx.snap.clone();
+        let routes = &snap.routes;
+        let route = ctx.route;
+        let lane = self.shell.lane();
         if snap.config.circuit_breaker.is_some() {
             let (admit, t) = lane.breaker.admit();
             self.shell.breaker_moved(&ctx, t);
@@ -586,7 +601,7 @@ impl Lean {
             let pooled = if fresh {
                 None
             } else {
-                self.take_idle(addr, up_cfg.idle_timeout, !retry)
+                self.take_idle(addr, up_cfg.idle_timeout)
             };
             let reused = pooled.is_some();
             let mut up = match pooled {
@@ -714,10 +729,37 @@ impl Lean {
             }
             ub.clear();
         }
+        // The client's head is written as the upstream's is parsed: its fields first.
+        let snap = &ctx.snap;
+        let date = pingora_core::protocols::http::date::get_cached_date();
+        let mut fields: Vec<(&str, HeaderValue)> = Vec::new();
+        if let Some(v) = ctx
+            .limit
+            .as_ref()
+            .filter(|v| shell::fields_on_admitted(snap, v))
+        {
+            let _ = shell::rate_limit_fields(snap, v, &mut |n, v| {
+                fields.push((n, v));
+                Ok(())
+            });
+        }
+        let mut named: [(&str, &[u8]); 5] = [("", b""); 5];
+        for (slot, (n, v)) in named.iter_mut().zip(&fields) {
+            *slot = (n, v.as_bytes());
+        }
+        out.clear();
+        let mut rewrite = head::Rewrite {
+            out,
+            keep_alive: !self.shell.runtime().is_draining(),
+            date: date.as_bytes(),
+            fields: &named[..fields.len().min(5)],
+        };
         // The response head (informational ones skipped).
         let mut got_any = false;
         let resp = loop {
-            match head::parse_response(&ub[..], head_req) {
+            // SIGTERM may have come while the upstream worked on this request.
+            rewrite.keep_alive = !self.shell.runtime().is_draining();
+            match head::parse_response(&ub[..], head_req, &mut rewrite) {
                 Ok(Some(r)) if (100..200).contains(&r.status) => {
                     ub.advance(r.head_len);
                     continue;
@@ -737,33 +779,7 @@ impl Lean {
                 Ok(_) => return Err(Failed::Answer(Reason::UpstreamError)),
             }
         };
-        let snap = &ctx.snap;
-        let keep = !self.shell.runtime().is_draining() && resp.framing != Framing::Raw;
-        let date = pingora_core::protocols::http::date::get_cached_date();
-        let mut fields: Vec<(&str, HeaderValue)> = Vec::new();
-        if let Some(v) = ctx
-            .limit
-            .as_ref()
-            .filter(|v| shell::fields_on_admitted(snap, v))
-        {
-            let _ = shell::rate_limit_fields(snap, v, &mut |n, v| {
-                fields.push((n, v));
-                Ok(())
-            });
-        }
-        let mut named: [(&str, &[u8]); 5] = [("", b""); 5];
-        for (slot, (n, v)) in named.iter_mut().zip(&fields) {
-            *slot = (n, v.as_bytes());
-        }
-        out.clear();
-        head::write_response_head(
-            out,
-            &ub[..][..resp.head_len],
-            &resp,
-            keep,
-            date.as_bytes(),
-            &named[..fields.len().min(5)],
-        );
+        let keep = resp.keep_alive;
         ub.advance(resp.head_len);
         let status = resp.status;
         let cut = |r| Failed::Cut(r, status);
@@ -943,7 +959,7 @@ async fn write_all(s: &mut Stream, b: &[u8]) -> bool {
 /// buffer grows only if they come; a client that sends more than a head's worth is not
 /// watched further.
 async fn watch_client(c: &mut Conn) {
-    let mut chunk = [0u8; 256];
+    let mut chunk = [0u8; 64];
     loop {
         if c.rb.len() >= MAX_HEAD {
             std::future::pending::<()>().await;
