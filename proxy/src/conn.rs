@@ -104,7 +104,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let server = self.rt.current.load().config.server.clone();
+        // Only the two settings, not a clone of the section: this future lives as long as
+        // the connection.
+        let (max_connections, header_read_timeout) = {
+            let snap = self.rt.current.load();
+            let server = &snap.config.server;
+            (server.max_connections, server.header_read_timeout)
+        };
         let metrics = &self.rt.metrics;
         // One count for every listener: `server.max_connections` is the sidecar's.
         let open = self.rt.connections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -113,20 +119,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
             open: &self.rt.connections,
             gauge: &metrics.connections_open,
         };
-        if open > server.max_connections {
+        if open > max_connections {
             metrics.connections_refused.inc();
             tracing::debug!(
                 open,
-                max = server.max_connections,
+                max = max_connections,
                 "connection refused: server.max_connections are open"
             );
             return None;
         }
-        let mut g = Guarded::new(
-            stream,
-            server.header_read_timeout,
-            metrics.header_timeouts.clone(),
-        );
+        let mut g = Guarded::new(stream, header_read_timeout, metrics.header_timeouts.clone());
         match g.sniff().await {
             Ok(()) => {}
             Err(Sniffed::Closed) => return None,

@@ -435,10 +435,10 @@ impl Lean {
         let snap = self.shell.runtime().current.load_full();
         c.keepalive = snap.config.server.keepalive_timeout;
         c.head_timeout = snap.config.server.header_read_timeout;
-        // The head's parse and the limits in a step of their own: its fields (a borrow of
-        // the read buffer) and their array are gone before the queue wait, so a queued
-        // request's task does not hold them.
-        let (mut ctx, taken, l) = match self.take(c, snap).await {
+        // The head's parse and the limits in a step of their own, boxed: its fields' array
+        // (1.5 KiB) would otherwise be part of this future's size, which a queued request's
+        // task holds.
+        let (mut ctx, taken, l) = match Box::pin(self.take(c, snap)).await {
             Ok(t) => t,
             Err(next) => return next,
         };
