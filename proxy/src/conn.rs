@@ -37,7 +37,7 @@ use crate::state::Runtime;
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The answer to a head that did not arrive in time.
-const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nfloodgate-reason: header_timeout\r\n\r\n";
+pub(crate) const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nfloodgate-reason: header_timeout\r\n\r\n";
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +154,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
     }
 }
 
-fn timed_out(timeouts: &prometheus::IntCounterVec, partial: bool) {
+pub(crate) fn timed_out(timeouts: &prometheus::IntCounterVec, partial: bool) {
     let head = if partial { "partial" } else { "idle" };
     timeouts.with_label_values(&[head]).inc();
     tracing::debug!(

@@ -199,7 +199,7 @@ impl Client {
             headers,
             body: Vec::new(),
         };
-        if method == "HEAD" || status == 204 || status == 304 {
+        if method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status) {
             return r;
         }
         if r.header("transfer-encoding") == Some("chunked") {
@@ -268,6 +268,14 @@ async fn every_upstream_framing_reaches_a_keep_alive_client_intact() {
     for (method, path, status, body) in cases {
         c.send(format!("{method} {path} HTTP/1.1\r\nhost: app\r\n\r\n").as_bytes())
             .await;
+        if path == "/hints" {
+            // An informational answer is passed on as it came (as pingora does), then the
+            // final one.
+            let hint = c.reply(method).await;
+            assert_eq!(hint.status, 103, "{hint:?}");
+            assert_eq!(hint.header("link"), Some("</s.css>"), "{hint:?}");
+            assert_eq!(hint.header("connection"), None, "{hint:?}");
+        }
         let r = c.reply(method).await;
         assert_eq!(r.status, status, "{method} {path}: {r:?}");
         assert_eq!(r.body, body, "{method} {path}: {r:?}");
@@ -459,6 +467,14 @@ async fn a_response_with_both_framings_or_bare_lf_lines_reaches_the_client_well_
     let r = c.reply("GET").await;
     assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{r:?}");
     assert_eq!(r.header("content-length"), None, "{r:?}");
+    // A chunked body broken before anything was sent: 502, not a cut.
+    let port = answering(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
+    let fg = Sidecar::start(port, "").await;
+    let mut c = Client::connect(fg.port).await;
+    c.send(b"GET /x HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    let r = c.reply("GET").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.header("floodgate-reason"), Some("upstream_error"));
     // Bare LF line ends come out as CRLF.
     let port = answering(b"HTTP/1.1 200 OK\nx-a: 1\ncontent-length: 2\n\nok").await;
     let fg = Sidecar::start(port, "").await;
@@ -480,6 +496,10 @@ async fn a_pipelined_head_that_stops_halfway_is_closed_after_the_head_timeout() 
     c.send(b"GET /len HTTP/1.1\r\nhost: app\r\n\r\nGET /next HT")
         .await;
     assert_eq!(c.reply("GET").await.status, 200);
+    // Answered as a partial head past its deadline is: 408, counted, then closed.
+    let r = c.reply("GET").await;
+    assert_eq!(r.status, 408, "{r:?}");
+    assert_eq!(r.header("floodgate-reason"), Some("header_timeout"));
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -488,6 +508,8 @@ async fn a_pipelined_head_that_stops_halfway_is_closed_after_the_head_timeout() 
     .await;
     assert!(closed.is_ok(), "still open 10 s after a half head");
     assert!(!up.heads().iter().any(|h| h.contains("/next")));
+    fg.wait_metric("floodgate_header_timeouts_total{head=\"partial\"}", 1.0)
+        .await;
 }
 
 #[tokio::test]

@@ -235,9 +235,8 @@ const MAX_FIELDS: usize = 256;
 
 /// Parses an upstream response head from `buf` (pingora-core's client parser options) and,
 /// for a final one, writes the client's head into `w`; `Ok(None)` when more bytes are needed.
-/// Informational heads (1xx but 101) come back with their status and nothing written: the
-/// caller drops them and reads on, as pingora does for a request that did not ask for
-/// `100-continue`.
+/// Informational heads (1xx but 101) come back with their status, written as they came: the
+/// caller passes them on and reads on, as pingora does.
 ///
 /// The client's head is written the way pingora-proxy writes it: the status line from its
 /// parts (HTTP/1.1 when a close-delimited body is re-framed as chunked), then every field as
@@ -283,6 +282,28 @@ fn parse_with<'b>(
     };
     if status == 101 {
         return Err(Some(Broken::Upgrade));
+    }
+    if status < 100 {
+        return Err(Some(Broken::Malformed));
+    }
+    if status < 200 {
+        // Informational: passed on as it came, its fields normalized, with nothing of the
+        // sidecar's (pingora does not add `Date` or `Connection` to a 1xx either).
+        write_info(
+            w.out,
+            version,
+            status,
+            resp.reason.unwrap_or(""),
+            resp.headers,
+        );
+        return Ok(Some(Response {
+            head_len,
+            coded: false,
+            status,
+            framing: Framing::Empty,
+            reusable: false,
+            keep_alive: w.keep_alive,
+        }));
     }
     let mut reusable = version == 1;
     let (mut len, mut chunked, mut coded) = (None, false, false);
@@ -338,37 +359,31 @@ fn parse_with<'b>(
         reusable,
         keep_alive: w.keep_alive && framing != Framing::Raw,
     };
-    if !(100..200).contains(&status) {
-        write_head(w, &r, version, resp.reason.unwrap_or(""), resp.headers);
-    }
+    write_head(w, &r, version, resp.reason.unwrap_or(""), resp.headers);
     Ok(Some(r))
 }
 
-fn write_head(
-    w: &mut Rewrite<'_>,
-    r: &Response,
+/// A status line and its fields, `name: value`, white space around names and folds gone.
+fn write_fields(
+    out: &mut Vec<u8>,
     version: u8,
+    status: u16,
     reason: &str,
     fields: &[httparse::Header<'_>],
+    skip: impl Fn(&str) -> bool,
 ) {
-    let out = &mut *w.out;
-    let framing = r.framing;
-    out.extend_from_slice(if version == 0 && framing != Framing::Close {
+    out.extend_from_slice(if version == 0 {
         b"HTTP/1.0 "
     } else {
         b"HTTP/1.1 "
     });
-    out.extend_from_slice(headers_int(r.status).as_bytes());
+    out.extend_from_slice(headers_int(status).as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in fields {
         let name = h.name.trim_ascii();
-        if name.eq_ignore_ascii_case("connection")
-            || name.eq_ignore_ascii_case("date")
-            || (r.coded && name.eq_ignore_ascii_case("content-length"))
-            || w.fields.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
-        {
+        if skip(name) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -386,6 +401,41 @@ fn write_head(
         }
         out.extend_from_slice(b"\r\n");
     }
+}
+
+fn write_info(
+    out: &mut Vec<u8>,
+    version: u8,
+    status: u16,
+    reason: &str,
+    fields: &[httparse::Header<'_>],
+) {
+    write_fields(out, version, status, reason, fields, |_| false);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_head(
+    w: &mut Rewrite<'_>,
+    r: &Response,
+    version: u8,
+    reason: &str,
+    fields: &[httparse::Header<'_>],
+) {
+    let framing = r.framing;
+    // HTTP/1.1 when a close-delimited body is re-framed as chunked.
+    let version = if framing == Framing::Close {
+        1
+    } else {
+        version
+    };
+    let added = w.fields;
+    write_fields(w.out, version, r.status, reason, fields, |name| {
+        name.eq_ignore_ascii_case("connection")
+            || name.eq_ignore_ascii_case("date")
+            || (r.coded && name.eq_ignore_ascii_case("content-length"))
+            || added.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
+    });
+    let out = &mut *w.out;
     out.extend_from_slice(b"Date: ");
     out.extend_from_slice(w.date);
     out.extend_from_slice(if r.keep_alive {

@@ -203,15 +203,22 @@ impl Lean {
             if i.addr != addr || age >= idle {
                 continue;
             }
-            let mut up = i.up;
-            if !quiet(&mut up.stream) {
+            let up = i.up;
+            if !quiet(&up.stream) {
                 continue;
             }
             return Some(up);
         }
     }
 
-    fn put_idle(&self, addr: SocketAddr, up: Upstream, idle: Duration) {
+    fn put_idle(&self, addr: SocketAddr, mut up: Upstream, idle: Duration) {
+        // A long response head grew the buffers: an idle connection keeps ordinary ones.
+        if up.ub.capacity() > 2 * UP_BUF {
+            up.ub = BytesMut::with_capacity(UP_BUF);
+        }
+        if up.out.capacity() > 2 * UP_BUF {
+            up.out = Vec::with_capacity(1024);
+        }
         if let Ok(mut pool) = self.pool.lock() {
             // The oldest are at the bottom: drop those past the idle timeout.
             let expired = pool
@@ -296,8 +303,12 @@ impl Lean {
             let idle = c.rb.is_empty() && !c.first && !waited;
             waited = true;
             let n = if idle {
-                // Between requests: the keep-alive timeout, and pingora's shutdown.
-                if self.closing.load(Ordering::Relaxed) {
+                // Between requests: the keep-alive timeout, and pingora's shutdown (the wait
+                // for it registered before the flag is read, so a shutdown between is seen).
+                let closed = self.closed.notified();
+                tokio::pin!(closed);
+                closed.as_mut().enable();
+                if self.closing.load(Ordering::Acquire) {
                     return Err(Next::Close);
                 }
                 tokio::select! {
@@ -306,12 +317,23 @@ impl Lean {
                         Ok(Ok(n)) => n,
                         _ => return Err(Next::Close),
                     },
-                    () = self.closed.notified() => return Err(Next::Close),
+                    () = closed => return Err(Next::Close),
                 }
             } else if pipelined {
                 match tokio::time::timeout(c.head_timeout, c.stream.read_buf(&mut c.rb)).await {
                     Ok(Ok(n)) => n,
-                    _ => return Err(Next::Close),
+                    Ok(Err(_)) => return Err(Next::Close),
+                    Err(_) => {
+                        // As the guarded stream answers a partial head past its deadline.
+                        let metrics = &self.shell.runtime().metrics;
+                        crate::conn::timed_out(&metrics.header_timeouts, true);
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            write_flush(&mut c.stream, crate::conn::TIMEOUT_408),
+                        )
+                        .await;
+                        return Err(Next::Close);
+                    }
                 }
             } else {
                 // The head's deadline is the guarded stream's (server.header_read_timeout_ms).
@@ -349,6 +371,10 @@ impl Lean {
         let Some(l) = snap.lanes.get(self.shell.index()).copied().flatten() else {
             return Err(Next::Pingora);
         };
+        // A reload may have made this listener's upstream h2c since the connection came.
+        if snap.config.listeners[l].upstream.protocol == UpstreamProtocol::H2c {
+            return Err(Next::Pingora);
+        }
         let target_path = req.path();
         match snap.config.server.path_normalization {
             PathNormalization::Off => {}
@@ -754,7 +780,7 @@ impl Lean {
             date: date.as_bytes(),
             fields: &named[..fields.len().min(5)],
         };
-        // The response head (informational ones skipped).
+        // The response head (informational ones passed on as they come).
         let mut got_any = false;
         let resp = loop {
             // SIGTERM may have come while the upstream worked on this request.
@@ -762,6 +788,10 @@ impl Lean {
             match head::parse_response(&ub[..], head_req, &mut rewrite) {
                 Ok(Some(r)) if (100..200).contains(&r.status) => {
                     ub.advance(r.head_len);
+                    if !write_all(&mut c.stream, rewrite.out).await {
+                        return Err(Failed::Client(0));
+                    }
+                    rewrite.out.clear();
                     continue;
                 }
                 Ok(Some(r)) => break r,
@@ -790,6 +820,8 @@ impl Lean {
         let mut chunks = Chunked::new();
         // The body: what came with the head goes out with it, the rest as it comes.
         let mut complete = false;
+        // Nothing written yet: a broken body is still answered 502 instead of cut.
+        let mut sent = false;
         loop {
             let avail = ub.len();
             let take = match resp.framing {
@@ -799,9 +831,13 @@ impl Lean {
                     left -= t as u64;
                     t
                 }
-                Framing::Chunked => chunks
-                    .feed(&ub[..])
-                    .map_err(|_| cut(Reason::UpstreamError))?,
+                Framing::Chunked => chunks.feed(&ub[..]).map_err(|_| {
+                    if sent {
+                        cut(Reason::UpstreamError)
+                    } else {
+                        Failed::Answer(Reason::UpstreamError)
+                    }
+                })?,
                 Framing::Close | Framing::Raw => avail,
             };
             if resp.framing == Framing::Close && take > 0 {
@@ -828,6 +864,7 @@ impl Lean {
                     return Err(Failed::Client(status));
                 }
                 out.clear();
+                sent = true;
             }
             if finished {
                 break;
@@ -936,12 +973,28 @@ fn failure(reason: Reason) -> &'static str {
     }
 }
 
-/// True when an idle upstream connection has nothing to say: no close, no stray bytes (one
-/// read attempt that would block). A connection that fails this is dropped.
-fn quiet(s: &mut Stream) -> bool {
-    use futures_util::FutureExt;
+/// True when an idle upstream connection has nothing to say: no close, no stray bytes. One
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` on its socket: the kernel's answer, not tokio's readiness,
+/// which may not have seen bytes that came since the last read (or may skip the read for the
+/// task's budget). A connection that is not a plain TCP stream is not reused.
+fn quiet(s: &Stream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let Some(l4) = (**s)
+        .as_any()
+        .downcast_ref::<pingora_core::protocols::l4::stream::Stream>()
+    else {
+        return false;
+    };
     let mut b = [0u8; 1];
-    s.read(&mut b).now_or_never().is_none()
+    matches!(
+        recv(
+            l4.as_raw_fd(),
+            &mut b,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 async fn write_flush(s: &mut Stream, b: &[u8]) -> std::io::Result<()> {
@@ -985,7 +1038,7 @@ impl ServerApp for Lean {
     }
 
     async fn cleanup(&self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.closing.store(true, Ordering::Release);
         self.closed.notify_waiters();
         ServerApp::cleanup(&*self.proxy).await;
     }
