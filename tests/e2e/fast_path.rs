@@ -373,12 +373,8 @@ async fn a_body_sent_after_its_head_is_streamed_to_the_app() {
 #[tokio::test]
 async fn an_upstream_that_breaks_its_answer_cuts_the_client_or_gets_a_502() {
     // A malformed head: 502 with the sidecar's problem body, and the connection closed.
-    let port =
-        answering(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab").await;
-    let fg = Sidecar::start(port, "").await;
-    let mut c = Client::connect(fg.port).await;
-    c.send(b"GET /x HTTP/1.1\r\nhost: app\r\n\r\n").await;
-    let r = c.reply("GET").await;
+    let (_fg, mut c, r) =
+        through(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab").await;
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.header("floodgate-reason"), Some("upstream_error"));
     assert_eq!(r.header("connection"), Some("close"));
@@ -435,6 +431,15 @@ async fn a_post_after_the_upstream_closed_its_pooled_connection_is_sent_once_on_
     assert_eq!(posts, 1, "{:?}", up.heads());
 }
 
+/// A sidecar in front of an upstream that answers `reply`, a client, and its first GET's reply.
+async fn through(reply: &'static [u8]) -> (Sidecar, Client, Reply) {
+    let fg = Sidecar::start(answering(reply).await, "").await;
+    let mut c = Client::connect(fg.port).await;
+    c.send(b"GET /x HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    let r = c.reply("GET").await;
+    (fg, c, r)
+}
+
 /// An upstream that answers every request with `reply`.
 async fn answering(reply: &'static [u8]) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -457,22 +462,15 @@ async fn answering(reply: &'static [u8]) -> u16 {
 #[tokio::test]
 async fn a_response_with_both_framings_or_bare_lf_lines_reaches_the_client_well_formed() {
     // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); the client sees only one.
-    let port = answering(
+    let (_fg, _c, r) = through(
         b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     )
     .await;
-    let fg = Sidecar::start(port, "").await;
-    let mut c = Client::connect(fg.port).await;
-    c.send(b"GET /x HTTP/1.1\r\nhost: app\r\n\r\n").await;
-    let r = c.reply("GET").await;
     assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{r:?}");
     assert_eq!(r.header("content-length"), None, "{r:?}");
     // A chunked body broken before anything was sent: 502, not a cut.
-    let port = answering(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
-    let fg = Sidecar::start(port, "").await;
-    let mut c = Client::connect(fg.port).await;
-    c.send(b"GET /x HTTP/1.1\r\nhost: app\r\n\r\n").await;
-    let r = c.reply("GET").await;
+    let (_fg, _c, r) =
+        through(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.header("floodgate-reason"), Some("upstream_error"));
     // Bare LF line ends come out as CRLF.
