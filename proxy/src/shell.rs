@@ -33,7 +33,7 @@ use floodgate_policy::queue::{self, Admit, Permit, Waiting};
 
 /// `Retry-After` of a degraded feature's default answer: degradation lasts minutes, so
 /// retrying sooner only adds load.
-const DEGRADED_RETRY_AFTER: &str = "30";
+pub(crate) const DEGRADED_RETRY_AFTER: &str = "30";
 
 /// The proxy application pingora drives: one per listener, each bound to its own port.
 pub struct Floodgate {

@@ -567,3 +567,30 @@ async fn bytes_an_upstream_sends_after_its_response_never_reach_the_next_client(
     let r = b.reply("GET").await;
     assert_eq!((r.status, &r.body[..]), (200, &b"fresh"[..]), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_switched_off_feature_is_answered_by_its_static_fallback_on_the_fast_path() {
+    let up = Scripted::start().await;
+    let extra = "routes:\n  - name: reco\n    match: { path_prefix: /reco }\n    feature: recommendations\ndegradation:\n  level: degraded\n  levels: { degraded: [recommendations] }\n  fallbacks:\n    recommendations: { status: 200, body: \"[]\", content_type: application/json }\n";
+    let fg = Sidecar::start(up.port, extra).await;
+    let mut c = Client::connect(fg.port).await;
+    for method in ["GET", "HEAD", "GET"] {
+        c.send(format!("{method} /reco/items HTTP/1.1\r\nhost: app\r\n\r\n").as_bytes())
+            .await;
+        let r = c.reply(method).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("floodgate-reason"), Some("degraded"), "{r:?}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("content-length"), Some("2"));
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+        assert_eq!(r.body, if method == "HEAD" { &b""[..] } else { b"[]" });
+    }
+    assert!(up.heads().is_empty(), "{:?}", up.heads());
+    fg.wait_metric(&fast("fast"), 3.0).await;
+    assert_eq!(fg.metric(&fast("handed_over")).await, Some(0.0));
+    fg.wait_metric(
+        "floodgate_degraded_responses_total{feature=\"recommendations\"}",
+        3.0,
+    )
+    .await;
+}

@@ -3,20 +3,22 @@
 //! header maps were ~75k of the ~88k instructions a forwarded request cost).
 //!
 //! It serves the plain request only: HTTP/1.1, origin-form, one `Host`, no connection or
-//! framing fields but one `Content-Length`, its whole body already read, a path already
-//! canonical, a route the degradation state lets straight through ([`head::parse_request`],
-//! [`Lean::plain_route`]). It decides before anything has an effect, and everything else —
-//! h2c, upgrades, chunked or streamed request bodies, hostile heads, fallbacks and the cache —
-//! goes to pingora-proxy and Floodgate's shell on the same connection, with the bytes already
-//! read handed over as pingora's pipelined prefix ([`Lean::hand_over`]). What it does serve, it
-//! serves with the shell's own steps ([`Floodgate::check_limits`], the breaker and the
-//! admission queue, [`Floodgate::finish`]) and answers as the shell does: the same statuses,
-//! fields and bodies, `Date` and `Connection` set as pingora sets them.
+//! framing fields but one `Content-Length` (a body still coming is streamed), a path already
+//! canonical, and a route the degradation state lets straight through or answers with a
+//! static fallback ([`head::parse_request`], [`Lean::gate`]). It decides before anything has
+//! an effect, and everything else — h2c, upgrades, chunked request bodies, unusual or hostile
+//! heads, cached fallbacks, feature breakers and the cache — goes to pingora-proxy and
+//! Floodgate's shell on the same connection, with the bytes already read handed over as
+//! pingora's pipelined prefix ([`Lean::hand_over`]). What it does serve, it serves with the
+//! shell's own steps ([`Floodgate::check_limits`], the breaker and the admission queue,
+//! [`Floodgate::finish`]) and answers as the shell does: the same statuses, fields and bodies,
+//! `Date` and `Connection` set as pingora sets them.
 //!
 //! Heads go through as read, with Floodgate's fields added; no header map is built. Upstream
 //! connections are kept in a pool of its own (idle ones dropped past `idle_timeout_ms` when
-//! next looked at: no timer per connection), and a request that meets a pooled connection the
-//! upstream had closed is sent once more on a new one (its body is all in hand).
+//! next looked at: no timer per connection); each is looked at with one non-blocking peek
+//! before reuse, and an idempotent request, all in hand, that meets one the upstream had
+//! closed is sent once more on a new one.
 
 mod chunked;
 pub mod head;
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use floodgate_config::{Level, PathNormalization, UpstreamProtocol};
+use floodgate_config::{Indicator, Level, PathNormalization, Priority, UpstreamProtocol};
 use floodgate_policy::breaker;
 use floodgate_policy::path;
 use floodgate_policy::queue::Admit;
@@ -115,6 +117,17 @@ struct Conn {
     xff: Option<HeaderValue>,
 }
 
+/// The degradation gate's decision on the fast path ([`Lean::gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// On to the limits, the breaker and the queue.
+    Pass,
+    /// The route's fallback (`shed`: a priority shed).
+    Fallback { shed: bool },
+    /// pingora-proxy's and the shell's.
+    Pingora,
+}
+
 /// What follows an exchange.
 enum Next {
     /// The next request on this connection.
@@ -182,15 +195,51 @@ impl Lean {
             .is_some_and(|c| c.upstream.protocol != UpstreamProtocol::H2c)
     }
 
-    /// The route may go straight to the upstream: no fallback, shed, feature breaker or
-    /// cache to consult (the shell's degradation gate would pass it untouched).
-    fn plain_route(snap: &Snapshot, r: usize) -> bool {
+    /// What the degradation state does with a request for route `r`, as the shell's
+    /// degradation gate decides it: on to the upstream, a fallback the fast path writes (a
+    /// static answer, or the 503 problem), or pingora's (a feature breaker, the cache, a cached
+    /// fallback).
+    fn gate(&self, snap: &Snapshot, r: usize) -> Gate {
         let (eff, routes) = (&snap.degrade, &snap.routes);
-        eff.level == Level::Full
-            && !eff.route_off.get(r).copied().unwrap_or(true)
-            && routes.breaker.get(r).is_some_and(|b| b.is_none())
+        let (Some(&off), Some(&priority)) = (eff.route_off.get(r), routes.priority.get(r)) else {
+            return Gate::Pingora;
+        };
+        let shed = match eff.level {
+            // At minimal only critical routes reach the app.
+            Level::Minimal => priority != Priority::Critical,
+            // At degraded, low priority goes first once the queue is past its warning depth.
+            Level::Degraded if priority == Priority::Low => {
+                let warning = snap
+                    .config
+                    .load_indicators
+                    .thresholds(Indicator::QueueDepth)
+                    .warning;
+                let depth = self.shell.lane().admission.stats().depth;
+                warning.is_some_and(|w| f64::from(depth) > w)
+            }
+            _ => false,
+        };
+        if off || shed {
+            let cached = routes
+                .fallback
+                .get(r)
+                .and_then(|f| f.as_ref())
+                .is_some_and(|f| f.cached.is_some());
+            return if cached {
+                Gate::Pingora
+            } else {
+                // A route switched off is not a shed (as in the shell).
+                Gate::Fallback { shed: !off }
+            };
+        }
+        let plain = routes.breaker.get(r).is_some_and(|b| b.is_none())
             && !routes.remember.get(r).copied().unwrap_or(true)
-            && !(eff.aggressive && routes.aggressive.get(r).copied().unwrap_or(true))
+            && !(eff.aggressive && routes.aggressive.get(r).copied().unwrap_or(true));
+        if plain {
+            Gate::Pass
+        } else {
+            Gate::Pingora
+        }
     }
 
     /// An idle connection to `addr`, the most recent first. Each is looked at for a close or
@@ -402,9 +451,11 @@ impl Lean {
             listener: &lane.name,
         };
         let route = snap.router.route(&view).0;
-        if head::header_bytes(req.target, fields) > snap.config.server.max_request_header_bytes
-            || !Self::plain_route(&snap, route)
-        {
+        if head::header_bytes(req.target, fields) > snap.config.server.max_request_header_bytes {
+            return Err(Next::Pingora);
+        }
+        let gate = self.gate(&snap, route);
+        if gate == Gate::Pingora {
             return Err(Next::Pingora);
         }
         // From here on the request is the fast path's: decisions have effects.
@@ -423,6 +474,9 @@ impl Lean {
             method,
             path: path_at..path_at + target_path.len(),
         };
+        if let Gate::Fallback { shed } = gate {
+            return Err(self.fallback(c, ctx, &taken, shed).await);
+        }
         if !snap.limits.is_empty_for(route) {
             let parts = RequestParts {
                 client_ip: c.client,
@@ -526,6 +580,84 @@ impl Lean {
             }
         }
         Box::pin(self.forward(c, ctx, l, taken)).await
+    }
+
+    /// The route's fallback, as the shell's `fallback` answers an HTTP/1.1 caller: the static
+    /// answer, else the 503 problem with `Retry-After: 30` (degradation lasts minutes).
+    async fn fallback(&self, c: &mut Conn, mut ctx: Ctx, taken: &Taken, shed: bool) -> Next {
+        let snap = ctx.snap.clone();
+        let r = ctx.route;
+        let m = &self.shell.runtime().metrics;
+        let feature = snap.routes.feature[r].as_deref().unwrap_or("none");
+        m.degraded_responses.with_label_values(&[feature]).inc();
+        if shed {
+            self.shell.count_shed(Reason::Degraded);
+        }
+        let Some(a) = snap.routes.fallback[r]
+            .as_ref()
+            .and_then(|f| f.answer.as_ref())
+        else {
+            let retry = HeaderValue::from_static(shell::DEGRADED_RETRY_AFTER);
+            return self
+                .answer(
+                    c,
+                    ctx,
+                    taken,
+                    Reason::Degraded,
+                    None,
+                    &[("retry-after", retry)],
+                )
+                .await;
+        };
+        ctx.reason = Some(Reason::Degraded);
+        let keep = !self.shell.runtime().is_draining() && taken.in_hand == taken.body_len;
+        let mut out = Vec::with_capacity(256 + a.body.len());
+        let code = http::StatusCode::from_u16(a.status).unwrap_or(http::StatusCode::OK);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(code.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(code.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut field = |n: &[u8], v: &[u8]| {
+            out.extend_from_slice(n);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        };
+        if let Some(ct) = &a.content_type {
+            field(b"content-type", ct.as_bytes());
+        }
+        for (n, v) in &a.headers {
+            field(n.as_bytes(), v.as_bytes());
+        }
+        field(b"floodgate-reason", Reason::Degraded.as_str().as_bytes());
+        field(
+            b"content-length",
+            headers::int_value(a.body.len() as u64).as_bytes(),
+        );
+        field(
+            b"Date",
+            pingora_core::protocols::http::date::get_cached_date().as_bytes(),
+        );
+        field(
+            b"Connection",
+            if keep {
+                &b"keep-alive"[..]
+            } else {
+                &b"close"[..]
+            },
+        );
+        out.extend_from_slice(b"\r\n");
+        if taken.method != Method::HEAD {
+            out.extend_from_slice(a.body.as_bytes());
+        }
+        let written = write_all(&mut c.stream, &out).await;
+        self.done(c, ctx, taken, if written { a.status } else { 0 }, None);
+        if written && keep {
+            Next::Again
+        } else {
+            Next::Close
+        }
     }
 
     /// A refusal by policy: 503 with `Retry-After`, counted as shed.
