@@ -641,19 +641,12 @@ impl Floodgate {
         }
     }
 
-    /// What the degradation gate does with this request; borrows the request's snapshot
-    /// rather than cloning it, since most requests just pass.
-    fn degradation_decision(&self, session: &Session, ctx: &mut Ctx) -> Gate {
-        let (r, snap) = (ctx.route, &ctx.snap);
-        let (eff, routes) = (&snap.degrade, &snap.routes);
-        if eff.route_off[r] {
-            return Gate::Fallback { shed: false };
-        }
-        let priority = routes.priority[r];
-        let shed = match eff.level {
-            // At minimal only critical routes reach the app.
+    /// The degradation level sheds a route of `priority`: at minimal every route but the
+    /// critical ones; at degraded the low-priority ones once the queue is past its warning
+    /// depth.
+    pub(crate) fn priority_shed(&self, snap: &Snapshot, priority: Priority) -> bool {
+        match snap.degrade.level {
             Level::Minimal => priority != Priority::Critical,
-            // At degraded, low priority goes first once the queue is past its warning depth.
             Level::Degraded if priority == Priority::Low => {
                 let warning = snap
                     .config
@@ -663,8 +656,18 @@ impl Floodgate {
                 warning.is_some_and(|w| f64::from(self.lane.admission.stats().depth) > w)
             }
             _ => false,
-        };
-        if shed {
+        }
+    }
+
+    /// What the degradation gate does with this request; borrows the request's snapshot
+    /// rather than cloning it, since most requests just pass.
+    fn degradation_decision(&self, session: &Session, ctx: &mut Ctx) -> Gate {
+        let (r, snap) = (ctx.route, &ctx.snap);
+        let (eff, routes) = (&snap.degrade, &snap.routes);
+        if eff.route_off[r] {
+            return Gate::Fallback { shed: false };
+        }
+        if self.priority_shed(snap, routes.priority[r]) {
             return Gate::Fallback { shed: true };
         }
         if let Some(b) = &routes.breaker[r] {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use floodgate_config::{Indicator, Level, PathNormalization, Priority, UpstreamProtocol};
+use floodgate_config::{PathNormalization, UpstreamProtocol};
 use floodgate_policy::breaker;
 use floodgate_policy::path;
 use floodgate_policy::queue::Admit;
@@ -204,21 +204,7 @@ impl Lean {
         let (Some(&off), Some(&priority)) = (eff.route_off.get(r), routes.priority.get(r)) else {
             return Gate::Pingora;
         };
-        let shed = match eff.level {
-            // At minimal only critical routes reach the app.
-            Level::Minimal => priority != Priority::Critical,
-            // At degraded, low priority goes first once the queue is past its warning depth.
-            Level::Degraded if priority == Priority::Low => {
-                let warning = snap
-                    .config
-                    .load_indicators
-                    .thresholds(Indicator::QueueDepth)
-                    .warning;
-                let depth = self.shell.lane().admission.stats().depth;
-                warning.is_some_and(|w| f64::from(depth) > w)
-            }
-            _ => false,
-        };
+        let shed = self.shell.priority_shed(snap, priority);
         if off || shed {
             let cached = routes
                 .fallback
