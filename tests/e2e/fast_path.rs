@@ -115,6 +115,14 @@ impl Scripted {
     }
 }
 
+/// A scripted upstream, a sidecar in front of it with `extra` config, and a client.
+async fn scripted(extra: &str) -> (Scripted, Sidecar, Client) {
+    let up = Scripted::start().await;
+    let fg = Sidecar::start(up.port, extra).await;
+    let c = Client::connect(fg.port).await;
+    (up, fg, c)
+}
+
 /// A response as a client decodes it: status, lower-cased headers, the body (chunked coding
 /// undone, trailers dropped).
 #[derive(Debug)]
@@ -253,9 +261,7 @@ fn fast(path: &str) -> String {
 
 #[tokio::test]
 async fn every_upstream_framing_reaches_a_keep_alive_client_intact() {
-    let up = Scripted::start().await;
-    let fg = Sidecar::start(up.port, "").await;
-    let mut c = Client::connect(fg.port).await;
+    let (up, fg, mut c) = scripted("").await;
     let cases: [(&str, &str, u16, &[u8]); 6] = [
         ("GET", "/len", 200, b"hello"),
         ("GET", "/chunked", 200, b"hello world"),
@@ -300,9 +306,7 @@ async fn every_upstream_framing_reaches_a_keep_alive_client_intact() {
 
 #[tokio::test]
 async fn pipelined_requests_keep_their_order_across_the_hand_over() {
-    let up = Scripted::start().await;
-    let fg = Sidecar::start(up.port, "").await;
-    let mut c = Client::connect(fg.port).await;
+    let (up, fg, mut c) = scripted("").await;
     // Two plain GETs and a POST with a `Connection` field (pingora's to negotiate), in one
     // write: the fast path answers the first two and hands the third, already read, over.
     c.send(
@@ -331,9 +335,7 @@ POST /c HTTP/1.1\r\nhost: app\r\nconnection: keep-alive\r\ncontent-length: 3\r\n
 
 #[tokio::test]
 async fn a_pooled_connection_the_upstream_closed_is_tried_once_more_on_a_new_one() {
-    let up = Scripted::start().await;
-    let fg = Sidecar::start(up.port, "").await;
-    let mut c = Client::connect(fg.port).await;
+    let (up, _fg, mut c) = scripted("").await;
     // The upstream closes after this answer without saying so: the sidecar pools the
     // connection and finds it closed at the next request.
     c.send(b"GET /then-close HTTP/1.1\r\nhost: app\r\n\r\n")
@@ -350,9 +352,7 @@ async fn a_pooled_connection_the_upstream_closed_is_tried_once_more_on_a_new_one
 
 #[tokio::test]
 async fn a_body_sent_after_its_head_is_streamed_to_the_app() {
-    let up = Scripted::start().await;
-    let fg = Sidecar::start(up.port, "").await;
-    let mut c = Client::connect(fg.port).await;
+    let (up, fg, mut c) = scripted("").await;
     c.send(b"POST /echo HTTP/1.1\r\nhost: app\r\ncontent-length: 11\r\n\r\nhello")
         .await;
     // The app has the head and the body's first part, and waits for the rest.
@@ -387,9 +387,7 @@ const ONE_A_MINUTE: &str = "limits:\n  - name: one\n    key: [client_ip]\n    ma
 
 #[tokio::test]
 async fn a_refusal_before_the_body_is_read_closes_and_a_refused_head_has_no_body() {
-    let up = Scripted::start().await;
-    let fg = Sidecar::start(up.port, ONE_A_MINUTE).await;
-    let mut c = Client::connect(fg.port).await;
+    let (up, _fg, mut c) = scripted(ONE_A_MINUTE).await;
     c.send(b"GET /len HTTP/1.1\r\nhost: app\r\n\r\n").await;
     assert_eq!(c.reply("GET").await.status, 200);
     // Refused HEAD: the problem's fields, no body; the connection goes on.
@@ -417,9 +415,7 @@ async fn a_refusal_before_the_body_is_read_closes_and_a_refused_head_has_no_body
 
 #[tokio::test]
 async fn a_post_after_the_upstream_closed_its_pooled_connection_is_sent_once_on_a_new_one() {
-    let up = Scripted::start().await;
-    let fg = Sidecar::start(up.port, "").await;
-    let mut c = Client::connect(fg.port).await;
+    let (up, _fg, mut c) = scripted("").await;
     c.send(b"GET /then-close HTTP/1.1\r\nhost: app\r\n\r\n")
         .await;
     assert_eq!(c.reply("GET").await.status, 200);
@@ -487,9 +483,7 @@ async fn a_response_with_both_framings_or_bare_lf_lines_reaches_the_client_well_
 
 #[tokio::test]
 async fn a_pipelined_head_that_stops_halfway_is_closed_after_the_head_timeout() {
-    let up = Scripted::start().await;
-    let fg = Sidecar::start(up.port, "  header_read_timeout_ms: 300\n").await;
-    let mut c = Client::connect(fg.port).await;
+    let (up, fg, mut c) = scripted("  header_read_timeout_ms: 300\n").await;
     // A whole request, and the first bytes of the next, in one write; then nothing.
     c.send(b"GET /len HTTP/1.1\r\nhost: app\r\n\r\nGET /next HT")
         .await;
