@@ -76,6 +76,9 @@ def main():
     ap.add_argument("--script-only", action="store_true",
                     help="count only the Redis script (a change to limit.lua); results not written")
     ap.add_argument("--keep", metavar="DIR", help="leave the callgrind profiles in DIR (for callgrind_annotate)")
+    ap.add_argument("--only", metavar="WORDS",
+                    help="comma-separated words: count only the floodgate candidates whose name has one "
+                         "(the first, 'no limit', is always kept), and not the script; results not written")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,6 +106,9 @@ def main():
         ]
         if args.script_only:
             candidates = []
+        if args.only:
+            words = args.only.split(",")
+            candidates = candidates[:1] + [c for c in candidates[1:] if any(w in c[0] for w in words)]
         try:
             for i, (name, extra) in enumerate(candidates):
                 port = B.free_port()
@@ -126,7 +132,7 @@ def main():
                 rows.append((name, total / args.n))
                 print(f"{name}: {total / args.n / 1000:.1f}k", flush=True)
             script = open(SCRIPT).read()
-            for kind, label in (("s", "sliding window"), ("f", "fixed window"), ("t", "token bucket")):
+            for kind, label in () if args.only else (("s", "sliding window"), ("f", "fixed window"), ("t", "token bucket")):
                 port = B.free_port()
                 out = os.path.join(args.keep or tmp, f"cg.redis{kind}")
                 p = under_callgrind(out, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
@@ -148,7 +154,7 @@ def main():
         finally:
             for p in (backend, redis):
                 p.terminate()
-    if args.script_only:
+    if args.script_only or args.only:
         return
     base = rows[0][1]
     lines = [f"# bench/instructions.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
