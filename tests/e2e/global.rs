@@ -100,22 +100,84 @@ async fn three_sidecars_share_one_limit_exactly() {
     assert_eq!(up.stats.requests.load(Ordering::Relaxed), admitted);
 }
 
+/// A sidecar with the global limit `g`, 40 an hour on Redis at `url`, 4 expected replicas,
+/// whose every admitted answer says where it was decided (its policy's quota); once the
+/// limit is decided in Redis.
+async fn hourly(url: &str, up: &Upstream) -> Sidecar {
+    let cfg = global_yaml(
+        &format!("  url: {url}\n"),
+        "g",
+        40,
+        3600,
+        "[]",
+        "rate_limit_headers: { on_admitted: always }\n",
+    );
+    let fg = Sidecar::start(up.port, &cfg).await;
+    on_redis(&fg, "g").await;
+    fg
+}
+
+/// The URL's password and database reach every connection: decisions (on their own
+/// connection, not redis-rs's) are counted in Redis, in that database, with no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_and_database_in_the_url_are_used_for_decisions() {
+    let redis = RedisServer::start().await;
+    let r = command(redis.port, &["CONFIG", "SET", "requirepass", "s3cret"])
+        .await
+        .unwrap();
+    assert!(r.starts_with("+OK"), "{r}");
+    let up = Upstream::start("app").await;
+    let fg = hourly(&format!("redis://:s3cret@127.0.0.1:{}/3", redis.port), &up).await;
+    for left in [39, 38, 37] {
+        let (status, h, _) = http_get(fg.port, "/").await.unwrap();
+        assert_eq!(status, 200);
+        let current = h["ratelimit"].to_str().unwrap().to_string();
+        assert!(
+            current.starts_with(&format!("\"g\";r={left};")),
+            "{current}: decided in Redis"
+        );
+    }
+    let keys = |db: &'static str| {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "-a",
+                "s3cret",
+                "--no-auth-warning",
+            ])
+            .args(["-n", db, "KEYS", "fg:*"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // The prober's key is there too (`fg:probe:{..}`): KEYS lists in no order.
+    let in_3 = keys("3");
+    assert!(
+        in_3.lines().any(|k| k.starts_with("fg:{g:")),
+        "the limit's key in database 3: {in_3}"
+    );
+    assert_eq!(keys("0"), "", "nothing in database 0");
+    assert_eq!(
+        fg.metric("floodgate_redis_errors_total{kind=\"other\"}")
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(
+        fg.metric("floodgate_ratelimit_backend{limit=\"g\",mode=\"redis\"}")
+            .await,
+        Some(1.0),
+        "still decided in Redis"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_falls_back_to_the_local_share_then_recovers() {
     let mut redis = RedisServer::start().await;
     let up = Upstream::start("app").await;
     // 40 per hour fleet-wide; 4 expected replicas: 10 each while Redis is gone.
-    let cfg = global_yaml(
-        &format!("  url: {}\n", redis.url()),
-        "g",
-        40,
-        3600,
-        "[]",
-        // Every admitted answer says where it was decided (its policy's quota).
-        "rate_limit_headers: { on_admitted: always }\n",
-    );
-    let fg = Sidecar::start(up.port, &cfg).await;
-    on_redis(&fg, "g").await;
+    let fg = hourly(&redis.url(), &up).await;
     let (_, h, _) = http_get(fg.port, "/").await.unwrap();
     assert_eq!(
         h["ratelimit-policy"], "\"g\";q=40;w=3600",

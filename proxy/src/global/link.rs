@@ -1,4 +1,5 @@
-//! Connections to one shard's master: the decisions' and the prober's. Each shard has its own,
+//! Connections to one shard's master: the decisions' ([`super::wire`]) and the prober's
+//! (redis-rs, which the approximate sync and the fleet's calls use too). Each shard has its own,
 //! so a dead master stalls nothing but its own keys: redis-rs's cluster connection holds every
 //! request while it refreshes its slot map or reconnects a lost node, which sent live shards'
 //! decisions past their budget too when one master died.
@@ -9,15 +10,18 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::ConnectionInfo;
+use redis::{ConnectionAddr, ConnectionInfo};
+use tokio::sync::oneshot;
+
+use super::wire::{Answer, Arg, Wire};
 
 /// The connections to one master, reopened when the master changes.
 pub struct Link {
     /// Where the master is (a failover moves it).
     info: ArcSwap<ConnectionInfo>,
-    /// The decisions' connection, opened from the proxy's runtime (see
-    /// `GlobalLimits::decisions`'s reasoning: its I/O is driven where the requests are).
-    decisions: ArcSwapOption<ConnectionManager>,
+    /// The decisions' connection, opened from the proxy's runtime, so that its I/O is driven
+    /// where the requests are.
+    decisions: ArcSwapOption<Wire>,
     /// A task is opening `decisions`.
     opening: AtomicBool,
     /// The prober's connection, opened and driven on the prober's runtime.
@@ -46,30 +50,51 @@ impl Link {
         self.decisions.store(None);
     }
 
-    /// The decisions' connection; while it is not open yet, starts opening it on the current
-    /// runtime and lends the prober's. `None`: neither is open.
-    pub fn for_decision(self: &Arc<Self>) -> Option<ConnectionManager> {
-        if let Some(c) = self.decisions.load().as_deref() {
-            return Some(c.clone());
+    /// Queues a decision's command, `count` arguments, on the decisions' connection. `None`:
+    /// that connection is not open (not yet, or it ended, or the address is not plain TCP);
+    /// it is being opened on the current runtime, and [`Link::lent`] is the one to use now.
+    pub fn call<'a>(
+        self: &Arc<Self>,
+        count: usize,
+        args: impl Iterator<Item = Arg<'a>>,
+    ) -> Option<oneshot::Receiver<Answer>> {
+        let current = self.decisions.load();
+        if let Some(wire) = current.as_ref() {
+            match wire.call(count, args) {
+                Ok(rx) => return Some(rx),
+                // Over: make way for a new one (unless another caller already did).
+                Err(_) => {
+                    self.decisions.compare_and_swap(&*current, None);
+                }
+            }
         }
         self.open_decisions();
+        None
+    }
+
+    /// The prober's connection, lent to decisions while theirs is not open. `None`: neither is.
+    pub fn lent(&self) -> Option<ConnectionManager> {
         self.probe.load().as_deref().cloned()
     }
 
     fn open_decisions(self: &Arc<Self>) {
+        // Only plain TCP has a connection of its own; the rest stay on redis-rs's.
+        if !matches!(self.info.load().addr(), ConnectionAddr::Tcp(..)) {
+            return;
+        }
         if self.opening.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let info = this.info.load_full();
-            match connect(&info).await {
+            match Wire::connect(&info, Duration::from_secs(1)).await {
                 // Only if the master did not move meanwhile.
-                Ok(c) if this.info.load().addr() == info.addr() => {
-                    this.decisions.store(Some(Arc::new(c)));
+                Some(Ok(w)) if this.info.load().addr() == info.addr() => {
+                    this.decisions.store(Some(Arc::new(w)));
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => {
                     tracing::debug!("redis connect for decisions failed: {e}");
                     // The master may refuse new connections while the prober's still works
                     // (say, at maxclients): decisions go on over that one, and the next
