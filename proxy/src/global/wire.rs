@@ -5,22 +5,28 @@
 //! `EVALSHA` on the request path, and on redis-rs's connection it cost ~15k instructions more
 //! than a request with no limit (its command and script values, the channel to its driver, a
 //! second timer, its reply decoder; `bench/instructions.py`), as much as three quarters of the
-//! whole proxied request. Here a call is its bytes appended to a buffer under a short lock and
-//! a oneshot for the reply. The driver waits one turn of the runtime (the other requests of
-//! the same burst queue theirs meanwhile), writes everything queued in one system call, and
-//! hands each reply to its caller in order. A failure ends the connection: every caller in
-//! flight and after is told, and [`super::link::Link`] opens another.
+//! whole proxied request. Here a call is its bytes and a oneshot for the reply, under a lock
+//! that keeps commands and callers in the same order. With nothing in flight the caller
+//! writes them itself, at once (one `send`, no hop); with calls in flight (a busy sidecar)
+//! the driver task writes them after one turn of the runtime, with whatever the other ready
+//! requests queued meanwhile, in one `send`. The driver reads, and hands each reply to its
+//! caller in order. A failure ends the connection: every caller in flight and after is told,
+//! and [`super::link::Link`] opens another.
+//!
+//! Why both: the write per call, as redis-rs's connection did it (~1 `send` per decision
+//! under wrk -c32), and a turn of the runtime before every write (~0.3), each cost more than
+//! this (bench/README.md): the first in system calls, the second in latency at rates below
+//! saturation.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -73,11 +79,13 @@ pub type Answer = Result<Reply, WireError>;
 
 #[derive(Default)]
 struct State {
-    /// Commands queued since the driver's last write.
+    /// Commands not yet written (a full socket buffer left them).
     out: Vec<u8>,
+    /// The driver is writing `out`: callers append to it and do not write themselves.
+    flushing: bool,
     /// Who waits for the next replies, in the order their commands were queued.
     waiting: VecDeque<oneshot::Sender<Answer>>,
-    /// The driver, parked with nothing to write.
+    /// The driver, parked.
     driver: Option<Waker>,
     /// The connection is over: calls fail with this at once.
     over: Option<WireError>,
@@ -87,6 +95,7 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    stream: TcpStream,
 }
 
 impl Shared {
@@ -200,8 +209,9 @@ impl Wire {
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
+            stream,
         });
-        tokio::spawn(drive(Arc::clone(&shared), stream));
+        tokio::spawn(drive(Arc::clone(&shared)));
         Some(Ok(Wire { shared }))
     }
 
@@ -218,9 +228,36 @@ impl Wire {
             if let Some(e) = &st.over {
                 return Err(e.clone());
             }
+            let in_flight = !st.waiting.is_empty();
             encode(&mut st.out, count, args);
             st.waiting.push_back(tx);
-            st.driver.take()
+            if st.flushing {
+                None
+            } else if in_flight {
+                // Others wait for replies already: this one is sent with whatever else the
+                // runtime's ready tasks queue this turn, in one write (see `step`).
+                st.flushing = true;
+                st.driver.take()
+            } else {
+                // Written from here at once, under the lock that orders commands and their
+                // callers: no hop to the driver, which only reads (and finishes what a full
+                // socket buffer left; an error is its to find, on that write).
+                match self.shared.stream.try_write(&st.out) {
+                    Ok(n) if n == st.out.len() => {
+                        st.out.clear();
+                        None
+                    }
+                    Ok(n) => {
+                        st.out.drain(..n);
+                        st.flushing = true;
+                        st.driver.take()
+                    }
+                    Err(_) => {
+                        st.flushing = true;
+                        st.driver.take()
+                    }
+                }
+            }
         };
         if let Some(w) = driver {
             w.wake();
@@ -229,19 +266,16 @@ impl Wire {
     }
 }
 
-/// Writes what callers queue and reads the replies, until the connection fails or every
-/// handle is gone and nothing is in flight; then fails whoever still waits.
-async fn drive(shared: Arc<Shared>, mut stream: TcpStream) {
-    let mut d = Driver {
-        wbuf: Vec::with_capacity(1024),
-        sent: 0,
-        rbuf: ReadBuffer {
-            bytes: vec![0; 4096],
-            filled: 0,
-        },
-        deferred: false,
+/// Reads the replies and hands them out (and writes what callers could not), until the
+/// connection fails or every handle is gone and nothing is in flight; then fails whoever
+/// still waits.
+async fn drive(shared: Arc<Shared>) {
+    let mut rbuf = ReadBuffer {
+        bytes: vec![0; 4096],
+        filled: 0,
     };
-    let end = poll_fn(|cx| d.step(&shared, &mut stream, cx)).await;
+    let mut deferred = false;
+    let end = poll_fn(|cx| step(&shared, &mut rbuf, &mut deferred, cx)).await;
     let waiting = {
         let mut st = shared.lock();
         st.over = Some(end.clone());
@@ -259,94 +293,89 @@ async fn drive(shared: Arc<Shared>, mut stream: TcpStream) {
 /// Why the driver ended a connection no one holds any more.
 const CLOSED_HERE: &str = "closed by the sidecar";
 
-/// The driver's own buffers.
-struct Driver {
-    /// What is being written, `wbuf[sent..]` still to go.
-    wbuf: Vec<u8>,
-    sent: usize,
-    rbuf: ReadBuffer,
-    /// The commands queued now have waited one turn of the runtime already.
-    deferred: bool,
-}
-
-impl Driver {
-    /// One poll: write, read, hand out replies; `Ready` only when the connection ends.
-    fn step(
-        &mut self,
-        shared: &Shared,
-        stream: &mut TcpStream,
-        cx: &mut Context<'_>,
-    ) -> Poll<WireError> {
-        loop {
-            let mut defer = false;
-            // Take what queued since the last write, once that one is all out.
-            if self.sent == self.wbuf.len() {
-                self.wbuf.clear();
-                self.sent = 0;
-                let mut st = shared.lock();
-                if !st.out.is_empty() && !self.deferred {
-                    defer = true;
-                    // Callers append without waking this meanwhile (see below).
-                    st.driver = None;
-                } else {
-                    std::mem::swap(&mut st.out, &mut self.wbuf);
-                }
-                self.deferred = defer;
-            }
-            while self.sent < self.wbuf.len() {
-                match Pin::new(&mut *stream).poll_write(cx, &self.wbuf[self.sent..]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(WireError::Lost("write returned 0".into()))
-                    }
-                    Poll::Ready(Ok(n)) => self.sent += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(WireError::lost(&e)),
-                    Poll::Pending => break,
-                }
-            }
-            // Read every reply that has come.
-            let rbuf = &mut self.rbuf;
-            loop {
-                if rbuf.filled == rbuf.bytes.len() {
-                    // A reply longer than the buffer: room for more of it (bounded by `parse`).
-                    let more = rbuf.bytes.len();
-                    rbuf.bytes.resize(more * 2, 0);
-                }
-                let mut rb = ReadBuf::new(&mut rbuf.bytes[rbuf.filled..]);
-                match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            return Poll::Ready(WireError::Lost("closed by the server".into()));
-                        }
-                        rbuf.filled += n;
-                        if let Err(e) = hand_out(shared, rbuf) {
-                            return Poll::Ready(e);
-                        }
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(WireError::lost(&e)),
-                    Poll::Pending => break,
-                }
-            }
-            if defer {
-                // One turn of the runtime first: the other requests it has ready queue their
-                // decisions meanwhile, and one write sends them all. tokio's yield_now wakes
-                // this task once the tasks ready now have run; callers find no waker to wake
-                // until then (a wake would run this at once, in tokio's LIFO slot).
-                let mut turn = std::pin::pin!(tokio::task::yield_now());
-                let _ = turn.as_mut().poll(cx);
-                return Poll::Pending;
-            }
-            // Park, unless more was queued meanwhile (its caller found no waker to wake).
+/// One poll of the driver: finish a write, read, hand out replies; `Ready` only when the
+/// connection ends.
+fn step(
+    shared: &Shared,
+    rbuf: &mut ReadBuffer,
+    deferred: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<WireError> {
+    loop {
+        // What callers left to write, until done or the socket is full again; first, one
+        // turn of the runtime, so that the other requests it has ready add theirs.
+        let mut write_waits = false;
+        let mut defer = false;
+        {
             let mut st = shared.lock();
-            if !st.out.is_empty() && self.sent == self.wbuf.len() {
-                continue;
+            if st.flushing && !*deferred {
+                defer = true;
             }
-            if st.dropped && st.waiting.is_empty() {
-                return Poll::Ready(WireError::Lost(CLOSED_HERE.into()));
+            *deferred = defer;
+            while st.flushing && !defer {
+                if st.out.is_empty() {
+                    st.flushing = false;
+                    break;
+                }
+                match shared.stream.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => match shared.stream.try_write(&st.out) {
+                        Ok(0) => return Poll::Ready(WireError::Lost("write returned 0".into())),
+                        Ok(n) => {
+                            st.out.drain(..n);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(WireError::lost(&e)),
+                    },
+                    Poll::Ready(Err(e)) => return Poll::Ready(WireError::lost(&e)),
+                    Poll::Pending => {
+                        write_waits = true;
+                        break;
+                    }
+                }
             }
-            st.driver = Some(cx.waker().clone());
+        }
+        // Every reply that has come.
+        loop {
+            match shared.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(WireError::lost(&e)),
+                Poll::Pending => break,
+            }
+            if rbuf.filled == rbuf.bytes.len() {
+                // A reply longer than the buffer: room for more of it (bounded by `parse`).
+                let more = rbuf.bytes.len();
+                rbuf.bytes.resize(more * 2, 0);
+            }
+            match shared.stream.try_read(&mut rbuf.bytes[rbuf.filled..]) {
+                Ok(0) => return Poll::Ready(WireError::Lost("closed by the server".into())),
+                Ok(n) => {
+                    rbuf.filled += n;
+                    if let Err(e) = hand_out(shared, rbuf) {
+                        return Poll::Ready(e);
+                    }
+                }
+                // Readiness was stale; the next poll_read_ready registers for the next.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(WireError::lost(&e)),
+            }
+        }
+        if defer {
+            // tokio's yield_now wakes this task once the tasks ready now have run; callers
+            // meanwhile see `flushing` and only append.
+            let mut turn = std::pin::pin!(tokio::task::yield_now());
+            let _ = turn.as_mut().poll(cx);
             return Poll::Pending;
         }
+        // Park, unless a caller handed over a write meanwhile (it found no waker to wake).
+        let mut st = shared.lock();
+        if st.flushing && !write_waits {
+            continue;
+        }
+        if st.dropped && st.waiting.is_empty() {
+            return Poll::Ready(WireError::Lost(CLOSED_HERE.into()));
+        }
+        st.driver = Some(cx.waker().clone());
+        return Poll::Pending;
     }
 }
 
@@ -536,5 +565,118 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    /// A real `redis-server` on a free loopback port, stopped when dropped.
+    struct Server {
+        port: u16,
+        child: std::process::Child,
+    }
+
+    impl Server {
+        async fn start() -> Server {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH");
+            // Owned at once, so that a failed start is stopped and waited for too.
+            let server = Server { port, child };
+            for _ in 0..200 {
+                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return server;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("redis-server did not start on {}", server.port);
+        }
+
+        async fn wire(&self) -> Wire {
+            let info = redis::IntoConnectionInfo::into_connection_info(format!(
+                "redis://127.0.0.1:{}",
+                self.port
+            ))
+            .unwrap();
+            Wire::connect(&info, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Many callers at once, on several tasks, some while others are in flight (so both the
+    /// caller's own write and the driver's batched one run): each gets its own reply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_each_get_their_own_reply() {
+        let server = Server::start().await;
+        let wire = Arc::new(server.wire().await);
+        let tasks: Vec<_> = (0..8u64)
+            .map(|t| {
+                let wire = Arc::clone(&wire);
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    for i in 0..250u64 {
+                        let n = t * 1000 + i;
+                        let digits = n.to_string();
+                        let rx = wire
+                            .call(
+                                2,
+                                [Arg::Bytes(b"ECHO"), Arg::Bytes(digits.as_bytes())].into_iter(),
+                            )
+                            .unwrap();
+                        pending.push((n, rx));
+                        if i % 7 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    for (n, rx) in pending {
+                        assert_eq!(
+                            rx.await.unwrap(),
+                            Ok(Reply::Text(n.to_string().into_bytes()))
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let rx = wire
+            .call(2, [Arg::Bytes(b"NOSUCHCOMMAND"), Arg::Int(1)].into_iter())
+            .unwrap();
+        assert!(matches!(rx.await.unwrap(), Err(WireError::Server(m)) if m.starts_with("ERR")));
+    }
+
+    /// The server going away fails the call in flight and every call after it, at once.
+    #[tokio::test]
+    async fn a_lost_server_fails_the_calls_in_flight_and_after() {
+        let mut server = Server::start().await;
+        let wire = server.wire().await;
+        let rx = wire
+            .call(
+                3,
+                [Arg::Bytes(b"BLPOP"), Arg::Bytes(b"k"), Arg::Int(0)].into_iter(),
+            )
+            .unwrap();
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        assert!(matches!(rx.await.unwrap(), Err(WireError::Lost(_))));
+        assert!(matches!(
+            wire.call(1, [Arg::Bytes(b"PING")].into_iter()),
+            Err(WireError::Lost(_))
+        ));
     }
 }
