@@ -1,5 +1,6 @@
-//! Connections to one shard's master: the decisions' ([`super::wire`]) and the prober's
-//! (redis-rs, which the approximate sync and the fleet's calls use too). Each shard has its own,
+//! Connections to one shard's master: the decisions' ([`super::wire`]), the prober's and the
+//! approximate sync's (redis-rs; the prober's is lent to decisions until theirs is open).
+//! Each shard has its own,
 //! so a dead master stalls nothing but its own keys: redis-rs's cluster connection holds every
 //! request while it refreshes its slot map or reconnects a lost node, which sent live shards'
 //! decisions past their budget too when one master died.
@@ -26,6 +27,9 @@ pub struct Link {
     opening: AtomicBool,
     /// The prober's connection, opened and driven on the prober's runtime.
     probe: ArcSwapOption<ConnectionManager>,
+    /// `mode: approximate`'s sync: its pipelines of up to 256 scripts would hold a probe (and
+    /// its `redis.timeout_ms` budget) behind them on the prober's.
+    sync: ArcSwapOption<ConnectionManager>,
 }
 
 impl Link {
@@ -36,6 +40,7 @@ impl Link {
             decisions: ArcSwapOption::empty(),
             opening: AtomicBool::new(false),
             probe: ArcSwapOption::empty(),
+            sync: ArcSwapOption::empty(),
         }
     }
 
@@ -47,6 +52,7 @@ impl Link {
         }
         self.info.store(Arc::new(info.clone()));
         self.probe.store(None);
+        self.sync.store(None);
         self.decisions.store(None);
     }
 
@@ -114,13 +120,25 @@ impl Link {
 
     /// The prober's connection, opened if there is none.
     pub async fn for_probe(&self) -> Result<ConnectionManager, redis::RedisError> {
-        if let Some(c) = self.probe.load().as_deref() {
+        self.opened(&self.probe).await
+    }
+
+    /// The approximate sync's connection, opened if there is none.
+    pub async fn for_sync(&self) -> Result<ConnectionManager, redis::RedisError> {
+        self.opened(&self.sync).await
+    }
+
+    async fn opened(
+        &self,
+        slot: &ArcSwapOption<ConnectionManager>,
+    ) -> Result<ConnectionManager, redis::RedisError> {
+        if let Some(c) = slot.load().as_deref() {
             return Ok(c.clone());
         }
         let info = self.info.load_full();
         let c = connect(&info).await?;
         if self.info.load().addr() == info.addr() {
-            self.probe.store(Some(Arc::new(c.clone())));
+            slot.store(Some(Arc::new(c.clone())));
         }
         Ok(c)
     }

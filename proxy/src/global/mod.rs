@@ -174,7 +174,9 @@ impl GlobalLimits {
                     }
                     self.run(conn, &inv).await.map(String::into_bytes)
                 }
-                None => Err(GlobalError::Down),
+                // No connection at all (a failover retargeted the shard a moment ago): not a
+                // call, so nothing failed, and the shard stays up.
+                None => return Err(GlobalError::Down),
             },
         };
         self.latency.observe(start.elapsed().as_secs_f64());
@@ -351,8 +353,9 @@ impl GlobalLimits {
         shard: &health::Shard,
         cmds: &[(usize, redis::Cmd)],
     ) -> Result<Vec<redis::RedisResult<String>>, GlobalError> {
-        // The prober's connection: the decisions' own is for decisions alone.
-        let mut conn = shard.link.for_probe().await?;
+        // A connection of the sync's own: the decisions' is for decisions alone, and on the
+        // prober's a pipeline would hold a probe behind it.
+        let mut conn = shard.link.for_sync().await?;
         let budget = Duration::from_secs(1);
         let run = |conn: &mut ConnectionManager, which: Vec<usize>| {
             let mut pipe = redis::pipe();
