@@ -342,8 +342,12 @@ fn step(
                 Poll::Pending => break,
             }
             if rbuf.filled == rbuf.bytes.len() {
-                // A reply longer than the buffer: room for more of it (bounded by `parse`).
+                // A reply longer than the buffer: room for more of it. `parse` bounds one
+                // string; this bounds a reply of many (an array, which no call here expects).
                 let more = rbuf.bytes.len();
+                if more >= MAX_REPLY {
+                    return Poll::Ready(WireError::Malformed);
+                }
                 rbuf.bytes.resize(more * 2, 0);
             }
             match shared.stream.try_read(&mut rbuf.bytes[rbuf.filled..]) {
@@ -426,6 +430,9 @@ fn encode<'a>(out: &mut Vec<u8>, count: usize, args: impl Iterator<Item = Arg<'a
 
 /// Largest bulk string accepted (a decision's reply is a few dozen bytes).
 const MAX_BULK: usize = 1 << 20;
+
+/// Most bytes of replies held unparsed: a reply not complete within them is refused.
+const MAX_REPLY: usize = 4 * MAX_BULK;
 
 /// Parses one reply at the start of `buf`: `None` if it is not all there yet; the reply (or
 /// the server's error) and the bytes it took otherwise.
@@ -678,5 +685,34 @@ mod tests {
             wire.call(1, [Arg::Bytes(b"PING")].into_iter()),
             Err(WireError::Lost(_))
         ));
+    }
+
+    /// A server that answers with an array that never ends is cut off once its reply passes
+    /// MAX_REPLY, not buffered for ever: the call fails as malformed.
+    #[tokio::test]
+    async fn a_reply_that_never_ends_is_refused_at_its_bound() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = b"*1000000000\r\n".to_vec();
+            head.extend(b":1\r\n".repeat(1 << 16));
+            s.write_all(&head).await.unwrap();
+            let chunk = b":1\r\n".repeat(1 << 16);
+            // Until the client hangs up (then the write fails).
+            while s.write_all(&chunk).await.is_ok() {}
+        });
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{port}"))
+                .unwrap();
+        let wire = Wire::connect(&info, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        let rx = wire.call(1, [Arg::Bytes(b"PING")].into_iter()).unwrap();
+        assert_eq!(rx.await.unwrap(), Err(WireError::Malformed));
+        drop(wire);
+        server.await.unwrap();
     }
 }
