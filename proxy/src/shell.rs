@@ -20,6 +20,7 @@ use floodgate_policy::{headers, merge, Decision, Outcome, RequestParts, Verdict}
 use futures_util::future::join_all;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use smallvec::SmallVec;
 
 use crate::access;
 use crate::conn::Guarded;
@@ -300,7 +301,8 @@ impl Floodgate {
         };
         // Keys of a shard that is down are answered `Down` by `check` with no round trip.
         let global = self.rt.global.as_ref().filter(|g| g.any_healthy());
-        let remote: Vec<usize> = match global {
+        // On the stack: a request has a few limits, and each heap Vec cost ~0.1k instructions.
+        let remote: SmallVec<[usize; 4]> = match global {
             Some(_) => snap
                 .limits
                 .applicable(ctx.route)
@@ -308,9 +310,9 @@ impl Floodgate {
                 .copied()
                 .filter(|&i| defs[i].scope == Scope::Global)
                 .collect(),
-            None => Vec::new(),
+            None => SmallVec::new(),
         };
-        let mut fell_back: Vec<usize> = Vec::new();
+        let mut fell_back: SmallVec<[usize; 4]> = SmallVec::new();
         let mut best: Option<Verdict> = None;
         if let Some(g) = global.filter(|_| !remote.is_empty()) {
             let mut settle = |i: usize, o: Outcome| {
@@ -334,7 +336,7 @@ impl Floodgate {
             };
             // `mode: approximate` keys with a fresh view of the fleet decide here; the rest
             // (and approximate keys without one) go to Redis, all at once.
-            let mut exact: Vec<(usize, u64)> = Vec::new();
+            let mut exact: SmallVec<[(usize, u64); 4]> = SmallVec::new();
             for &i in &remote {
                 let key = stable_key_hash(&defs[i].key, parts);
                 if let Some(local) = snap.limits.limiters()[i]
@@ -352,20 +354,15 @@ impl Floodgate {
             }
             // A key decided locally while its shard was down hands those counts to Redis in
             // its first decision back (`take_local` is one atomic load while there are none).
-            let calls = exact
-                .iter()
-                .map(|&(i, key)| g.check(&defs[i], key, move || snap.limits.take_local(i, parts)));
+            let call = |&(i, key): &(usize, u64)| {
+                g.check(&defs[i], key, move || snap.limits.take_local(i, parts))
+            };
             let replicas = snap
                 .config
                 .redis
                 .as_ref()
                 .map_or(1, |r| u64::from(r.expected_replicas.get()));
-            let answers = if exact.is_empty() {
-                Vec::new()
-            } else {
-                join_all(calls).await
-            };
-            for (&(i, key), answer) in exact.iter().zip(answers) {
+            let mut absorb = |&(i, key): &(usize, u64), answer: Result<_, _>| {
                 let approx = snap.limits.limiters()[i].approx.as_ref();
                 match answer {
                     Ok(d) => {
@@ -379,6 +376,17 @@ impl Floodgate {
                             a.abandon(key);
                         }
                         fell_back.push(i);
+                    }
+                }
+            };
+            match exact.as_slice() {
+                [] => {}
+                // The usual case, one global limit: awaited as it is, without `join_all`'s
+                // boxed futures and answers.
+                [one] => absorb(one, call(one).await),
+                all => {
+                    for (e, answer) in all.iter().zip(join_all(all.iter().map(call)).await) {
+                        absorb(e, answer);
                     }
                 }
             }
