@@ -56,17 +56,19 @@ impl Link {
         self.decisions.store(None);
     }
 
-    /// Queues a decision's command, `count` arguments, on the decisions' connection. `None`:
+    /// Queues a decision's command, `count` arguments, on the decisions' connection, to be
+    /// answered by `deadline` (or told it was not: [`super::wire::WireError::Timeout`]). `None`:
     /// that connection is not open (not yet, or it ended, or the address is not plain TCP);
     /// it is being opened on the current runtime, and [`Link::lent`] is the one to use now.
     pub fn call<'a>(
         self: &Arc<Self>,
         count: usize,
         args: impl Iterator<Item = Arg<'a>>,
+        deadline: tokio::time::Instant,
     ) -> Option<oneshot::Receiver<Answer>> {
         let current = self.decisions.load();
         if let Some(wire) = current.as_ref() {
-            match wire.call(count, args) {
+            match wire.call(count, args, deadline) {
                 Ok(rx) => return Some(rx),
                 // Over: make way for a new one (unless another caller already did).
                 Err(_) => {

@@ -231,25 +231,29 @@ impl GlobalLimits {
                 wire::Arg::Bytes(self.script.get_hash().as_bytes()),
                 b"EVALSHA",
             ),
+            deadline,
         )?;
+        // The connection's driver keeps the deadline (one timer for all its calls, see
+        // `wire::State::alarm`), so there is no timer here.
         let answer = |rx: tokio::sync::oneshot::Receiver<wire::Answer>| async move {
-            match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(answer)) => answer.map_err(GlobalError::from),
+            match rx.await {
+                Ok(Err(wire::WireError::Timeout)) => Err(GlobalError::Timeout(self.timeout)),
+                Ok(answer) => answer.map_err(GlobalError::from),
                 // The driver ended without a word: the connection is gone.
-                Ok(Err(_)) => Err(GlobalError::Wire(wire::WireError::Lost(
+                Err(_) => Err(GlobalError::Wire(wire::WireError::Lost(
                     "the connection's task ended".into(),
                 ))),
-                Err(_) => Err(GlobalError::Timeout(self.timeout)),
             }
         };
         let reply = match answer(rx).await {
             Err(GlobalError::Wire(e)) if e.is_no_script() => {
                 // A restarted or flushed server: EVAL runs the script and keeps it for the
                 // next EVALSHA.
-                match shard
-                    .link
-                    .call(count, args(wire::Arg::Bytes(SCRIPT.as_bytes()), b"EVAL"))
-                {
+                match shard.link.call(
+                    count,
+                    args(wire::Arg::Bytes(SCRIPT.as_bytes()), b"EVAL"),
+                    deadline,
+                ) {
                     Some(rx) => answer(rx).await,
                     None => Err(GlobalError::Wire(e)),
                 }
