@@ -209,6 +209,10 @@ def main():
     ap.add_argument("--rate", type=int, metavar="RPS",
                     help="load at a fixed RPS with oha (open loop, latency from each request's due time) "
                          "instead of as fast as wrk can: every candidate serves the same traffic")
+    ap.add_argument("--redis-core", choices=("load", "proxy"), default="load",
+                    help="where the global limits' redis-server is pinned: with the load and the backend "
+                         "(default), or on the proxy's core (the proxy then never waits on a saturated core "
+                         "for its replies, and shares its own with Redis)")
     ap.add_argument("--max-steal", type=float, default=0.15, metavar="SHARE",
                     help="a measurement during which the hypervisor took more than SHARE of the proxy's "
                          "core (steal time) is run again, twice at most, and the least stolen kept (default 0.15)")
@@ -241,8 +245,8 @@ def main():
             with_global = not args.plain and any(n == "Floodgate" for n, _, _ in peers)
             if with_global:
                 rp = B.free_port()
-                # Redis on the load's core: only the proxy's own CPU is the figure.
-                procs.append(subprocess.Popen(B.pinned("load", ["redis-server", "--port", str(rp), "--bind",
+                # Redis on the load's core by default: only the proxy's own CPU is the figure.
+                procs.append(subprocess.Popen(B.pinned(args.redis_core, ["redis-server", "--port", str(rp), "--bind",
                                                                 "127.0.0.1", "--save", "", "--appendonly", "no"]),
                                               stdout=subprocess.DEVNULL))
                 B.wait_port(rp)
@@ -315,7 +319,8 @@ def main():
                      f"{cpu / ng[3]:.2f} | {limited} | {idled} |")
     if with_global:
         base, local = med[("Floodgate", False)], med[("Floodgate", True)]
-        lines += ["", f"Floodgate's global limits (Redis pinned with the load, expected_replicas 1) and access log, same run, "
+        where = "with the load" if args.redis_core == "load" else f"on the proxy's CPU {cpus - 1}"
+        lines += ["", f"Floodgate's global limits (Redis pinned {where}, expected_replicas 1) and access log, same run, "
                   f"against Floodgate with no limit ({base[3]:.1f} µs, p99 {base[2]:.2f} ms) and with the "
                   f"local limit ({local[3]:.1f} µs):", "",
                   "| Floodgate + | rps | p50 ms | p99 ms | p99 vs no limit | CPU µs/req | vs no limit | vs local limit | CPU vs nginx | idle millicores |",
