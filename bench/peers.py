@@ -213,6 +213,9 @@ def main():
                     help="where the global limits' redis-server is pinned: with the load and the backend "
                          "(default), or on the proxy's core (the proxy then never waits on a saturated core "
                          "for its replies, and shares its own with Redis)")
+    ap.add_argument("--redis-rt", action="store_true",
+                    help="run that redis-server at real-time priority (chrt -f 1): it answers at once "
+                         "instead of waiting for its turn beside the load, as a Redis on a host of its own would")
     ap.add_argument("--max-steal", type=float, default=0.15, metavar="SHARE",
                     help="a measurement during which the hypervisor took more than SHARE of the proxy's "
                          "core (steal time) is run again, twice at most, and the least stolen kept (default 0.15)")
@@ -246,9 +249,9 @@ def main():
             if with_global:
                 rp = B.free_port()
                 # Redis on the load's core by default: only the proxy's own CPU is the figure.
-                procs.append(subprocess.Popen(B.pinned(args.redis_core, ["redis-server", "--port", str(rp), "--bind",
-                                                                "127.0.0.1", "--save", "", "--appendonly", "no"]),
-                                              stdout=subprocess.DEVNULL))
+                rt = ["chrt", "-f", "1"] if args.redis_rt else []
+                redis = ["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                procs.append(subprocess.Popen(rt + B.pinned(args.redis_core, redis), stdout=subprocess.DEVNULL))
                 B.wait_port(rp)
                 for i, (label, config, access_log) in enumerate(GLOBAL):
                     port = B.free_port()
@@ -319,7 +322,8 @@ def main():
                      f"{cpu / ng[3]:.2f} | {limited} | {idled} |")
     if with_global:
         base, local = med[("Floodgate", False)], med[("Floodgate", True)]
-        where = "with the load" if args.redis_core == "load" else f"on the proxy's CPU {cpus - 1}"
+        where = ("with the load" if args.redis_core == "load" else f"on the proxy's CPU {cpus - 1}") + (
+            ", real-time priority" if args.redis_rt else "")
         lines += ["", f"Floodgate's global limits (Redis pinned {where}, expected_replicas 1) and access log, same run, "
                   f"against Floodgate with no limit ({base[3]:.1f} µs, p99 {base[2]:.2f} ms) and with the "
                   f"local limit ({local[3]:.1f} µs):", "",
