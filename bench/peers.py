@@ -76,6 +76,8 @@ def steal_share(before, after):
 def fixed_rate(port, rate, duration, conns):
     """oha at `rate` requests/s (open loop: each request's latency counts from when it was due,
     so a stall is not hidden by the requests it held back): (rps, p50 ms, p99 ms, answers)."""
+    if shutil.which("oha") is None:
+        raise SystemExit("--rate needs oha: `cargo install oha --locked` (bench/run.sh installs it too)")
     out = subprocess.run(
         B.pinned("load", ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns),
                           "-q", str(rate), "--latency-correction", "--worker-threads", "1",
