@@ -23,7 +23,7 @@ like the proxies, measured the same way, plain only, stopped with SIGINT (pingor
 shutdown). `--peers nginx,floodgate` keeps only those built-in peers (nginx always: the
 ratios are to it); `--plain` skips the limited variants; `--idle 0` skips the idle part.
 """
-import argparse, json, os, shlex, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, os, shlex, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as B  # noqa: E402  (ports, pinning, the nginx backend, wrk, floodgate configs)
@@ -78,12 +78,8 @@ def fixed_rate(port, rate, duration, conns):
     so a stall is not hidden by the requests it held back): (rps, p50 ms, p99 ms, answers)."""
     if shutil.which("oha") is None:
         raise SystemExit("--rate needs oha: `cargo install oha --locked` (bench/run.sh installs it too)")
-    out = subprocess.run(
-        B.pinned("load", ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns),
-                          "-q", str(rate), "--latency-correction", "--worker-threads", "1",
-                          f"http://127.0.0.1:{port}/"]),
-        capture_output=True, text=True, timeout=duration + 30).stdout
-    j = json.loads(out)
+    # One worker thread: it shares its core with the backend and Redis.
+    j = B.oha(port, rate, duration, conns, "--worker-threads", "1")
     codes = j["statusCodeDistribution"]
     # The requests still in flight when the time is up are cut off; anything else is a failure.
     errors = {k: v for k, v in j["errorDistribution"].items() if k != "aborted due to deadline"}

@@ -141,12 +141,17 @@ def wrk(port, duration, conns):
     return rps, p50, p99
 
 
-def oha_rate(port, rate, duration, conns):
+def oha(port, rate, duration, conns, *extra):
+    """oha's JSON report of `duration` s at a fixed `rate` (latency from each request's due time)."""
     out = subprocess.run(
         pinned("load", ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns),
-         "-q", str(int(rate)), "--latency-correction", f"http://127.0.0.1:{port}/"]),
+         "-q", str(int(rate)), "--latency-correction", *extra, f"http://127.0.0.1:{port}/"]),
         capture_output=True, text=True, timeout=duration + 30).stdout
-    j = json.loads(out)
+    return json.loads(out)
+
+
+def oha_rate(port, rate, duration, conns):
+    j = oha(port, rate, duration, conns)
     pct = j["latencyPercentiles"]
     return j["summary"]["requestsPerSec"], pct["p50"] * 1000, pct["p99"] * 1000
 
