@@ -117,6 +117,58 @@ async fn hourly(url: &str, up: &Upstream) -> Sidecar {
     fg
 }
 
+/// Requests of one key at once on one sidecar, whose decisions may share one script call
+/// (the wire joins like calls not yet written): exactly the limit is admitted, the admitted
+/// answers leave 39 down to 0 (each once, as decisions in turn would), every other one is
+/// turned away with a Retry-After, and Redis holds the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_one_key_at_once_are_decided_as_if_in_turn() {
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    let fg = hourly(&redis.url(), &up).await;
+    // In one hour of Redis's clock (the fixed window): not in its last 10 s.
+    let into = redis.time_ms().await % 3_600_000;
+    if into > 3_590_000 {
+        tokio::time::sleep(Duration::from_millis(3_600_000 - into + 50)).await;
+    }
+    let answers = futures_util::future::join_all((0..100).map(|_| http_get(fg.port, "/"))).await;
+    let mut left = Vec::new();
+    let mut turned_away = 0;
+    for answer in answers {
+        let (status, h, _) = answer.unwrap();
+        match status {
+            200 => {
+                let field = h["ratelimit"].to_str().unwrap();
+                let r = field
+                    .split(';')
+                    .find_map(|p| p.strip_prefix("r="))
+                    .unwrap_or_else(|| panic!("{field}"));
+                left.push(r.parse::<u64>().unwrap());
+            }
+            429 => {
+                assert!(h.contains_key("retry-after"), "{h:?}");
+                turned_away += 1;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    left.sort_unstable();
+    assert_eq!(left, (0..40).collect::<Vec<_>>(), "each left count once");
+    assert_eq!(turned_away, 60);
+    let keys = command(redis.port, &["KEYS", "fg:{g:*"]).await.unwrap();
+    let key = keys.lines().nth(2).unwrap_or_else(|| panic!("{keys:?}"));
+    let count = command(redis.port, &["HGET", key, "c1"]).await.unwrap();
+    assert_eq!(count.lines().nth(1), Some("40"), "{count:?}");
+    let stats = command(redis.port, &["INFO", "commandstats"])
+        .await
+        .unwrap();
+    let calls: Vec<&str> = stats
+        .lines()
+        .filter(|l| l.contains("cmdstat_eval"))
+        .collect();
+    eprintln!("100 decisions, script calls: {calls:?}");
+}
+
 /// The URL's password and database reach every connection: decisions (on their own
 /// connection, not redis-rs's) are counted in Redis, in that database, with no error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

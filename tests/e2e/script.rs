@@ -33,15 +33,7 @@ async fn decide(r: &RedisServer, key: &str, kind: &str, windows: &[(u64, u64)]) 
         args.push(ms.to_string());
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let raw = command(r.port, &argv).await.unwrap();
-    let text = raw
-        .lines()
-        .nth(1)
-        .unwrap_or_else(|| panic!("reply {raw:?}"));
-    let f: Vec<u64> = text
-        .split(' ')
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("reply {raw:?}")))
-        .collect();
+    let (raw, f) = fields(r, &argv).await;
     assert_eq!(
         f.len(),
         if windows.len() > 1 { 6 } else { 5 },
@@ -55,6 +47,20 @@ async fn decide(r: &RedisServer, key: &str, kind: &str, windows: &[(u64, u64)]) 
         retry_ms: f[4],
         least: f.get(5).copied().unwrap_or(f[2]),
     }
+}
+
+/// Runs `argv` and reads the script's reply, a string of integers: the raw reply and them.
+async fn fields(r: &RedisServer, argv: &[&str]) -> (String, Vec<u64>) {
+    let raw = command(r.port, argv).await.unwrap();
+    let text = raw
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("reply {raw:?}"));
+    let f = text
+        .split(' ')
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("reply {raw:?}")))
+        .collect();
+    (raw, f)
 }
 
 /// An integer reply (`:n`) or an integer in a bulk string, as a number.
@@ -300,4 +306,100 @@ async fn an_approximate_sync_adds_its_counts_and_reports_the_fewest_left() {
         ttl > HOUR as i64,
         "expiry follows the longest window: {ttl}"
     );
+}
+
+/// 'F' / 'S' with a count of requests (the sidecar's joined decisions of one key), expanded
+/// as the sidecar reads it: for each request in turn, (allowed, remaining, retry_ms).
+async fn decide_many(
+    r: &RedisServer,
+    key: &str,
+    kind: &str,
+    window: (u64, u64),
+    hits: u64,
+) -> Vec<(bool, u64, u64)> {
+    let (max, ms) = (window.0.to_string(), window.1.to_string());
+    let hits_text = format!("{hits:05}");
+    let argv = ["EVAL", SCRIPT, "1", key, kind, &max, &ms, &hits_text];
+    let (raw, f) = fields(r, &argv).await;
+    assert_eq!(f.len(), 5, "reply {raw:?}");
+    (0..hits)
+        .map(|k| {
+            if k < f[0] {
+                (true, f[2] - k, 0)
+            } else {
+                (false, 0, f[4])
+            }
+        })
+        .collect()
+}
+
+/// A count of requests in one call is answered as that many decisions made in turn: the
+/// same admitted, the same left after each, the same retry for those turned away, the same
+/// counts stored. Checked against a twin key decided one by one, from a fresh window and from
+/// a sliding window whose previous window is full, in batches that fit, that straddle the
+/// limit and that find it full.
+#[tokio::test]
+async fn a_count_of_requests_is_decided_as_that_many_in_turn() {
+    let r = RedisServer::start().await;
+    let now = r.time_ms().await;
+    let w = mid_window(now);
+    let prev = (now / w - 1).to_string();
+    for (kind, counted, full_before) in [("f", "F", false), ("s", "S", false), ("s", "S", true)] {
+        let (one, many) = (
+            format!("fg:{{one{kind}{full_before}}}"),
+            format!("fg:{{many{kind}{full_before}}}"),
+        );
+        if full_before {
+            for key in [&one, &many] {
+                command(r.port, &["HSET", key, "w1", &prev, "c1", "10", "p1", "0"])
+                    .await
+                    .unwrap();
+            }
+        }
+        for hits in [4, 10, 3] {
+            let together = decide_many(&r, &many, counted, (12, w), hits).await;
+            let mut in_turn = Vec::new();
+            for _ in 0..hits {
+                let d = decide(&r, &one, kind, &[(12, w)]).await;
+                in_turn.push((d.allowed, d.remaining, d.retry_ms));
+            }
+            for (k, (a, b)) in together.iter().zip(&in_turn).enumerate() {
+                let what = format!("{kind} previous full {full_before}, {hits} at once, #{k}");
+                assert_eq!((a.0, a.1), (b.0, b.1), "{what}: {together:?} {in_turn:?}");
+                // The twin is decided a few milliseconds later.
+                assert!(a.2.abs_diff(b.2) <= 100, "{what}: {together:?} {in_turn:?}");
+            }
+            assert_eq!(
+                int(&r, &["HGET", &many, "c1"]).await,
+                int(&r, &["HGET", &one, "c1"]).await,
+                "{kind}: the same count stored"
+            );
+        }
+        assert_eq!(
+            r.time_ms().await / w,
+            now / w,
+            "the window changed under the test"
+        );
+    }
+}
+
+/// A count of requests is refused for a limit of several windows (whose requests could be
+/// turned away by different windows, each with its terms) and for a count below 1.
+#[tokio::test]
+async fn a_count_of_requests_needs_one_window_and_a_count() {
+    let r = RedisServer::start().await;
+    for argv in [
+        &[
+            "EVAL", SCRIPT, "1", "fg:{c}", "F", "5", "1000", "10", "2000", "00002",
+        ][..],
+        &["EVAL", SCRIPT, "1", "fg:{c}", "S", "5", "1000", "00000"],
+        &["EVAL", SCRIPT, "1", "fg:{c}", "S", "5", "1000", "x"],
+    ] {
+        let raw = command(r.port, argv).await.unwrap();
+        assert!(
+            raw.starts_with("-a count of requests needs a limit of one window"),
+            "{argv:?}: {raw:?}"
+        );
+    }
+    assert_eq!(int(&r, &["EXISTS", "fg:{c}"]).await, 0, "nothing written");
 }

@@ -1,13 +1,21 @@
 -- Floodgate global rate limit: one atomic decision for one key of one limit.
 -- KEYS[1]  the key's hash, hash-tagged so every window of it lives in one slot
 -- ARGV[1]  'f' fixed window | 's' sliding window | 't' token bucket (GCRA); 'f+' / 's+' when
---          counts to hand over follow the pairs (see below)
+--          counts to hand over follow the pairs (see below); 'F' / 'S' when the last argument
+--          is a count of requests decided at once (see below)
 -- ARGV[2..] pairs of (max_requests, window_ms), shortest window first; then, after 'f+' / 's+',
 --          one count per window: requests the sidecar admitted locally for this key while
 --          Redis was away, added to the current windows before deciding (once per key and
 --          outage, so the window it returns in holds every request it admitted in it)
 --          'f=' / 's=' (mode: approximate's sync): the pairs, then one count per window that
 --          the sidecar admitted since its last sync; they are added, nothing is decided
+--          'F' / 'S' (a limit of one window): the pair, then `hits`, how many requests of one
+--          key the sidecar decides in this one call (it joins the decisions of one key that
+--          arrive together): the answer is theirs, as if each had been decided in turn at the
+--          same instant. `allowed` is then how many of them, the first ones, are admitted;
+--          `remaining` is what the first one leaves (the k-th leaves k - 1 fewer); and
+--          `retry_after_ms` is for the ones not admitted. With `hits` 1 the answer is the
+--          plain decision's.
 -- Returns "allowed window remaining reset_ms retry_after_ms least" as one string (one RESP
 -- value: the client's reply parser costs per value, and this is every request's reply) for the
 -- rejecting window, or else the window with the least share left; `least` is the fewest
@@ -28,6 +36,17 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = (#ARGV - 1) / 2
 local renew = kind == 't'
+local hits = 1
+if kind == 'S' or kind == 'F' then
+  hits = tonumber(ARGV[#ARGV])
+  n = (#ARGV - 2) / 2
+  if kind == 'S' then kind = 's' else kind = 'f' end
+  -- With several windows the requests of one call could be turned away by different windows,
+  -- each with its own terms: one answer could not say it.
+  if n ~= 1 or not hits or hits < 1 then
+    return redis.error_reply('a count of requests needs a limit of one window and a count of 1 or more')
+  end
+end
 -- Numbers become text through %d, never Lua's or redis.call's float formatting (%.14g,
 -- %.17g), which was the largest single cost of a decision in Redis (callgrind). Every value
 -- formatted here is integral.
@@ -101,6 +120,8 @@ if #kind > 1 then
   end
 end
 local best, best_share = nil, 2
+-- Of `hits`: how many were admitted, and when those turned away may come back.
+local admitted, rest = 1, 0
 for i = 1, n do
   local max = tonumber(ARGV[2 * i])
   local w = tonumber(ARGV[2 * i + 1])
@@ -135,29 +156,44 @@ for i = 1, n do
     if kind == 's' then weight = 1 - into / w end
     local used = p * weight + c
     local reset = w - into
-    if used + 1 > max then
+    -- How many of the `hits` this window admits: each one admitted adds 1 to `used`.
+    local a = hits
+    if used + a > max then
+      a = math.floor(max - used)
+      if a < 0 then a = 0 end
+      -- The difference was rounded: the test each request would have met in turn decides.
+      if a > 0 and used + a > max then a = a - 1 elseif used + a + 1 <= max then a = a + 1 end
+      if a > hits then a = hits end
+      -- Those turned away find the window holding the a admitted before them.
+      local held = c + a
       local retry = reset
-      if kind == 's' and c + 1 <= max and p > 0 then
-        retry = w * (1 - (max - c - 1) / p) - into
+      if kind == 's' and held + 1 <= max and p > 0 then
+        retry = w * (1 - (max - held - 1) / p) - into
         if retry < 0 then retry = 0 end
         if retry > reset then retry = reset end
       end
-      least = 0
-      return done({0, i, 0, reset, math.ceil(retry)})
+      rest = math.ceil(retry)
+      if a == 0 then
+        least = 0
+        return done({0, i, 0, reset, rest})
+      end
     end
+    local add = '1'
+    if a > 1 then add = int(a) end
     if started then
-      redis.call('HSET', key, fw, int(idx), fc, '1', fp, int(p))
+      redis.call('HSET', key, fw, int(idx), fc, add, fp, int(p))
       renew = true
     else
-      redis.call('HINCRBY', key, fc, '1')
+      redis.call('HINCRBY', key, fc, add)
     end
+    admitted = a
     res = {max, math.floor(max - used - 1), reset}
   end
   if least == nil or res[2] < least then least = res[2] end
   local share = res[2] / res[1]
   if share < best_share then
     best_share = share
-    best = {1, i, res[2], res[3], 0}
+    best = {admitted, i, res[2], res[3], rest}
   end
 end
 return done(best)

@@ -57,19 +57,27 @@ impl Link {
     }
 
     /// Queues a decision's command, `count` arguments, on the decisions' connection, to be
-    /// answered by `deadline` (or told it was not: [`super::wire::WireError::Timeout`]). `None`:
-    /// that connection is not open (not yet, or it ended, or the address is not plain TCP);
-    /// it is being opened on the current runtime, and [`Link::lent`] is the one to use now.
+    /// answered by `deadline` (or told it was not: [`super::wire::WireError::Timeout`]). With a
+    /// `join` tag the command takes one more argument, the count of callers sharing it, and
+    /// joins a like call not yet written ([`Wire::join`]); the place returned is this
+    /// caller's among them (1 otherwise). `None`: that connection is not open (not yet, or it
+    /// ended, or the address is not plain TCP); it is being opened on the current runtime,
+    /// and [`Link::lent`] is the one to use now.
     pub fn call<'a>(
         self: &Arc<Self>,
+        join: Option<u64>,
         count: usize,
         args: impl Iterator<Item = Arg<'a>>,
         deadline: tokio::time::Instant,
-    ) -> Option<oneshot::Receiver<Answer>> {
+    ) -> Option<(oneshot::Receiver<Answer>, u32)> {
         let current = self.decisions.load();
         if let Some(wire) = current.as_ref() {
-            match wire.call(count, args, deadline) {
-                Ok(rx) => return Some(rx),
+            let queued = match join {
+                Some(tag) => wire.join(tag, count, args, deadline),
+                None => wire.call(count, args, deadline).map(|rx| (rx, 1)),
+            };
+            match queued {
+                Ok(queued) => return Some(queued),
                 // Over: make way for a new one (unless another caller already did).
                 Err(_) => {
                     self.decisions.compare_and_swap(&*current, None);

@@ -1,13 +1,14 @@
 //! Fleet-wide limits in Redis. Each decision is one `EVALSHA` of `limit.lua` (sent again as
 //! `EVAL` on `NOSCRIPT`) on one pipelined connection to the key's master ([`wire`], per shard
 //! in [`link`]), so concurrent decisions share its writes and no request waits on more than
-//! one round trip.
+//! one round trip. Decisions of one key (of a limit of one window, fixed or sliding) queued
+//! together on a busy connection share one call, which the script answers as if it had
+//! decided them in turn (`wire::Wire::join`): Redis runs the script once for all of them.
 //! Decisions have connections of their own, opened from the runtime that serves requests so
 //! that their I/O is driven there; the prober has others. Every call has the
-//! `redis.timeout_ms` budget;
-//! past it, or on any error, the key's shard ([`health`]) is marked down and its keys decide
-//! locally at the Redis-outage share, until the prober ([`probe`]), which runs the very
-//! script decisions run, on every shard, brings it back.
+//! `redis.timeout_ms` budget; past it, or on any error, the key's shard ([`health`]) is
+//! marked down and its keys decide locally at the Redis-outage share, until the prober
+//! ([`probe`]), which runs the very script decisions run, on every shard, brings it back.
 
 pub mod health;
 mod link;
@@ -158,9 +159,24 @@ impl GlobalLimits {
         } else {
             Vec::new()
         };
+        // A limit of one window decides the requests of one key that come together in one call
+        // (`join`): the script's 'F' / 'S' answers them as if each had been decided in turn.
+        let join = match kind {
+            "f" if windows.len() == 1 => Some(("F", key_hash)),
+            "s" if windows.len() == 1 => Some(("S", key_hash)),
+            _ => None,
+        };
         let start = Instant::now();
         let reply = match self
-            .decide(&shard, &key, kind, &windows, &carry, start)
+            .decide(
+                &shard,
+                &key,
+                join.map_or(kind, |j| j.0),
+                join.map(|j| j.1),
+                &windows,
+                &carry,
+                start,
+            )
             .await
         {
             Some(r) => r,
@@ -175,7 +191,7 @@ impl GlobalLimits {
                     for c in &carry {
                         inv.arg(*c);
                     }
-                    self.run(conn, &inv).await.map(String::into_bytes)
+                    self.run(conn, &inv).await.map(|r| (r.into_bytes(), 1))
                 }
                 // No connection at all (a failover retargeted the shard a moment ago): not a
                 // call, so nothing failed, and the shard stays up.
@@ -183,7 +199,7 @@ impl GlobalLimits {
             },
         };
         self.latency.observe(start.elapsed().as_secs_f64());
-        let reply = match reply {
+        let (reply, place) = match reply {
             Ok(r) => r,
             Err(e) => {
                 self.count_error(&e);
@@ -191,21 +207,25 @@ impl GlobalLimits {
                 return Err(e);
             }
         };
-        parse(&reply, &windows, limit)
+        parse(&reply, &windows, limit, place)
     }
 
     /// The decision's script on `shard`'s decisions connection within `redis.timeout_ms`: by
-    /// hash, and once more with its text if the server does not have it. `None`: that
-    /// connection is not open (see [`link::Link::call`]).
+    /// hash, and once more with its text if the server does not have it. With `join` (the
+    /// key's hash; `kind` is then 'F' or 'S'), like calls not yet written share one, and the
+    /// reply comes with this decision's place among them (else 1). `None`: that connection is
+    /// not open (see [`link::Link::call`]).
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         shard: &health::Shard,
         key: &[u8],
         kind: &str,
+        join: Option<u64>,
         windows: &[(u64, Duration)],
         carry: &[u64],
         start: Instant,
-    ) -> Option<Result<Vec<u8>, GlobalError>> {
+    ) -> Option<Result<(Vec<u8>, u32), GlobalError>> {
         let count = 5 + windows.len() * 2 + carry.len();
         let args = |script, how: &'static [u8]| {
             [
@@ -225,7 +245,8 @@ impl GlobalLimits {
         };
         // From the clock read `check` made for its latency metric: one read less per decision.
         let deadline = tokio::time::Instant::from_std(start) + self.timeout;
-        let rx = shard.link.call(
+        let queued = shard.link.call(
+            join,
             count,
             args(
                 wire::Arg::Bytes(self.script.get_hash().as_bytes()),
@@ -235,33 +256,34 @@ impl GlobalLimits {
         )?;
         // The connection's driver keeps the deadline (one timer for all its calls, see
         // `wire::State::alarm`), so there is no timer here.
-        let answer = |rx: tokio::sync::oneshot::Receiver<wire::Answer>| async move {
+        let answer = |(rx, place): (tokio::sync::oneshot::Receiver<wire::Answer>, u32)| async move {
             match rx.await {
                 Ok(Err(wire::WireError::Timeout)) => Err(GlobalError::Timeout(self.timeout)),
-                Ok(answer) => answer.map_err(GlobalError::from),
+                Ok(answer) => answer.map(|r| (r, place)).map_err(GlobalError::from),
                 // The driver ended without a word: the connection is gone.
                 Err(_) => Err(GlobalError::Wire(wire::WireError::Lost(
                     "the connection's task ended".into(),
                 ))),
             }
         };
-        let reply = match answer(rx).await {
+        let reply = match answer(queued).await {
             Err(GlobalError::Wire(e)) if e.is_no_script() => {
                 // A restarted or flushed server: EVAL runs the script and keeps it for the
-                // next EVALSHA.
+                // next EVALSHA (the calls that had joined this one retry too, and join again).
                 match shard.link.call(
+                    join,
                     count,
                     args(wire::Arg::Bytes(SCRIPT.as_bytes()), b"EVAL"),
                     deadline,
                 ) {
-                    Some(rx) => answer(rx).await,
+                    Some(queued) => answer(queued).await,
                     None => Err(GlobalError::Wire(e)),
                 }
             }
             other => other,
         };
-        Some(reply.and_then(|r| match r {
-            wire::Reply::Text(t) => Ok(t),
+        Some(reply.and_then(|(r, place)| match r {
+            wire::Reply::Text(t) => Ok((t, place)),
             other => Err(GlobalError::Reply(format!("{other:?}"))),
         }))
     }
@@ -327,7 +349,7 @@ impl GlobalLimits {
                         answers[*i] = Some(
                             reply
                                 .map_err(GlobalError::from)
-                                .and_then(|r| parse(r.as_bytes(), &windows, limit)),
+                                .and_then(|r| parse(r.as_bytes(), &windows, limit, 1)),
                         );
                     }
                 }
@@ -554,9 +576,17 @@ fn integer(text: &[u8]) -> Option<i64> {
     Some(if negative { -v } else { v })
 }
 
-/// Reads the script's reply, "allowed window remaining reset_ms retry_after_ms [least]". On
-/// bytes: a `str` split and UTF-8 check cost ~0.6k instructions of every decision.
-fn parse(reply: &[u8], windows: &[(u64, Duration)], limit: &Limit) -> Result<Decided, GlobalError> {
+/// Reads the script's reply, "allowed window remaining reset_ms retry_after_ms [least]", for
+/// the decision in `place` (1-based) of those that shared the call: the first `allowed` are
+/// admitted, the k-th leaving k - 1 fewer than `remaining`; the rest are turned away with
+/// `retry_after_ms` (a call of one decision: `allowed` is 0 or 1). On bytes: a `str` split
+/// and UTF-8 check cost ~0.6k instructions of every decision.
+fn parse(
+    reply: &[u8],
+    windows: &[(u64, Duration)],
+    limit: &Limit,
+    place: u32,
+) -> Result<Decided, GlobalError> {
     let bad = || GlobalError::Reply(String::from_utf8_lossy(reply).into_owned());
     let mut fields = [0i64; 6];
     let mut n = 0;
@@ -566,11 +596,19 @@ fn parse(reply: &[u8], windows: &[(u64, Duration)], limit: &Limit) -> Result<Dec
         *slot = integer(text).ok_or_else(bad)?;
         n += 1;
     }
-    let [allowed, window, remaining, reset_ms, retry_ms, least] = fields;
-    // One window: `least` is not sent, it is `remaining`.
+    let [admitted, window, first_left, reset_ms, rest_retry_ms, least] = fields;
+    let behind = i64::from(place) - 1;
+    let allowed = admitted > behind;
+    let (remaining, retry_ms) = if allowed {
+        (first_left - behind, 0)
+    } else {
+        (0, rest_retry_ms)
+    };
+    // One window: `least` is not sent, it is `remaining`. (Only calls of one window are
+    // shared: with several, `place` is 1.)
     let least = match n {
         5 => remaining,
-        6 => least,
+        6 if place == 1 => least,
         _ => return Err(bad()),
     };
     let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
@@ -581,7 +619,7 @@ fn parse(reply: &[u8], windows: &[(u64, Duration)], limit: &Limit) -> Result<Dec
         .unwrap_or((limit.max_requests.get(), limit.window));
     Ok(Decided {
         outcome: Outcome {
-            allowed: allowed == 1,
+            allowed,
             limit: max,
             remaining: u64::try_from(remaining).unwrap_or(0),
             reset: ms(reset_ms),
@@ -653,7 +691,7 @@ mod tests {
             [(10, Duration::from_secs(1)), (100, Duration::from_secs(60))]
         );
         // One window's reply: `least` is `remaining`.
-        let d = parse(b"1 1 7 900 0", &w, &limit).unwrap();
+        let d = parse(b"1 1 7 900 0", &w, &limit, 1).unwrap();
         assert!(d.outcome.allowed);
         assert_eq!(
             (d.outcome.limit, d.outcome.window),
@@ -662,7 +700,7 @@ mod tests {
         assert_eq!((d.outcome.remaining, d.least), (7, 7));
         assert_eq!(d.outcome.reset, Duration::from_millis(900));
         // The second window reported, with the fewest left of any window.
-        let d = parse(b"0 2 0 30000 1500 0", &w, &limit).unwrap();
+        let d = parse(b"0 2 0 30000 1500 0", &w, &limit, 1).unwrap();
         assert!(!d.outcome.allowed);
         assert_eq!(
             (d.outcome.limit, d.outcome.window),
@@ -677,7 +715,7 @@ mod tests {
             b"1  1 7 900 0",
             b"ok",
         ] {
-            match parse(bad, &w, &limit) {
+            match parse(bad, &w, &limit, 1) {
                 Err(GlobalError::Reply(text)) => {
                     assert_eq!(
                         text,
@@ -688,5 +726,29 @@ mod tests {
                 other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
             }
         }
+        // A reply several decisions shared: 3 of them admitted, the first leaving 7, the
+        // others turned away with its retry.
+        let one = Limit {
+            extra_windows: Vec::new(),
+            ..limit
+        };
+        let w = windows(&one);
+        let each: Vec<_> = (1..=5)
+            .map(|place| parse(b"3 1 7 900 250", &w, &one, place).unwrap())
+            .map(|d| {
+                let o = d.outcome;
+                (o.allowed, o.remaining, d.least, o.retry_after.as_millis())
+            })
+            .collect();
+        assert_eq!(
+            each,
+            [
+                (true, 7, 7, 0),
+                (true, 6, 6, 0),
+                (true, 5, 5, 0),
+                (false, 0, 0, 250),
+                (false, 0, 0, 250)
+            ]
+        );
     }
 }

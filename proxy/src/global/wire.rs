@@ -15,6 +15,11 @@
 //! keeps them all with one timer (`State::alarm`): a caller past its deadline is told
 //! [`WireError::Timeout`] and its reply, still owed, is dropped when it comes.
 //!
+//! Calls may also be joined ([`Wire::join`]): a call of the same command as one queued and
+//! not yet written adds one to that call's last argument, a count, and is told its reply too,
+//! with its place among those sharing it. Decisions of one key that arrive in one turn of a
+//! busy sidecar are one script call this way (Redis runs the script once for all of them).
+//!
 //! Why both: the write per call, as redis-rs's connection did it (~1 `send` per decision
 //! under wrk -c32), and a turn of the runtime before every write (~0.3), each cost more than
 //! this (bench/README.md): the first in system calls, the second in latency at rates below
@@ -83,12 +88,33 @@ pub enum Arg<'a> {
 /// A reply, or why there is none.
 pub type Answer = Result<Reply, WireError>;
 
-/// A call waiting for its reply: `tx` is `None` once it was told it is past its deadline (its
-/// reply is still owed, and dropped when it comes).
+/// A call waiting for its reply. `txs`: its caller, and every caller that joined it
+/// ([`Wire::join`]), each told the one reply; empty once they were told the call is past its
+/// deadline (its reply is still owed, and dropped when it comes).
 struct Waiter {
-    tx: Option<oneshot::Sender<Answer>>,
+    txs: smallvec::SmallVec<[oneshot::Sender<Answer>; 1]>,
     deadline: Instant,
 }
+
+/// A call in `State::out`, not yet written, that later calls of the same command may join.
+struct Open {
+    /// The caller's tag for the command (a cheap test before its bytes are compared).
+    tag: u64,
+    /// The call's number: its waiter is `waiting[seq - popped]`.
+    seq: u64,
+    /// `out[start..count_at]`: the command up to its last argument, the count of callers.
+    start: usize,
+    count_at: usize,
+}
+
+/// The joined callers' count, the last argument of a call others may join: a bulk string of
+/// a fixed width, so that each one who joins rewrites it in place.
+const COUNT_WIDTH: usize = 5;
+const COUNT_HEAD: &[u8] = b"$5\r\n";
+const MAX_JOINED: u32 = 99_999;
+
+/// Most calls open to join at once: past it, calls are queued on their own.
+const MAX_OPEN: usize = 64;
 
 #[derive(Default)]
 struct State {
@@ -98,6 +124,11 @@ struct State {
     flushing: bool,
     /// Who waits for the next replies, in the order their commands were queued.
     waiting: VecDeque<Waiter>,
+    /// How many waiters replies took off the front of `waiting`.
+    popped: u64,
+    /// The calls in `out` others may join: only while their bytes are not written, so it is
+    /// emptied whenever any of `out` is.
+    open: Vec<Open>,
     /// The driver's timer is set for this instant, no later than any waiting caller's
     /// deadline (`None`: not set). One timer for every call: a timer per call cost ~0.8k
     /// instructions, and, being earlier than tokio's time driver was to wake, a write to the
@@ -114,6 +145,18 @@ struct State {
     over: Option<WireError>,
     /// No [`Wire`] is left: the driver ends once the calls in flight are answered.
     dropped: bool,
+}
+
+impl State {
+    /// The first `n` bytes of `out` were written.
+    fn wrote(&mut self, n: usize) {
+        if n == self.out.len() {
+            self.out.clear();
+        } else {
+            self.out.drain(..n);
+        }
+        self.open.clear();
+    }
 }
 
 struct Shared {
@@ -247,6 +290,33 @@ impl Wire {
         args: impl Iterator<Item = Arg<'a>>,
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Answer>, WireError> {
+        self.queue(None, count, args, deadline).map(|(rx, _)| rx)
+    }
+
+    /// Like [`Wire::call`], for a command of the `count` arguments `args` followed by one
+    /// more: how many callers share it. A call of the very same command (and `tag`) queued
+    /// and not yet written is joined instead: its count goes up by one, and this caller is told
+    /// its reply too. Returns the receiver and this caller's place among those sharing the
+    /// reply (1: the first). Calls are joined only while the connection is busy (calls are
+    /// written at once while none is in flight), and a joined caller's deadline is the first
+    /// one's (they came within one turn of the runtime).
+    pub fn join<'a>(
+        &self,
+        tag: u64,
+        count: usize,
+        args: impl Iterator<Item = Arg<'a>>,
+        deadline: Instant,
+    ) -> Result<(oneshot::Receiver<Answer>, u32), WireError> {
+        self.queue(Some(tag), count, args, deadline)
+    }
+
+    fn queue<'a>(
+        &self,
+        tag: Option<u64>,
+        count: usize,
+        args: impl Iterator<Item = Arg<'a>>,
+        deadline: Instant,
+    ) -> Result<(oneshot::Receiver<Answer>, u32), WireError> {
         let (tx, rx) = oneshot::channel();
         let driver = {
             let mut st = self.shared.lock();
@@ -254,52 +324,149 @@ impl Wire {
                 return Err(e.clone());
             }
             let in_flight = !st.waiting.is_empty();
-            encode(&mut st.out, count, args);
-            st.waiting.push_back(Waiter {
-                tx: Some(tx),
-                deadline,
-            });
-            // Usually the timer is set already, for an earlier call's deadline: nothing to do.
-            let rearm = !st.rearm && st.alarm.is_none_or(|a| deadline < a);
-            st.rearm |= rearm;
-            let driver = if st.flushing {
-                None
-            } else if in_flight {
-                // Others wait for replies already: this one is sent with whatever else the
-                // runtime's ready tasks queue this turn, in one write (see `step`).
-                st.flushing = true;
-                st.driver.take()
-            } else {
-                // Written from here at once, under the lock that orders commands and their
-                // callers: no hop to the driver, which only reads (and finishes what a full
-                // socket buffer left; an error is its to find, on that write).
-                match self.shared.stream.try_write(&st.out) {
-                    Ok(n) if n == st.out.len() => {
-                        st.out.clear();
-                        None
-                    }
-                    Ok(n) => {
-                        st.out.drain(..n);
-                        st.flushing = true;
-                        st.driver.take()
-                    }
-                    Err(_) => {
-                        st.flushing = true;
-                        st.driver.take()
-                    }
+            let start = st.out.len();
+            let Some(tag) = tag else {
+                encode(&mut st.out, count, args);
+                let driver = self.queued(&mut st, tx, deadline, in_flight);
+                drop(st);
+                if let Some(w) = driver {
+                    w.wake();
                 }
+                return Ok((rx, 1));
             };
-            match driver {
-                Some(w) => Some(w),
-                None if rearm => st.driver.take(),
-                None => None,
+            encode(&mut st.out, count + 1, args);
+            let tx = match join_open(&mut st, tag, start, deadline, tx) {
+                // Written with the call it joined, which arranged that already.
+                Ok(place) => return Ok((rx, place)),
+                Err(tx) => tx,
+            };
+            let count_at = st.out.len();
+            st.out.extend_from_slice(COUNT_HEAD);
+            st.out.extend_from_slice(b"00001\r\n");
+            if st.open.len() < MAX_OPEN {
+                let seq = st.popped + st.waiting.len() as u64;
+                st.open.push(Open {
+                    tag,
+                    seq,
+                    start,
+                    count_at,
+                });
             }
+            self.queued(&mut st, tx, deadline, in_flight)
         };
         if let Some(w) = driver {
             w.wake();
         }
-        Ok(rx)
+        Ok((rx, 1))
     }
+
+    /// A call's bytes are in `out`: queues its waiter, and writes them (or has the driver
+    /// write them). Returns the driver's waker if it is to be woken.
+    fn queued(
+        &self,
+        st: &mut State,
+        tx: oneshot::Sender<Answer>,
+        deadline: Instant,
+        in_flight: bool,
+    ) -> Option<Waker> {
+        st.waiting.push_back(Waiter {
+            txs: smallvec::smallvec![tx],
+            deadline,
+        });
+        // Usually the timer is set already, for an earlier call's deadline: nothing to do.
+        let rearm = !st.rearm && st.alarm.is_none_or(|a| deadline < a);
+        st.rearm |= rearm;
+        let driver = if st.flushing {
+            None
+        } else if in_flight {
+            // Others wait for replies already: this one is sent with whatever else the
+            // runtime's ready tasks queue this turn, in one write (see `step`); calls of the
+            // same command meanwhile join it (`Wire::join`).
+            st.flushing = true;
+            st.driver.take()
+        } else {
+            // Written from here at once, under the lock that orders commands and their
+            // callers: no hop to the driver, which only reads (and finishes what a full
+            // socket buffer left; an error is its to find, on that write).
+            match self.shared.stream.try_write(&st.out) {
+                Ok(n) if n == st.out.len() => {
+                    st.wrote(n);
+                    None
+                }
+                Ok(n) => {
+                    st.wrote(n);
+                    st.flushing = true;
+                    st.driver.take()
+                }
+                Err(_) => {
+                    st.flushing = true;
+                    st.driver.take()
+                }
+            }
+        };
+        match driver {
+            Some(w) => Some(w),
+            None if rearm => st.driver.take(),
+            None => None,
+        }
+    }
+}
+
+/// The command just encoded at `out[start..]` (all but its count) is that of an open call of
+/// `tag`: it is dropped from `out`, the open call's count goes up by one, and `tx` is told its
+/// reply too. Returns the new count, this caller's place; `tx` back if there is no such call
+/// (or it is full, or was told its deadline passed, or its deadline is later than
+/// `deadline`: the caller would be told past its own).
+fn join_open(
+    st: &mut State,
+    tag: u64,
+    start: usize,
+    deadline: Instant,
+    tx: oneshot::Sender<Answer>,
+) -> Result<u32, oneshot::Sender<Answer>> {
+    let State {
+        out,
+        open,
+        waiting,
+        popped,
+        ..
+    } = st;
+    let (earlier, mine) = out.split_at(start);
+    let Some(at) = open
+        .iter()
+        .position(|o| o.tag == tag && earlier.get(o.start..o.count_at) == Some(mine))
+    else {
+        return Err(tx);
+    };
+    let o = &open[at];
+    let digits = o.count_at + COUNT_HEAD.len()..o.count_at + COUNT_HEAD.len() + COUNT_WIDTH;
+    let joined = out
+        .get(digits.clone())
+        .map(|d| d.iter().fold(0u32, |v, b| v * 10 + u32::from(b - b'0')) + 1);
+    let waiter = usize::try_from(o.seq - *popped)
+        .ok()
+        .and_then(|i| waiting.get_mut(i));
+    let (Some(joined), Some(waiter)) = (joined, waiter) else {
+        open.swap_remove(at);
+        return Err(tx);
+    };
+    if joined > MAX_JOINED || waiter.txs.is_empty() {
+        // Full, or past its deadline: later ones are queued on their own.
+        open.swap_remove(at);
+        return Err(tx);
+    }
+    if deadline < waiter.deadline {
+        // (A retry, with its first try's deadline.)
+        return Err(tx);
+    }
+    let mut text = itoa::Buffer::new();
+    let text = text.format(joined).as_bytes();
+    let field = &mut out[digits];
+    field.fill(b'0');
+    field[COUNT_WIDTH - text.len()..].copy_from_slice(text);
+    waiter.txs.push(tx);
+    out.truncate(start);
+    Ok(joined)
 }
 
 /// Reads the replies and hands them out (and writes what callers could not), until the
@@ -318,9 +485,10 @@ async fn drive(shared: Arc<Shared>) {
         let mut st = shared.lock();
         st.over = Some(end.clone());
         st.out.clear();
+        st.open.clear();
         std::mem::take(&mut st.waiting)
     };
-    for tx in waiting.into_iter().filter_map(|w| w.tx) {
+    for tx in waiting.into_iter().flat_map(|w| w.txs) {
         let _ = tx.send(Err(end.clone()));
     }
     if !matches!(end, WireError::Lost(ref m) if m == CLOSED_HERE) {
@@ -359,9 +527,7 @@ fn step(
                 match shared.stream.poll_write_ready(cx) {
                     Poll::Ready(Ok(())) => match shared.stream.try_write(&st.out) {
                         Ok(0) => return Poll::Ready(WireError::Lost("write returned 0".into())),
-                        Ok(n) => {
-                            st.out.drain(..n);
-                        }
+                        Ok(n) => st.wrote(n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => return Poll::Ready(WireError::lost(&e)),
                     },
@@ -414,7 +580,7 @@ fn step(
                     .waiting
                     .iter_mut()
                     .filter(|w| w.deadline <= now)
-                    .filter_map(|w| w.tx.take())
+                    .flat_map(|w| std::mem::take(&mut w.txs))
                     .collect();
                 set_alarm(&mut st, alarm.as_mut());
                 // Told outside the lock, as replies are (a wake may reach another thread).
@@ -452,7 +618,7 @@ fn set_alarm(st: &mut State, alarm: std::pin::Pin<&mut Sleep>) {
     st.alarm = st
         .waiting
         .iter()
-        .filter(|w| w.tx.is_some())
+        .filter(|w| !w.txs.is_empty())
         .map(|w| w.deadline)
         .min();
     if let Some(at) = st.alarm {
@@ -471,13 +637,20 @@ fn hand_out(shared: &Shared, rbuf: &mut ReadBuffer) -> Result<(), WireError> {
     let mut at = 0;
     while let Some((reply, used)) = parse(&rbuf.bytes[at..rbuf.filled])? {
         at += used;
-        let next = shared.lock().waiting.pop_front();
+        let next = {
+            let mut st = shared.lock();
+            st.popped += 1;
+            st.waiting.pop_front()
+        };
         match next {
-            // A caller past its deadline was told so already; one that gave up has dropped
+            // Callers past their deadline were told so already; one that gave up has dropped
             // its receiver.
-            Some(w) => {
-                if let Some(tx) = w.tx {
-                    let _ = tx.send(reply);
+            Some(mut w) => {
+                if let Some(last) = w.txs.pop() {
+                    for tx in w.txs {
+                        let _ = tx.send(reply.clone());
+                    }
+                    let _ = last.send(reply);
                 }
             }
             None => return Err(WireError::Malformed),
@@ -901,5 +1074,104 @@ mod tests {
         assert!(wire
             .call(1, [Arg::Bytes(b"PING")].into_iter(), later())
             .is_ok());
+    }
+
+    /// A `BLPOP k 0`, which the server holds until `k` gets an element: the connection is busy.
+    fn blocked(wire: &Wire) -> oneshot::Receiver<Answer> {
+        wire.call(
+            3,
+            [Arg::Bytes(b"BLPOP"), Arg::Bytes(b"k"), Arg::Int(0)].into_iter(),
+            later(),
+        )
+        .unwrap()
+    }
+
+    /// `EVAL "return tonumber(ARGV[1])" 0 <count>`: the count of callers sharing the call.
+    fn counted<'a>() -> impl Iterator<Item = Arg<'a>> {
+        [
+            Arg::Bytes(b"EVAL"),
+            Arg::Bytes(b"return tonumber(ARGV[1])"),
+            Arg::Int(0),
+        ]
+        .into_iter()
+    }
+
+    /// Calls of one command (and tag) queued while the connection is busy share one call:
+    /// each caller gets its place and the one reply, which saw the count of them. A call of
+    /// other bytes or another tag is not joined, nor is one after the shared call was written.
+    #[tokio::test]
+    async fn calls_of_one_command_queued_together_share_one_call() {
+        let server = Server::start().await;
+        let wire = server.wire().await;
+        // Busy: a call in flight, which the server holds until `k` gets an element.
+        let held = blocked(&wire);
+        // On this one-thread runtime nothing is written until the test awaits: all of these
+        // are queued in one turn.
+        let mut joined = Vec::new();
+        for _ in 0..3 {
+            joined.push(wire.join(7, 3, counted(), later()).unwrap());
+        }
+        let other_tag = wire.join(8, 3, counted(), later()).unwrap();
+        let other_bytes = wire
+            .join(
+                7,
+                3,
+                [
+                    Arg::Bytes(b"EVAL"),
+                    Arg::Bytes(b"return tonumber(ARGV[1]) + 100"),
+                    Arg::Int(0),
+                ]
+                .into_iter(),
+                later(),
+            )
+            .unwrap();
+        let fourth = wire.join(7, 3, counted(), later()).unwrap();
+        assert_eq!(
+            joined.iter().map(|(_, place)| *place).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!((other_tag.1, other_bytes.1, fourth.1), (1, 1, 4));
+        let other = server.wire().await;
+        let pushed = other
+            .call(
+                3,
+                [Arg::Bytes(b"RPUSH"), Arg::Bytes(b"k"), Arg::Bytes(b"a")].into_iter(),
+                later(),
+            )
+            .unwrap();
+        assert_eq!(told(pushed).await, Ok(Reply::Int(1)));
+        assert_eq!(told(held).await, Ok(Reply::Array));
+        for (rx, _) in joined.into_iter().chain([fourth]) {
+            assert_eq!(told(rx).await, Ok(Reply::Int(4)));
+        }
+        assert_eq!(told(other_tag.0).await, Ok(Reply::Int(1)));
+        assert_eq!(told(other_bytes.0).await, Ok(Reply::Int(101)));
+        // Idle again: a call is written at once, and the next like it has nothing to join.
+        let (first, place) = wire.join(7, 3, counted(), later()).unwrap();
+        let (second, second_place) = wire.join(7, 3, counted(), later()).unwrap();
+        assert_eq!((place, second_place), (1, 1));
+        assert_eq!(told(first).await, Ok(Reply::Int(1)));
+        assert_eq!(told(second).await, Ok(Reply::Int(1)));
+    }
+
+    /// Callers that joined a call are all told when it passes its deadline, and a call queued
+    /// after that does not join it (it would wait past its own deadline).
+    #[tokio::test]
+    async fn joined_callers_are_told_at_the_shared_deadline() {
+        let server = Server::start().await;
+        let wire = server.wire().await;
+        let held = blocked(&wire);
+        let soon = Instant::now() + Duration::from_millis(50);
+        let (a, _) = wire.join(7, 3, counted(), soon).unwrap();
+        let (b, place) = wire.join(7, 3, counted(), later()).unwrap();
+        assert_eq!(place, 2);
+        assert_eq!(told(a).await, Err(WireError::Timeout));
+        assert_eq!(told(b).await, Err(WireError::Timeout));
+        let (after, place) = wire
+            .join(7, 3, counted(), Instant::now() + Duration::from_millis(50))
+            .unwrap();
+        assert_eq!(place, 1, "not joined to a call whose callers were told");
+        assert_eq!(told(after).await, Err(WireError::Timeout));
+        drop(held);
     }
 }
