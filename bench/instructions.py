@@ -6,7 +6,9 @@ not (the same binary, config and requests give the same count whatever else runs
 floodgate candidate runs under callgrind in front of the same nginx backend; after WARMUP
 requests the counters are zeroed (callgrind_control -z), then N keep-alive requests on 4
 connections are counted and dumped, so start-up is not in the figure. Then the global limit's
-Redis script is counted the same way inside redis-server, per decision, for each strategy.
+Redis script is counted the same way inside redis-server, per decision, for each strategy,
+and for a sliding window's call of 5 joined decisions (the sidecar's decisions of one key
+queued in one turn), divided by the 5.
 The README's instruction figures come from this script.
 """
 import argparse, os, re, socket, subprocess, sys, tempfile, threading, time
@@ -132,7 +134,9 @@ def main():
                 rows.append((name, total / args.n))
                 print(f"{name}: {total / args.n / 1000:.1f}k", flush=True)
             script = open(SCRIPT).read()
-            for kind, label in () if args.only else (("s", "sliding window"), ("f", "fixed window"), ("t", "token bucket")):
+            strategies = (("s", "sliding window", 1), ("f", "fixed window", 1), ("t", "token bucket", 1),
+                          ("S", "sliding window, 5 joined decisions per call", 5))
+            for kind, label, joined in () if args.only else strategies:
                 port = B.free_port()
                 out = os.path.join(args.keep or tmp, f"cg.redis{kind}")
                 p = under_callgrind(out, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
@@ -143,14 +147,17 @@ def main():
                                          capture_output=True, text=True, check=True).stdout.strip()
                     call = ["redis-benchmark", "-p", str(port), "-P", "16", "-c", "1", "-q", "EVALSHA", sha,
                             "1", "fg:{bench:1}", kind, "1000000000", "60000"]
+                    if kind.isupper():
+                        call.append(f"{joined:05}")
                     subprocess.run(call[:5] + ["-n", "1000"] + call[5:], capture_output=True, check=True)
                     total = counted(p.pid, out, lambda: subprocess.run(
                         call[:5] + ["-n", str(args.decisions)] + call[5:], capture_output=True, check=True))
                 finally:
                     p.terminate()
                     p.wait(timeout=60)
-                rows.append((f"redis-server, one decision ({label})", total / args.decisions))
-                print(f"redis {label}: {total / args.decisions / 1000:.1f}k", flush=True)
+                # Per decision: a call of `joined` decides that many.
+                rows.append((f"redis-server, one decision ({label})", total / args.decisions / joined))
+                print(f"redis {label}: {total / args.decisions / joined / 1000:.1f}k per decision", flush=True)
         finally:
             for p in (backend, redis):
                 p.terminate()
