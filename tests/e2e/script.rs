@@ -342,7 +342,15 @@ async fn decide_many(
 async fn a_count_of_requests_is_decided_as_that_many_in_turn() {
     let r = RedisServer::start().await;
     let now = r.time_ms().await;
-    let w = mid_window(now);
+    // Mid-window, and with the previous window's 10 weighing a fraction well away from a
+    // whole number, so that the twin, decided milliseconds later, meets the same tests.
+    let w = (600_000..)
+        .find(|w| {
+            let into = now % w;
+            let weighed = 10.0 * (w - into) as f64 / *w as f64;
+            (35..=65).contains(&(into * 100 / w)) && (0.2..=0.8).contains(&weighed.fract())
+        })
+        .unwrap();
     let prev = (now / w - 1).to_string();
     for (kind, counted, full_before) in [("f", "F", false), ("s", "S", false), ("s", "S", true)] {
         let (one, many) = (
@@ -369,10 +377,33 @@ async fn a_count_of_requests_is_decided_as_that_many_in_turn() {
                 // The twin is decided a few milliseconds later.
                 assert!(a.2.abs_diff(b.2) <= 100, "{what}: {together:?} {in_turn:?}");
             }
+            // The same fields stored (a rejection writes nothing), and the expiry renewed alike.
+            let stored = |key: String| {
+                let r = &r;
+                async move {
+                    let mut fields: Vec<String> = command(r.port, &["HGETALL", &key])
+                        .await
+                        .unwrap()
+                        .lines()
+                        .skip(1)
+                        .map(String::from)
+                        .collect();
+                    fields.retain(|l| !l.starts_with('$'));
+                    fields
+                }
+            };
             assert_eq!(
-                int(&r, &["HGET", &many, "c1"]).await,
-                int(&r, &["HGET", &one, "c1"]).await,
-                "{kind}: the same count stored"
+                stored(many.clone()).await,
+                stored(one.clone()).await,
+                "{kind}: the same fields"
+            );
+            let (ttl_many, ttl_one) = (
+                int(&r, &["PTTL", &many]).await,
+                int(&r, &["PTTL", &one]).await,
+            );
+            assert!(
+                ttl_many > 0 && ttl_many.abs_diff(ttl_one) <= 1000,
+                "{kind}: expiry {ttl_many} {ttl_one}"
             );
         }
         assert_eq!(

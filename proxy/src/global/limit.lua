@@ -1,4 +1,5 @@
--- Floodgate global rate limit: one atomic decision for one key of one limit.
+-- Floodgate global rate limit: one atomic decision for one key of one limit (or, with 'F' /
+-- 'S', the decisions of several requests of that key at once, as if made in turn).
 -- KEYS[1]  the key's hash, hash-tagged so every window of it lives in one slot
 -- ARGV[1]  'f' fixed window | 's' sliding window | 't' token bucket (GCRA); 'f+' / 's+' when
 --          counts to hand over follow the pairs (see below); 'F' / 'S' when the last argument
@@ -47,7 +48,7 @@ if kind == 'S' or kind == 'F' then
   if kind == 'S' then kind = 's' else kind = 'f' end
   -- With several windows the requests of one call could be turned away by different windows,
   -- each with its own terms: one answer could not say it.
-  if n ~= 1 or not hits or hits < 1 then
+  if n ~= 1 or not hits or hits ~= hits or hits < 1 or hits > 99999 or hits % 1 ~= 0 then
     return redis.error_reply('a count of requests needs a limit of one window and a count of 1 or more')
   end
 end
@@ -101,9 +102,9 @@ if #kind > 1 then
         end
         c = c + k
       end
-      local weight = 0
-      if kind == 's' then weight = 1 - into / w end
-      local left = math.floor(max - (p * weight + c))
+      local used = c
+      if kind == 's' then used = p * (w - into) / w + c end
+      local left = math.floor(max - used)
       if left < 0 then left = 0 end
       if best == nil or left < best[3] then
         local allowed = 0
@@ -160,9 +161,10 @@ for i = 1, n do
       if wi == idx - 1 then p = c else p = 0 end
       c = 0
     end
-    local weight = 0
-    if kind == 's' then weight = 1 - into / w end
-    local used = p * weight + c
+    -- The previous window weighs what is left of it. One division, rounded once: `1 - into / w`
+    -- rounded twice, and put `used` an ulp above a whole number it was exactly, one fewer left.
+    local used = c
+    if kind == 's' then used = p * (w - into) / w + c end
     local reset = w - into
     -- How many of the `hits` this window admits: each one admitted adds 1 to `used`.
     local a = hits
@@ -195,7 +197,10 @@ for i = 1, n do
       redis.call('HINCRBY', key, fc, add)
     end
     admitted = a
-    res = {max, math.floor(max - used - 1), reset}
+    -- What the first leaves: the a - 1 after it were admitted, so at least a - 1.
+    local left = math.floor(max - used - 1)
+    if left < a - 1 then left = a - 1 end
+    res = {max, left, reset}
   end
   if least == nil or res[2] < least then least = res[2] end
   local share = res[2] / res[1]

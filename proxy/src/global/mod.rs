@@ -1,9 +1,11 @@
-//! Fleet-wide limits in Redis. Each decision is one `EVALSHA` of `limit.lua` (sent again as
+//! Fleet-wide limits in Redis. A decision is an `EVALSHA` of `limit.lua` (sent again as
 //! `EVAL` on `NOSCRIPT`) on one pipelined connection to the key's master ([`wire`], per shard
 //! in [`link`]), so concurrent decisions share its writes and no request waits on more than
 //! one round trip. Decisions of one key (of a limit of one window, fixed or sliding) queued
 //! together on a busy connection share one call, which the script answers as if it had
 //! decided them in turn (`wire::Wire::join`): Redis runs the script once for all of them.
+//! (On redis-rs's connection, lent while the decisions' own is not open, each decision is a
+//! call of its own.)
 //! Decisions have connections of their own, opened from the runtime that serves requests so
 //! that their I/O is driven there; the prober has others. Every call has the
 //! `redis.timeout_ms` budget; past it, or on any error, the key's shard ([`health`]) is
