@@ -330,33 +330,33 @@ impl Wire {
             }
             let in_flight = !st.waiting.is_empty();
             let start = st.out.len();
-            let Some(tag) = tag else {
-                encode(&mut st.out, count, args);
-                let driver = self.queued(&mut st, tx, deadline, in_flight);
-                drop(st);
-                if let Some(w) = driver {
-                    w.wake();
+            let tx = match tag {
+                None => {
+                    encode(&mut st.out, count, args);
+                    tx
                 }
-                return Ok((rx, 1));
+                Some(tag) => {
+                    encode(&mut st.out, count + 1, args);
+                    let tx = match join_open(&mut st, tag, start, deadline, tx) {
+                        // Written with the call it joined, which arranged that already.
+                        Ok(place) => return Ok((rx, place)),
+                        Err(tx) => tx,
+                    };
+                    let count_at = st.out.len();
+                    st.out.extend_from_slice(COUNT_HEAD);
+                    st.out.extend_from_slice(b"00001\r\n");
+                    if st.open.len() < MAX_OPEN {
+                        let seq = st.popped + st.waiting.len() as u64;
+                        st.open.push(Open {
+                            tag,
+                            seq,
+                            start,
+                            count_at,
+                        });
+                    }
+                    tx
+                }
             };
-            encode(&mut st.out, count + 1, args);
-            let tx = match join_open(&mut st, tag, start, deadline, tx) {
-                // Written with the call it joined, which arranged that already.
-                Ok(place) => return Ok((rx, place)),
-                Err(tx) => tx,
-            };
-            let count_at = st.out.len();
-            st.out.extend_from_slice(COUNT_HEAD);
-            st.out.extend_from_slice(b"00001\r\n");
-            if st.open.len() < MAX_OPEN {
-                let seq = st.popped + st.waiting.len() as u64;
-                st.open.push(Open {
-                    tag,
-                    seq,
-                    start,
-                    count_at,
-                });
-            }
             self.queued(&mut st, tx, deadline, in_flight)
         };
         if let Some(w) = driver {
@@ -458,7 +458,7 @@ fn join_open(
         match (joined, waiter) {
             (Some(joined), Some(w)) if joined <= MAX_JOINED && !w.txs.is_empty() => {
                 if w.deadline <= deadline && deadline <= w.deadline + JOIN_SLACK {
-                    found = Some((i, digits, joined));
+                    found = Some((o.seq, digits, joined));
                     break;
                 }
                 i += 1;
@@ -469,10 +469,9 @@ fn join_open(
             }
         }
     }
-    let Some((at, digits, joined)) = found else {
+    let Some((seq, digits, joined)) = found else {
         return Err(tx);
     };
-    let seq = open[at].seq;
     let Some(waiter) = usize::try_from(seq - *popped)
         .ok()
         .and_then(|w| waiting.get_mut(w))
