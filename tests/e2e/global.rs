@@ -118,7 +118,7 @@ async fn hourly(url: &str, up: &Upstream) -> Sidecar {
 }
 
 /// Requests of one key at once on one sidecar, whose decisions may share one script call
-/// (the wire joins like calls not yet written): exactly the limit is admitted, the admitted
+/// (the wire joins like calls not yet written; how many do is timing): exactly the limit is admitted, the admitted
 /// answers leave 39 down to 0 (each once, as decisions in turn would), every other one is
 /// turned away with a Retry-After, and Redis holds the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,9 +158,13 @@ async fn requests_of_one_key_at_once_are_decided_as_if_in_turn() {
     let keys = command(redis.port, &["KEYS", "fg:{g:*"]).await.unwrap();
     let key = keys.lines().nth(2).unwrap_or_else(|| panic!("{keys:?}"));
     assert_eq!(count_of(&redis, key).await, 40);
-    // Shared calls: fewer script runs than decisions (11 for the 100 in a run here).
-    let calls = evalsha_calls(redis.port).await;
-    assert!(calls < 100, "{calls} script calls for 100 decisions");
+    // How many calls the decisions shared is timing (11 script runs for the 100 in a run here,
+    // 100 when the tests around it slowed the requests' arrival): not asserted. That like
+    // calls are joined is `wire`'s tests'; this one holds whether or not they were.
+    eprintln!(
+        "100 decisions, {} script calls",
+        evalsha_calls(redis.port).await
+    );
     // A flushed script while calls are shared: each is sent again as EVAL (joining again),
     // and all are decided in Redis, which has none left to give (the outage share would
     // admit some).
