@@ -355,7 +355,9 @@ impl Floodgate {
             // A key decided locally while its shard was down hands those counts to Redis in
             // its first decision back (`take_local` is one atomic load while there are none).
             let call = |&(i, key): &(usize, u64)| {
-                g.check(&defs[i], key, move || snap.limits.take_local(i, parts))
+                g.check(&defs[i], snap.remote_calls[i].as_ref(), key, move || {
+                    snap.limits.take_local(i, parts)
+                })
             };
             let replicas = snap
                 .config

@@ -81,6 +81,9 @@ pub struct Base {
     /// Per limit, the highest use (in millionths of the limit) Redis reported since the last
     /// sweep: global limits' utilisation, which no local state sees.
     pub remote_use: Vec<AtomicU64>,
+    /// Per limit, its decision call in Redis, encoded once ([`crate::global::Command`]): global
+    /// limits of one window, fixed or sliding.
+    pub remote_calls: Vec<Option<crate::global::Command>>,
     /// The load indicators' window, carried over from the previous snapshot while its span
     /// is unchanged.
     pub load: Arc<LoadWindow>,
@@ -180,6 +183,14 @@ impl Base {
                 .set(0);
         }
         let routes = RouteDegradation::build(&config, &router, previous.map(|p| &p.routes), clock);
+        let remote_calls = config
+            .limits
+            .iter()
+            .map(|l| match l.scope {
+                Scope::Global => crate::global::Command::of(l),
+                Scope::Local => None,
+            })
+            .collect();
         Ok(Self {
             routes,
             version,
@@ -191,6 +202,7 @@ impl Base {
             lanes,
             limits,
             remote_use: effective.iter().map(|_| AtomicU64::new(0)).collect(),
+            remote_calls,
             limit_fields,
             limit_decisions,
             load,

@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, ConnectionInfo};
 use tokio::sync::oneshot;
 
-use super::wire::{Answer, Arg, Wire};
+use super::wire::{Answer, Arg, Wire, WireError};
 
 /// The connections to one master, reopened when the master changes.
 pub struct Link {
@@ -70,13 +70,29 @@ impl Link {
         args: impl Iterator<Item = Arg<'a>>,
         deadline: tokio::time::Instant,
     ) -> Option<(oneshot::Receiver<Answer>, u32)> {
+        self.queue(|wire| match join {
+            Some(tag) => wire.join(tag, count, args, deadline),
+            None => wire.call(count, args, deadline).map(|rx| (rx, 1)),
+        })
+    }
+
+    /// [`Link::call`] with a `join` tag, for a command encoded already ([`Wire::join_encoded`]).
+    pub fn join_encoded(
+        self: &Arc<Self>,
+        tag: u64,
+        write: impl FnOnce(&mut Vec<u8>),
+        deadline: tokio::time::Instant,
+    ) -> Option<(oneshot::Receiver<Answer>, u32)> {
+        self.queue(|wire| wire.join_encoded(tag, write, deadline))
+    }
+
+    fn queue(
+        self: &Arc<Self>,
+        on: impl FnOnce(&Wire) -> Result<(oneshot::Receiver<Answer>, u32), WireError>,
+    ) -> Option<(oneshot::Receiver<Answer>, u32)> {
         let current = self.decisions.load();
         if let Some(wire) = current.as_ref() {
-            let queued = match join {
-                Some(tag) => wire.join(tag, count, args, deadline),
-                None => wire.call(count, args, deadline).map(|rx| (rx, 1)),
-            };
-            match queued {
+            match on(wire) {
                 Ok(queued) => return Some(queued),
                 // Over: make way for a new one (unless another caller already did).
                 Err(_) => {

@@ -122,32 +122,50 @@ impl GlobalLimits {
         self.health.any_up()
     }
 
-    /// The cluster slot of `key` (0 for a standalone server: one shard holds everything).
-    fn slot(&self, key: &[u8]) -> u16 {
+    /// The cluster slot of `limit`'s key `key_hash` (0 for a standalone server: one shard
+    /// holds everything, and no key is built).
+    fn slot(&self, limit: &Limit, key_hash: u64) -> u16 {
+        match self.target {
+            RedisTarget::Standalone(_) => 0,
+            RedisTarget::Cluster(_) => slot::of_key(&redis_key(&limit.name, key_hash)),
+        }
+    }
+
+    /// The cluster slot of the Redis key `key` (0 for a standalone server).
+    fn key_slot(&self, key: &[u8]) -> u16 {
         match self.target {
             RedisTarget::Standalone(_) => 0,
             RedisTarget::Cluster(_) => slot::of_key(key),
         }
     }
 
-    /// One decision for the key `key_hash` of `limit`. `carry` hands over what this sidecar
-    /// admitted locally for the key while its shard was down, one count per window, shortest
-    /// first ([`floodgate_policy::LimitSet::take_local`]); Redis adds it before deciding. It
-    /// is called only once the key's shard is known to be up, so a key that stays local keeps
-    /// its local counts. (Should this very call fail, the handed-over counts are lost: the key
-    /// starts its local share afresh, once, on a shard that failed right after coming back.)
+    /// One decision for the key `key_hash` of `limit`; `command` is the limit's call as the
+    /// config snapshot prepared it ([`Command::of`]), if it has one. `carry` hands over what
+    /// this sidecar admitted locally for the key while its shard was down, one count per
+    /// window, shortest first ([`floodgate_policy::LimitSet::take_local`]); Redis adds it
+    /// before deciding. It is called only once the key's shard is known to be up, so a key
+    /// that stays local keeps its local counts. (Should this very call fail, the handed-over
+    /// counts are lost: the key starts its local share afresh, once, on a shard that failed
+    /// right after coming back.)
     pub async fn check(
         self: &Arc<Self>,
         limit: &Limit,
+        command: Option<&Command>,
         key_hash: u64,
         carry: impl FnOnce() -> Option<Vec<u64>>,
     ) -> Result<Decided, GlobalError> {
-        let key = redis_key(&limit.name, key_hash);
         let shard = self
             .health
-            .up_shard(self.slot(&key))
+            .up_shard(self.slot(limit, key_hash))
             .ok_or(GlobalError::Down)?;
-        let windows = windows(limit);
+        let own: Windows;
+        let windows: &[(u64, Duration)] = match command {
+            Some(c) => &c.windows,
+            None => {
+                own = windows(limit);
+                &own
+            }
+        };
         let carry = carry().filter(|c| c.len() == windows.len());
         let kind = match (limit.strategy, carry.is_some()) {
             (Strategy::FixedWindow, false) => "f",
@@ -163,37 +181,40 @@ impl GlobalLimits {
         };
         // A limit of one window decides the requests of one key that come together in one call
         // (`join`): the script's 'F' / 'S' answers them as if each had been decided in turn.
-        let join = match kind {
-            "f" if windows.len() == 1 => Some(("F", key_hash)),
-            "s" if windows.len() == 1 => Some(("S", key_hash)),
-            _ => None,
+        let kind = match kind {
+            "f" if windows.len() == 1 => "F",
+            "s" if windows.len() == 1 => "S",
+            other => other,
+        };
+        let ask = Ask {
+            name: &limit.name,
+            key_hash,
+            kind,
+            windows,
+            carry: &carry,
+            // Prepared for exactly this call: one window, nothing carried.
+            command: command.filter(|c| c.kind == kind),
         };
         let start = Instant::now();
-        let reply = match self
-            .decide(
-                &shard,
-                &key,
-                join.map_or(kind, |j| j.0),
-                join.map(|j| j.1),
-                &windows,
-                &carry,
-                start,
-            )
-            .await
-        {
+        let reply = match self.decide(&shard, &ask, start).await {
             Some(r) => r,
             // No connection of its own yet: on the prober's, through redis-rs.
             None => match shard.link.lent() {
                 Some(conn) => {
+                    let key = redis_key(&limit.name, key_hash);
                     let mut inv = self.script.key(&key);
-                    inv.arg(kind);
-                    for (max, w) in &windows {
+                    inv.arg(kind.to_ascii_lowercase());
+                    for (max, w) in windows {
                         inv.arg(*max).arg(millis(*w));
                     }
                     for c in &carry {
                         inv.arg(*c);
                     }
-                    self.run(conn, &inv).await.map(|r| (r.into_bytes(), 1))
+                    // Boxed: this future is rare, and large; in line it would be part of the
+                    // size of every decision's future, which is moved as it is made.
+                    Box::pin(self.run(conn, &inv))
+                        .await
+                        .map(|r| (r.into_bytes(), 1))
                 }
                 // No connection at all (a failover retargeted the shard a moment ago): not a
                 // call, so nothing failed, and the shard stays up.
@@ -209,53 +230,66 @@ impl GlobalLimits {
                 return Err(e);
             }
         };
-        parse(&reply, &windows, limit, place)
+        parse(&reply, windows, limit, place)
     }
 
     /// The decision's script on `shard`'s decisions connection within `redis.timeout_ms`: by
-    /// hash, and once more with its text if the server does not have it. With `join` (the
-    /// key's hash; `kind` is then 'F' or 'S'), like calls not yet written share one, and the
-    /// reply comes with this decision's place among them (else 1). `None`: that connection is
-    /// not open (see [`link::Link::call`]).
-    #[allow(clippy::too_many_arguments)]
+    /// hash (the prepared command, if `ask` has one), and once more with its text if the
+    /// server does not have it. A joining kind ('F' or 'S') joins like calls not yet
+    /// written, and the reply comes with this decision's place among them (else 1). `None`:
+    /// that connection is not open (see [`link::Link::call`]).
     async fn decide(
         &self,
         shard: &health::Shard,
-        key: &[u8],
-        kind: &str,
-        join: Option<u64>,
-        windows: &[(u64, Duration)],
-        carry: &[u64],
+        ask: &Ask<'_>,
         start: Instant,
     ) -> Option<Result<(Vec<u8>, u32), GlobalError>> {
-        let count = 5 + windows.len() * 2 + carry.len();
-        let args = |script, how: &'static [u8]| {
+        let join = matches!(ask.kind, "F" | "S").then_some(ask.key_hash);
+        let count = 5 + ask.windows.len() * 2 + ask.carry.len();
+        fn args<'a>(
+            ask: &'a Ask<'_>,
+            key: &'a [u8],
+            script: wire::Arg<'a>,
+            how: &'static [u8],
+        ) -> impl Iterator<Item = wire::Arg<'a>> {
             [
                 wire::Arg::Bytes(how),
                 script,
                 wire::Arg::Bytes(b"1"),
                 wire::Arg::Bytes(key),
-                wire::Arg::Bytes(kind.as_bytes()),
+                wire::Arg::Bytes(ask.kind.as_bytes()),
             ]
             .into_iter()
             .chain(
-                windows
+                ask.windows
                     .iter()
                     .flat_map(|(max, w)| [wire::Arg::Int(*max), wire::Arg::Int(millis(*w))]),
             )
-            .chain(carry.iter().map(|c| wire::Arg::Int(*c)))
-        };
+            .chain(ask.carry.iter().map(|c| wire::Arg::Int(*c)))
+        }
         // From the clock read `check` made for its latency metric: one read less per decision.
         let deadline = tokio::time::Instant::from_std(start) + self.timeout;
-        let queued = shard.link.call(
-            join,
-            count,
-            args(
-                wire::Arg::Bytes(self.script.get_hash().as_bytes()),
-                b"EVALSHA",
-            ),
-            deadline,
-        )?;
+        let queued = match ask.command {
+            Some(c) => {
+                shard
+                    .link
+                    .join_encoded(ask.key_hash, |out| c.write(out, ask.key_hash), deadline)
+            }
+            None => {
+                let key = redis_key(ask.name, ask.key_hash);
+                shard.link.call(
+                    join,
+                    count,
+                    args(
+                        ask,
+                        &key,
+                        wire::Arg::Bytes(self.script.get_hash().as_bytes()),
+                        b"EVALSHA",
+                    ),
+                    deadline,
+                )
+            }
+        }?;
         // The connection's driver keeps the deadline (one timer for all its calls, see
         // `wire::State::alarm`), so there is no timer here.
         let answer = |(rx, place): (tokio::sync::oneshot::Receiver<wire::Answer>, u32)| async move {
@@ -272,10 +306,11 @@ impl GlobalLimits {
             Err(GlobalError::Wire(e)) if e.is_no_script() => {
                 // A restarted or flushed server: EVAL runs the script and keeps it for the
                 // next EVALSHA (the calls that had joined this one retry too, and join again).
+                let key = redis_key(ask.name, ask.key_hash);
                 match shard.link.call(
                     join,
                     count,
-                    args(wire::Arg::Bytes(SCRIPT.as_bytes()), b"EVAL"),
+                    args(ask, &key, wire::Arg::Bytes(SCRIPT.as_bytes()), b"EVAL"),
                     deadline,
                 ) {
                     Some(queued) => answer(queued).await,
@@ -310,7 +345,7 @@ impl GlobalLimits {
         let mut by_shard: Vec<(Arc<health::Shard>, Calls)> = Vec::new();
         for (i, &(key_hash, count)) in batch.iter().enumerate() {
             let key = redis_key(&limit.name, key_hash);
-            let Some(shard) = self.health.up_shard(self.slot(&key)) else {
+            let Some(shard) = self.health.up_shard(self.key_slot(&key)) else {
                 answers[i] = Some(Err(GlobalError::Down));
                 continue;
             };
@@ -530,16 +565,107 @@ pub fn view_of(d: &Decided) -> floodgate_policy::approx::View {
 /// share a slot, keys spread over slots. Bytes: it goes to the wire and the slot hash as such.
 fn redis_key(name: &str, key_hash: u64) -> Vec<u8> {
     // Built by hand: `format!` with `{:016x}` was ~1.2k instructions of every decision.
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut key = Vec::with_capacity(name.len() + 22);
+    let mut key = Vec::with_capacity(name.len() + 6 + KEY_DIGITS);
     key.extend_from_slice(b"fg:{");
     key.extend_from_slice(name.as_bytes());
     key.push(b':');
-    for shift in (0..16).rev() {
-        key.push(HEX[((key_hash >> (shift * 4)) & 0xf) as usize]);
-    }
+    let at = key.len();
+    key.resize(at + KEY_DIGITS, b'0');
+    hex(&mut key[at..], key_hash);
     key.push(b'}');
     key
+}
+
+/// One decision's terms, as `GlobalLimits::decide` sends them.
+struct Ask<'a> {
+    name: &'a str,
+    key_hash: u64,
+    /// The script's kind: 'F' / 'S' (one window, joined), else 'f', 'f+', 's', 's+' or 't'.
+    kind: &'static str,
+    windows: &'a [(u64, Duration)],
+    carry: &'a [u64],
+    command: Option<&'a Command>,
+}
+
+/// The digits of a key's hash in its Redis key.
+const KEY_DIGITS: usize = 16;
+
+/// A limit's decision call, encoded once per config snapshot: every decision of a limit of
+/// one window, fixed or sliding, sends `EVALSHA <hash> 1 fg:{<name>:<key's hash>} F|S <max>
+/// <ms> <count>`, the same bytes but for the key's 16 hex digits (and the count of decisions
+/// joined, which `wire` appends). Copying them costs ~0.1k instructions; encoding them
+/// argument by argument, and the key into a `Vec` of its own, cost ~1.3k of every decision
+/// (callgrind).
+pub struct Command {
+    /// All of the call but its joined count, with zeros for the key's hash.
+    bytes: Box<[u8]>,
+    /// Where the key's hash digits are in `bytes`.
+    digits: usize,
+    kind: &'static str,
+    windows: Windows,
+}
+
+impl Command {
+    /// `limit`'s call, if it is one Redis decides with a joining kind: a global limit of one
+    /// window, fixed or sliding.
+    pub fn of(limit: &Limit) -> Option<Self> {
+        let kind = match limit.strategy {
+            Strategy::FixedWindow => "F",
+            Strategy::SlidingWindow => "S",
+            Strategy::TokenBucket => return None,
+        };
+        let windows = windows(limit);
+        if windows.len() != 1 {
+            return None;
+        }
+        let key = redis_key(&limit.name, 0);
+        let hash = redis::Script::new(SCRIPT).get_hash().to_owned();
+        let mut bytes = Vec::new();
+        let head = [
+            wire::Arg::Bytes(b"EVALSHA"),
+            wire::Arg::Bytes(hash.as_bytes()),
+            wire::Arg::Bytes(b"1"),
+            wire::Arg::Bytes(&key),
+        ];
+        // Eight arguments: these four, the kind, the window's two and the joined count that
+        // `wire` appends.
+        wire::encode(&mut bytes, 8, head.into_iter());
+        // The key's digits end just before its closing brace and CRLF.
+        let digits = bytes.len() - 3 - KEY_DIGITS;
+        let (max, w) = windows[0];
+        let rest = [
+            wire::Arg::Bytes(kind.as_bytes()),
+            wire::Arg::Int(max),
+            wire::Arg::Int(millis(w)),
+        ];
+        let mut tail = Vec::new();
+        wire::encode(&mut tail, 0, rest.into_iter());
+        // `encode` begins with an array's length ("*0\r\n"): only the arguments are wanted.
+        bytes.extend_from_slice(&tail[4..]);
+        Some(Self {
+            bytes: bytes.into_boxed_slice(),
+            digits,
+            kind,
+            windows,
+        })
+    }
+
+    /// Appends the call for the key `key_hash`.
+    fn write(&self, out: &mut Vec<u8>, key_hash: u64) {
+        let at = out.len() + self.digits;
+        out.extend_from_slice(&self.bytes);
+        if let Some(d) = out.get_mut(at..at + KEY_DIGITS) {
+            hex(d, key_hash);
+        }
+    }
+}
+
+/// `key_hash` in 16 lowercase hex digits, into `out`.
+fn hex(out: &mut [u8], key_hash: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((key_hash >> ((15 - i) * 4)) & 0xf) as usize];
+    }
 }
 
 /// A window's length as the script takes it.
@@ -654,6 +780,65 @@ mod tests {
                 format!("fg:{{per_user:{hash:016x}}}").into_bytes()
             );
         }
+    }
+
+    fn limit_of(strategy: Strategy, extra: bool) -> Limit {
+        use std::num::NonZeroU64;
+        Limit {
+            name: "per_user".into(),
+            routes: None,
+            key: Vec::new(),
+            max_requests: NonZeroU64::new(1_000).unwrap(),
+            window: Duration::from_millis(1_500),
+            strategy,
+            scope: floodgate_config::Scope::Global,
+            shadow: false,
+            failure_mode: floodgate_config::FailureMode::Open,
+            mode: floodgate_config::Mode::Exact,
+            sync_interval: Duration::from_millis(100),
+            extra_windows: if extra {
+                vec![(NonZeroU64::new(100).unwrap(), Duration::from_secs(60))]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    #[test]
+    fn a_prepared_call_is_the_call_encoded_argument_by_argument() {
+        for (strategy, kind) in [(Strategy::FixedWindow, "F"), (Strategy::SlidingWindow, "S")] {
+            let limit = limit_of(strategy, false);
+            let c = Command::of(&limit).unwrap();
+            let hash = redis::Script::new(SCRIPT).get_hash().to_owned();
+            for key_hash in [0, 7, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+                let key = redis_key(&limit.name, key_hash);
+                let args = [
+                    wire::Arg::Bytes(b"EVALSHA"),
+                    wire::Arg::Bytes(hash.as_bytes()),
+                    wire::Arg::Bytes(b"1"),
+                    wire::Arg::Bytes(&key),
+                    wire::Arg::Bytes(kind.as_bytes()),
+                    wire::Arg::Int(1_000),
+                    wire::Arg::Int(1_500),
+                ];
+                // As `Wire::join` encodes a call: its length counts the joined count.
+                let mut expected = Vec::new();
+                wire::encode(&mut expected, args.len() + 1, args.into_iter());
+                // Appended after whatever the buffer holds already.
+                let mut out = b"earlier".to_vec();
+                c.write(&mut out, key_hash);
+                assert_eq!(
+                    String::from_utf8_lossy(&out[7..]),
+                    String::from_utf8_lossy(&expected),
+                    "{kind} {key_hash:x}"
+                );
+                assert_eq!(&out[..7], b"earlier");
+            }
+        }
+        // Token buckets and limits of several windows are not joined: nothing is prepared.
+        assert!(Command::of(&limit_of(Strategy::TokenBucket, false)).is_none());
+        assert!(Command::of(&limit_of(Strategy::SlidingWindow, true)).is_none());
+        assert!(Command::of(&limit_of(Strategy::FixedWindow, true)).is_none());
     }
 
     #[test]

@@ -294,7 +294,8 @@ impl Wire {
         args: impl Iterator<Item = Arg<'a>>,
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Answer>, WireError> {
-        self.queue(None, count, args, deadline).map(|(rx, _)| rx)
+        self.queue(None, |out| encode(out, count, args), deadline)
+            .map(|(rx, _)| rx)
     }
 
     /// Like [`Wire::call`], for a command of the `count` arguments `args` followed by one
@@ -312,14 +313,26 @@ impl Wire {
         args: impl Iterator<Item = Arg<'a>>,
         deadline: Instant,
     ) -> Result<(oneshot::Receiver<Answer>, u32), WireError> {
-        self.queue(Some(tag), count, args, deadline)
+        self.queue(Some(tag), |out| encode(out, count + 1, args), deadline)
     }
 
-    fn queue<'a>(
+    /// [`Wire::join`] for a command encoded already: `write` appends all of it but the
+    /// count of callers, its array's length counting that argument. A command prepared once
+    /// and copied costs less than one encoded argument by argument (`super::Command`).
+    pub fn join_encoded(
+        &self,
+        tag: u64,
+        write: impl FnOnce(&mut Vec<u8>),
+        deadline: Instant,
+    ) -> Result<(oneshot::Receiver<Answer>, u32), WireError> {
+        self.queue(Some(tag), write, deadline)
+    }
+
+    /// Queues the command `write` appends (for a `tag`, all of it but the count of callers).
+    fn queue(
         &self,
         tag: Option<u64>,
-        count: usize,
-        args: impl Iterator<Item = Arg<'a>>,
+        write: impl FnOnce(&mut Vec<u8>),
         deadline: Instant,
     ) -> Result<(oneshot::Receiver<Answer>, u32), WireError> {
         let (tx, rx) = oneshot::channel();
@@ -330,13 +343,10 @@ impl Wire {
             }
             let in_flight = !st.waiting.is_empty();
             let start = st.out.len();
+            write(&mut st.out);
             let tx = match tag {
-                None => {
-                    encode(&mut st.out, count, args);
-                    tx
-                }
+                None => tx,
                 Some(tag) => {
-                    encode(&mut st.out, count + 1, args);
                     let tx = match join_open(&mut st, tag, start, deadline, tx) {
                         // Written with the call it joined, which arranged that already.
                         Ok(place) => return Ok((rx, place)),
@@ -681,7 +691,7 @@ fn hand_out(shared: &Shared, rbuf: &mut ReadBuffer) -> Result<(), WireError> {
 }
 
 /// Appends the `count` arguments `args` as a RESP2 command.
-fn encode<'a>(out: &mut Vec<u8>, count: usize, args: impl Iterator<Item = Arg<'a>>) {
+pub fn encode<'a>(out: &mut Vec<u8>, count: usize, args: impl Iterator<Item = Arg<'a>>) {
     let mut num = itoa::Buffer::new();
     out.push(b'*');
     out.extend_from_slice(num.format(count).as_bytes());
