@@ -685,23 +685,51 @@ fn windows(limit: &Limit) -> Windows {
     windows
 }
 
-/// A decimal integer, optionally negative (`str::parse` costs more, for cases Lua never prints).
-fn integer(text: &[u8]) -> Option<i64> {
-    let (negative, digits) = match text.strip_prefix(b"-") {
-        Some(d) => (true, d),
-        None => (false, text),
-    };
-    if digits.is_empty() || digits.len() > 18 {
-        return None;
-    }
-    let mut v: i64 = 0;
-    for &b in digits {
-        if !b.is_ascii_digit() {
+/// Most fields in a script's reply.
+const FIELDS: usize = 6;
+
+/// The reply's space-separated decimal integers, each optionally negative, and how many
+/// there are; `None` if it is anything else (Lua prints integral numbers without a fraction),
+/// or has more than [`FIELDS`]. One pass over the bytes: splitting them first, and `str::parse`
+/// (for cases Lua never prints), cost more.
+fn fields(reply: &[u8]) -> Option<([i64; FIELDS], usize)> {
+    let mut out = [0i64; FIELDS];
+    let mut n = 0;
+    let (mut v, mut digits, mut negative) = (0i64, 0usize, false);
+    let mut end = |v: i64, digits: usize, negative: bool| {
+        if digits == 0 {
             return None;
         }
-        v = v * 10 + i64::from(b - b'0');
+        *out.get_mut(n)? = if negative { -v } else { v };
+        n += 1;
+        Some(())
+    };
+    for &b in reply {
+        match b {
+            // 18 digits fit an i64 whatever they are.
+            b'0'..=b'9' if digits < 18 => {
+                v = v * 10 + i64::from(b - b'0');
+                digits += 1;
+            }
+            b'-' if digits == 0 && !negative => negative = true,
+            b' ' => {
+                end(v, digits, negative)?;
+                (v, digits, negative) = (0, 0, false);
+            }
+            _ => return None,
+        }
     }
-    Some(if negative { -v } else { v })
+    end(v, digits, negative)?;
+    Some((out, n))
+}
+
+/// One decimal integer, as [`fields`] reads each.
+#[cfg(test)]
+fn integer(text: &[u8]) -> Option<i64> {
+    match fields(text)? {
+        (f, 1) => Some(f[0]),
+        _ => None,
+    }
 }
 
 /// Reads the script's reply, "allowed window remaining reset_ms retry_after_ms [least]", for
@@ -716,14 +744,7 @@ fn parse(
     place: u32,
 ) -> Result<Decided, GlobalError> {
     let bad = || GlobalError::Reply(String::from_utf8_lossy(reply).into_owned());
-    let mut fields = [0i64; 6];
-    let mut n = 0;
-    for text in reply.split(|&b| b == b' ') {
-        // Lua prints integral numbers without a fraction; anything else is a bad reply.
-        let slot = fields.get_mut(n).ok_or_else(bad)?;
-        *slot = integer(text).ok_or_else(bad)?;
-        n += 1;
-    }
+    let (fields, n) = fields(reply).ok_or_else(bad)?;
     let [admitted, window, first_left, reset_ms, rest_retry_ms, least] = fields;
     let behind = i64::from(place) - 1;
     let allowed = admitted > behind;
@@ -843,10 +864,26 @@ mod tests {
 
     #[test]
     fn integers_read_as_lua_prints_them() {
-        for (text, v) in [("0", Some(0)), ("42", Some(42)), ("-7", Some(-7))] {
+        for (text, v) in [
+            ("0", Some(0)),
+            ("42", Some(42)),
+            ("-7", Some(-7)),
+            ("-0", Some(0)),
+        ] {
             assert_eq!(integer(text.as_bytes()), v, "{text}");
         }
-        for bad in ["", "-", "1.5", "1e3", "+1", " 1", "1234567890123456789"] {
+        for bad in [
+            "",
+            "-",
+            "1.5",
+            "1e3",
+            "+1",
+            " 1",
+            "1 ",
+            "1-",
+            "--1",
+            "1234567890123456789",
+        ] {
             assert_eq!(integer(bad.as_bytes()), None, "{bad}");
         }
         assert_eq!(
