@@ -33,7 +33,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
@@ -584,36 +584,17 @@ fn step(
                 }
                 rbuf.bytes.resize(more * 2, 0);
             }
-            // A read short of the room it had drained the socket: its readiness is cleared
-            // then, as tokio's own `poll_read` does, instead of by one more read that finds
-            // nothing (a syscall per batch of replies). `try_io` clears it only if no event
-            // came since it looked, before the read, so a reply arriving meanwhile is not
-            // missed.
-            let room = rbuf.bytes.len() - rbuf.filled;
-            let mut got = None;
-            let read = shared.stream.try_io(Interest::READABLE, || {
-                let n = shared.stream.try_read(&mut rbuf.bytes[rbuf.filled..])?;
-                got = Some(n);
-                if n > 0 && n < room {
-                    Err(io::ErrorKind::WouldBlock.into())
-                } else {
-                    Ok(())
-                }
-            });
-            match (got, read) {
-                (Some(0), _) => {
-                    return Poll::Ready(WireError::Lost("closed by the server".into()));
-                }
-                (Some(n), _) => {
+            match shared.stream.try_read(&mut rbuf.bytes[rbuf.filled..]) {
+                Ok(0) => return Poll::Ready(WireError::Lost("closed by the server".into())),
+                Ok(n) => {
                     rbuf.filled += n;
                     if let Err(e) = hand_out(shared, rbuf) {
                         return Poll::Ready(e);
                     }
                 }
                 // Readiness was stale; the next poll_read_ready registers for the next.
-                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                (None, Err(e)) => return Poll::Ready(WireError::lost(&e)),
-                (None, Ok(())) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(WireError::lost(&e)),
             }
         }
         // Deadlines: whoever is past theirs is told so; the timer is set for the next one.
