@@ -187,8 +187,8 @@ impl Base {
             .limits
             .iter()
             .map(|l| match l.scope {
-                Scope::Global => crate::global::Command::of(l),
-                Scope::Local => None,
+                Scope::Global if config.redis.is_some() => crate::global::Command::of(l),
+                _ => None,
             })
             .collect();
         Ok(Self {

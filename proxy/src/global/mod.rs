@@ -245,28 +245,7 @@ impl GlobalLimits {
         start: Instant,
     ) -> Option<Result<(Vec<u8>, u32), GlobalError>> {
         let join = matches!(ask.kind, "F" | "S").then_some(ask.key_hash);
-        let count = 5 + ask.windows.len() * 2 + ask.carry.len();
-        fn args<'a>(
-            ask: &'a Ask<'_>,
-            key: &'a [u8],
-            script: wire::Arg<'a>,
-            how: &'static [u8],
-        ) -> impl Iterator<Item = wire::Arg<'a>> {
-            [
-                wire::Arg::Bytes(how),
-                script,
-                wire::Arg::Bytes(b"1"),
-                wire::Arg::Bytes(key),
-                wire::Arg::Bytes(ask.kind.as_bytes()),
-            ]
-            .into_iter()
-            .chain(
-                ask.windows
-                    .iter()
-                    .flat_map(|(max, w)| [wire::Arg::Int(*max), wire::Arg::Int(millis(*w))]),
-            )
-            .chain(ask.carry.iter().map(|c| wire::Arg::Int(*c)))
-        }
+        let count = arg_count(ask);
         // From the clock read `check` made for its latency metric: one read less per decision.
         let deadline = tokio::time::Instant::from_std(start) + self.timeout;
         let queued = match ask.command {
@@ -280,7 +259,7 @@ impl GlobalLimits {
                 shard.link.call(
                     join,
                     count,
-                    args(
+                    script_args(
                         ask,
                         &key,
                         wire::Arg::Bytes(self.script.get_hash().as_bytes()),
@@ -310,7 +289,7 @@ impl GlobalLimits {
                 match shard.link.call(
                     join,
                     count,
-                    args(ask, &key, wire::Arg::Bytes(SCRIPT.as_bytes()), b"EVAL"),
+                    script_args(ask, &key, wire::Arg::Bytes(SCRIPT.as_bytes()), b"EVAL"),
                     deadline,
                 ) {
                     Some(queued) => answer(queued).await,
@@ -569,9 +548,9 @@ fn redis_key(name: &str, key_hash: u64) -> Vec<u8> {
     key.extend_from_slice(b"fg:{");
     key.extend_from_slice(name.as_bytes());
     key.push(b':');
-    let at = key.len();
-    key.resize(at + KEY_DIGITS, b'0');
-    hex(&mut key[at..], key_hash);
+    let mut digits = [0; KEY_DIGITS];
+    hex(&mut digits, key_hash);
+    key.extend_from_slice(&digits);
     key.push(b'}');
     key
 }
@@ -585,6 +564,36 @@ struct Ask<'a> {
     windows: &'a [(u64, Duration)],
     carry: &'a [u64],
     command: Option<&'a Command>,
+}
+
+/// How many arguments [`script_args`] gives for `ask`.
+fn arg_count(ask: &Ask<'_>) -> usize {
+    5 + ask.windows.len() * 2 + ask.carry.len()
+}
+
+/// The script call's arguments for `ask` with its Redis key `key`: `how` (`EVALSHA` or
+/// `EVAL`), `script` (its hash or its text), one key, the kind, each window's max and length,
+/// the carried counts. A joining kind's count of callers is not among them (`wire` adds it).
+fn script_args<'a>(
+    ask: &'a Ask<'_>,
+    key: &'a [u8],
+    script: wire::Arg<'a>,
+    how: &'static [u8],
+) -> impl Iterator<Item = wire::Arg<'a>> {
+    [
+        wire::Arg::Bytes(how),
+        script,
+        wire::Arg::Bytes(b"1"),
+        wire::Arg::Bytes(key),
+        wire::Arg::Bytes(ask.kind.as_bytes()),
+    ]
+    .into_iter()
+    .chain(
+        ask.windows
+            .iter()
+            .flat_map(|(max, w)| [wire::Arg::Int(*max), wire::Arg::Int(millis(*w))]),
+    )
+    .chain(ask.carry.iter().map(|c| wire::Arg::Int(*c)))
 }
 
 /// The digits of a key's hash in its Redis key.
@@ -606,8 +615,8 @@ pub struct Command {
 }
 
 impl Command {
-    /// `limit`'s call, if it is one Redis decides with a joining kind: a global limit of one
-    /// window, fixed or sliding.
+    /// `limit`'s call, if Redis decides it with a joining kind: a limit of one window, fixed
+    /// or sliding (kept for global limits only, by the snapshot).
     pub fn of(limit: &Limit) -> Option<Self> {
         let kind = match limit.strategy {
             Strategy::FixedWindow => "F",
@@ -618,30 +627,28 @@ impl Command {
         if windows.len() != 1 {
             return None;
         }
+        let ask = Ask {
+            name: &limit.name,
+            key_hash: 0,
+            kind,
+            windows: &windows,
+            carry: &[],
+            command: None,
+        };
+        // Exactly what `decide` sends for it without a prepared call, as `Wire::join` encodes
+        // it (its length counts the joined count): calls are joined on these bytes.
         let key = redis_key(&limit.name, 0);
         let hash = redis::Script::new(SCRIPT).get_hash().to_owned();
         let mut bytes = Vec::new();
-        let head = [
-            wire::Arg::Bytes(b"EVALSHA"),
-            wire::Arg::Bytes(hash.as_bytes()),
-            wire::Arg::Bytes(b"1"),
-            wire::Arg::Bytes(&key),
-        ];
-        // Eight arguments: these four, the kind, the window's two and the joined count that
-        // `wire` appends.
-        wire::encode(&mut bytes, 8, head.into_iter());
-        // The key's digits end just before its closing brace and CRLF.
-        let digits = bytes.len() - 3 - KEY_DIGITS;
-        let (max, w) = windows[0];
-        let rest = [
-            wire::Arg::Bytes(kind.as_bytes()),
-            wire::Arg::Int(max),
-            wire::Arg::Int(millis(w)),
-        ];
-        let mut tail = Vec::new();
-        wire::encode(&mut tail, 0, rest.into_iter());
-        // `encode` begins with an array's length ("*0\r\n"): only the arguments are wanted.
-        bytes.extend_from_slice(&tail[4..]);
+        wire::encode(
+            &mut bytes,
+            arg_count(&ask) + 1,
+            script_args(&ask, &key, wire::Arg::Bytes(hash.as_bytes()), b"EVALSHA"),
+        );
+        // The key's digits end just before its closing brace.
+        let digits = bytes.windows(key.len()).position(|w| w == key.as_slice())? + key.len()
+            - 1
+            - KEY_DIGITS;
         Some(Self {
             bytes: bytes.into_boxed_slice(),
             digits,
@@ -654,14 +661,18 @@ impl Command {
     fn write(&self, out: &mut Vec<u8>, key_hash: u64) {
         let at = out.len() + self.digits;
         out.extend_from_slice(&self.bytes);
-        if let Some(d) = out.get_mut(at..at + KEY_DIGITS) {
+        let digits = out
+            .get_mut(at..at + KEY_DIGITS)
+            .and_then(|d| <&mut [u8; KEY_DIGITS]>::try_from(d).ok());
+        debug_assert!(digits.is_some(), "the digits are inside the prepared call");
+        if let Some(d) = digits {
             hex(d, key_hash);
         }
     }
 }
 
 /// `key_hash` in 16 lowercase hex digits, into `out`.
-fn hex(out: &mut [u8], key_hash: u64) {
+fn hex(out: &mut [u8; KEY_DIGITS], key_hash: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in out.iter_mut().enumerate() {
         *b = HEX[((key_hash >> ((15 - i) * 4)) & 0xf) as usize];
@@ -827,33 +838,62 @@ mod tests {
 
     #[test]
     fn a_prepared_call_is_the_call_encoded_argument_by_argument() {
+        use std::num::NonZeroU64;
+        let hash = redis::Script::new(SCRIPT).get_hash().to_owned();
         for (strategy, kind) in [(Strategy::FixedWindow, "F"), (Strategy::SlidingWindow, "S")] {
-            let limit = limit_of(strategy, false);
-            let c = Command::of(&limit).unwrap();
-            let hash = redis::Script::new(SCRIPT).get_hash().to_owned();
-            for key_hash in [0, 7, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
-                let key = redis_key(&limit.name, key_hash);
-                let args = [
-                    wire::Arg::Bytes(b"EVALSHA"),
-                    wire::Arg::Bytes(hash.as_bytes()),
-                    wire::Arg::Bytes(b"1"),
-                    wire::Arg::Bytes(&key),
-                    wire::Arg::Bytes(kind.as_bytes()),
-                    wire::Arg::Int(1_000),
-                    wire::Arg::Int(1_500),
-                ];
-                // As `Wire::join` encodes a call: its length counts the joined count.
-                let mut expected = Vec::new();
-                wire::encode(&mut expected, args.len() + 1, args.into_iter());
-                // Appended after whatever the buffer holds already.
-                let mut out = b"earlier".to_vec();
-                c.write(&mut out, key_hash);
-                assert_eq!(
-                    String::from_utf8_lossy(&out[7..]),
-                    String::from_utf8_lossy(&expected),
-                    "{kind} {key_hash:x}"
-                );
-                assert_eq!(&out[..7], b"earlier");
+            for (name, max, window) in [
+                ("per_user", 1_000, Duration::from_millis(1_500)),
+                ("a", 7, Duration::from_secs(3_600)),
+                (
+                    "checkout_per_tenant_hourly",
+                    123_456_789,
+                    Duration::from_millis(1),
+                ),
+            ] {
+                let limit = Limit {
+                    name: name.into(),
+                    max_requests: NonZeroU64::new(max).unwrap(),
+                    window,
+                    ..limit_of(strategy, false)
+                };
+                let c = Command::of(&limit).unwrap();
+                for key_hash in [0, 7, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+                    // What `decide` sends without a prepared call, as `Wire::join` encodes it.
+                    let windows = windows(&limit);
+                    let ask = Ask {
+                        name,
+                        key_hash,
+                        kind,
+                        windows: &windows,
+                        carry: &[],
+                        command: None,
+                    };
+                    let key = redis_key(name, key_hash);
+                    let mut expected = Vec::new();
+                    wire::encode(
+                        &mut expected,
+                        arg_count(&ask) + 1,
+                        script_args(&ask, &key, wire::Arg::Bytes(hash.as_bytes()), b"EVALSHA"),
+                    );
+                    assert!(
+                        String::from_utf8_lossy(&expected).contains(&format!(
+                            "${}\r\n{max}\r\n${}\r\n{}\r\n",
+                            max.to_string().len(),
+                            window.as_millis().to_string().len(),
+                            window.as_millis()
+                        )),
+                        "the window's terms are in the call"
+                    );
+                    // Appended after whatever the buffer holds already.
+                    let mut out = b"earlier".to_vec();
+                    c.write(&mut out, key_hash);
+                    assert_eq!(
+                        String::from_utf8_lossy(&out[7..]),
+                        String::from_utf8_lossy(&expected),
+                        "{name} {kind} {key_hash:x}"
+                    );
+                    assert_eq!(&out[..7], b"earlier");
+                }
             }
         }
         // Token buckets and limits of several windows are not joined: nothing is prepared.
