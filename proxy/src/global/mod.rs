@@ -4,6 +4,8 @@
 //! one round trip. Decisions of one key (of a limit of one window, fixed or sliding) queued
 //! together on a busy connection share one call, which the script answers as if it had
 //! decided them in turn (`wire::Wire::join`): Redis runs the script once for all of them.
+//! Such a limit's call is encoded once per config snapshot ([`Command`]) and copied, with the
+//! key's hash written in, for each decision.
 //! (On redis-rs's connection, lent while the decisions' own is not open, each decision is a
 //! call of its own.)
 //! Decisions have connections of their own, opened from the runtime that serves requests so
