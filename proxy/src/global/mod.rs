@@ -133,14 +133,6 @@ impl GlobalLimits {
         }
     }
 
-    /// The cluster slot of the Redis key `key` (0 for a standalone server).
-    fn key_slot(&self, key: &[u8]) -> u16 {
-        match self.target {
-            RedisTarget::Standalone(_) => 0,
-            RedisTarget::Cluster(_) => slot::of_key(key),
-        }
-    }
-
     /// One decision for the key `key_hash` of `limit`; `command` is the limit's call as the
     /// config snapshot prepared it ([`Command::of`]), if it has one. `carry` hands over what
     /// this sidecar admitted locally for the key while its shard was down, one count per
@@ -325,13 +317,15 @@ impl GlobalLimits {
         // Entries by shard, each with its script call.
         let mut by_shard: Vec<(Arc<health::Shard>, Calls)> = Vec::new();
         for (i, &(key_hash, count)) in batch.iter().enumerate() {
-            let key = redis_key(&limit.name, key_hash);
-            let Some(shard) = self.health.up_shard(self.key_slot(&key)) else {
+            let Some(shard) = self.health.up_shard(self.slot(limit, key_hash)) else {
                 answers[i] = Some(Err(GlobalError::Down));
                 continue;
             };
             let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.script.get_hash()).arg(1).arg(key).arg(kind);
+            cmd.arg(self.script.get_hash())
+                .arg(1)
+                .arg(redis_key(&limit.name, key_hash))
+                .arg(kind);
             for (max, w) in &windows {
                 cmd.arg(*max).arg(millis(*w));
             }
