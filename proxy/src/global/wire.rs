@@ -8,8 +8,9 @@
 //! whole proxied request. Here a call is its bytes and a oneshot for the reply, under a lock
 //! that keeps commands and callers in the same order. With nothing in flight the caller
 //! writes them itself, at once (one `send`, no hop); with calls in flight (a busy sidecar)
-//! the driver task writes them after one turn of the runtime, with whatever the other ready
-//! requests queued meanwhile, in one `send`. The driver reads, and hands each reply to its
+//! they wait, and once the last reply of those in flight is read the driver task writes
+//! every call queued meanwhile, in one `send`. So one batch at most is in flight, and a batch
+//! is what came in during one round trip. The driver reads, and hands each reply to its
 //! caller in order. A failure ends the connection: every caller in flight and after is told,
 //! and [`super::link::Link`] opens another. Each call carries its deadline, and the driver
 //! keeps them all with one timer (`State::alarm`): a caller past its deadline is told
@@ -18,12 +19,16 @@
 //! Why both: the write per call, as redis-rs's connection did it (~1 `send` per decision
 //! under wrk -c32), and a turn of the runtime before every write (~0.3), each cost more than
 //! this (bench/README.md): the first in system calls, the second in latency at rates below
-//! saturation.
+//! saturation. Writing, while calls were in flight, what one turn of the runtime had queued
+//! sent ~0.22 per decision against ~0.13 for waiting out the round trip, and cost more CPU
+//! and a longer p99 (bench/README.md, the fifth pass). A call queued behind a batch waits
+//! for it, at most one round trip; the batch's replies come sooner for the fewer sends.
 //!
 //! Calls may also be joined ([`Wire::join`]): a call of the same command as one queued and
 //! not yet written adds one to that call's last argument, a count, and is told its reply too,
-//! with its place among those sharing it. Decisions of one key that arrive in one turn of a
-//! busy sidecar are one script call this way (Redis runs the script once for all of them).
+//! with its place among those sharing it. Decisions of one key that arrive during one round
+//! trip of a busy sidecar are one script call this way (Redis runs the script once for all
+//! of them).
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -117,12 +122,13 @@ const MAX_JOINED: u32 = 99_999;
 const MAX_OPEN: usize = 64;
 
 /// How much earlier than a caller's own deadline the call it joins may have its deadline (the
-/// callers of one turn of the runtime are microseconds apart).
+/// callers of one round trip are a fraction of a millisecond apart on a healthy server).
 const JOIN_SLACK: Duration = Duration::from_millis(1);
 
 #[derive(Default)]
 struct State {
-    /// Commands not yet written (a full socket buffer left them).
+    /// Commands not yet written: queued behind the batch in flight, or left by a full
+    /// socket buffer.
     out: Vec<u8>,
     /// The driver is writing `out`: callers append to it and do not write themselves.
     flushing: bool,
@@ -130,6 +136,10 @@ struct State {
     waiting: VecDeque<Waiter>,
     /// How many waiters replies took off the front of `waiting`.
     popped: u64,
+    /// How many calls were written whole (the waiters before `waiting[sent - popped]`):
+    /// while `popped < sent` a batch is in flight, and the calls queued meanwhile wait in
+    /// `out` for its last reply.
+    sent: u64,
     /// The calls in `out` others may join: only while their bytes are not written, so it is
     /// emptied whenever any of `out` is.
     open: Vec<Open>,
@@ -156,6 +166,7 @@ impl State {
     fn wrote(&mut self, n: usize) {
         if n == self.out.len() {
             self.out.clear();
+            self.sent = self.popped + self.waiting.len() as u64;
         } else {
             self.out.drain(..n);
         }
@@ -341,7 +352,6 @@ impl Wire {
             if let Some(e) = &st.over {
                 return Err(e.clone());
             }
-            let in_flight = !st.waiting.is_empty();
             let start = st.out.len();
             write(&mut st.out);
             let tx = match tag {
@@ -367,7 +377,7 @@ impl Wire {
                     tx
                 }
             };
-            self.queued(&mut st, tx, deadline, in_flight)
+            self.queued(&mut st, tx, deadline)
         };
         if let Some(w) = driver {
             w.wake();
@@ -375,14 +385,13 @@ impl Wire {
         Ok((rx, 1))
     }
 
-    /// A call's bytes are in `out`: queues its waiter, and writes them (or has the driver
-    /// write them). Returns the driver's waker if it is to be woken.
+    /// A call's bytes are in `out`: queues its waiter, and writes them (or leaves them to the
+    /// driver). Returns the driver's waker if it is to be woken.
     fn queued(
         &self,
         st: &mut State,
         tx: oneshot::Sender<Answer>,
         deadline: Instant,
-        in_flight: bool,
     ) -> Option<Waker> {
         st.waiting.push_back(Waiter {
             txs: smallvec::smallvec![tx],
@@ -391,14 +400,12 @@ impl Wire {
         // Usually the timer is set already, for an earlier call's deadline: nothing to do.
         let rearm = !st.rearm && st.alarm.is_none_or(|a| deadline < a);
         st.rearm |= rearm;
-        let driver = if st.flushing {
+        let driver = if st.flushing || st.popped < st.sent {
+            // The driver is writing, or a batch is in flight: this call goes in the next
+            // write, the driver's, once that batch's last reply is read (see `step`), with
+            // every call queued until then; calls of the same command meanwhile join it
+            // (`Wire::join`).
             None
-        } else if in_flight {
-            // Others wait for replies already: this one is sent with whatever else the
-            // runtime's ready tasks queue this turn, in one write (see `step`); calls of the
-            // same command meanwhile join it (`Wire::join`).
-            st.flushing = true;
-            st.driver.take()
         } else {
             // Written from here at once, under the lock that orders commands and their
             // callers: no hop to the driver, which only reads (and finishes what a full
@@ -506,10 +513,9 @@ async fn drive(shared: Arc<Shared>) {
         bytes: vec![0; 4096],
         filled: 0,
     };
-    let mut deferred = false;
     // Not registered with the time driver until first set (see `State::alarm`).
     let mut alarm = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
-    let end = poll_fn(|cx| step(&shared, &mut rbuf, &mut deferred, alarm.as_mut(), cx)).await;
+    let end = poll_fn(|cx| step(&shared, &mut rbuf, alarm.as_mut(), cx)).await;
     let waiting = {
         let mut st = shared.lock();
         st.over = Some(end.clone());
@@ -533,22 +539,16 @@ const CLOSED_HERE: &str = "closed by the sidecar";
 fn step(
     shared: &Shared,
     rbuf: &mut ReadBuffer,
-    deferred: &mut bool,
     mut alarm: std::pin::Pin<&mut Sleep>,
     cx: &mut Context<'_>,
 ) -> Poll<WireError> {
     loop {
-        // What callers left to write, until done or the socket is full again; first, one
-        // turn of the runtime, so that the other requests it has ready add theirs.
+        // What is left to write (a batch, or what a full socket left), until done or the
+        // socket is full again.
         let mut write_waits = false;
-        let mut defer = false;
         {
             let mut st = shared.lock();
-            if st.flushing && !*deferred {
-                defer = true;
-            }
-            *deferred = defer;
-            while st.flushing && !defer {
+            while st.flushing {
                 if st.out.is_empty() {
                     st.flushing = false;
                     break;
@@ -620,15 +620,13 @@ fn step(
                 st = shared.lock();
             }
         }
-        if defer {
-            // tokio's yield_now wakes this task once the tasks ready now have run; callers
-            // meanwhile see `flushing` and only append.
-            let mut turn = std::pin::pin!(tokio::task::yield_now());
-            let _ = turn.as_mut().poll(cx);
-            return Poll::Pending;
-        }
-        // Park, unless a caller handed over a write meanwhile (it found no waker to wake).
+        // Park, unless there is a write to make: the calls queued while the batch whose last
+        // reply was just read was in flight, or a write a caller handed over meanwhile (it
+        // found no waker to wake).
         let mut st = shared.lock();
+        if !st.flushing && !st.out.is_empty() && st.popped >= st.sent {
+            st.flushing = true;
+        }
         if (st.flushing && !write_waits) || st.rearm {
             continue;
         }
@@ -668,6 +666,10 @@ fn hand_out(shared: &Shared, rbuf: &mut ReadBuffer) -> Result<(), WireError> {
         at += used;
         let next = {
             let mut st = shared.lock();
+            // A reply to a call not yet written: the server is out of step.
+            if st.popped >= st.sent {
+                return Err(WireError::Malformed);
+            }
             st.popped += 1;
             st.waiting.pop_front()
         };
@@ -920,6 +922,17 @@ mod tests {
         }
     }
 
+    /// A connection to the test's own server (not Redis) on `port`.
+    async fn raw_wire(port: u16) -> Wire {
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{port}"))
+                .unwrap();
+        Wire::connect(&info, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     /// Many callers at once, on several tasks, some while others are in flight (so both the
     /// caller's own write and the driver's batched one run): each gets its own reply.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1005,13 +1018,7 @@ mod tests {
             // Until the client hangs up (then the write fails).
             while s.write_all(&chunk).await.is_ok() {}
         });
-        let info =
-            redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{port}"))
-                .unwrap();
-        let wire = Wire::connect(&info, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .unwrap();
+        let wire = raw_wire(port).await;
         let rx = wire
             .call(1, [Arg::Bytes(b"PING")].into_iter(), later())
             .unwrap();
@@ -1125,9 +1132,10 @@ mod tests {
         .into_iter()
     }
 
-    /// Calls of one command (and tag) queued while the connection is busy share one call:
-    /// each caller gets its place and the one reply, which saw the count of them. A call of
-    /// other bytes or another tag is not joined, nor is one after the shared call was written.
+    /// Calls of one command (and tag) queued while a call is in flight share one call: each
+    /// caller gets its place and the one reply, which saw the count of them. A call of other
+    /// bytes or another tag is not joined. Nothing queued is written until the calls in flight
+    /// are answered; then all of it is, and like calls after that start a call of their own.
     #[tokio::test]
     async fn calls_of_one_command_queued_together_share_one_call() {
         let server = Server::start().await;
@@ -1155,39 +1163,59 @@ mod tests {
             )
             .unwrap();
         let fourth = wire.join(7, 3, counted(), later()).unwrap();
+        // Behind them, a call the server holds until `k2` gets an element.
+        let held2 = wire
+            .call(
+                3,
+                [Arg::Bytes(b"BLPOP"), Arg::Bytes(b"k2"), Arg::Int(0)].into_iter(),
+                later(),
+            )
+            .unwrap();
         assert_eq!(
             joined.iter().map(|(_, place)| *place).collect::<Vec<_>>(),
             [1, 2, 3]
         );
         assert_eq!((other_tag.1, other_bytes.1, fourth.1), (1, 1, 4));
-        // Once the driver has written them (the BLPOP still holds the connection), the next
-        // like calls start a call of their own.
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while !wire.shared.lock().out.is_empty() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("written within 5 s");
+        // Turns of the runtime go by (the driver's included): still nothing written while the
+        // BLPOP is in flight, and a like call still joins.
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !wire.shared.lock().out.is_empty(),
+            "held behind the call in flight"
+        );
+        let fifth = wire.join(7, 3, counted(), later()).unwrap();
+        assert_eq!(fifth.1, 5);
+        let server = &server;
+        let push = |key: &'static [u8]| async move {
+            let other = server.wire().await;
+            let pushed = other
+                .call(
+                    3,
+                    [Arg::Bytes(b"RPUSH"), Arg::Bytes(key), Arg::Bytes(b"a")].into_iter(),
+                    later(),
+                )
+                .unwrap();
+            assert_eq!(told(pushed).await, Ok(Reply::Int(1)));
+        };
+        push(b"k").await;
+        assert_eq!(told(held).await, Ok(Reply::Array));
+        // Its reply read, the driver writes what waited (the second BLPOP then holds the
+        // connection).
+        for (rx, _) in joined.into_iter().chain([fourth, fifth]) {
+            assert_eq!(told(rx).await, Ok(Reply::Int(5)));
+        }
+        assert_eq!(told(other_tag.0).await, Ok(Reply::Int(1)));
+        assert_eq!(told(other_bytes.0).await, Ok(Reply::Int(101)));
+        assert!(wire.shared.lock().out.is_empty());
+        // Written: the next like calls start a call of their own.
         let after: Vec<_> = (0..2)
             .map(|_| wire.join(7, 3, counted(), later()).unwrap())
             .collect();
         assert_eq!(after.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [1, 2]);
-        let other = server.wire().await;
-        let pushed = other
-            .call(
-                3,
-                [Arg::Bytes(b"RPUSH"), Arg::Bytes(b"k"), Arg::Bytes(b"a")].into_iter(),
-                later(),
-            )
-            .unwrap();
-        assert_eq!(told(pushed).await, Ok(Reply::Int(1)));
-        assert_eq!(told(held).await, Ok(Reply::Array));
-        for (rx, _) in joined.into_iter().chain([fourth]) {
-            assert_eq!(told(rx).await, Ok(Reply::Int(4)));
-        }
-        assert_eq!(told(other_tag.0).await, Ok(Reply::Int(1)));
-        assert_eq!(told(other_bytes.0).await, Ok(Reply::Int(101)));
+        push(b"k2").await;
+        assert_eq!(told(held2).await, Ok(Reply::Array));
         for (rx, _) in after {
             assert_eq!(told(rx).await, Ok(Reply::Int(2)));
         }
@@ -1197,6 +1225,40 @@ mod tests {
         assert_eq!((place, second_place), (1, 1));
         assert_eq!(told(first).await, Ok(Reply::Int(1)));
         assert_eq!(told(second).await, Ok(Reply::Int(1)));
+    }
+
+    /// A server that sends a reply more than it was asked for, while a call waits to be
+    /// written: the call in flight gets its reply, and the extra one is not taken for the
+    /// waiting call's (it was never sent): the connection is dropped as out of step.
+    #[tokio::test]
+    async fn a_reply_to_a_call_not_yet_written_is_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let mut got = Vec::new();
+            while !got.ends_with(b"PING\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the PING, before the connection closes");
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b":1\r\n:2\r\n").await.unwrap();
+            // Held open until the client has given up on it.
+            let _ = s.read(&mut buf).await;
+        });
+        let wire = raw_wire(port).await;
+        let first = wire
+            .call(1, [Arg::Bytes(b"PING")].into_iter(), later())
+            .unwrap();
+        let second = wire
+            .call(1, [Arg::Bytes(b"ECHO")].into_iter(), later())
+            .unwrap();
+        assert_eq!(told(first).await, Ok(Reply::Int(1)));
+        assert_eq!(told(second).await, Err(WireError::Malformed));
+        drop(wire);
+        server.await.unwrap();
     }
 
     /// `join_open` on a state built by hand: which open call a caller may join, by its bytes,
