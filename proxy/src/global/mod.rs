@@ -1,8 +1,9 @@
 //! Fleet-wide limits in Redis. A decision is an `EVALSHA` of `limit.lua` (sent again as
 //! `EVAL` on `NOSCRIPT`) on one pipelined connection to the key's master ([`wire`], per shard
-//! in [`link`]), so concurrent decisions share its writes and no request waits on more than
-//! one round trip. Decisions of one key (of a limit of one window, fixed or sliding) queued
-//! together on a busy connection share one call, which the script answers as if it had
+//! in [`link`]), so concurrent decisions share its writes: a decision waits for its own round
+//! trip, and on a busy connection for the rest of the one in flight before it is sent (one
+//! batch in flight at most). Decisions of one key (of a limit of one window, fixed or sliding)
+//! queued together on a busy connection share one call, which the script answers as if it had
 //! decided them in turn (`wire::Wire::join`): Redis runs the script once for all of them.
 //! Such a limit's call is encoded once per config snapshot ([`Command`]) and copied, with the
 //! key's hash written in, for each decision.

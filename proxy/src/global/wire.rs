@@ -136,9 +136,11 @@ struct State {
     waiting: VecDeque<Waiter>,
     /// How many waiters replies took off the front of `waiting`.
     popped: u64,
-    /// How many calls were written whole (the waiters before `waiting[sent - popped]`):
-    /// while `popped < sent` a batch is in flight, and the calls queued meanwhile wait in
-    /// `out` for its last reply.
+    /// How many calls had been queued when a write last emptied `out`: every one of them
+    /// was written. While `popped < sent` a batch is in flight, and calls queued meanwhile
+    /// wait in `out` for its last reply. A write that leaves bytes in `out` does not move it
+    /// (it cannot tell which calls went whole); `flushing` is then set until `out` is empty,
+    /// and replies may come for calls past `sent` meanwhile.
     sent: u64,
     /// The calls in `out` others may join: only while their bytes are not written, so it is
     /// emptied whenever any of `out` is.
@@ -408,8 +410,9 @@ impl Wire {
             None
         } else {
             // Written from here at once, under the lock that orders commands and their
-            // callers: no hop to the driver, which only reads (and finishes what a full
-            // socket buffer left; an error is its to find, on that write).
+            // callers: no hop to the driver, which reads, writes the calls held behind a batch,
+            // and finishes what a full socket buffer left (an error is its to find, on that
+            // write).
             match self.shared.stream.try_write(&st.out) {
                 Ok(n) if n == st.out.len() => {
                     st.wrote(n);
@@ -505,7 +508,8 @@ fn join_open(
     Ok(joined)
 }
 
-/// Reads the replies and hands them out (and writes what callers could not), until the
+/// Reads the replies and hands them out (and writes the calls held behind a batch in flight,
+/// and what a full socket left), until the
 /// connection fails or every handle is gone and nothing is in flight; then fails whoever
 /// still waits.
 async fn drive(shared: Arc<Shared>) {
@@ -666,8 +670,9 @@ fn hand_out(shared: &Shared, rbuf: &mut ReadBuffer) -> Result<(), WireError> {
         at += used;
         let next = {
             let mut st = shared.lock();
-            // A reply to a call not yet written: the server is out of step.
-            if st.popped >= st.sent {
+            // A reply to a call not yet written: the server is out of step. (While `flushing`,
+            // calls past `sent` may have gone whole in a write that left bytes behind.)
+            if !st.flushing && st.popped >= st.sent {
                 return Err(WireError::Malformed);
             }
             st.popped += 1;
@@ -1142,13 +1147,14 @@ mod tests {
         let wire = server.wire().await;
         // Busy: a call in flight, which the server holds until `k` gets an element.
         let held = blocked(&wire);
-        // On this one-thread runtime nothing is written until the test awaits: all of these
-        // are queued in one turn.
+        // Held behind the BLPOP, however long the test takes; one deadline for all, so that
+        // `JOIN_SLACK` does not part them on a slow machine.
+        let deadline = later();
         let mut joined = Vec::new();
         for _ in 0..3 {
-            joined.push(wire.join(7, 3, counted(), later()).unwrap());
+            joined.push(wire.join(7, 3, counted(), deadline).unwrap());
         }
-        let other_tag = wire.join(8, 3, counted(), later()).unwrap();
+        let other_tag = wire.join(8, 3, counted(), deadline).unwrap();
         let other_bytes = wire
             .join(
                 7,
@@ -1159,10 +1165,10 @@ mod tests {
                     Arg::Int(0),
                 ]
                 .into_iter(),
-                later(),
+                deadline,
             )
             .unwrap();
-        let fourth = wire.join(7, 3, counted(), later()).unwrap();
+        let fourth = wire.join(7, 3, counted(), deadline).unwrap();
         // Behind them, a call the server holds until `k2` gets an element.
         let held2 = wire
             .call(
@@ -1185,7 +1191,7 @@ mod tests {
             !wire.shared.lock().out.is_empty(),
             "held behind the call in flight"
         );
-        let fifth = wire.join(7, 3, counted(), later()).unwrap();
+        let fifth = wire.join(7, 3, counted(), deadline).unwrap();
         assert_eq!(fifth.1, 5);
         let server = &server;
         let push = |key: &'static [u8]| async move {
@@ -1210,8 +1216,9 @@ mod tests {
         assert_eq!(told(other_bytes.0).await, Ok(Reply::Int(101)));
         assert!(wire.shared.lock().out.is_empty());
         // Written: the next like calls start a call of their own.
+        let deadline = later();
         let after: Vec<_> = (0..2)
-            .map(|_| wire.join(7, 3, counted(), later()).unwrap())
+            .map(|_| wire.join(7, 3, counted(), deadline).unwrap())
             .collect();
         assert_eq!(after.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [1, 2]);
         push(b"k2").await;
@@ -1225,6 +1232,44 @@ mod tests {
         assert_eq!((place, second_place), (1, 1));
         assert_eq!(told(first).await, Ok(Reply::Int(1)));
         assert_eq!(told(second).await, Ok(Reply::Int(1)));
+    }
+
+    /// A batch larger than the socket takes at once is written in parts, and the server
+    /// answers its first calls while the rest is still being written: each caller gets its
+    /// own reply (none is taken for a reply to a call not yet written).
+    #[tokio::test]
+    async fn a_batch_written_in_parts_is_answered_call_by_call() {
+        let server = Server::start().await;
+        let wire = server.wire().await;
+        let held = blocked(&wire);
+        // 256 calls of 64 KiB each, held behind the BLPOP: 16 MiB to write when it returns.
+        let filler = "x".repeat(64 * 1024);
+        let echoes: Vec<_> = (0..256)
+            .map(|i| {
+                let text = format!("{i:03}{filler}").into_bytes();
+                let rx = wire
+                    .call(
+                        2,
+                        [Arg::Bytes(b"ECHO"), Arg::Bytes(&text)].into_iter(),
+                        later(),
+                    )
+                    .unwrap();
+                (text, rx)
+            })
+            .collect();
+        let other = server.wire().await;
+        let pushed = other
+            .call(
+                3,
+                [Arg::Bytes(b"RPUSH"), Arg::Bytes(b"k"), Arg::Bytes(b"a")].into_iter(),
+                later(),
+            )
+            .unwrap();
+        assert_eq!(told(pushed).await, Ok(Reply::Int(1)));
+        assert_eq!(told(held).await, Ok(Reply::Array));
+        for (text, rx) in echoes {
+            assert_eq!(told(rx).await, Ok(Reply::Text(text)));
+        }
     }
 
     /// A server that sends a reply more than it was asked for, while a call waits to be
@@ -1244,6 +1289,8 @@ mod tests {
                 assert!(n > 0, "the PING, before the connection closes");
                 got.extend_from_slice(&buf[..n]);
             }
+            // One write of 8 bytes: on loopback the client reads both replies at once (read
+            // apart, the ECHO would be written in between and take the second).
             s.write_all(b":1\r\n:2\r\n").await.unwrap();
             // Held open until the client has given up on it.
             let _ = s.read(&mut buf).await;
