@@ -22,7 +22,7 @@
 //! saturation. Writing, while calls were in flight, what one turn of the runtime had queued
 //! sent ~0.22 per decision against ~0.13 for waiting out the round trip, and cost more CPU
 //! and a longer p99 (bench/README.md, the fifth pass). A call queued behind a batch waits
-//! for it, at most one round trip; the batch's replies come sooner for the fewer sends.
+//! for it, at most one round trip more; the p99 measured with that wait was the lower.
 //!
 //! Calls may also be joined ([`Wire::join`]): a call of the same command as one queued and
 //! not yet written adds one to that call's last argument, a count, and is told its reply too,
